@@ -1,0 +1,369 @@
+"""The ``featstore`` command line (Typer). Results on stdout, progress and errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from featstore.errors import FeatstoreError, NotExtractedError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="featstore: cache frozen embeddings of pretrained backbones and probe them.",
+)
+out = Console(soft_wrap=True)
+if not out.is_terminal:  # pipes and files get whole tables, not 80-column truncation
+    out = Console(soft_wrap=True, width=200)
+err = Console(stderr=True)
+
+DEFAULT_STORE = "./featstore-data"
+StoreOpt = Annotated[str, typer.Option(
+    "--store", envvar="FEATSTORE_STORE",
+    help="Store root: a folder or an fsspec URL (s3://bucket/prefix).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+DataOpt = Annotated[str, typer.Option(
+    "--data", help="A manifest .csv/.parquet, a MedMNIST .npz or an image-folder root.")]
+TaskOpt = Annotated[str | None, typer.Option(
+    "--task", help="Override the task: binary, multiclass, ordinal or multilabel.")]
+RootOpt = Annotated[str | None, typer.Option(
+    "--root", help="Folder that manifest paths are relative to (default: the manifest's).")]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+          = False) -> None:
+    """featstore: cache frozen embeddings of pretrained backbones and probe them."""
+    # --debug is read by main() (it may appear anywhere on the line); declared here for --help.
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} img/s" if speed else "- img/s", style="cyan")
+
+
+class RichProgress:
+    """The engine's progress hook drawn as a rich bar on stderr."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._task = None
+
+    def start(self, alias: str, total_rows: int) -> None:
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                  MofNCompleteColumn(), _RateColumn(), TimeElapsedColumn(),
+                                  console=err, transient=False)
+        self._progress.start()
+        self._task = self._progress.add_task(alias, total=total_rows)
+
+    def advance(self, rows: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, rows)
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _emit_json(obj) -> None:
+    out.print_json(json.dumps(obj, default=str))
+
+
+def _random_note(random_weights: bool) -> None:
+    if random_weights:
+        err.print("[yellow]note:[/] backbones marked [bold]random[/] have untrained weights: "
+                  "their numbers test the pipeline, not transfer from pretraining.")
+
+
+def _specs(backbones: list[str], image_size: int | None):
+    from featstore.models import parse_backbone
+
+    return [parse_backbone(b, input_size=image_size) for b in backbones]
+
+
+@app.command()
+def extract(
+    data: DataOpt,
+    backbone: Annotated[list[str], typer.Option(
+        "--backbone", "-b", help="NAME[@WEIGHTS], e.g. timm:resnet50@random or "
+        "timm:resnet50@/weights/resnet50.pth; repeat for several.")],
+    store: StoreOpt = DEFAULT_STORE,
+    image_size: Annotated[int | None, typer.Option(
+        help="Crop size fed to every backbone (default: each backbone's own).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    workers: Annotated[int | None, typer.Option(
+        help="DataLoader workers (default: up to 4).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    dtype: Annotated[str, typer.Option(help="Stored dtype: float32 or float16.")] = "float32",
+    shard_rows: Annotated[int, typer.Option(help="Rows per shard (unit of resume).")] = 1024,
+    root: RootOpt = None,
+    task: TaskOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Embed every image of a dataset with each backbone into the store (resumable)."""
+    from featstore.data import load_dataset
+    from featstore.extract import extract as run_extract
+    from featstore.store import FeatureStore
+
+    if dtype not in ("float32", "float16"):
+        raise FeatstoreError(f"--dtype {dtype!r}: expected float32 or float16")
+    manifest = load_dataset(data, root=root, task=task)
+    specs = _specs(backbone, image_size)
+    results = run_extract(manifest, specs, FeatureStore(store), batch_size=batch_size,
+                          num_workers=workers, device=device, dtype=dtype,
+                          shard_rows=shard_rows, progress=None if as_json else RichProgress())
+    if as_json:
+        _emit_json([r.to_dict() for r in results])
+        return
+    for r in results:
+        what = {"cached": "cache hit, nothing to do",
+                "resumed": f"resumed: {r.shards_written}/{r.shards_total} shards written",
+                "extracted": f"{r.shards_written} shards written"}[r.status]
+        rate = f", {r.images_per_s:,.0f} img/s" if r.status != "cached" else ""
+        out.print(f"{r.alias}: {r.rows} x {r.dim} -> {r.dataset}/{r.key[:20]} "
+                  f"({what}, {r.seconds:.1f}s{rate})")
+    _random_note(any(r.random_weights for r in results))
+
+
+@app.command()
+def probe(
+    data: DataOpt,
+    backbone: Annotated[list[str] | None, typer.Option(
+        "--backbone", "-b", help="A spec as given to extract (its key is recomputed), an "
+        "alias or a key prefix; default: every complete embedding set of the dataset.")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    image_size: Annotated[int | None, typer.Option(
+        help="As given to extract, when --backbone is a spec.")] = None,
+    dtype: Annotated[str, typer.Option(help="As given to extract.")] = "float32",
+    seed: Annotated[int, typer.Option(help="Seed (for a val split carved from train).")] = 0,
+    device: Annotated[str, typer.Option(help="Torch device for the solver.")] = "cpu",
+    root: RootOpt = None,
+    task: TaskOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train linear probes on cached embeddings: L2 chosen on val, metrics on test."""
+    from featstore.data import load_dataset
+    from featstore.probe import probe_embeddings
+    from featstore.store import FeatureStore
+
+    manifest = load_dataset(data, root=root, task=task)
+    ds = FeatureStore(store).dataset(manifest)
+    sets = [_find_set(ds, b, image_size, dtype) for b in backbone] if backbone else [
+        s for s in ds.embedding_sets() if s.complete]
+    if not sets:
+        raise NotExtractedError(f"dataset {ds.name}: no complete embedding sets in {store}; "
+                                "run 'featstore extract' first")
+    records = []
+    for es in sets:
+        records.extend(probe_embeddings(es.load(), task=manifest.task, seed=seed, device=device))
+    if as_json:
+        _emit_json([r.to_dict() for r in records])
+        return
+    _print_probe_table(records)
+    _random_note(any(r.random_weights for r in records))
+
+
+def _find_set(ds, text: str, image_size: int | None, dtype: str):
+    """An embedding set by spec (key recomputed from the weights), alias or key prefix."""
+    if "@" in text or text.startswith("timm:"):
+        from featstore.extract import resolve_key
+        from featstore.models import parse_backbone
+
+        _, key = resolve_key(parse_backbone(text, input_size=image_size), dtype)
+        return ds.embedding_set(key.digest)
+    return ds.embedding_set(text)
+
+
+def _print_probe_table(records) -> None:
+    metrics = list(dict.fromkeys(r.metric for r in records if not r.metric.startswith("auc[")))
+    short = {"balanced_accuracy": "bal_acc", "accuracy": "acc"}
+    table = Table(title=f"linear probe, test split ({records[0].dataset}, task {records[0].task})")
+    table.add_column("backbone")
+    table.add_column("key")
+    for m in metrics:
+        table.add_column(short.get(m, m), justify="right")
+    table.add_column("L2", justify="right")
+    table.add_column("train/val/test", justify="right")
+    by_set: dict[str, list] = {}
+    for r in records:
+        by_set.setdefault(r.key, []).append(r)
+    for recs in by_set.values():
+        vals = {r.metric: r.value for r in recs}
+        r0 = recs[0]
+        table.add_row(r0.backbone, r0.key[:12], *[f"{vals[m]:.4f}" for m in metrics],
+                      f"{r0.l2:g}", f"{r0.n_train}/{r0.n_val}/{r0.n_test}")
+    out.print(table)
+    per_label = [r for r in records if r.metric.startswith("auc[")]
+    if per_label:
+        lt = Table(title="per-label AUC")
+        lt.add_column("backbone")
+        lt.add_column("label")
+        lt.add_column("auc", justify="right")
+        for r in per_label:
+            lt.add_row(r.backbone, r.metric[4:-1],
+                       "undefined" if r.value != r.value else f"{r.value:.4f}")
+        out.print(lt)
+
+
+@app.command(name="ls")
+def ls_(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
+    """List datasets and embedding sets in the store."""
+    from featstore.store import FeatureStore
+
+    rows = []
+    for ds in FeatureStore(store).datasets():
+        for es in ds.embedding_sets():
+            done = int(es.done_mask().sum())
+            rows.append({
+                "dataset": ds.name, "backbone": es.alias, "key": es.key,
+                "rows": es.rows, "dim": es.dim, "dtype": es.dtype,
+                "shards_done": done, "shards": es.n_shards,
+                "status": "complete" if done == es.n_shards else "incomplete",
+                "random_weights": bool(es.attrs.get("provenance", {}).get("random_weights")),
+            })
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        err.print(f"store {store}: no embeddings yet")
+        return
+    table = Table(title=f"featstore {store}")
+    for col in ("dataset", "backbone", "key", "rows x dim", "shards", "status"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["dataset"], r["backbone"], r["key"][:20], f"{r['rows']} x {r['dim']}",
+                      f"{r['shards_done']}/{r['shards']}", r["status"])
+    out.print(table)
+
+
+@app.command()
+def info(
+    target: Annotated[str, typer.Argument(help="Embedding key prefix or backbone alias.")],
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the provenance of one embedding set (searched across all datasets)."""
+    from featstore.store import FeatureStore
+
+    hits = []
+    for ds in FeatureStore(store).datasets():
+        hits += [es for es in ds.embedding_sets()
+                 if es.key.startswith(target) or es.alias == target]
+    if not hits:
+        raise NotExtractedError(f"store {store}: no embedding set matches {target!r}")
+    records = [{"dataset": es.dataset.name, "shards_done": int(es.done_mask().sum()),
+                **es.attrs} for es in hits]
+    if as_json:
+        _emit_json(records)
+        return
+    for rec in records:
+        table = Table(title=f"{rec['dataset']} / {rec['alias']}", show_header=False)
+        table.add_column("field")
+        table.add_column("value")
+        for k, v in rec.items():
+            table.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+        out.print(table)
+
+
+@app.command()
+def verify(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
+    """Recompute every done shard's checksum; exit 1 if any shard is corrupt."""
+    from featstore.store import FeatureStore
+
+    rows = []
+    for ds in FeatureStore(store).datasets():
+        for es in ds.embedding_sets():
+            bad = es.verify()
+            rows.append({"dataset": ds.name, "backbone": es.alias, "key": es.key,
+                         "shards_checked": int(es.done_mask().sum()), "corrupt_shards": bad})
+    if as_json:
+        _emit_json(rows)
+    else:
+        for r in rows:
+            state = "ok" if not r["corrupt_shards"] else f"CORRUPT shards {r['corrupt_shards']}"
+            out.print(f"{r['dataset']}/{r['key'][:20]} {r['backbone']}: "
+                      f"{r['shards_checked']} shards {state}")
+    if any(r["corrupt_shards"] for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    store: StoreOpt = DEFAULT_STORE,
+    workdir: Annotated[Path, typer.Option(help="Where the demo images are written.")]
+    = Path("./featstore-demo"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate a small image dataset, extract two small backbones, probe, print the table."""
+    from featstore.data import load_dataset
+    from featstore.demo import DEMO_BACKBONES, DEMO_INPUT_SIZE, write_demo_dataset
+    from featstore.extract import extract as run_extract
+    from featstore.probe import probe_embeddings
+    from featstore.store import FeatureStore
+
+    t0 = time.perf_counter()
+    err.print("[yellow]featstore demo:[/] offline, so the two backbones "
+              f"({', '.join(DEMO_BACKBONES)}) have [bold]random weights[/]; the probe learns "
+              "from what random convolutions and attention still see.")
+    manifest_path = write_demo_dataset(workdir)
+    manifest = load_dataset(manifest_path)
+    err.print(f"wrote {len(manifest)} demo images and {manifest_path}")
+    fs = FeatureStore(store)
+    results = run_extract(manifest, _specs(list(DEMO_BACKBONES), DEMO_INPUT_SIZE), fs,
+                          batch_size=64, progress=None if as_json else RichProgress())
+    records = []
+    for r in results:
+        emb = fs.dataset(manifest).embedding_set(r.key).load()
+        records.extend(probe_embeddings(emb, task=manifest.task))
+    if as_json:
+        _emit_json({"extract": [r.to_dict() for r in results],
+                    "probe": [r.to_dict() for r in records]})
+        return
+    for r in results:
+        out.print(f"extract {r.alias}: {r.status}, {r.rows} x {r.dim}")
+    _print_probe_table(records)
+    out.print(f"demo finished in {time.perf_counter() - t0:.1f}s; store: {store} "
+              f"(try: featstore ls --store {store})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one clear line on error, the traceback only with --debug."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("FEATSTORE_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="featstore")
+    except FeatstoreError as e:
+        if debug:
+            raise
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted: finished shards are kept; re-run the same command to resume")
+        sys.exit(130)
+    except Exception as e:  # a bug: still one line, unless --debug
+        if debug:
+            raise
+        err.print(f"[red]error:[/] internal {e.__class__.__name__}: {e} "
+                  "(re-run with --debug for the traceback)", highlight=False)
+        sys.exit(1)

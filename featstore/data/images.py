@@ -1,0 +1,107 @@
+"""Reading a manifest row's pixels as an RGB PIL image, and a torch Dataset over rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from featstore.data.manifest import Manifest
+from featstore.errors import ImageReadError
+
+
+class ArrayFiles:
+    """Per-process cache of arrays in .npz files, opened on first use.
+
+    A DataLoader worker builds its own cache after fork, so no file handle is shared.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+
+    def get(self, path: Path, key: str) -> np.ndarray:
+        """The array ``key`` of the file at ``path``."""
+        k = (str(path), key)
+        if k not in self._arrays:
+            with np.load(path, allow_pickle=False) as npz:
+                self._arrays[k] = npz[key]
+        return self._arrays[k]
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB; 16-bit greyscale is scaled by its full range, not clipped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def read_image(manifest: Manifest, i: int, arrays: ArrayFiles | None = None) -> Image.Image:
+    """Row ``i``'s pixels as an RGB image.
+
+    Raises
+    ------
+    ImageReadError
+        The file is missing, truncated or not an image; the message names id and file.
+    """
+    path = manifest.resolve(i)
+    try:
+        if manifest.array_keys is not None and manifest.array_keys[i]:
+            arrays = arrays or ArrayFiles()
+            arr = arrays.get(path, manifest.array_keys[i])
+            j = int(manifest.index[i])
+            if not 0 <= j < len(arr):
+                raise ImageReadError(
+                    f"id {manifest.ids[i]!r}: index {j} out of range for "
+                    f"{path.name}[{manifest.array_keys[i]}] with {len(arr)} rows"
+                )
+            px = arr[j]
+            if px.ndim == 3 and px.shape[-1] == 1:
+                px = px[..., 0]
+            return to_rgb(Image.fromarray(np.ascontiguousarray(px)))
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(f"id {manifest.ids[i]!r}: file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError, KeyError) as e:
+        raise ImageReadError(f"id {manifest.ids[i]!r}: cannot read {path}: {e}") from None
+
+
+class RowDataset(torch.utils.data.Dataset):
+    """Rows of a manifest, transformed to tensors: item = (tensor, row, error message).
+
+    Errors are returned, not raised, so the main process can name the row in one clean
+    message (a raise inside a DataLoader worker arrives wrapped in a traceback).
+    """
+
+    def __init__(self, manifest: Manifest, transform: Callable[[Image.Image], torch.Tensor],
+                 shape: Sequence[int]) -> None:
+        self.manifest = manifest
+        self.transform = transform
+        self.shape = tuple(shape)
+        self._arrays: ArrayFiles | None = None
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        if self._arrays is None:
+            self._arrays = ArrayFiles()
+        try:
+            x = self.transform(read_image(self.manifest, i, self._arrays))
+            return x, i, ""
+        except ImageReadError as e:
+            return torch.zeros(self.shape), i, str(e)
+
+
+def collate_rows(items: list[tuple[torch.Tensor, int, str]]):
+    """Stack a batch of :class:`RowDataset` items: (images, rows, errors)."""
+    xs, rows, errors = zip(*items, strict=True)
+    return torch.stack(xs), torch.tensor(rows), list(errors)

@@ -1,0 +1,231 @@
+"""Readers that turn files on disk into a :class:`Manifest`.
+
+Supported inputs (``--data`` on every verb):
+
+- a manifest table (``.csv``, or ``.parquet`` when pandas is installed), paths relative to
+  the table's folder unless ``root`` is given;
+- a MedMNIST v2 ``.npz`` (``{train,val,test}_images`` and ``_labels``);
+- an image-folder tree ``<root>/<split>/<class>/*.{png,jpg,jpeg}``.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from featstore._hashing import sha256_file
+from featstore.data.manifest import SPLITS, Manifest, build_manifest
+from featstore.errors import ManifestError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+# MedMNIST v2 datasets: (task, number of classes or labels). Size variants share the entry.
+MEDMNIST_TASKS: dict[str, tuple[str, int]] = {
+    "pathmnist": ("multiclass", 9),
+    "chestmnist": ("multilabel", 14),
+    "dermamnist": ("multiclass", 7),
+    "octmnist": ("multiclass", 4),
+    "pneumoniamnist": ("binary", 2),
+    "retinamnist": ("ordinal", 5),
+    "breastmnist": ("binary", 2),
+    "bloodmnist": ("multiclass", 8),
+    "tissuemnist": ("multiclass", 8),
+    "organamnist": ("multiclass", 11),
+    "organcmnist": ("multiclass", 11),
+    "organsmnist": ("multiclass", 11),
+}
+
+
+def load_dataset(data: str | Path, *, root: str | Path | None = None,
+                 task: str | None = None) -> Manifest:
+    """Turn a ``--data`` value into a validated :class:`Manifest`.
+
+    The same value always gives the same manifest (and the same store group).
+
+    Raises
+    ------
+    ManifestError
+        The path does not exist, has an unknown kind, or its content is invalid.
+    """
+    p = Path(data)
+    if not p.exists():
+        raise ManifestError(f"--data {str(data)!r}: no such file or folder")
+    if p.is_dir():
+        return read_image_folder(p, task=task)
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        return read_medmnist(p, task=task)
+    if suffix in (".csv", ".parquet"):
+        return read_manifest_table(p, root=root, task=task)
+    raise ManifestError(
+        f"--data {str(data)!r}: unknown kind; expected a .csv/.parquet manifest, a MedMNIST "
+        ".npz or an image-folder root"
+    )
+
+
+def read_manifest_table(path: str | Path, *, root: str | Path | None = None,
+                        task: str | None = None) -> Manifest:
+    """Read a manifest table (CSV, or Parquet with pandas) and validate it.
+
+    Errors name the CSV line (header = line 1) of the offending row.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".parquet":
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ManifestError(
+                f"{path}: reading Parquet needs pandas and pyarrow "
+                "(pip install 'featstore[parquet]')"
+            ) from None
+        frame = pd.read_parquet(path)
+        columns = {str(c): ["" if v is None else str(v) for v in frame[c].tolist()]
+                   for c in frame.columns}
+        row_label, first_row = "row", 0
+    else:
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.reader(f)
+                header = next(reader, None)
+                if header is None:
+                    raise ManifestError(f"{path}: empty file, expected a header line")
+                header = [h.strip() for h in header]
+                rows = list(reader)
+        except UnicodeDecodeError as e:
+            raise ManifestError(f"{path}: not a UTF-8 CSV file ({e.reason})") from None
+        for line, row in enumerate(rows, start=2):
+            if len(row) != len(header):
+                raise ManifestError(
+                    f"{path.name}: line {line}: {len(row)} fields, header has {len(header)}"
+                )
+        columns = {h: [r[j] for r in rows] for j, h in enumerate(header)}
+        row_label, first_row = "line", 2
+    return build_manifest(
+        path.stem, columns, root=root if root is not None else path.parent, task=task,
+        row_label=row_label, first_row=first_row,
+    )
+
+
+def read_image_folder(root: str | Path, *, task: str | None = None) -> Manifest:
+    """Build a manifest from ``<root>/<split>/<class>/*.{png,jpg,jpeg}``.
+
+    Class indices follow the sorted class-folder names across all splits. Ids are the
+    paths relative to ``root`` (``train/NORMAL/IM-0001.jpeg``).
+    """
+    root = Path(root)
+    split_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not split_dirs:
+        raise ManifestError(f"{root}: no split folders (expected {', '.join(SPLITS)})")
+    for d in split_dirs:
+        if d.name not in SPLITS:
+            raise ManifestError(
+                f"{root}: folder {d.name!r} is not a split (expected {', '.join(SPLITS)})"
+            )
+    classes = sorted({c.name for d in split_dirs for c in d.iterdir()
+                      if c.is_dir() and not c.name.startswith(".")})
+    if not classes:
+        names = ", ".join(d.name for d in split_dirs)
+        raise ManifestError(f"{root}: no class folders under {names}")
+    cols: dict[str, list[str]] = {"id": [], "split": [], "path": [], "label": []}
+    for d in split_dirs:
+        for k, cls in enumerate(classes):
+            cdir = d / cls
+            if not cdir.is_dir():
+                continue
+            for f in sorted(cdir.iterdir()):
+                if f.suffix.lower() not in IMAGE_SUFFIXES or not f.is_file():
+                    continue
+                rel = f.relative_to(root).as_posix()
+                cols["id"].append(rel)
+                cols["split"].append(d.name)
+                cols["path"].append(rel)
+                cols["label"].append(str(k))
+    if not cols["id"]:
+        raise ManifestError(f"{root}: no .png/.jpg/.jpeg images under <split>/<class>/")
+    return build_manifest(root.resolve().name, cols, root=root, task=task,
+                          num_classes=len(classes), classes=classes)
+
+
+def medmnist_task(name: str) -> tuple[str, int] | None:
+    """(task, classes) of a MedMNIST file by its name (``retinamnist_224`` -> ordinal, 5)."""
+    stem = name.lower()
+    for key, value in MEDMNIST_TASKS.items():
+        if stem.startswith(key):
+            return value
+    return None
+
+
+def read_medmnist(path: str | Path, *, task: str | None = None) -> Manifest:
+    """Build a manifest over a MedMNIST v2 ``.npz``; the pixels stay in the file.
+
+    Labels may be shaped (N,), (N, 1) or (N, K) (multilabel). The file's sha256 is part of
+    the manifest hash, so a changed file is a different dataset.
+    """
+    path = Path(path)
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as e:  # zipfile/pickle errors have many types
+        raise ManifestError(f"{path}: not a readable .npz file ({e})") from None
+    with npz:
+        keys = set(npz.files)
+        cols: dict[str, list[str]] = {"id": [], "split": [], "path": [], "array": [], "index": []}
+        label_blocks = []
+        for split, prefix in (("train", "train"), ("val", "val"), ("test", "test")):
+            ik, lk = f"{prefix}_images", f"{prefix}_labels"
+            if ik not in keys and lk not in keys:
+                continue
+            if ik not in keys or lk not in keys:
+                raise ManifestError(f"{path.name}: has {ik if ik in keys else lk} but not "
+                                    f"{lk if ik in keys else ik}")
+            labels = npz[lk]
+            n_img = _npz_rows(npz, ik, path)
+            if labels.ndim == 1:
+                labels = labels[:, None]
+            if labels.ndim != 2 or labels.shape[0] != n_img:
+                raise ManifestError(
+                    f"{path.name}: {lk} has shape {npz[lk].shape}, expected ({n_img},), "
+                    f"({n_img}, 1) or ({n_img}, K)"
+                )
+            label_blocks.append(labels)
+            width = len(str(max(n_img - 1, 0)))
+            for i in range(n_img):
+                cols["id"].append(f"{split}-{i:0{max(width, 5)}d}")
+                cols["split"].append(split)
+                cols["path"].append(path.name)
+                cols["array"].append(ik)
+                cols["index"].append(str(i))
+        if not label_blocks:
+            raise ManifestError(
+                f"{path.name}: no train/val/test_images arrays (has: {', '.join(sorted(keys))})"
+            )
+    widths = {b.shape[1] for b in label_blocks}
+    if len(widths) != 1:
+        raise ManifestError(f"{path.name}: label arrays differ in width across splits: {widths}")
+    labels = np.concatenate(label_blocks)
+    known = medmnist_task(path.stem)
+    num_classes = None
+    if labels.shape[1] == 1:
+        cols["label"] = [str(v) for v in labels[:, 0].tolist()]
+        if known and known[0] != "multilabel":
+            task = task or known[0]
+            num_classes = known[1]
+    else:
+        for k in range(labels.shape[1]):
+            cols[f"label_{k}"] = [str(v) for v in labels[:, k].tolist()]
+        task = "multilabel"
+    return build_manifest(
+        path.stem, cols, root=path.parent, task=task, num_classes=num_classes,
+        sources={path.name: sha256_file(path)},
+    )
+
+
+def _npz_rows(npz, key: str, path: Path) -> int:
+    """Number of images in one npz array, checked for an image shape."""
+    arr = npz[key]
+    if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] not in (1, 3)):
+        raise ManifestError(
+            f"{path.name}: {key} has shape {arr.shape}, expected (N, H, W) or (N, H, W, 1|3)"
+        )
+    return int(arr.shape[0])

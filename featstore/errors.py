@@ -1,0 +1,37 @@
+"""Error types. Every error names the offending item; the CLI prints it as one line."""
+
+
+class FeatstoreError(Exception):
+    """Base class of every error featstore raises on purpose."""
+
+
+class ManifestError(FeatstoreError):
+    """A manifest, or the raw dataset layout it is built from, is invalid."""
+
+
+class ImageReadError(FeatstoreError):
+    """An image named by a manifest row cannot be read or decoded."""
+
+
+class BackboneError(FeatstoreError):
+    """A backbone spec is unknown or cannot be built."""
+
+
+class CheckpointError(BackboneError):
+    """A checkpoint file does not load strictly into its architecture."""
+
+
+class WeightsNotFoundError(BackboneError):
+    """The weights a spec asks for are not on this machine."""
+
+
+class StoreError(FeatstoreError):
+    """The feature store is missing, inconsistent or corrupt."""
+
+
+class NotExtractedError(StoreError):
+    """The embeddings asked for have not been (fully) extracted into the store."""
+
+
+class ProbeError(FeatstoreError):
+    """A probe cannot be trained or scored on the given data."""

@@ -1,0 +1,5 @@
+"""Extraction: frozen backbones over a manifest into the store."""
+
+from featstore.extract.engine import ExtractProgress, ExtractResult, extract, resolve_key
+
+__all__ = ["ExtractProgress", "ExtractResult", "extract", "resolve_key"]
