@@ -2,7 +2,7 @@
 
 from featstore.data import Manifest, load_dataset
 from featstore.errors import FeatstoreError
-from featstore.extract import extract
+from featstore.extract import extract_embeddings
 from featstore.models import BackboneSpec, build_backbone, parse_backbone
 from featstore.probe import LinearProbe, probe_embeddings
 from featstore.store import EmbeddingKey, FeatureStore
@@ -17,7 +17,7 @@ __all__ = [
     "LinearProbe",
     "Manifest",
     "build_backbone",
-    "extract",
+    "extract_embeddings",
     "load_dataset",
     "parse_backbone",
     "probe_embeddings",

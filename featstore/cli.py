@@ -122,7 +122,7 @@ def extract(
 ) -> None:
     """Embed every image of a dataset with each backbone into the store (resumable)."""
     from featstore.data import load_dataset
-    from featstore.extract import extract as run_extract
+    from featstore.extract import extract_embeddings as run_extract
     from featstore.store import FeatureStore
 
     if dtype not in ("float32", "float16"):
@@ -317,7 +317,7 @@ def demo(
     """Generate a small image dataset, extract two small backbones, probe, print the table."""
     from featstore.data import load_dataset
     from featstore.demo import DEMO_BACKBONES, DEMO_INPUT_SIZE, write_demo_dataset
-    from featstore.extract import extract as run_extract
+    from featstore.extract import extract_embeddings as run_extract
     from featstore.probe import probe_embeddings
     from featstore.store import FeatureStore
 

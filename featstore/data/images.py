@@ -56,7 +56,7 @@ def read_image(manifest: Manifest, i: int, arrays: ArrayFiles | None = None) -> 
             j = int(manifest.index[i])
             if not 0 <= j < len(arr):
                 raise ImageReadError(
-                    f"id {manifest.ids[i]!r}: index {j} out of range for "
+                    f"id {str(manifest.ids[i])!r}: index {j} out of range for "
                     f"{path.name}[{manifest.array_keys[i]}] with {len(arr)} rows"
                 )
             px = arr[j]
@@ -69,9 +69,9 @@ def read_image(manifest: Manifest, i: int, arrays: ArrayFiles | None = None) -> 
     except ImageReadError:
         raise
     except FileNotFoundError:
-        raise ImageReadError(f"id {manifest.ids[i]!r}: file not found: {path}") from None
+        raise ImageReadError(f"id {str(manifest.ids[i])!r}: file not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError, KeyError) as e:
-        raise ImageReadError(f"id {manifest.ids[i]!r}: cannot read {path}: {e}") from None
+        raise ImageReadError(f"id {str(manifest.ids[i])!r}: cannot read {path}: {e}") from None
 
 
 class RowDataset(torch.utils.data.Dataset):

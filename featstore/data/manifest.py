@@ -114,7 +114,9 @@ class Manifest:
             seen.add(rel)
             p = Path(self.root) / str(rel)
             if not p.is_file():
-                raise ManifestError(f"{self.name}: row id {self.ids[i]!r}: file not found: {p}")
+                raise ManifestError(
+                    f"{self.name}: row id {str(self.ids[i])!r}: file not found: {p}"
+                )
 
 
 def build_manifest(

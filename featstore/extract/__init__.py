@@ -1,5 +1,10 @@
 """Extraction: frozen backbones over a manifest into the store."""
 
-from featstore.extract.engine import ExtractProgress, ExtractResult, extract, resolve_key
+from featstore.extract.engine import (
+    ExtractProgress,
+    ExtractResult,
+    extract_embeddings,
+    resolve_key,
+)
 
-__all__ = ["ExtractProgress", "ExtractResult", "extract", "resolve_key"]
+__all__ = ["ExtractProgress", "ExtractResult", "extract_embeddings", "resolve_key"]

@@ -111,7 +111,7 @@ def shard_batches(es: EmbeddingSet, shards: Sequence[int], batch_size: int) -> l
     return batches
 
 
-def extract(
+def extract_embeddings(
     manifest: Manifest,
     backbones: Sequence[BackboneSpec],
     store: FeatureStore,

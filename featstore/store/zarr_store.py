@@ -351,7 +351,7 @@ class EmbeddingSet:
         if not np.isfinite(data).all():
             bad = start + int(np.flatnonzero(~np.isfinite(data).all(axis=1))[0])
             raise StoreError(f"{self}: non-finite embedding at row {bad} "
-                             f"(id {self.dataset.index['ids'][bad]!r}); nothing written")
+                             f"(id {str(self.dataset.index['ids'][bad])!r}); nothing written")
         self.group["embeddings"][start:stop] = data
         self.group["checksums"][shard] = np.frombuffer(_digest(data), dtype=np.uint8)
         self.group["done"][shard] = 1

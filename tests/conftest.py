@@ -1,0 +1,54 @@
+"""Shared fixtures: small generated datasets and tiny backbones, all on the CPU, offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featstore.demo import write_demo_dataset
+
+# Tiny timm test models at a small input size keep every forward pass in milliseconds.
+TINY = "timm:test_resnet@random"
+TINY_VIT = "timm:test_vit@random"
+SIZE = 32
+SHARED_MEDMNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist"
+
+
+@pytest.fixture
+def image_csv(tmp_path: Path) -> Path:
+    """A demo-style dataset of 64 PNG files (32/16/16) with a manifest CSV."""
+    return write_demo_dataset(tmp_path / "imgs", size=32,
+                              splits={"train": 32, "val": 16, "test": 16})
+
+
+def make_medmnist(path: Path, *, n=(40, 12, 16), size=28, label_shape="n1", classes=2,
+                  rgb=False, seed=0) -> Path:
+    """Write a MedMNIST v2 layout .npz with a learnable class signal (brightness)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), n, strict=True):
+        if label_shape == "multi":
+            labels = rng.integers(0, 2, (count, classes)).astype(np.uint8)
+            signal = labels[:, 0]
+        else:
+            labels = (np.arange(count) % classes).astype(np.uint8)
+            signal = labels
+        shape = (count, size, size, 3) if rgb else (count, size, size)
+        base = rng.integers(0, 120, shape)
+        base = base + (signal * 100 // max(classes - 1, 1)).reshape((-1,) + (1,) * (len(shape) - 1))
+        arrays[f"{split}_images"] = np.clip(base, 0, 255).astype(np.uint8)
+        arrays[f"{split}_labels"] = labels[:, None] if label_shape == "n1" else labels
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+@pytest.fixture
+def npz_file(tmp_path: Path) -> Path:
+    return make_medmnist(tmp_path / "pneumoniamnist.npz")
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "store"
