@@ -33,7 +33,7 @@ app = typer.Typer(
 out = Console(soft_wrap=True)
 if not out.is_terminal:  # pipes and files get whole tables, not 80-column truncation
     out = Console(soft_wrap=True, width=200)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_STORE = "./featstore-data"
 StoreOpt = Annotated[str, typer.Option(

@@ -1,0 +1,131 @@
+"""The command line end to end: extract -> ls/info/verify -> probe, errors as one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from featstore.cli import main
+from tests.conftest import SHARED_MEDMNIST, SIZE, TINY, TINY_VIT
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exc.value.code or 0, captured.out, captured.err
+
+
+def test_cli_end_to_end_on_image_files(capsys, image_csv, store_dir):
+    store = str(store_dir)
+    code, out, _ = cli(capsys, "extract", "--data", str(image_csv), "-b", TINY, "-b", TINY_VIT,
+                       "--image-size", str(SIZE), "--store", store, "--batch-size", "16",
+                       "--shard-rows", "32", "--json")
+    assert code == 0
+    results = json.loads(out)
+    assert [r["status"] for r in results] == ["extracted", "extracted"]
+    assert all(r["random_weights"] for r in results)
+
+    code, out, _ = cli(capsys, "extract", "--data", str(image_csv), "-b", TINY,
+                       "--image-size", str(SIZE), "--store", store)
+    assert code == 0 and "cache hit" in out
+
+    code, out, _ = cli(capsys, "probe", "--data", str(image_csv), "--store", store, "--json")
+    assert code == 0
+    records = json.loads(out)
+    primary = [r for r in records if r["primary"]]
+    assert {r["backbone"] for r in primary} == {r["alias"] for r in results}
+    for r in primary:
+        assert r["metric"] == "auc" and 0.0 <= r["value"] <= 1.0
+        assert {"dataset", "backbone", "key", "metric", "value", "fraction", "seed"} <= set(r)
+        assert r["fraction"] == 1.0 and r["seed"] == 0
+
+    code, out, err = cli(capsys, "probe", "--data", str(image_csv), "--store", store,
+                         "-b", TINY, "--image-size", str(SIZE))
+    assert code == 0 and "linear probe" in out and "auc" in out and "random" in err
+
+    code, out, _ = cli(capsys, "ls", "--store", store, "--json")
+    assert code == 0 and {r["status"] for r in json.loads(out)} == {"complete"}
+    key = results[0]["key"]
+    code, out, _ = cli(capsys, "info", key[:10], "--store", store, "--json")
+    assert code == 0 and json.loads(out)[0]["key"] == key
+    code, out, _ = cli(capsys, "verify", "--store", store)
+    assert code == 0 and out.count(" ok") == 2
+
+
+def test_probe_with_a_spec_never_reuses_other_weights(capsys, image_csv, store_dir, tmp_path):
+    import timm
+    import torch
+
+    ckpt = tmp_path / "w.pth"
+    torch.save(timm.create_model("test_resnet").state_dict(), ckpt)
+    code, _, _ = cli(capsys, "extract", "--data", str(image_csv), "-b", f"timm:test_resnet@{ckpt}",
+                     "--image-size", str(SIZE), "--store", str(store_dir))
+    assert code == 0
+    with torch.no_grad():  # same file name, other weights: the key must not match
+        sd = torch.load(ckpt)
+        sd["conv1.0.weight"] += 1
+        torch.save(sd, ckpt)
+    code, _, err = cli(capsys, "probe", "--data", str(image_csv), "-b", f"timm:test_resnet@{ckpt}",
+                       "--image-size", str(SIZE), "--store", str(store_dir))
+    assert code == 1 and "no embeddings for" in err
+
+
+def test_cli_on_a_medmnist_npz(capsys, npz_file, store_dir):
+    code, out, _ = cli(capsys, "extract", "--data", str(npz_file), "-b", TINY, "--image-size",
+                       str(SIZE), "--store", str(store_dir))
+    assert code == 0 and "68 x" in out
+    code, out, _ = cli(capsys, "probe", "--data", str(npz_file), "--store", str(store_dir),
+                       "--json")
+    auc = next(r for r in json.loads(out) if r["metric"] == "auc")
+    assert auc["n_train"] == 40 and auc["n_val"] == 12 and auc["n_test"] == 16
+    assert auc["value"] > 0.8  # brightness separates the classes; random convs see it
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["probe", "--data", "nope.csv"], "no such file or folder"),
+        (["extract", "--data", "{csv}", "-b", "timm:resnet18"], "name the weights"),
+        (["probe", "--data", "{csv}"], "is not in store"),
+        (["extract", "--data", "{csv}", "-b", TINY, "--dtype", "int8"], "--dtype 'int8'"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(capsys, image_csv, store_dir, args, message):
+    args = [a.replace("{csv}", str(image_csv)) for a in args]
+    code, out, err = cli(capsys, *args, "--store", str(store_dir))
+    assert code == 1 and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_console_script_error_and_debug(tmp_path):
+    cmd = [sys.executable, "-m", "featstore", "probe", "--data", str(tmp_path / "x.csv")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "error:" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" in done.stderr
+
+
+def test_demo_runs_and_prints_a_table(capsys, tmp_path):
+    code, out, err = cli(capsys, "demo", "--store", str(tmp_path / "s"), "--workdir",
+                         str(tmp_path / "d"), "--json")
+    assert code == 0 and "random weights" in err
+    result = json.loads(out)
+    aucs = {r["backbone"]: r["value"] for r in result["probe"] if r["metric"] == "auc"}
+    assert len(aucs) == 2 and max(aucs.values()) > 0.8  # a real signal was learned
+
+
+@pytest.mark.skipif(not (SHARED_MEDMNIST / "breastmnist.npz").exists(),
+                    reason="../shared/data/medmnist not present")
+def test_real_breastmnist_extract_and_probe(capsys, store_dir):
+    data = str(SHARED_MEDMNIST / "breastmnist.npz")
+    code, _, _ = cli(capsys, "extract", "--data", data, "-b", TINY, "--image-size", "64",
+                     "--store", str(store_dir))
+    assert code == 0
+    code, out, _ = cli(capsys, "probe", "--data", data, "--store", str(store_dir), "--json")
+    auc = next(r for r in json.loads(out) if r["metric"] == "auc")
+    assert (auc["n_train"], auc["n_val"], auc["n_test"]) == (546, 78, 156)
+    assert 0.6 < auc["value"] <= 1.0
