@@ -225,6 +225,45 @@ def _print_probe_table(records) -> None:
         out.print(lt)
 
 
+@app.command()
+def models(
+    download: Annotated[str | None, typer.Option(
+        help="Download this spec's weights (needs network) into the first weights folder.")]
+    = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the registered backbone specs and whether their weights are on this machine."""
+    from featstore.models import download_weights, find_weights, list_specs, parse_backbone
+    from featstore.models.weights import WEIGHTS_DIR_ENV, weights_dirs, where_to_put
+
+    if download:
+        path = download_weights(parse_backbone(download))
+        out.print(f"{download}: weights written to {path}")
+        return
+    rows = []
+    for spec in list_specs():
+        found = find_weights(spec)
+        rows.append({"name": spec.name, "architecture": spec.architecture, "dim": spec.dim,
+                     "layer": spec.layer, "source": spec.source,
+                     "weights_file": spec.weights_file,
+                     "present": str(found) if found else None,
+                     "where": where_to_put(spec), "url": spec.url})
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table(title="backbone specs (any timm model also works: timm:<name>[.<tag>])")
+    for col in ("name", "architecture", "dim", "source", "weights"):
+        table.add_column(col)
+    for r in rows:
+        have = f"[green]present[/] {r['present']}" if r["present"] else (
+            f"[red]missing[/]: put {r['weights_file']} in {r['where']}")
+        table.add_row(r["name"], r["architecture"], str(r["dim"]), r["source"], have)
+    out.print(table)
+    dirs = ", ".join(str(d) for d in weights_dirs())
+    out.print(f"weights are searched in: @path on the command line, then {dirs} "
+              f"(set ${WEIGHTS_DIR_ENV} to add a shared folder first)")
+
+
 @app.command(name="ls")
 def ls_(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
     """List datasets and embedding sets in the store."""

@@ -16,6 +16,17 @@ SIZE = 32
 SHARED_MEDMNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist"
 
 
+@pytest.fixture(autouse=True)
+def isolated_weight_caches(tmp_path_factory, monkeypatch):
+    """No test sees a weights file or cache that happens to be on the machine."""
+    import huggingface_hub.constants
+
+    home = tmp_path_factory.mktemp("caches")
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.delenv("FEATSTORE_WEIGHTS_DIR", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hf"))
+
+
 @pytest.fixture
 def image_csv(tmp_path: Path) -> Path:
     """A demo-style dataset of 64 PNG files (32/16/16) with a manifest CSV."""

@@ -89,7 +89,7 @@ def test_cli_on_a_medmnist_npz(capsys, npz_file, store_dir):
     ("args", "message"),
     [
         (["probe", "--data", "nope.csv"], "no such file or folder"),
-        (["extract", "--data", "{csv}", "-b", "timm:resnet18"], "name the weights"),
+        (["extract", "--data", "{csv}", "-b", "timm:resnet18"], "not in the local caches"),
         (["probe", "--data", "{csv}"], "is not in store"),
         (["extract", "--data", "{csv}", "-b", TINY, "--dtype", "int8"], "--dtype 'int8'"),
     ],

@@ -160,3 +160,12 @@ def test_16bit_png_is_scaled_not_clipped(tmp_path):
                      [["a", "train", "x16.png", 0]])
     rgb = np.asarray(read_image(load_dataset(path), 0))
     assert rgb[..., 0].tolist() == [[0, 128], [255, 64]]
+
+
+def test_parquet_manifest_equals_its_csv(image_csv):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    frame = pd.read_csv(image_csv, dtype=str)
+    pq = image_csv.with_suffix(".parquet")
+    frame.to_parquet(pq)
+    assert load_dataset(pq).sha256 == load_dataset(image_csv).sha256

@@ -62,8 +62,8 @@ def test_corrupt_and_absent_checkpoint_files(tmp_path):
 def test_spec_parsing_errors():
     with pytest.raises(BackboneError, match="timm has no model 'no_such_net'"):
         parse_backbone("timm:no_such_net@random")
-    with pytest.raises(BackboneError, match="name the weights"):
-        parse_backbone("timm:resnet18")
+    with pytest.raises(WeightsNotFoundError, match="not in the local caches.*timm/resnet18"):
+        build_backbone(parse_backbone("timm:resnet18"))
     with pytest.raises(BackboneError, match="unknown backbone 'dino'"):
         parse_backbone("dino")
 

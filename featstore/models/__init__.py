@@ -1,5 +1,6 @@
 """Backbones: the spec registry, checkpoint adapters and preprocessing."""
 
+from featstore.models import zoo  # noqa: F401  (registers the study's backbones)
 from featstore.models.preprocessing import Preprocessing
 from featstore.models.registry import (
     RANDOM,
@@ -12,6 +13,7 @@ from featstore.models.registry import (
     parse_backbone,
     register_spec,
 )
+from featstore.models.weights import download_weights, find_weights, resolve_weights
 
 __all__ = [
     "RANDOM",
@@ -20,8 +22,11 @@ __all__ = [
     "LoadedBackbone",
     "Preprocessing",
     "build_backbone",
+    "download_weights",
+    "find_weights",
     "list_specs",
     "load_checkpoint_strict",
     "parse_backbone",
     "register_spec",
+    "resolve_weights",
 ]

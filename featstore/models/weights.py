@@ -1,0 +1,133 @@
+"""Where a spec's weights live on this machine, and how to fetch them where there is network.
+
+Resolution order for a spec's release file (first hit wins; ``featstore models`` prints it):
+
+1. an explicit path after ``@`` on the command line;
+2. each folder of ``$FEATSTORE_WEIGHTS_DIR`` (``os.pathsep``-separated: a team's shared disk);
+3. torch hub's checkpoint cache, ``$TORCH_HOME/hub/checkpoints`` (where torchvision and
+   ``torch.hub.load_state_dict_from_url`` put downloads).
+
+For ``timm:<model>[.<tag>]`` with no ``@``: the Hugging Face cache (``$HF_HUB_CACHE``; timm's
+own resolution, honouring ``HF_HUB_OFFLINE``), then torch hub's cache for the tag's URL.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from featstore.errors import WeightsNotFoundError
+
+if TYPE_CHECKING:
+    from featstore.models.registry import BackboneSpec
+
+WEIGHTS_DIR_ENV = "FEATSTORE_WEIGHTS_DIR"
+HF_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def weights_dirs() -> list[Path]:
+    """Folders searched for release files, in order."""
+    dirs = [Path(p).expanduser() for p in os.environ.get(WEIGHTS_DIR_ENV, "").split(os.pathsep)
+            if p]
+    return [*dirs, Path(torch.hub.get_dir()) / "checkpoints"]
+
+
+def _timm_cfg(architecture: str):
+    import timm.models
+
+    return timm.models.get_pretrained_cfg(architecture, allow_unregistered=False)
+
+
+def find_weights(spec: BackboneSpec) -> Path | None:
+    """The local file the spec would load, or None when it is not on this machine."""
+    if spec.weights:
+        p = Path(spec.weights).expanduser()
+        return p if p.is_file() else None
+    if spec.weights_file:
+        for d in weights_dirs():
+            if (d / spec.weights_file).is_file():
+                return d / spec.weights_file
+        return None
+    cfg = _timm_cfg(spec.architecture)
+    if cfg is not None and cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for name in HF_FILES:
+            hit = try_to_load_from_cache(cfg.hf_hub_id, name)
+            if isinstance(hit, str):
+                return Path(hit)
+    if cfg is not None and cfg.url:
+        p = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name
+        if p.is_file():
+            return p
+    return None
+
+
+def where_to_put(spec: BackboneSpec) -> str:
+    """A human description of where the spec's weights are expected."""
+    if spec.weights:
+        return spec.weights
+    if spec.weights_file:
+        return str(weights_dirs()[0])
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    cfg = _timm_cfg(spec.architecture)
+    repo = cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else spec.architecture
+    return f"{HF_HUB_CACHE} (Hugging Face repo {repo})"
+
+
+def resolve_weights(spec: BackboneSpec) -> Path:
+    """The weights file to load for ``spec``.
+
+    Raises
+    ------
+    WeightsNotFoundError
+        Names the file, the folder to put it in, and the command that downloads it.
+    """
+    found = find_weights(spec)
+    if found is not None:
+        return found
+    if spec.weights:
+        raise WeightsNotFoundError(
+            f"backbone {spec.alias}: checkpoint not found: {Path(spec.weights).expanduser()} "
+            "(place the file there, or give another path after '@')"
+        )
+    fetch = (f"on a machine with network: featstore models --download {spec.name}"
+             if spec.url or not spec.weights_file else spec.manual_download)
+    if not spec.weights_file:  # a timm tag: timm's own caches
+        raise WeightsNotFoundError(
+            f"backbone {spec.name}: pretrained weights not in the local caches: expected in "
+            f"{where_to_put(spec)}, or pass {spec.name}@/path/to/file; {fetch}"
+        )
+    raise WeightsNotFoundError(
+        f"backbone {spec.name}: weights not on this machine: put {spec.weights_file} in "
+        f"{where_to_put(spec)} (or in a folder named by ${WEIGHTS_DIR_ENV}, or pass "
+        f"{spec.name}@/path/to/file); {fetch}"
+    )
+
+
+def download_weights(spec: BackboneSpec, folder: Path | None = None) -> Path:
+    """Download the spec's release file (needs network); returns where it was written.
+
+    Release files go to ``folder`` (default: the first weights folder); timm tags go through
+    timm's own download into the Hugging Face cache.
+    """
+    if not spec.weights_file:
+        import timm
+
+        timm.create_model(spec.architecture, pretrained=True)
+        found = find_weights(spec)
+        if found is None:
+            raise WeightsNotFoundError(f"timm downloaded {spec.architecture} but featstore "
+                                       "cannot find the file in the caches it searches")
+        return found
+    if not spec.url:
+        raise WeightsNotFoundError(f"backbone {spec.name}: no download URL; {spec.manual_download}")
+    folder = folder or weights_dirs()[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / spec.weights_file
+    torch.hub.download_url_to_file(spec.url, str(dest), progress=True)
+    return dest
