@@ -184,14 +184,22 @@ def probe(
 
 
 def _find_set(ds, text: str, image_size: int | None, dtype: str):
-    """An embedding set by spec (key recomputed from the weights), alias or key prefix."""
-    if "@" in text or text.startswith("timm:"):
-        from featstore.extract import resolve_key
-        from featstore.models import parse_backbone
+    """An embedding set by spec (key recomputed from the weights), alias or key prefix.
 
-        _, key = resolve_key(parse_backbone(text, input_size=image_size), dtype)
-        return ds.embedding_set(key.digest)
-    return ds.embedding_set(text)
+    A spec (``timm:...``, a registered name, anything with ``@``) is resolved to its key from
+    the weights on disk, so changed weights never silently match older embeddings.
+    """
+    from featstore.errors import BackboneError
+    from featstore.extract import resolve_key
+    from featstore.models import parse_backbone
+
+    try:
+        spec = parse_backbone(text, input_size=image_size)
+    except BackboneError:
+        if "@" in text or text.startswith("timm:"):
+            raise
+        return ds.embedding_set(text)
+    return ds.embedding_set(resolve_key(spec, dtype)[1].digest)
 
 
 def _print_probe_table(records) -> None:

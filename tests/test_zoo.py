@@ -199,7 +199,8 @@ def test_preprocessing_matches_the_authors_eval_transform(name, interp, normalis
     torch.testing.assert_close(prep.transform()(img), T.Compose(steps)(img))
 
 
-def test_extract_each_study_backbone_from_local_files(tmp_path, capsys, tv_resnet50, dino_vit):
+def test_extract_each_study_backbone_from_local_files(tmp_path, capsys, monkeypatch,
+                                                      tv_resnet50, dino_vit):
     image_csv = write_demo_dataset(tmp_path / "imgs", size=32,
                                    splits={"train": 4, "val": 2, "test": 2})
     weights = tmp_path / "weights"
@@ -208,11 +209,12 @@ def test_extract_each_study_backbone_from_local_files(tmp_path, capsys, tv_resne
         torch.save(resnet_layout(kind, tv_resnet50.state_dict()), weights / filename)
     torch.save(dino_vit.state_dict(), weights / "dino_deitsmall16_pretrain.pth")
     names = [n for n, _, _ in RESNET_SPECS] + ["dino-vits16"]
-    args = ["extract", "--data", str(image_csv), "--store", str(tmp_path / "s"), "--json",
-            "--batch-size", "32"]
-    for n, _, filename in RESNET_SPECS:
+    store = ["--store", str(tmp_path / "s")]
+    args = ["extract", "--data", str(image_csv), *store, "--json", "--batch-size", "32"]
+    for n, _, filename in RESNET_SPECS:  # explicit paths ...
         args += ["-b", f"{n}@{weights / filename}"]
-    args += ["-b", f"dino-vits16@{weights / 'dino_deitsmall16_pretrain.pth'}"]
+    monkeypatch.setenv("FEATSTORE_WEIGHTS_DIR", str(weights))
+    args += ["-b", "dino-vits16"]  # ... and a bare name, found in the team's weights folder
     with pytest.raises(SystemExit) as exc:
         main(args)
     assert exc.value.code == 0
@@ -220,6 +222,10 @@ def test_extract_each_study_backbone_from_local_files(tmp_path, capsys, tv_resne
     assert [r["alias"].split("@")[0] for r in results] == names
     assert [r["dim"] for r in results] == [2048] * 5 + [384]
     assert len({r["key"] for r in results}) == 6 and not any(r["random_weights"] for r in results)
+    with pytest.raises(SystemExit) as exc:  # probe finds it again by name (key from the file)
+        main(["probe", "--data", str(image_csv), *store, "-b", "dino-vits16", "--json"])
+    assert exc.value.code == 0
+    assert {r["key"] for r in json.loads(capsys.readouterr().out)} == {results[-1]["key"]}
 
 
 def test_models_lists_every_spec_and_where_its_weights_are(tmp_path, monkeypatch, capsys):
