@@ -155,7 +155,10 @@ def probe(
     image_size: Annotated[int | None, typer.Option(
         help="As given to extract, when --backbone is a spec.")] = None,
     dtype: Annotated[str, typer.Option(help="As given to extract.")] = "float32",
-    seed: Annotated[int, typer.Option(help="Seed (for a val split carved from train).")] = 0,
+    fractions: Annotated[str, typer.Option(
+        help="Comma-separated fractions of train to probe with, e.g. 0.01,0.1,1.0.")] = "1.0",
+    seeds: Annotated[int, typer.Option(
+        help="Seeds per fraction (subsets drawn with seeds 0..N-1).")] = 1,
     device: Annotated[str, typer.Option(help="Torch device for the solver.")] = "cpu",
     root: RootOpt = None,
     task: TaskOpt = None,
@@ -166,6 +169,14 @@ def probe(
     from featstore.probe import probe_embeddings
     from featstore.store import FeatureStore
 
+    try:
+        fracs = [float(f) for f in fractions.split(",") if f.strip()]
+    except ValueError:
+        raise FeatstoreError(
+            f"--fractions {fractions!r}: expected numbers like 0.01,0.1,1.0"
+        ) from None
+    if seeds < 1:
+        raise FeatstoreError(f"--seeds {seeds}: expected at least 1")
     manifest = load_dataset(data, root=root, task=task)
     ds = FeatureStore(store).dataset(manifest)
     sets = [_find_set(ds, b, image_size, dtype) for b in backbone] if backbone else [
@@ -175,11 +186,18 @@ def probe(
                                 "run 'featstore extract' first")
     records = []
     for es in sets:
-        records.extend(probe_embeddings(es.load(), task=manifest.task, seed=seed, device=device))
+        emb = es.load()
+        for fraction in fracs:
+            for seed in range(seeds):
+                records.extend(probe_embeddings(emb, task=manifest.task, fraction=fraction,
+                                                seed=seed, device=device))
     if as_json:
         _emit_json([r.to_dict() for r in records])
         return
-    _print_probe_table(records)
+    if len(fracs) > 1 or seeds > 1:
+        _print_sweep_table(records)
+    else:
+        _print_probe_table(records)
     _random_note(any(r.random_weights for r in records))
 
 
@@ -200,6 +218,26 @@ def _find_set(ds, text: str, image_size: int | None, dtype: str):
             raise
         return ds.embedding_set(text)
     return ds.embedding_set(resolve_key(spec, dtype)[1].digest)
+
+
+def _print_sweep_table(records) -> None:
+    """Backbone x fraction: the primary metric's mean +- sd over seeds."""
+    import numpy as np
+
+    primary = [r for r in records if r.primary]
+    table = Table(title=f"linear probe, test {primary[0].metric} mean +- sd over seeds "
+                        f"({primary[0].dataset}, task {primary[0].task})")
+    for col in ("backbone", "fraction", "n_train", primary[0].metric, "seeds"):
+        table.add_column(col, justify="left" if col == "backbone" else "right")
+    cells: dict[tuple[str, float], list] = {}
+    for r in primary:
+        cells.setdefault((r.backbone, r.fraction), []).append(r)
+    for (backbone, fraction), rs in cells.items():
+        v = np.array([r.value for r in rs])
+        n_train = "/".join(sorted({str(r.n_train) for r in rs}))
+        table.add_row(backbone, f"{fraction:g}", n_train,
+                      f"{v.mean():.4f} +- {v.std(ddof=1) if len(v) > 1 else 0:.4f}", str(len(v)))
+    out.print(table)
 
 
 def _print_probe_table(records) -> None:
