@@ -129,3 +129,12 @@ def test_real_breastmnist_extract_and_probe(capsys, store_dir):
     auc = next(r for r in json.loads(out) if r["metric"] == "auc")
     assert (auc["n_train"], auc["n_val"], auc["n_test"]) == (546, 78, 156)
     assert 0.6 < auc["value"] <= 1.0
+
+
+def test_reading_a_store_that_does_not_exist_creates_nothing(capsys, tmp_path):
+    store = tmp_path / "nowhere"
+    code, out, err = cli(capsys, "ls", "--store", str(store), "--json")
+    assert code == 0 and json.loads(out) == []
+    code, _, err = cli(capsys, "verify", "--store", str(store))
+    assert code == 0
+    assert not store.exists()

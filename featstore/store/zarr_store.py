@@ -79,10 +79,7 @@ def open_zarr_store(root: str | Path, *, read_only: bool = False) -> zarr.abc.st
     text = str(root)
     if "://" in text and not text.startswith("file://"):
         return zarr.storage.FsspecStore.from_url(text, read_only=read_only)
-    path = Path(text.removeprefix("file://"))
-    if not read_only:
-        path.mkdir(parents=True, exist_ok=True)
-    return zarr.storage.LocalStore(path, read_only=read_only)
+    return zarr.storage.LocalStore(Path(text.removeprefix("file://")), read_only=read_only)
 
 
 class FeatureStore:
@@ -95,13 +92,23 @@ class FeatureStore:
     def __repr__(self) -> str:
         return f"FeatureStore({self.root!r})"
 
-    def _root_group(self) -> zarr.Group:
-        return zarr.open_group(store=self._zstore, mode="a")
+    def _root_group(self, *, create: bool = False) -> zarr.Group | None:
+        """The root group; ``None`` when the store does not exist yet and ``create`` is false
+        (reading a store never creates it)."""
+        if create:
+            return zarr.open_group(store=self._zstore, mode="a")
+        try:
+            return zarr.open_group(store=self._zstore, mode="r")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            return None
 
     def datasets(self) -> list[DatasetGroup]:
         """Every dataset group in the store, by name."""
+        root = self._root_group()
+        if root is None:
+            return []
         groups = []
-        for name, g in sorted(self._root_group().groups()):
+        for name, g in sorted(root.groups()):
             if "manifest_sha256" in g.attrs:
                 groups.append(DatasetGroup(self, name, g))
         return groups
@@ -117,8 +124,8 @@ class FeatureStore:
             A group of that name exists with another manifest hash.
         """
         name = manifest.group_name
-        root = self._root_group()
-        if name in root:
+        root = self._root_group(create=create)
+        if root is not None and name in root:
             g = root[name]
             have = g.attrs.get("manifest_sha256")
             if have is not None and have != manifest.sha256:
@@ -128,7 +135,7 @@ class FeatureStore:
                 )
             if have is not None:
                 return DatasetGroup(self, name, g)
-        if not create:
+        if not create or root is None:
             raise NotExtractedError(
                 f"dataset {manifest.name} (manifest {manifest.sha256[:12]}) is not in store "
                 f"{self.root}: run 'featstore extract' first"
