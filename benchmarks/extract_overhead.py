@@ -21,7 +21,6 @@ import timm
 import torch
 
 from featstore.data import load_dataset
-from featstore.data.images import RowDataset, collate_rows
 from featstore.demo import write_demo_dataset
 from featstore.extract import extract_embeddings
 from featstore.extract.engine import default_workers

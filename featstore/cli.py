@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -145,6 +146,16 @@ def extract(
     _random_note(any(r.random_weights for r in results))
 
 
+def _parse_list(text: str, option: str, kind=float) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FeatstoreError(f"{option} {text!r}: expected a comma-separated list") from None
+    if not values:
+        raise FeatstoreError(f"{option} {text!r}: expected at least one value")
+    return values
+
+
 @app.command()
 def probe(
     data: DataOpt,
@@ -155,50 +166,98 @@ def probe(
     image_size: Annotated[int | None, typer.Option(
         help="As given to extract, when --backbone is a spec.")] = None,
     dtype: Annotated[str, typer.Option(help="As given to extract.")] = "float32",
+    probes: Annotated[str, typer.Option(
+        "--probe", help="linear, knn, or both: linear,knn.")] = "linear",
     fractions: Annotated[str, typer.Option(
         help="Comma-separated fractions of train to probe with, e.g. 0.01,0.1,1.0.")] = "1.0",
     seeds: Annotated[int, typer.Option(
         help="Seeds per fraction (subsets drawn with seeds 0..N-1).")] = 1,
+    l2_grid: Annotated[str | None, typer.Option(
+        help="Comma-separated L2 values (default: 1e-6..1e2, 9 log steps).")] = None,
+    ks: Annotated[str, typer.Option(help="k values for the kNN probe.")] = "10,20,50,100,200",
+    bootstrap: Annotated[int, typer.Option(
+        help="Bootstrap resamples of test for the 95% CI (0: none).")] = 1000,
+    ordinal_decode: Annotated[str, typer.Option(
+        help="Ordinal tasks: argmax, or expected (expected grade, thresholds fitted on "
+        "val).")] = "argmax",
+    recompute: Annotated[bool, typer.Option(
+        help="Recompute runs already persisted in the store.")] = False,
     device: Annotated[str, typer.Option(help="Torch device for the solver.")] = "cpu",
     root: RootOpt = None,
     task: TaskOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train linear probes on cached embeddings: L2 chosen on val, metrics on test."""
-    from featstore.data import load_dataset
-    from featstore.probe import probe_embeddings
-    from featstore.store import FeatureStore
+    """Probe cached embeddings over fractions x seeds: chosen on val, scored on test (+CI).
 
-    try:
-        fracs = [float(f) for f in fractions.split(",") if f.strip()]
-    except ValueError:
-        raise FeatstoreError(
-            f"--fractions {fractions!r}: expected numbers like 0.01,0.1,1.0"
-        ) from None
+    Every run is persisted in the store; an identical run is read back, not recomputed.
+    """
+    from featstore.data import load_dataset
+    from featstore.probe import DEFAULT_L2_GRID, ProbeConfig, probe_embeddings
+
+    fracs = _parse_list(fractions, "--fractions")
     if seeds < 1:
         raise FeatstoreError(f"--seeds {seeds}: expected at least 1")
+    kinds = _parse_list(probes, "--probe", str)
     manifest = load_dataset(data, root=root, task=task)
+    sets = _embedding_sets(manifest, store, backbone, image_size, dtype)
+    base = ProbeConfig(task=manifest.task, n_bootstrap=bootstrap, ordinal_decode=ordinal_decode,
+                       l2_grid=tuple(_parse_list(l2_grid, "--l2-grid")) if l2_grid
+                       else DEFAULT_L2_GRID, ks=tuple(_parse_list(ks, "--ks", int)))
+    records = []
+    for es in sets:
+        emb = es.load()
+        for kind in kinds:
+            for fraction in fracs:
+                for seed in range(seeds):
+                    records.extend(probe_embeddings(
+                        emb, base, probe=kind.strip(), fraction=fraction, seed=seed,
+                        store_set=es, recompute=recompute, device=device))
+    _print_results(records, as_json)
+
+
+@app.command()
+def results(
+    data: DataOpt,
+    backbone: Annotated[list[str] | None, typer.Option(
+        "--backbone", "-b", help="As for probe; default: every embedding set.")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    image_size: Annotated[int | None, typer.Option(help="As given to extract.")] = None,
+    dtype: Annotated[str, typer.Option(help="As given to extract.")] = "float32",
+    root: RootOpt = None,
+    task: TaskOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the probe results persisted in the store, without recomputing anything."""
+    from featstore.data import load_dataset
+    from featstore.probe import stored_records
+
+    manifest = load_dataset(data, root=root, task=task)
+    records = stored_records(_embedding_sets(manifest, store, backbone, image_size, dtype))
+    if not records and not as_json:
+        err.print("no probe results stored yet: run 'featstore probe'")
+        return
+    _print_results(records, as_json)
+
+
+def _embedding_sets(manifest, store: str, backbone, image_size, dtype):
+    from featstore.store import FeatureStore
+
     ds = FeatureStore(store).dataset(manifest)
     sets = [_find_set(ds, b, image_size, dtype) for b in backbone] if backbone else [
         s for s in ds.embedding_sets() if s.complete]
     if not sets:
         raise NotExtractedError(f"dataset {ds.name}: no complete embedding sets in {store}; "
                                 "run 'featstore extract' first")
-    records = []
-    for es in sets:
-        emb = es.load()
-        for fraction in fracs:
-            for seed in range(seeds):
-                records.extend(probe_embeddings(emb, task=manifest.task, fraction=fraction,
-                                                seed=seed, device=device))
+    return sets
+
+
+def _print_results(records, as_json: bool) -> None:
     if as_json:
         _emit_json([r.to_dict() for r in records])
         return
-    if len(fracs) > 1 or seeds > 1:
-        _print_sweep_table(records)
-    else:
+    if records:
         _print_probe_table(records)
-    _random_note(any(r.random_weights for r in records))
+        _random_note(any(r.random_weights for r in records))
 
 
 def _find_set(ds, text: str, image_size: int | None, dtype: str):
@@ -220,54 +279,54 @@ def _find_set(ds, text: str, image_size: int | None, dtype: str):
     return ds.embedding_set(resolve_key(spec, dtype)[1].digest)
 
 
-def _print_sweep_table(records) -> None:
-    """Backbone x fraction: the primary metric's mean +- sd over seeds."""
-    import numpy as np
-
-    primary = [r for r in records if r.primary]
-    table = Table(title=f"linear probe, test {primary[0].metric} mean +- sd over seeds "
-                        f"({primary[0].dataset}, task {primary[0].task})")
-    for col in ("backbone", "fraction", "n_train", primary[0].metric, "seeds"):
-        table.add_column(col, justify="left" if col == "backbone" else "right")
-    cells: dict[tuple[str, float], list] = {}
-    for r in primary:
-        cells.setdefault((r.backbone, r.fraction), []).append(r)
-    for (backbone, fraction), rs in cells.items():
-        v = np.array([r.value for r in rs])
-        n_train = "/".join(sorted({str(r.n_train) for r in rs}))
-        table.add_row(backbone, f"{fraction:g}", n_train,
-                      f"{v.mean():.4f} +- {v.std(ddof=1) if len(v) > 1 else 0:.4f}", str(len(v)))
-    out.print(table)
+def _fmt(values: list[float]) -> str:
+    v = np.asarray(values, dtype=float)
+    if np.isnan(v).all():
+        return "undefined"
+    if len(v) == 1:
+        return f"{v[0]:.4f}"
+    return f"{np.nanmean(v):.4f} +- {np.nanstd(v, ddof=1):.4f}"
 
 
 def _print_probe_table(records) -> None:
+    """Backbone x probe x fraction: each metric (mean +- sd over seeds), the primary
+    metric's bootstrap 95% CI on test, the chosen hyperparameter."""
+    first = records[0]
     metrics = list(dict.fromkeys(r.metric for r in records if not r.metric.startswith("auc[")))
     short = {"balanced_accuracy": "bal_acc", "accuracy": "acc"}
-    table = Table(title=f"linear probe, test split ({records[0].dataset}, task {records[0].task})")
-    table.add_column("backbone")
-    table.add_column("key")
-    for m in metrics:
-        table.add_column(short.get(m, m), justify="right")
-    table.add_column("L2", justify="right")
-    table.add_column("train/val/test", justify="right")
-    by_set: dict[str, list] = {}
+    table = Table(title=f"probes on test ({first.dataset}, task {first.task}; "
+                        "mean +- sd over seeds, bootstrap 95% CI of the primary metric)")
+    for col in ("backbone", "probe", "fraction", "n_train", *[short.get(m, m) for m in metrics],
+                "95% CI", "chosen", "seeds"):
+        table.add_column(col, justify="left" if col in ("backbone", "probe", "chosen")
+                         else "right")
+    cells: dict[tuple, list] = {}
     for r in records:
-        by_set.setdefault(r.key, []).append(r)
-    for recs in by_set.values():
-        vals = {r.metric: r.value for r in recs}
-        r0 = recs[0]
-        table.add_row(r0.backbone, r0.key[:12], *[f"{vals[m]:.4f}" for m in metrics],
-                      f"{r0.l2:g}", f"{r0.n_train}/{r0.n_val}/{r0.n_test}")
+        cells.setdefault((r.backbone, r.key, r.probe, r.fraction), []).append(r)
+    for (backbone, _, kind, fraction), rs in cells.items():
+        by_metric: dict[str, list[float]] = {}
+        for r in rs:
+            by_metric.setdefault(r.metric, []).append(r.value)
+        prim = [r for r in rs if r.primary]
+        lo, hi = np.nanmean([r.ci_low for r in prim]), np.nanmean([r.ci_high for r in prim])
+        ci = "-" if np.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]"
+        chosen = ", ".join(dict.fromkeys(r.hyperparameter for r in prim))
+        table.add_row(backbone, kind, f"{fraction:g}",
+                      "/".join(sorted({str(r.n_train) for r in prim})),
+                      *[_fmt(by_metric.get(m, [])) for m in metrics], ci, chosen,
+                      str(len(prim)))
     out.print(table)
     per_label = [r for r in records if r.metric.startswith("auc[")]
     if per_label:
-        lt = Table(title="per-label AUC")
-        lt.add_column("backbone")
-        lt.add_column("label")
-        lt.add_column("auc", justify="right")
+        lt = Table(title="per-label AUC (mean +- sd over seeds)")
+        for col in ("backbone", "probe", "fraction", "label", "auc"):
+            lt.add_column(col)
+        cells = {}
         for r in per_label:
-            lt.add_row(r.backbone, r.metric[4:-1],
-                       "undefined" if r.value != r.value else f"{r.value:.4f}")
+            cells.setdefault((r.backbone, r.probe, r.fraction, r.metric[4:-1]), []).append(
+                r.value)
+        for (backbone, kind, fraction, label), values in cells.items():
+            lt.add_row(backbone, kind, f"{fraction:g}", label, _fmt(values))
         out.print(lt)
 
 

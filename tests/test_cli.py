@@ -45,7 +45,7 @@ def test_cli_end_to_end_on_image_files(capsys, image_csv, store_dir):
 
     code, out, err = cli(capsys, "probe", "--data", str(image_csv), "--store", store,
                          "-b", TINY, "--image-size", str(SIZE))
-    assert code == 0 and "linear probe" in out and "auc" in out and "random" in err
+    assert code == 0 and "probes on test" in out and "auc" in out and "random" in err
 
     code, out, _ = cli(capsys, "ls", "--store", store, "--json")
     assert code == 0 and {r["status"] for r in json.loads(out)} == {"complete"}
@@ -138,3 +138,28 @@ def test_reading_a_store_that_does_not_exist_creates_nothing(capsys, tmp_path):
     code, _, err = cli(capsys, "verify", "--store", str(store))
     assert code == 0
     assert not store.exists()
+
+
+def test_probe_runs_are_persisted_reused_and_listed(capsys, npz_file, store_dir):
+    store = ["--store", str(store_dir)]
+    code, _, _ = cli(capsys, "extract", "--data", str(npz_file), "-b", TINY, "--image-size",
+                     str(SIZE), *store)
+    args = ["probe", "--data", str(npz_file), *store, "--probe", "linear,knn", "--fractions",
+            "0.5,1.0", "--bootstrap", "50", "--json"]
+    code, out, _ = cli(capsys, *args)
+    first = json.loads(out)
+    assert code == 0 and not any(r["cached"] for r in first)
+    assert {r["probe"] for r in first} == {"linear", "knn"}
+    prim = [r for r in first if r["primary"]]
+    assert all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in prim)
+    assert all(r["config"]["l2_grid"] and r["run_id"] for r in prim)
+    code, out, _ = cli(capsys, *args)
+    again = json.loads(out)
+    assert all(r["cached"] for r in again)
+    assert [r["value"] for r in again] == [r["value"] for r in first]
+    code, out, _ = cli(capsys, "results", "--data", str(npz_file), *store, "--json")
+    assert len(json.loads(out)) == len(first)
+    code, out, _ = cli(capsys, *args, "--recompute")
+    assert not any(r["cached"] for r in json.loads(out))
+    code, out, _ = cli(capsys, "results", "--data", str(npz_file), *store)
+    assert code == 0 and "knn" in out and "95% CI" in out

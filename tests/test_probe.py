@@ -74,3 +74,81 @@ def test_bad_probe_input_is_refused():
     X[5, 3] = np.nan
     with pytest.raises(ProbeError, match="NaN or inf .*row 5"):
         LinearProbe().fit(X, y)
+
+
+def test_sweep_solves_each_l2_as_if_alone():
+    from featstore.probe import LinearProbe
+
+    X, y = linear_data(classes=4, n=500)
+    grid = (1e-1, 1e-3)
+    sweep = fit_with_validation(X[:400], y[:400], X[400:], y[400:], task="multiclass",
+                                l2_grid=grid)
+    chosen = sweep.probe
+    alone = LinearProbe("multiclass", l2=sweep.l2).fit(X[:400], y[:400])
+    np.testing.assert_allclose(chosen.predict_proba(X[400:]), alone.predict_proba(X[400:]),
+                               atol=2e-3)
+    assert all(sweep.converged.values()) and set(sweep.n_iter) == set(grid)
+
+
+def test_multilabel_probe_is_one_sklearn_regression_per_label():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 6)).astype(np.float32)
+    Y = np.stack([(X[:, 0] + rng.normal(0, 1, 400) > 0), (X[:, 1] > 0.3)], 1).astype(int)
+    l2 = 1e-2
+    ours = LinearProbe("multilabel", l2=l2, tol=1e-6).fit(X, Y)
+    Xs = (X - ours.mean_) / ours.scale_
+    for k in range(2):
+        sk = LogisticRegression(C=1 / (l2 * len(X)), tol=1e-10, max_iter=5000).fit(Xs, Y[:, k])
+        np.testing.assert_allclose(ours.predict_proba(X)[:, k], sk.predict_proba(Xs)[:, 1],
+                                   atol=2e-3)
+
+
+def test_knn_probe_votes_like_dino():
+    from featstore.probe import KNNProbe, knn_with_validation
+
+    train = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)
+    y = np.array([0, 0, 1, 1])
+    q = np.array([[1, 0.2]], np.float32)
+    probe = KNNProbe("binary", k=3, temperature=0.1).fit(train, y)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    sims = (unit(q) @ unit(train).T)[0]
+    top = np.argsort(-sims)[:3]
+    w = np.exp(sims[top] / 0.1)
+    expected = np.array([w[y[top] == 0].sum(), w[y[top] == 1].sum()]) / w.sum()
+    np.testing.assert_allclose(probe.predict_proba(q)[0], expected, rtol=1e-5)
+    X, labels = linear_data(n=800, classes=3)
+    sweep = knn_with_validation(X[:600], labels[:600], X[600:700], labels[600:700],
+                                task="multiclass", ks=(5, 25))
+    assert sweep.k in (5, 25) and sweep.probe.score(X[700:], labels[700:]) > 0.6
+
+
+def test_bootstrap_ci_brackets_the_estimate_and_narrows_with_data():
+    from featstore.probe import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+
+    def data(n):
+        y = rng.integers(0, 2, n)
+        p1 = np.clip(0.5 + (y - 0.5) * 0.4 + rng.normal(0, 0.25, n), 0, 1)
+        return y, np.stack([1 - p1, p1], 1)
+
+    y, p = data(200)
+    lo, hi = bootstrap_ci("binary", y, p, n_boot=300)
+    assert lo < roc_auc_score(y, p[:, 1]) < hi
+    y2, p2 = data(5000)
+    lo2, hi2 = bootstrap_ci("binary", y2, p2, n_boot=300)
+    assert hi2 - lo2 < (hi - lo) / 2
+
+
+def test_expected_grade_thresholds_fit_kappa_on_val():
+    from featstore.probe.ordinal import decode, expected_grade, fit_thresholds
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 600)
+    # a probe whose expected grade is biased low: midpoints underestimate every grade
+    e = np.clip(y * 0.7 + rng.normal(0, 0.3, 600), 0, 4)
+    t = fit_thresholds(e, y, 5)
+    assert np.all(np.diff(t) > 0)
+    base = cohen_kappa_score(y, decode(e, np.arange(4) + 0.5), weights="quadratic")
+    assert cohen_kappa_score(y, decode(e, t), weights="quadratic") > base + 0.02
+    assert expected_grade(np.eye(5)[[0, 4]]).tolist() == [0.0, 4.0]

@@ -21,8 +21,11 @@ PRIMARY_METRIC = {
 }
 
 
-def task_metrics(task: str, y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+def task_metrics(task: str, y_true: np.ndarray, proba: np.ndarray,
+                 pred: np.ndarray | None = None) -> dict[str, float]:
     """All metrics of a task. ``proba``: (N, C) class probabilities, or (N, K) for multilabel.
+
+    ``pred`` overrides the argmax decision (an ordinal probe decoding expected grades).
 
     binary: auc, accuracy, balanced_accuracy, f1; multiclass: accuracy, auc (macro
     one-vs-rest), balanced_accuracy, macro_f1; ordinal: kappa (quadratic-weighted, on the
@@ -43,7 +46,8 @@ def task_metrics(task: str, y_true: np.ndarray, proba: np.ndarray) -> dict[str, 
         if not aucs:
             raise ProbeError("multilabel test set: no label has both classes; AUC undefined")
         return {"mean_auc": float(np.mean(aucs)), **out}
-    pred = proba.argmax(axis=1)
+    if pred is None:
+        pred = proba.argmax(axis=1)
     if task == "binary":
         return {
             "auc": _auc(y_true, proba[:, 1]),
@@ -72,11 +76,45 @@ def task_metrics(task: str, y_true: np.ndarray, proba: np.ndarray) -> dict[str, 
     raise ProbeError(f"unknown task {task!r}")
 
 
-def primary_score(task: str, y_true: np.ndarray, proba: np.ndarray) -> float:
-    """The task's headline metric (used to choose regularisation on val)."""
+def primary_score(task: str, y_true: np.ndarray, proba: np.ndarray,
+                  pred: np.ndarray | None = None) -> float:
+    """The task's headline metric (used to choose hyperparameters on val)."""
     if task == "binary":
         return _auc(y_true, proba[:, 1])
-    return task_metrics(task, y_true, proba)[PRIMARY_METRIC[task]]
+    if task == "multilabel":
+        return task_metrics(task, y_true, proba)["mean_auc"]
+    if pred is None:
+        pred = proba.argmax(axis=1)
+    if task == "ordinal":
+        return float(cohen_kappa_score(y_true, pred, weights="quadratic"))
+    return float(accuracy_score(y_true, pred))
+
+
+def bootstrap_ci(task: str, y_true: np.ndarray, proba: np.ndarray,
+                 pred: np.ndarray | None = None, *, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the primary metric over resampled test rows.
+
+    Resamples where the metric is undefined (one class only) are left out. Returns
+    (nan, nan) when ``n_boot`` is 0.
+    """
+    if n_boot <= 0:
+        return float("nan"), float("nan")
+    y_true = np.asarray(y_true)
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = rng.integers(0, len(y_true), len(y_true))
+        try:
+            values[b] = primary_score(task, y_true[idx], proba[idx],
+                                      None if pred is None else pred[idx])
+        except (ValueError, ProbeError):  # a resample with a single class
+            values[b] = np.nan
+    if np.isnan(values).all():
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.nanpercentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
 
 
 def _auc(y_true: np.ndarray, score: np.ndarray) -> float:

@@ -36,6 +36,7 @@ STORE_FORMAT_VERSION = 1
 DEFAULT_SHARD_ROWS = 1024
 DEFAULT_CHUNK_ROWS = 256
 KEY_CHARS = 20
+PROBES_GROUP = "probes"
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,11 @@ class FeatureStore:
         (reading a store never creates it)."""
         if create:
             return zarr.open_group(store=self._zstore, mode="a")
-        try:
-            return zarr.open_group(store=self._zstore, mode="r")
+        try:  # mode "r" first: "r+" would create the root folder of a local store
+            zarr.open_group(store=self._zstore, mode="r")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             return None
+        return zarr.open_group(store=self._zstore, mode="r+")
 
     def datasets(self) -> list[DatasetGroup]:
         """Every dataset group in the store, by name."""
@@ -394,6 +396,25 @@ class EmbeddingSet:
                           labels=idx["labels"], group=idx["group"], alias=self.alias,
                           key=self.key, dataset=self.dataset.name, attrs=self.attrs)
 
+    def probe_run(self, run_id: str) -> dict[str, Any] | None:
+        """A persisted probe run (its config and records), or None."""
+        probes = self.group.get(PROBES_GROUP)
+        if probes is None or run_id not in probes:
+            return None
+        return dict(probes[run_id].attrs)
+
+    def save_probe_run(self, run_id: str, payload: dict[str, Any]) -> None:
+        """Persist a probe run under ``probes/<run_id>`` (its attrs), next to the embeddings."""
+        probes = self.group.require_group(PROBES_GROUP)
+        probes.require_group(run_id).attrs.update(_to_json(payload))
+
+    def probe_runs(self) -> list[dict[str, Any]]:
+        """Every persisted probe run of this embedding set."""
+        probes = self.group.get(PROBES_GROUP)
+        if probes is None:
+            return []
+        return [dict(g.attrs) for _, g in sorted(probes.groups())]
+
     def iter_shards(self) -> Iterator[tuple[int, np.ndarray]]:
         """(shard, data) for each done shard."""
         arr = self.group["embeddings"]
@@ -406,6 +427,17 @@ class EmbeddingSet:
         sums = self.group["checksums"][...]
         return [i for i, data in self.iter_shards()
                 if _digest(np.ascontiguousarray(data)) != sums[i].tobytes()]
+
+
+def _to_json(obj: Any) -> Any:
+    """NaN/inf are not JSON: stored as None (undefined metrics stay undefined)."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _to_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_json(v) for v in obj]
+    return obj
 
 
 def _digest(data: np.ndarray) -> bytes:

@@ -1,0 +1,108 @@
+"""Weighted k-nearest-neighbour probe on frozen embeddings, as DINO evaluates (Caron et al.).
+
+Cosine similarity between L2-normalised embeddings; each of the k nearest training rows votes
+for its label with weight exp(similarity / T) (T = 0.07); class probabilities are the
+normalised votes (for multilabel, the weighted mean of the neighbours' label vectors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from featstore.errors import ProbeError
+from featstore.probe.linear import check_features
+from featstore.probe.metrics import primary_score
+
+DEFAULT_KS = (10, 20, 50, 100, 200)
+TEMPERATURE = 0.07
+CHUNK_ROWS = 1024
+
+
+class KNNProbe:
+    """A weighted kNN classifier (sklearn-style estimator).
+
+    Parameters
+    ----------
+    task : str
+        ``binary``, ``multiclass``, ``ordinal`` or ``multilabel``.
+    k : int
+        Neighbours (capped at the number of training rows).
+    temperature : float
+        Vote weight exp(cosine / temperature).
+    """
+
+    def __init__(self, task: str = "binary", *, k: int = 20,
+                 temperature: float = TEMPERATURE, device: str = "cpu") -> None:
+        self.task = task
+        self.k = k
+        self.temperature = temperature
+        self.device = device
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> KNNProbe:
+        """Store the normalised training embeddings and their labels."""
+        Xt = check_features(X, self.device)
+        y = np.asarray(y)
+        if self.task == "multilabel":
+            votes = torch.as_tensor(y.reshape(len(y), -1), dtype=torch.float32)
+        else:
+            y = y.reshape(-1)
+            if len(np.unique(y)) < 2:
+                raise ProbeError("training labels hold one class only; a probe needs two")
+            votes = torch.nn.functional.one_hot(torch.as_tensor(y, dtype=torch.long)).float()
+        if len(votes) != len(Xt):
+            raise ProbeError(f"{len(Xt)} feature rows but {len(votes)} labels")
+        self.train_ = torch.nn.functional.normalize(Xt, dim=1)
+        self.votes_ = votes.to(self.device)
+        return self
+
+    def neighbours(self, X: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Similarities and indices (N, k) of the k nearest training rows, most similar first."""
+        Q = torch.nn.functional.normalize(check_features(X, self.device), dim=1)
+        k = min(k, len(self.train_))
+        sims, idx = [], []
+        for start in range(0, len(Q), CHUNK_ROWS):
+            s, i = (Q[start:start + CHUNK_ROWS] @ self.train_.T).topk(k, dim=1)
+            sims.append(s)
+            idx.append(i)
+        return torch.cat(sims), torch.cat(idx)
+
+    def _vote(self, sims: torch.Tensor, idx: torch.Tensor, k: int) -> np.ndarray:
+        w = (sims[:, :k] / self.temperature).exp()
+        votes = (w.unsqueeze(2) * self.votes_[idx[:, :k]]).sum(1)
+        return (votes / w.sum(1, keepdim=True)).cpu().numpy()
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, C), or per-label probabilities (N, K) for multilabel."""
+        sims, idx = self.neighbours(X, self.k)
+        return self._vote(sims, idx, self.k)
+
+    def score(self, X: np.ndarray, y: np.ndarray) -> float:
+        """The task's primary metric."""
+        return primary_score(self.task, np.asarray(y), self.predict_proba(X))
+
+
+@dataclass
+class KNNSweep:
+    """The k chosen on val, with the val score of every k."""
+
+    probe: KNNProbe
+    k: int
+    val_scores: dict[int, float]
+
+
+def knn_with_validation(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
+                        y_val: np.ndarray, *, task: str, ks: Sequence[int] = DEFAULT_KS,
+                        device: str = "cpu") -> KNNSweep:
+    """Choose k on val; the neighbours are searched once, for the largest k."""
+    probe = KNNProbe(task, k=max(ks), device=device).fit(X_train, y_train)
+    sims, idx = probe.neighbours(X_val, max(ks))
+    scores = {int(k): primary_score(task, np.asarray(y_val), probe._vote(sims, idx, k))
+              for k in sorted(set(ks))}
+    finite = {k: s for k, s in scores.items() if np.isfinite(s)}
+    best = max(finite, key=lambda k: (finite[k], -k)) if finite else min(scores)
+    probe.k = best
+    return KNNSweep(probe=probe, k=best, val_scores=scores)
