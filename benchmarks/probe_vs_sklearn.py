@@ -27,6 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from featstore.probe import DEFAULT_L2_GRID, fit_with_validation, primary_score
+from featstore.probe.linear import choose_on_val
 
 MAX_ITER = 1000
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"
@@ -66,20 +67,19 @@ def sklearn_sweep(X, y, split, task, grid):
     Xs = {s: scaler.transform(X[split == s]) for s in ("train", "val", "test")}
     ys = {s: y[split == s] for s in ("train", "val", "test")}
     n = len(ys["train"])
-    best = None
-    iters = []
+    fits, scores, iters = [], [], []
     for l2 in sorted(grid, reverse=True):
         clf = LogisticRegression(C=1 / (l2 * n), max_iter=MAX_ITER)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf.fit(Xs["train"], ys["train"])
         iters.append(int(np.max(clf.n_iter_)))
-        s = primary_score(task, ys["val"], clf.predict_proba(Xs["val"]))
-        if best is None or s > best[0]:
-            best = (s, l2, clf)
-    test = primary_score(task, ys["test"], best[2].predict_proba(Xs["test"]))
+        fits.append((l2, clf))
+        scores.append(primary_score(task, ys["val"], clf.predict_proba(Xs["val"])))
+    best = fits[choose_on_val(scores)]  # the same selection rule as featstore's
+    test = primary_score(task, ys["test"], best[1].predict_proba(Xs["test"]))
     unconverged = sum(i >= MAX_ITER for i in iters)
-    return time.perf_counter() - t0, test, best[1], sum(iters), unconverged
+    return time.perf_counter() - t0, test, best[0], sum(iters), unconverged
 
 
 def featstore_sweep(X, y, split, task, grid):

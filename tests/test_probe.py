@@ -152,3 +152,12 @@ def test_expected_grade_thresholds_fit_kappa_on_val():
     base = cohen_kappa_score(y, decode(e, np.arange(4) + 0.5), weights="quadratic")
     assert cohen_kappa_score(y, decode(e, t), weights="quadratic") > base + 0.02
     assert expected_grade(np.eye(5)[[0, 4]]).tolist() == [0.0, 4.0]
+
+
+def test_val_choice_breaks_near_ties_towards_stronger_regularisation():
+    from featstore.probe.linear import choose_on_val
+
+    assert choose_on_val([0.70, 0.7769, 0.7775, 0.75]) == 1  # within 1e-3 of the best
+    assert choose_on_val([0.70, 0.77, 0.80]) == 2
+    assert choose_on_val([float("nan"), 0.6, 0.5]) == 1
+    assert choose_on_val([float("nan"), float("nan")]) == 0

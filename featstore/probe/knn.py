@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from featstore.errors import ProbeError
-from featstore.probe.linear import check_features
+from featstore.probe.linear import check_features, choose_on_val
 from featstore.probe.metrics import primary_score
 
 DEFAULT_KS = (10, 20, 50, 100, 200)
@@ -102,7 +102,8 @@ def knn_with_validation(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndar
     sims, idx = probe.neighbours(X_val, max(ks))
     scores = {int(k): primary_score(task, np.asarray(y_val), probe._vote(sims, idx, k))
               for k in sorted(set(ks))}
-    finite = {k: s for k, s in scores.items() if np.isfinite(s)}
-    best = max(finite, key=lambda k: (finite[k], -k)) if finite else min(scores)
+    # more neighbours smooth more: the largest k is the "strongest regularisation"
+    order = sorted(scores, reverse=True)
+    best = order[choose_on_val([scores[k] for k in order])]
     probe.k = best
     return KNNSweep(probe=probe, k=best, val_scores=scores)

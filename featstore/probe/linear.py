@@ -15,6 +15,7 @@ from featstore.probe.metrics import primary_score
 
 DEFAULT_L2_GRID = tuple(float(v) for v in np.logspace(-6, 2, 9))
 DEFAULT_TOL = 1e-4
+VAL_TIE = 1e-3
 
 
 def check_features(X: np.ndarray, device: str = "cpu") -> torch.Tensor:
@@ -168,6 +169,20 @@ class SweepResult:
     converged: dict[float, bool] = field(default_factory=dict)
 
 
+def choose_on_val(scores: Sequence[float], tie: float = VAL_TIE) -> int:
+    """Index of the chosen hyperparameter, ``scores`` ordered strongest regularisation first.
+
+    The first score within ``tie`` of the best wins: val differences that small are solver
+    and sampling noise, and the stronger regularisation is the safer choice. NaN scores
+    (undefined metric) lose; if all are NaN the strongest is chosen.
+    """
+    finite = [s for s in scores if np.isfinite(s)]
+    if not finite:
+        return 0
+    top = max(finite)
+    return next(i for i, s in enumerate(scores) if np.isfinite(s) and s >= top - tie)
+
+
 def fit_with_validation(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
                         y_val: np.ndarray, *, task: str,
                         l2_grid: Sequence[float] = DEFAULT_L2_GRID,
@@ -176,8 +191,9 @@ def fit_with_validation(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndar
     """Fit one probe per L2 value and keep the best on val by the task's metric.
 
     All L2 values are solved side by side over one standardised copy of the features
-    (:mod:`featstore.probe._lbfgs`), each to its own convergence test. Ties go to the
-    stronger regularisation; a probe that did not converge is reported as such.
+    (:mod:`featstore.probe._lbfgs`), each to its own convergence test. Val scores within
+    ``VAL_TIE`` of the best count as ties and go to the stronger regularisation
+    (:func:`choose_on_val`); a probe that did not converge is reported as such.
 
     Raises
     ------
@@ -188,17 +204,13 @@ def fit_with_validation(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndar
     prob = _prepare(task, X_train, y_train, device)
     sol = _lbfgs.solve(prob.Xs, prob.target, prob.kind, prob.n_out,
                        torch.tensor(grid), max_iter=max_iter, tol=tol)
-    best: tuple[float, int] | None = None
     scores: dict[float, float] = {}
     probes = []
     for i, l2 in enumerate(grid):
         probe = LinearProbe(task, l2=l2, device=device, max_iter=max_iter, tol=tol)
         probes.append(probe._set_solution(prob, sol, i))
-        s = probe.score(X_val, y_val)
-        scores[l2] = s
-        if best is None or (np.isfinite(s) and (not np.isfinite(best[0]) or s > best[0])):
-            best = (s, i)
-    assert best is not None
-    return SweepResult(probe=probes[best[1]], l2=grid[best[1]], val_scores=scores,
+        scores[l2] = probe.score(X_val, y_val)
+    best = choose_on_val(list(scores.values()))
+    return SweepResult(probe=probes[best], l2=grid[best], val_scores=scores,
                        n_iter={l2: int(sol.n_iter[i]) for i, l2 in enumerate(grid)},
                        converged={l2: bool(sol.converged[i]) for i, l2 in enumerate(grid)})
