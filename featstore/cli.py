@@ -173,7 +173,7 @@ def probe(
     seeds: Annotated[int, typer.Option(
         help="Seeds per fraction (subsets drawn with seeds 0..N-1).")] = 1,
     l2_grid: Annotated[str | None, typer.Option(
-        help="Comma-separated L2 values (default: 1e-6..1e2, 9 log steps).")] = None,
+        help="Comma-separated L2 values (default: 1e-6..1e4, 11 log steps).")] = None,
     ks: Annotated[str, typer.Option(help="k values for the kNN probe.")] = "10,20,50,100,200",
     bootstrap: Annotated[int, typer.Option(
         help="Bootstrap resamples of test for the 95% CI (0: none).")] = 1000,
@@ -237,6 +237,86 @@ def results(
         err.print("no probe results stored yet: run 'featstore probe'")
         return
     _print_results(records, as_json)
+
+
+@app.command()
+def fuse(
+    data: DataOpt,
+    backbone: Annotated[list[str], typer.Option(
+        "--backbone", "-b", help="Two to eight embedding sets (spec, alias or key prefix).")],
+    store: StoreOpt = DEFAULT_STORE,
+    image_size: Annotated[int | None, typer.Option(help="As given to extract.")] = None,
+    dtype: Annotated[str, typer.Option(help="As given to extract.")] = "float32",
+    attention: Annotated[str, typer.Option(
+        help="DVME variants: softmax, sigmoid, uniform (comma-separated).")] = "softmax",
+    dim: Annotated[int, typer.Option(help="Common projection dimension.")] = 256,
+    fractions: Annotated[str, typer.Option(help="Fractions of train, e.g. 0.1,1.0.")] = "1.0",
+    seeds: Annotated[int, typer.Option(help="Seeds per fraction.")] = 1,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the CI.")] = 1000,
+    heads_dir: Annotated[Path, typer.Option(
+        help="Where the trained DVME heads are saved.")] = Path("./featstore-heads"),
+    baselines: Annotated[bool, typer.Option(
+        help="Also report concat and each single backbone.")] = True,
+    device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
+    root: RootOpt = None,
+    task: TaskOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the DVME fusion head over several cached embedding sets, beside the baselines."""
+    from featstore.data import load_dataset
+    from featstore.fusion import fuse_embeddings
+
+    if not 2 <= len(backbone) <= 8:
+        raise FeatstoreError(f"fuse takes 2 to 8 --backbone values, got {len(backbone)}")
+    manifest = load_dataset(data, root=root, task=task)
+    sets = _embedding_sets(manifest, store, backbone, image_size, dtype)
+    embs = [es.load() for es in sets]
+    kinds = _parse_list(attention, "--attention", str)
+    records = []
+    for fraction in _parse_list(fractions, "--fractions"):
+        for seed in range(seeds):
+            records += fuse_embeddings(embs, task=manifest.task, fraction=fraction, seed=seed,
+                                       attentions=kinds, dim=dim, n_bootstrap=bootstrap,
+                                       baselines=baselines, heads_dir=heads_dir,
+                                       device=device)
+    ds = sets[0].dataset
+    by_run: dict[str, list] = {}
+    for r in records:
+        by_run.setdefault(r.run_id, []).append(r.to_dict())
+    for run_id, recs in by_run.items():
+        ds.save_fusion_run(run_id, {"records": recs})
+    if as_json:
+        _emit_json([r.to_dict() for r in records])
+        return
+    _print_fusion_table(records)
+    _random_note(any(s.attrs.get("provenance", {}).get("random_weights") for s in sets))
+
+
+def _print_fusion_table(records) -> None:
+    first = records[0]
+    table = Table(title=f"fusion on test ({first.dataset}, task {first.task}; mean +- sd "
+                        "over seeds, bootstrap 95% CI, mean DVME attention on test)")
+    for col in ("method", "fraction", "n_train", first.metric if first.primary else "metric",
+                "95% CI", "attention", "seeds"):
+        table.add_column(col)
+    cells: dict[tuple, list] = {}
+    for r in records:
+        if r.primary:
+            cells.setdefault((r.method, r.fraction), []).append(r)
+    for (method, fraction), rs in cells.items():
+        lo = np.nanmean([r.ci_low for r in rs])
+        hi = np.nanmean([r.ci_high for r in rs])
+        att = ""
+        if rs[0].attention:
+            mean = {k: np.mean([r.attention[k] for r in rs]) for k in rs[0].attention}
+            att = "  ".join(f"{k}: {v:.2f}" for k, v in mean.items())
+        table.add_row(method, f"{fraction:g}", str(rs[0].n_train),
+                      _fmt([r.value for r in rs]),
+                      "-" if np.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]", att, str(len(rs)))
+    out.print(table)
+    heads = sorted({r.head_path for r in records if r.head_path})
+    if heads:
+        out.print(f"DVME heads saved: {', '.join(heads)} (featstore.fusion.DVME.load)")
 
 
 def _embedding_sets(manifest, store: str, backbone, image_size, dtype):

@@ -35,3 +35,7 @@ class NotExtractedError(StoreError):
 
 class ProbeError(FeatstoreError):
     """A probe cannot be trained or scored on the given data."""
+
+
+class FusionError(FeatstoreError):
+    """Embedding sets cannot be fused (different datasets, rows that do not align)."""

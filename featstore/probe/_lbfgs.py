@@ -55,7 +55,7 @@ class BatchedSolution:
 def _loss_grad(X: torch.Tensor, target: torch.Tensor, kind: str, W: torch.Tensor,
                b: torch.Tensor, l2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
                                                              torch.Tensor]:
-    """Mean loss + l2/2 ||W||^2 and its gradients for p problems at once.
+    """Mean loss + l2/2 ||W||^2 (float64) and its gradients for p problems at once.
 
     W: (p, D, C), b: (p, C), l2: (p,). ``kind`` is ``softmax`` (target: (N,) class ids) or
     ``sigmoid`` (target: (N, C) 0/1, the C losses summed per row).
@@ -66,22 +66,25 @@ def _loss_grad(X: torch.Tensor, target: torch.Tensor, kind: str, W: torch.Tensor
     if kind == "softmax":
         logp = torch.log_softmax(Z, dim=2)
         picked = logp.gather(2, target.view(n, 1, 1).expand(n, p, 1)).squeeze(2)
-        data_loss = -picked.mean(0)
+        data_loss = -picked.sum(0, dtype=torch.float64) / n
         # probabilities below 1e-30 become exact zeros: left alone, near-separable problems
         # fill G with denormal floats, which make the matmuls 10x slower on x86 CPUs
         G = logp.exp().masked_fill_(logp < TINY_LOG, 0.0)
         G.scatter_add_(2, target.view(n, 1, 1).expand(n, p, 1),
-                       torch.full((n, p, 1), -1.0, dtype=G.dtype))
+                       torch.full((n, p, 1), -1.0, dtype=G.dtype, device=G.device))
     else:
         T = target.view(n, 1, c)
         # softplus(z) - t z  is the BCE with logits, stable for large |z|
-        data_loss = (torch.nn.functional.softplus(Z) - T * Z).sum(2).mean(0)
+        data_loss = (torch.nn.functional.softplus(Z) - T * Z).sum(2).sum(
+            0, dtype=torch.float64) / n
         G = torch.sigmoid(Z).masked_fill_(Z < TINY_LOG, 0.0) - T
     G /= n
     # G^T X reads X row-major; X^T G walks it column-wise and is ~3x slower on a CPU
     gW = (G.reshape(n, p * c).T @ X).view(p, c, d).transpose(1, 2) + l2.view(p, 1, 1) * W
-    gb = G.sum(0)
-    loss = data_loss + 0.5 * l2 * (W * W).sum((1, 2))
+    gb = G.sum(0, dtype=torch.float64).to(G.dtype)
+    # the loss is accumulated in float64: near the optimum, float32 sums over N rows are
+    # noisier than the decrease the line search must see
+    loss = data_loss + 0.5 * l2.double() * (W.double() ** 2).sum((1, 2))
     return loss, gW, gb
 
 
@@ -96,13 +99,13 @@ def solve(X: torch.Tensor, target: torch.Tensor, kind: str, n_out: int, l2: torc
     """
     P = l2.shape[0]
     d = X.shape[1]
-    dt = X.dtype
-    l2 = l2.to(dt)
+    dt, dev = X.dtype, X.device
+    l2 = l2.to(dev, dt)
     if precondition:
         e, U = covariance_eigh(X)
         scale = (CURVATURE * e.view(1, d) + l2.view(P, 1)).sqrt()  # (P, D)
     else:
-        U, scale = None, torch.ones(P, d, dtype=dt)
+        U, scale = None, torch.ones(P, d, dtype=dt, device=dev)
 
     def to_w(V: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         Wr = V / scale[idx].unsqueeze(2)
@@ -116,16 +119,16 @@ def solve(X: torch.Tensor, target: torch.Tensor, kind: str, n_out: int, l2: torc
         gV = gV / scale[idx].unsqueeze(2)
         return f, torch.cat([gV.reshape(len(idx), -1), gb], dim=1), gmax
 
-    every = torch.arange(P)
-    x = torch.zeros(P, d * n_out + n_out, dtype=dt)
+    every = torch.arange(P, device=dev)
+    x = torch.zeros(P, d * n_out + n_out, dtype=dt, device=dev)
     f, g, gmax = evaluate(x, every)
     M = x.shape[1]
-    S = torch.zeros(history, P, M, dtype=dt)
-    Yh = torch.zeros(history, P, M, dtype=dt)
-    rho = torch.zeros(history, P, dtype=dt)
-    gamma = torch.ones(P, dtype=dt)
-    n_iter = torch.zeros(P, dtype=torch.long)
-    stalled = torch.zeros(P, dtype=torch.bool)
+    S = torch.zeros(history, P, M, dtype=dt, device=dev)
+    Yh = torch.zeros(history, P, M, dtype=dt, device=dev)
+    rho = torch.zeros(history, P, dtype=dt, device=dev)
+    gamma = torch.ones(P, dtype=dt, device=dev)
+    n_iter = torch.zeros(P, dtype=torch.long, device=dev)
+    stalled = torch.zeros(P, dtype=torch.bool, device=dev)
     head = 0
     for it in range(max_iter):
         active = (gmax > tol) & ~stalled
@@ -151,8 +154,8 @@ def solve(X: torch.Tensor, target: torch.Tensor, kind: str, n_out: int, l2: torc
         if bad.any():
             q[bad] = -g[idx][bad]
             gtd[bad] = -(g[idx][bad] ** 2).sum(1)
-        t = torch.ones(len(idx), dtype=dt)
-        accepted = torch.zeros(len(idx), dtype=torch.bool)
+        t = torch.ones(len(idx), dtype=dt, device=dev)
+        accepted = torch.zeros(len(idx), dtype=torch.bool, device=dev)
         f_new, x_new, g_new = f[idx].clone(), x[idx].clone(), g[idx].clone()
         gmax_new = gmax[idx].clone()
         for _ in range(MAX_BACKTRACK):

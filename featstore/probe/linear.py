@@ -13,7 +13,7 @@ from featstore.errors import ProbeError
 from featstore.probe import _lbfgs
 from featstore.probe.metrics import primary_score
 
-DEFAULT_L2_GRID = tuple(float(v) for v in np.logspace(-6, 2, 9))
+DEFAULT_L2_GRID = tuple(float(v) for v in np.logspace(-6, 4, 11))
 DEFAULT_TOL = 1e-4
 VAL_TIE = 1e-3
 

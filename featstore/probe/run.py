@@ -83,7 +83,8 @@ class ProbeRecord:
         return asdict(self)
 
 
-def _splits(emb: Embeddings, y: np.ndarray, task: str) -> tuple[np.ndarray, ...]:
+def split_rows(emb: Embeddings, y: np.ndarray, task: str) -> tuple[np.ndarray, ...]:
+    """(train, val, test, val source) rows; a missing val is carved from train (seed 0)."""
     tr = np.flatnonzero(emb.split == "train")
     va = np.flatnonzero(emb.split == "val")
     te = np.flatnonzero(emb.split == "test")
@@ -129,7 +130,7 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
             return [_stored_record(r) for r in saved["records"]]
     task = cfg.task
     y = emb.labels if task == "multilabel" else emb.labels[:, 0]
-    tr, va, te, val_source = _splits(emb, y, task)
+    tr, va, te, val_source = split_rows(emb, y, task)
     tr = select_fraction(tr, emb.labels, emb.group, cfg.fraction, cfg.seed)
     X = emb.X
     pred_test = None

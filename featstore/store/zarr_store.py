@@ -37,6 +37,7 @@ DEFAULT_SHARD_ROWS = 1024
 DEFAULT_CHUNK_ROWS = 256
 KEY_CHARS = 20
 PROBES_GROUP = "probes"
+FUSION_GROUP = "fusion"
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,16 @@ class DatasetGroup:
     def index(self) -> dict[str, np.ndarray]:
         """``ids``, ``split``, ``labels`` (N, K) and ``group`` arrays, rows aligned."""
         return {k: self.group[k][...] for k in ("ids", "split", "labels", "group")}
+
+    def save_fusion_run(self, run_id: str, payload: dict[str, Any]) -> None:
+        """Persist a fusion run (config + records) under ``fusion/<run_id>``."""
+        runs = self.group.require_group(FUSION_GROUP)
+        runs.require_group(run_id).attrs.update(_to_json(payload))
+
+    def fusion_runs(self) -> list[dict[str, Any]]:
+        """Every persisted fusion run of this dataset."""
+        runs = self.group.get(FUSION_GROUP)
+        return [] if runs is None else [dict(g.attrs) for _, g in sorted(runs.groups())]
 
     def embedding_sets(self) -> list[EmbeddingSet]:
         """All embedding sets of this dataset, by alias then key."""

@@ -1,0 +1,112 @@
+"""DVME fusion: it combines complementary backbones, down-weights noise, saves and reloads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from featstore.cli import main
+from featstore.errors import FusionError
+from featstore.fusion import DVME, fuse_embeddings
+from featstore.store.zarr_store import Embeddings
+from tests.conftest import SIZE, TINY, TINY_VIT
+
+
+def complementary(n=3000, seed=0, noise_backbone=False):
+    """Backbone A sees one half of the signal, B the other; C (optional) sees nothing."""
+    rng = np.random.default_rng(seed)
+    s1, s2 = rng.normal(size=n), rng.normal(size=n)
+    y = (s1 + s2 > 0).astype(int)
+
+    def backbone(signal, dim):
+        X = rng.normal(size=(n, dim))
+        if signal is not None:
+            X[:, :4] += 1.5 * signal[:, None]
+        return X.astype(np.float32)
+
+    split = np.array(["train"] * n, dtype=object)
+    split[int(0.6 * n):int(0.8 * n)] = "val"
+    split[int(0.8 * n):] = "test"
+    ids = np.array([f"r{i:05d}" for i in range(n)])
+    parts = [("A", backbone(s1, 48)), ("B", backbone(s2, 32))]
+    if noise_backbone:
+        parts.append(("C", backbone(None, 40)))
+    return [Embeddings(X=X, ids=ids, split=split, labels=y[:, None], group=np.full(n, ""),
+                       alias=name, key=name * 8, dataset="synthetic", attrs={})
+            for name, X in parts]
+
+
+def primary(records, method):
+    return next(r.value for r in records if r.method == method and r.primary)
+
+
+def test_dvme_beats_each_single_backbone_on_complementary_signal(tmp_path):
+    embs = complementary()
+    recs = fuse_embeddings(embs, task="binary", n_bootstrap=0, heads_dir=tmp_path)
+    dvme = primary(recs, "dvme-softmax")
+    assert dvme > primary(recs, "single:A") + 0.05
+    assert dvme > primary(recs, "single:B") + 0.05
+    assert dvme > 0.9
+    assert {r.method for r in recs} == {"dvme-softmax", "concat", "single:A", "single:B"}
+
+
+def test_noise_backbone_gets_clearly_less_attention():
+    embs = complementary(noise_backbone=True)
+    recs = fuse_embeddings(embs, task="binary", n_bootstrap=0, baselines=False)
+    att = next(r.attention for r in recs if r.primary)
+    assert att["C"] < 0.6 * min(att["A"], att["B"])
+    per_class = next(r.attention_per_class for r in recs if r.primary)
+    assert set(per_class) == {"0", "1"}
+
+
+def test_saved_head_reloads_and_predicts_identically(tmp_path):
+    embs = complementary(n=1200)
+    tr = embs[0].split == "train"
+    va = embs[0].split == "val"
+    y = embs[0].labels[:, 0]
+    head = DVME("binary", dim=32, attention="sigmoid", seed=3, max_epochs=5).fit(
+        [e.X[tr] for e in embs], y[tr], [e.X[va] for e in embs], y[va])
+    head.save(tmp_path / "head.pt")
+    again = DVME.load(tmp_path / "head.pt")
+    Xs = [e.X for e in embs]
+    np.testing.assert_array_equal(head.predict_proba(Xs), again.predict_proba(Xs))
+    np.testing.assert_array_equal(head.attention_weights(Xs), again.attention_weights(Xs))
+    same_seed = DVME("binary", dim=32, attention="sigmoid", seed=3, max_epochs=5).fit(
+        [e.X[tr] for e in embs], y[tr], [e.X[va] for e in embs], y[va])
+    np.testing.assert_array_equal(head.predict_proba(Xs), same_seed.predict_proba(Xs))
+
+
+def test_misaligned_sets_are_refused_with_counts():
+    a, b = complementary(n=500)
+    b.ids = b.ids.copy()
+    b.ids[:3] = ["x1", "x2", "x3"]
+    with pytest.raises(FusionError, match="B does not align with A: 3 ids missing, 3 extra"):
+        fuse_embeddings([a, b], task="binary")
+    b.dataset = "other"
+    with pytest.raises(FusionError, match="belongs to dataset other"):
+        fuse_embeddings([a, b], task="binary")
+
+
+def test_cli_fuse_end_to_end(capsys, npz_file, store_dir, tmp_path):
+    store = ["--store", str(store_dir)]
+    with pytest.raises(SystemExit):
+        main(["extract", "--data", str(npz_file), "-b", TINY, "-b", TINY_VIT, "--image-size",
+              str(SIZE), *store])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["fuse", "--data", str(npz_file), "-b", TINY, "-b", TINY_VIT, "--image-size",
+              str(SIZE), *store, "--attention", "softmax,uniform", "--bootstrap", "20",
+              "--heads-dir", str(tmp_path / "heads"), "--json"])
+    assert exc.value.code == 0
+    recs = json.loads(capsys.readouterr().out)
+    methods = {r["method"] for r in recs}
+    assert {"dvme-softmax", "dvme-uniform", "concat"} <= methods and len(methods) == 5
+    uniform = next(r for r in recs if r["method"] == "dvme-uniform" and r["primary"])
+    assert all(abs(v - 0.5) < 1e-6 for v in uniform["attention"].values())
+    head = DVME.load(next(r["head_path"] for r in recs if r["head_path"]))
+    assert head.attention in ("softmax", "uniform")
+    with pytest.raises(SystemExit) as exc:
+        main(["fuse", "--data", str(npz_file), "-b", TINY, "--image-size", str(SIZE), *store])
+    assert exc.value.code == 1
