@@ -296,8 +296,10 @@ def _print_fusion_table(records) -> None:
     first = records[0]
     table = Table(title=f"fusion on test ({first.dataset}, task {first.task}; mean +- sd "
                         "over seeds, bootstrap 95% CI, mean DVME attention on test)")
-    for col in ("method", "fraction", "n_train", first.metric if first.primary else "metric",
-                "95% CI", "attention", "seeds"):
+    from featstore.probe import PRIMARY_METRIC
+
+    for col in ("method", "fraction", "n_train", PRIMARY_METRIC[first.task], "95% CI",
+                "attention", "seeds"):
         table.add_column(col)
     cells: dict[tuple, list] = {}
     for r in records:
