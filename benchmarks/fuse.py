@@ -70,7 +70,7 @@ def main() -> None:
         v = np.array([r[1] for r in results[name]])
         print(f"{label:<38}{t.mean():>11.1f}{v.mean():>12.4f} +- {v.std(ddof=1):.4f}")
     for name, v in singles.items():
-        print(f"{'  best single? ' + name:<38}{'':>11}{v:>12.4f}  (seed {args.seeds - 1})")
+        print(f"{'  ' + name + ' (linear probe)':<38}{'':>11}{v:>12.4f}  (seed {args.seeds - 1})")
     t0 = time.perf_counter()
     for fraction in FRACTIONS:
         for seed in range(args.seeds):
