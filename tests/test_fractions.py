@@ -59,7 +59,7 @@ def test_probe_sweep_over_fractions_and_seeds(capsys, image_csv, store_dir):
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(["probe", "--data", str(image_csv), *store, "--fractions", "0.25,1.0",
-              "--seeds", "2", "--json"])
+              "--seeds", "2", "--bootstrap", "50", "--json"])
     assert exc.value.code == 0
     recs = [r for r in json.loads(capsys.readouterr().out) if r["primary"]]
     assert sorted((r["fraction"], r["seed"]) for r in recs) == [(0.25, 0), (0.25, 1), (1.0, 0),
@@ -68,5 +68,6 @@ def test_probe_sweep_over_fractions_and_seeds(capsys, image_csv, store_dir):
     assert all(r["n_train"] == 8 and r["n_val"] == 16 for r in small)  # val never subsampled
     assert small[0]["train_ids_sha256"] != small[1]["train_ids_sha256"]
     with pytest.raises(SystemExit) as exc:
-        main(["probe", "--data", str(image_csv), *store, "--fractions", "0.5", "--seeds", "2"])
+        main(["probe", "--data", str(image_csv), *store, "--fractions", "0.5", "--seeds", "2",
+              "--bootstrap", "50"])
     assert exc.value.code == 0 and "+-" in capsys.readouterr().out
