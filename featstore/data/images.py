@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,23 +13,42 @@ from PIL import Image, UnidentifiedImageError
 from featstore.data.manifest import Manifest
 from featstore.errors import ImageReadError
 
+H5_SUFFIXES = (".h5", ".hdf5")
+
 
 class ArrayFiles:
-    """Per-process cache of arrays in .npz files, opened on first use.
+    """Per-process cache of arrays in .npz and HDF5 files, opened on first use.
 
-    A DataLoader worker builds its own cache after fork, so no file handle is shared.
+    An .npz array is loaded whole (MedMNIST sizes); an HDF5 dataset stays on disk and is read
+    one row at a time through h5py (PatchCamelyon's 262k patches are never loaded). A
+    DataLoader worker builds its own cache after fork, so no file handle is shared.
     """
 
     def __init__(self) -> None:
-        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+        self._arrays: dict[tuple[str, str], Any] = {}
+        self._files: list[Any] = []
 
-    def get(self, path: Path, key: str) -> np.ndarray:
-        """The array ``key`` of the file at ``path``."""
+    def get(self, path: Path, key: str) -> Any:
+        """The array ``key`` of the file at ``path`` (indexable by row, with ``len``)."""
         k = (str(path), key)
         if k not in self._arrays:
-            with np.load(path, allow_pickle=False) as npz:
-                self._arrays[k] = npz[key]
+            if path.suffix.lower() in H5_SUFFIXES:
+                import h5py
+
+                f = h5py.File(path, "r")
+                self._files.append(f)
+                self._arrays[k] = f[key]
+            else:
+                with np.load(path, allow_pickle=False) as npz:
+                    self._arrays[k] = npz[key]
         return self._arrays[k]
+
+    def __del__(self) -> None:
+        for f in self._files:
+            try:
+                f.close()
+            except Exception:  # interpreter shutdown: nothing left to close properly
+                pass
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -5,7 +5,8 @@ Supported inputs (``--data`` on every verb):
 - a manifest table (``.csv``, or ``.parquet`` when pandas is installed), paths relative to
   the table's folder unless ``root`` is given;
 - a MedMNIST v2 ``.npz`` (``{train,val,test}_images`` and ``_labels``);
-- an image-folder tree ``<root>/<split>/<class>/*.{png,jpg,jpeg}``.
+- an image-folder tree ``<root>/<split>/<class>/*.{png,jpg,jpeg}``;
+- a PatchCamelyon release folder (``camelyonpatch_level_2_split_*_{x,y}.h5``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def load_dataset(data: str | Path, *, root: str | Path | None = None,
     if not p.exists():
         raise ManifestError(f"--data {str(data)!r}: no such file or folder")
     if p.is_dir():
+        if any(p.glob(PCAM_PATTERN.format(split="*", part="*"))):
+            return read_pcam(p)
         return read_image_folder(p, task=task)
     suffix = p.suffix.lower()
     if suffix == ".npz":
@@ -146,6 +149,63 @@ def read_image_folder(root: str | Path, *, task: str | None = None) -> Manifest:
         raise ManifestError(f"{root}: no .png/.jpg/.jpeg images under <split>/<class>/")
     return build_manifest(root.resolve().name, cols, root=root, task=task,
                           num_classes=len(classes), classes=classes)
+
+
+PCAM_PATTERN = "camelyonpatch_level_2_split_{split}_{part}.h5"
+PCAM_SPLITS = (("train", "train"), ("valid", "val"), ("test", "test"))
+
+
+def read_pcam(root: str | Path) -> Manifest:
+    """Build a manifest over the PatchCamelyon release (official splits), without loading it.
+
+    Expects ``camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5`` with datasets ``x``
+    (N, 96, 96, 3) uint8 and ``y`` (N, 1, 1, 1). Only shapes and the labels are read; the
+    patches are read lazily by row at extraction. The label files' sha256 and the patch files'
+    sizes enter the manifest hash (hashing 7 GB of patches on every run would cost minutes).
+
+    Raises
+    ------
+    ManifestError
+        A missing file, a missing dataset, or a wrong shape or dtype, naming the file.
+    """
+    import h5py
+
+    root = Path(root)
+    cols: dict[str, list[str]] = {"id": [], "split": [], "path": [], "array": [], "index": [],
+                                  "label": []}
+    sources: dict[str, str] = {}
+    for release, split in PCAM_SPLITS:
+        xf = root / PCAM_PATTERN.format(split=release, part="x")
+        yf = root / PCAM_PATTERN.format(split=release, part="y")
+        for f in (xf, yf):
+            if not f.is_file():
+                raise ManifestError(f"{root}: PatchCamelyon file missing: {f.name}")
+        try:
+            with h5py.File(xf, "r") as fx, h5py.File(yf, "r") as fy:
+                if "x" not in fx or "y" not in fy:
+                    raise ManifestError(f"{xf.name if 'x' not in fx else yf.name}: no dataset "
+                                        f"{'x' if 'x' not in fx else 'y'}")
+                x, y = fx["x"], fy["y"]
+                if x.ndim != 4 or x.shape[1:] != (96, 96, 3) or x.dtype != np.uint8:
+                    raise ManifestError(f"{xf.name}: x has shape {x.shape} {x.dtype}, "
+                                        "expected (N, 96, 96, 3) uint8")
+                if y.shape != (x.shape[0], 1, 1, 1):
+                    raise ManifestError(f"{yf.name}: y has shape {y.shape}, expected "
+                                        f"({x.shape[0]}, 1, 1, 1) to match {xf.name}")
+                labels = y[...].reshape(-1)
+        except OSError as e:
+            raise ManifestError(f"{root}: cannot read PatchCamelyon files: {e}") from None
+        n = len(labels)
+        cols["id"] += [f"{split}-{i:06d}" for i in range(n)]
+        cols["split"] += [split] * n
+        cols["path"] += [xf.name] * n
+        cols["array"] += ["x"] * n
+        cols["index"] += [str(i) for i in range(n)]
+        cols["label"] += [str(v) for v in labels.tolist()]
+        sources[xf.name] = f"size={xf.stat().st_size}"
+        sources[yf.name] = sha256_file(yf)
+    return build_manifest("pcam", cols, root=root, task="binary", num_classes=2,
+                          classes=("normal", "tumour"), sources=sources)
 
 
 def medmnist_task(name: str) -> tuple[str, int] | None:
