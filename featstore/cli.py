@@ -451,6 +451,61 @@ def models(
               f"(set ${WEIGHTS_DIR_ENV} to add a shared folder first)")
 
 
+manifest_app = typer.Typer(no_args_is_help=True,
+                           help="Build canonical manifests from raw release layouts; validate.")
+app.add_typer(manifest_app, name="manifest")
+
+
+@manifest_app.command("build")
+def manifest_build(
+    kind: Annotated[str, typer.Argument(help="pcam, nih, image-folder or medmnist.")],
+    root: Annotated[Path, typer.Argument(help="The release folder (or .npz file).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Manifest CSV to write.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Turn a raw release layout into a canonical manifest CSV."""
+    from featstore.data.readers import BUILDERS, write_manifest_csv
+
+    if kind not in BUILDERS:
+        raise FeatstoreError(f"unknown manifest kind {kind!r} (expected one of "
+                             f"{', '.join(BUILDERS)})")
+    if not root.exists():
+        raise FeatstoreError(f"{root}: no such file or folder")
+    m = BUILDERS[kind](root)
+    write_manifest_csv(m, output)
+    _manifest_summary(m, as_json, written=str(output))
+
+
+@manifest_app.command("validate")
+def manifest_validate(
+    file: Annotated[Path, typer.Argument(help="A manifest CSV/Parquet (or any --data value).")],
+    check_files: Annotated[bool, typer.Option(
+        help="Also check that every file exists.")] = False,
+    task: TaskOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate a manifest: columns, ids, splits, labels, groups (and files)."""
+    from featstore.data import load_dataset
+
+    m = load_dataset(file, task=task)
+    if check_files:
+        m.check_files()
+    _manifest_summary(m, as_json)
+
+
+def _manifest_summary(m, as_json: bool, written: str | None = None) -> None:
+    summary = {"name": m.name, "rows": len(m), "task": m.task, "num_classes": m.num_classes,
+               "splits": {s: int((m.split == s).sum()) for s in ("train", "val", "test")},
+               "labels": list(m.label_names), "groups": m.group is not None,
+               "sha256": m.sha256, "written": written}
+    if as_json:
+        _emit_json(summary)
+        return
+    splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
+    out.print(f"{m.name}: {len(m)} rows ({splits}), task {m.task}, manifest {m.sha256[:12]}"
+              + (f" -> {written}" if written else ": valid"))
+
+
 @app.command(name="ls")
 def ls_(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
     """List datasets and embedding sets in the store."""

@@ -77,3 +77,101 @@ def test_pcam_extract_and_probe_end_to_end(capsys, tmp_path):
         main(["probe", "--data", str(root), *store, "--bootstrap", "20", "--json"])
     auc = next(r for r in json.loads(capsys.readouterr().out) if r["metric"] == "auc")
     assert auc["n_test"] == 12 and auc["value"] > 0.8
+
+
+NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+              "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
+
+
+def make_nih(root: Path, patients: int = 16, per_patient: int = 3, seed: int = 0) -> Path:
+    """Data_Entry_2017.csv (the real header, trailing comma included), images_001/images/*.png
+    and the official split lists; findings drawn so that 'Effusion' images are brighter."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images_001" / "images").mkdir(parents=True)
+    lines, train_val, test = [NIH_HEADER], [], []
+    for p in range(1, patients + 1):
+        for k in range(per_patient):
+            name = f"{p:08d}_{k:03d}.png"
+            finding = ["No Finding", "Effusion", "Effusion|Mass", "Atelectasis"][(p + k) % 4]
+            lines.append(f"{name},{finding},{k},{p},58,M,PA,2682,2749,0.143,0.143,")
+            px = rng.integers(40, 120, (64, 64)).astype(np.uint8)
+            if "Effusion" in finding:
+                px[20:50, 10:40] = 220
+            Image.fromarray(px).save(root / "images_001" / "images" / name)
+            (test if p > patients * 3 // 4 else train_val).append(name)
+    (root / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
+    (root / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
+    (root / "test_list.txt").write_text("\n".join(test) + "\n")
+    return root
+
+
+def test_nih_manifest_multilabel_with_patient_grouped_val(tmp_path):
+    m = load_dataset(make_nih(tmp_path / "nih"))
+    assert len(m) == 48 and m.task == "multilabel" and len(m.label_names) == 14
+    i = int(np.flatnonzero(m.ids == "00000002_000.png")[0])  # Effusion|Mass
+    named = dict(zip(m.label_names, m.labels[i].tolist(), strict=True))
+    assert named["Effusion"] == 1 and named["Mass"] == 1 and sum(named.values()) == 2
+    j = int(np.flatnonzero(m.ids == "00000004_000.png")[0])  # No Finding
+    assert m.labels[j].sum() == 0
+    assert set(m.split) == {"train", "val", "test"} and (m.split == "test").sum() == 12
+    for g in set(m.group):  # no patient straddles splits
+        assert len(set(m.split[m.group == g])) == 1
+
+
+def test_nih_bad_inputs_name_the_row(tmp_path):
+    root = make_nih(tmp_path / "a")
+    (root / "images_001" / "images" / "00000003_001.png").unlink()
+    with pytest.raises(ManifestError, match=r"line \d+ \(id '00000003_001.png'\): no image"):
+        load_dataset(root)
+    root = make_nih(tmp_path / "b")
+    text = (root / "Data_Entry_2017.csv").read_text().replace("Atelectasis", "Atelectasys", 1)
+    (root / "Data_Entry_2017.csv").write_text(text)
+    with pytest.raises(ManifestError, match="unknown finding 'Atelectasys'"):
+        load_dataset(root)
+    root = make_nih(tmp_path / "c")
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(root / "images_001" / "images" / "99999999_000.png")
+    with pytest.raises(ManifestError, match="1 images have no row .* 99999999_000.png"):
+        load_dataset(root)
+    root = make_nih(tmp_path / "d")
+    (root / "test_list.txt").unlink()
+    with pytest.raises(ManifestError, match="file missing: test_list.txt"):
+        load_dataset(root)
+
+
+def test_nih_extract_and_probe_report_mean_and_per_label_auc(capsys, tmp_path):
+    root = make_nih(tmp_path / "nih", patients=24)
+    store = ["--store", str(tmp_path / "store")]
+    with pytest.raises(SystemExit) as exc:
+        main(["extract", "--data", str(root), "-b", TINY, "--image-size", str(SIZE), *store])
+    assert exc.value.code == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["probe", "--data", str(root), *store, "--bootstrap", "20", "--json"])
+    recs = json.loads(capsys.readouterr().out)
+    metrics = {r["metric"]: r["value"] for r in recs}
+    assert "mean_auc" in metrics and len([m for m in metrics if m.startswith("auc[")]) == 14
+    assert metrics["auc[2]"] > 0.8  # Effusion: the brighter images
+
+
+def test_manifest_build_and_validate_round_trip(capsys, tmp_path):
+    root = make_pcam(tmp_path / "pcam")
+    out = tmp_path / "manifests" / "pcam.csv"
+    with pytest.raises(SystemExit) as exc:
+        main(["manifest", "build", "pcam", str(root), "-o", str(out), "--json"])
+    assert exc.value.code == 0 and json.loads(capsys.readouterr().out)["rows"] == 44
+    back = load_dataset(out)
+    orig = load_dataset(root)
+    assert back.ids.tolist() == orig.ids.tolist()
+    assert np.array_equal(back.labels, orig.labels)
+    assert np.array_equal(np.asarray(read_image(back, 5)), np.asarray(read_image(orig, 5)))
+    with pytest.raises(SystemExit) as exc:
+        main(["manifest", "validate", str(out), "--check-files"])
+    assert exc.value.code == 0 and "valid" in capsys.readouterr().out
+    (root / "camelyonpatch_level_2_split_test_x.h5").unlink()
+    with pytest.raises(SystemExit) as exc:
+        main(["manifest", "validate", str(out), "--check-files"])
+    assert exc.value.code == 1 and "file not found" in capsys.readouterr().err

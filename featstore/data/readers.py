@@ -6,7 +6,8 @@ Supported inputs (``--data`` on every verb):
   the table's folder unless ``root`` is given;
 - a MedMNIST v2 ``.npz`` (``{train,val,test}_images`` and ``_labels``);
 - an image-folder tree ``<root>/<split>/<class>/*.{png,jpg,jpeg}``;
-- a PatchCamelyon release folder (``camelyonpatch_level_2_split_*_{x,y}.h5``).
+- a PatchCamelyon release folder (``camelyonpatch_level_2_split_*_{x,y}.h5``);
+- an NIH ChestX-ray14 release folder (``Data_Entry_2017.csv``, ``images*/``, split lists).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def load_dataset(data: str | Path, *, root: str | Path | None = None,
     if p.is_dir():
         if any(p.glob(PCAM_PATTERN.format(split="*", part="*"))):
             return read_pcam(p)
+        if (p / NIH_ENTRY).is_file():
+            return read_nih(p)
         return read_image_folder(p, task=task)
     suffix = p.suffix.lower()
     if suffix == ".npz":
@@ -206,6 +209,129 @@ def read_pcam(root: str | Path) -> Manifest:
         sources[yf.name] = sha256_file(yf)
     return build_manifest("pcam", cols, root=root, task="binary", num_classes=2,
                           classes=("normal", "tumour"), sources=sources)
+
+
+NIH_FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule",
+                "Pneumonia", "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis",
+                "Pleural_Thickening", "Hernia")
+NIH_ENTRY = "Data_Entry_2017.csv"
+
+
+def read_nih(root: str | Path, *, val_fraction: float = 0.1, seed: int = 0) -> Manifest:
+    """Build a manifest over NIH ChestX-ray14 as released: 14 findings, multilabel.
+
+    Reads ``Data_Entry_2017.csv`` (Image Index, Finding Labels '|'-separated, Patient ID),
+    the official ``train_val_list.txt`` / ``test_list.txt``, and finds the images under
+    ``images*/`` (any depth) by name, without opening them. "No Finding" is all zeros. A
+    val split of ``val_fraction`` of the train_val patients is drawn with ``seed``, so no
+    patient straddles train and val.
+
+    Raises
+    ------
+    ManifestError
+        A missing file or column, an unknown finding, an image listed without a file, a file
+        without a row, or an image in neither list, naming the row or file.
+    """
+    root = Path(root)
+    entry = root / NIH_ENTRY
+    lists = {name: root / name for name in ("train_val_list.txt", "test_list.txt")}
+    for f in (entry, *lists.values()):
+        if not f.is_file():
+            raise ManifestError(f"{root}: NIH ChestX-ray14 file missing: {f.name}")
+    with open(entry, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        need = ("Image Index", "Finding Labels", "Patient ID")
+        missing = [c for c in need if c not in header]
+        if missing:
+            raise ManifestError(f"{entry.name}: missing columns {missing} (header: {header})")
+        pos = [header.index(c) for c in need]
+        rows = [(line, [r[i].strip() for i in pos]) for line, r in enumerate(reader, start=2)
+                if any(x.strip() for x in r)]
+    split_of: dict[str, str] = {}
+    for name, path in lists.items():
+        for image in path.read_text().split():
+            split_of[image] = "test" if name == "test_list.txt" else "train"
+    on_disk = {p.name: p.relative_to(root).as_posix()
+               for d in sorted(root.glob("images*")) if d.is_dir() for p in d.rglob("*.png")}
+    index = {f: k for k, f in enumerate(NIH_FINDINGS)}
+    cols: dict[str, list[str]] = {"id": [], "split": [], "path": [], "group": []}
+    labels = np.zeros((len(rows), len(NIH_FINDINGS)), dtype=np.int64)
+    for r, (line, (image, findings, patient)) in enumerate(rows):
+        if image not in on_disk:
+            raise ManifestError(f"{entry.name}: line {line} (id {image!r}): no image file "
+                                "under images*/")
+        if image not in split_of:
+            raise ManifestError(f"{entry.name}: line {line} (id {image!r}): in neither "
+                                "train_val_list.txt nor test_list.txt")
+        for finding in findings.split("|"):
+            if finding == "No Finding":
+                continue
+            if finding not in index:
+                raise ManifestError(f"{entry.name}: line {line} (id {image!r}): unknown "
+                                    f"finding {finding!r}")
+            labels[r, index[finding]] = 1
+        cols["id"].append(image)
+        cols["split"].append(split_of[image])
+        cols["path"].append(on_disk[image])
+        cols["group"].append(f"patient-{patient}")
+    unlabelled = sorted(set(on_disk) - set(cols["id"]))
+    if unlabelled:
+        raise ManifestError(f"{root}: {len(unlabelled)} images have no row in {entry.name}, "
+                            f"e.g. {unlabelled[0]}")
+    # patient-grouped val split carved from train_val, reproducible from the seed
+    patients = sorted({g for g, s in zip(cols["group"], cols["split"], strict=True)
+                       if s == "train"})
+    rng = np.random.default_rng(seed)
+    n_val = max(1, round(val_fraction * len(patients))) if patients else 0
+    val_patients = set(rng.choice(patients, size=n_val, replace=False).tolist()) if n_val else set()
+    cols["split"] = ["val" if s == "train" and g in val_patients else s
+                     for s, g in zip(cols["split"], cols["group"], strict=True)]
+    for k, finding in enumerate(NIH_FINDINGS):
+        cols[f"label_{finding}"] = labels[:, k].astype(str).tolist()
+    return build_manifest("nih-chestxray14", cols, root=root, task="multilabel",
+                          row_label="line", first_row=2)
+
+
+BUILDERS = {
+    "pcam": lambda root: read_pcam(root),
+    "nih": lambda root: read_nih(root),
+    "image-folder": lambda root: read_image_folder(root),
+    "medmnist": lambda root: read_medmnist(root),
+}
+
+
+def write_manifest_csv(manifest: Manifest, path: str | Path) -> Path:
+    """Write ``manifest`` as a canonical CSV whose paths are relative to the CSV's folder.
+
+    Reading the CSV back gives the same rows, labels and groups.
+    """
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    here = path.parent.resolve()
+    multilabel = manifest.task == "multilabel"
+    label_cols = [f"label_{n}" for n in manifest.label_names] if multilabel else ["label"]
+    header = ["id", "split", "path", *label_cols]
+    if manifest.array_keys is not None:
+        header += ["array", "index"]
+    if manifest.group is not None:
+        header.append("group")
+    rel = {p: Path(os.path.relpath(Path(manifest.root).resolve() / p, here)).as_posix()
+           for p in np.unique(manifest.paths)}
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for i in range(len(manifest)):
+            row = [manifest.ids[i], manifest.split[i], rel[manifest.paths[i]],
+                   *manifest.labels[i].tolist()]
+            if manifest.array_keys is not None:
+                row += [manifest.array_keys[i], int(manifest.index[i])]
+            if manifest.group is not None:
+                row.append(manifest.group[i])
+            w.writerow(row)
+    return path
 
 
 def medmnist_task(name: str) -> tuple[str, int] | None:
