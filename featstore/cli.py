@@ -458,7 +458,8 @@ app.add_typer(manifest_app, name="manifest")
 
 @manifest_app.command("build")
 def manifest_build(
-    kind: Annotated[str, typer.Argument(help="pcam, nih, image-folder or medmnist.")],
+    kind: Annotated[str, typer.Argument(
+        help="pcam, nih, eyepacs, aptos, image-folder or medmnist.")],
     root: Annotated[Path, typer.Argument(help="The release folder (or .npz file).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Manifest CSV to write.")],
     as_json: JsonOpt = False,

@@ -175,3 +175,64 @@ def test_manifest_build_and_validate_round_trip(capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["manifest", "validate", str(out), "--check-files"])
     assert exc.value.code == 1 and "file not found" in capsys.readouterr().err
+
+
+def make_dr(root: Path, kind: str, patients: int = 40) -> Path:
+    """EyePACS trainLabels.csv (image,level) + train/<image>.jpeg, or APTOS train.csv
+    (id_code,diagnosis) + train_images/<id_code>.png; grades 0-4."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    folder = root / ("train" if kind == "eyepacs" else "train_images")
+    folder.mkdir(parents=True)
+    lines = ["image,level" if kind == "eyepacs" else "id_code,diagnosis"]
+    for p in range(patients):
+        eyes = (f"{p + 10}_left", f"{p + 10}_right") if kind == "eyepacs" else (f"a{p:04x}",)
+        for eye in eyes:
+            grade = int(rng.integers(0, 5))
+            lines.append(f"{eye},{grade}")
+            img = Image.fromarray(np.full((32, 32, 3), 40 * grade, np.uint8))
+            img.save(folder / (f"{eye}.jpeg" if kind == "eyepacs" else f"{eye}.png"))
+    (root / ("trainLabels.csv" if kind == "eyepacs" else "train.csv")).write_text(
+        "\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("kind", ["eyepacs", "aptos"])
+def test_diabetic_retinopathy_layouts(tmp_path, kind):
+    m = load_dataset(make_dr(tmp_path / kind, kind))
+    assert m.task == "ordinal" and m.num_classes == 5
+    assert len(m) == (80 if kind == "eyepacs" else 40)
+    assert set(m.split) == {"train", "val", "test"}
+    if kind == "eyepacs":  # both eyes of a patient: one group, one split
+        i = int(np.flatnonzero(m.ids == "10_left")[0])
+        j = int(np.flatnonzero(m.ids == "10_right")[0])
+        assert m.group[i] == m.group[j] and m.split[i] == m.split[j]
+    again = load_dataset(make_dr(tmp_path / f"{kind}2", kind))
+    assert again.split.tolist() == m.split.tolist()  # the split is reproducible
+
+
+def test_diabetic_retinopathy_bad_inputs(tmp_path):
+    root = make_dr(tmp_path / "a", "eyepacs")
+    (root / "trainLabels.csv").write_text("img,grade\n10_left,0\n")
+    with pytest.raises(ManifestError, match=r"header \['img', 'grade'\], expected"):
+        load_dataset(root)
+    root = make_dr(tmp_path / "b", "aptos")
+    (root / "train_images" / "a0003.png").unlink()
+    with pytest.raises(ManifestError, match=r"\(id 'a0003'\): no image a0003.png"):
+        load_dataset(root)
+    root = make_dr(tmp_path / "c", "aptos")
+    text = (root / "train.csv").read_text().splitlines()
+    (root / "train.csv").write_text("\n".join(text[:-1]) + "\n")  # last image loses its row
+    with pytest.raises(ManifestError, match="1 images have no row in train.csv"):
+        load_dataset(root)
+    root = make_dr(tmp_path / "d", "aptos")
+    lines = (root / "train.csv").read_text().splitlines()
+    lines[1] = lines[1].split(",")[0] + ",7"
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ManifestError, match=r"line 2 \(id 'a0000'\): grade '7' is not 0-4"):
+        load_dataset(root)
+    lines[1] = "a0000"
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ManifestError, match="line 2: 1 field"):
+        load_dataset(root)

@@ -7,7 +7,8 @@ Supported inputs (``--data`` on every verb):
 - a MedMNIST v2 ``.npz`` (``{train,val,test}_images`` and ``_labels``);
 - an image-folder tree ``<root>/<split>/<class>/*.{png,jpg,jpeg}``;
 - a PatchCamelyon release folder (``camelyonpatch_level_2_split_*_{x,y}.h5``);
-- an NIH ChestX-ray14 release folder (``Data_Entry_2017.csv``, ``images*/``, split lists).
+- an NIH ChestX-ray14 release folder (``Data_Entry_2017.csv``, ``images*/``, split lists);
+- an EyePACS (``trainLabels.csv``) or APTOS 2019 (``train.csv``) folder.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def load_dataset(data: str | Path, *, root: str | Path | None = None,
             return read_pcam(p)
         if (p / NIH_ENTRY).is_file():
             return read_nih(p)
+        for kind, layout in DR_LAYOUTS.items():
+            if (p / layout[0]).is_file():
+                return read_diabetic_retinopathy(p, kind)
         return read_image_folder(p, task=task)
     suffix = p.suffix.lower()
     if suffix == ".npz":
@@ -293,7 +297,78 @@ def read_nih(root: str | Path, *, val_fraction: float = 0.1, seed: int = 0) -> M
                           row_label="line", first_row=2)
 
 
+DR_LAYOUTS = {
+    # kind: (label file, id column, grade column, image suffix, patient from id)
+    "eyepacs": ("trainLabels.csv", "image", "level", ".jpeg", lambda i: i.split("_")[0]),
+    "aptos": ("train.csv", "id_code", "diagnosis", ".png", lambda i: i),
+}
+DR_SPLIT = {"val": 0.1, "test": 0.1, "seed": 0}
+
+
+def read_diabetic_retinopathy(root: str | Path, kind: str) -> Manifest:
+    """EyePACS (Kaggle DR detection) or APTOS 2019: a CSV of image ids and grades 0-4.
+
+    Images are found by name anywhere under ``root`` (``<image>.jpeg`` / ``<id_code>.png``)
+    without being opened. EyePACS eyes of one patient (``10_left``, ``10_right``) share a
+    group. With no official val/test labels, val and test (10% each) are drawn by patient,
+    stratified by the patient's worse grade, with seed 0 (recorded in the manifest name).
+
+    Raises
+    ------
+    ManifestError
+        Missing label file, wrong header, a grade outside 0-4, a labelled id without an
+        image, or an image without a label, naming the file or row.
+    """
+    from featstore.data.fractions import split_by_group
+
+    root = Path(root)
+    label_file, id_col, grade_col, suffix, patient = DR_LAYOUTS[kind]
+    path = root / label_file
+    if not path.is_file():
+        raise ManifestError(f"{root}: {kind} label file missing: {label_file}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        if header[:2] != [id_col, grade_col]:
+            raise ManifestError(f"{label_file}: header {header}, expected "
+                                f"[{id_col!r}, {grade_col!r}]")
+        rows = []
+        for line, r in enumerate(reader, start=2):
+            if not r or not r[0].strip():
+                continue
+            if len(r) < 2:
+                raise ManifestError(f"{label_file}: line {line}: {len(r)} field, expected "
+                                    f"{id_col},{grade_col}")
+            rows.append((line, r[0].strip(), r[1].strip()))
+    on_disk = {p.stem: p.relative_to(root).as_posix() for p in root.rglob(f"*{suffix}")}
+    cols: dict[str, list[str]] = {"id": [], "path": [], "label": [], "group": []}
+    for line, image, grade in rows:
+        if image not in on_disk:
+            raise ManifestError(f"{label_file}: line {line} (id {image!r}): no image "
+                                f"{image}{suffix} under {root}")
+        cols["id"].append(image)
+        cols["path"].append(on_disk[image])
+        cols["label"].append(grade)
+        cols["group"].append(f"patient-{patient(image)}")
+    unlabelled = sorted(set(on_disk) - set(cols["id"]))
+    if unlabelled:
+        raise ManifestError(f"{root}: {len(unlabelled)} images have no row in {label_file}, "
+                            f"e.g. {unlabelled[0]}{suffix}")
+    grades = np.array([int(g) if g.isdigit() else -1 for g in cols["label"]])
+    bad = np.flatnonzero((grades < 0) | (grades > 4))
+    if len(bad):
+        line = rows[bad[0]][0]
+        raise ManifestError(f"{label_file}: line {line} (id {cols['id'][bad[0]]!r}): grade "
+                            f"{cols['label'][bad[0]]!r} is not 0-4")
+    cols["split"] = split_by_group(grades, np.array(cols["group"]), val=DR_SPLIT["val"],
+                                   test=DR_SPLIT["test"], seed=DR_SPLIT["seed"]).tolist()
+    return build_manifest(f"{kind}-split{DR_SPLIT['seed']}", cols, root=root, task="ordinal",
+                          num_classes=5, row_label="line", first_row=2)
+
+
 BUILDERS = {
+    "eyepacs": lambda root: read_diabetic_retinopathy(root, "eyepacs"),
+    "aptos": lambda root: read_diabetic_retinopathy(root, "aptos"),
     "pcam": lambda root: read_pcam(root),
     "nih": lambda root: read_nih(root),
     "image-folder": lambda root: read_image_folder(root),
