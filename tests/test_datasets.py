@@ -236,3 +236,11 @@ def test_diabetic_retinopathy_bad_inputs(tmp_path):
     (root / "train.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(ManifestError, match="line 2: 1 field"):
         load_dataset(root)
+
+
+def test_data_accepts_a_named_layout(tmp_path):
+    root = make_dr(tmp_path / "aptos", "aptos")
+    named = load_dataset(f"aptos:{root}")
+    assert named.sha256 == load_dataset(root).sha256 and named.task == "ordinal"
+    with pytest.raises(ManifestError, match="no such file or folder: /nowhere"):
+        load_dataset("pcam:/nowhere")

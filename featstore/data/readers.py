@@ -1,6 +1,7 @@
 """Readers that turn files on disk into a :class:`Manifest`.
 
-Supported inputs (``--data`` on every verb):
+Supported inputs (``--data`` on every verb), a path or ``KIND:PATH`` with a layout name of
+:data:`BUILDERS` (``pcam:/data/pcam``, ``nih:/data/nih``, ``aptos:/data/aptos``, ...):
 
 - a manifest table (``.csv``, or ``.parquet`` when pandas is installed), paths relative to
   the table's folder unless ``root`` is given;
@@ -52,6 +53,11 @@ def load_dataset(data: str | Path, *, root: str | Path | None = None,
     ManifestError
         The path does not exist, has an unknown kind, or its content is invalid.
     """
+    kind, sep, rest = str(data).partition(":")
+    if sep and kind in BUILDERS:  # a named layout: pcam:/data/pcam, nih:/data/nih, ...
+        if not Path(rest).exists():
+            raise ManifestError(f"--data {str(data)!r}: no such file or folder: {rest}")
+        return BUILDERS[kind](Path(rest))
     p = Path(data)
     if not p.exists():
         raise ManifestError(f"--data {str(data)!r}: no such file or folder")
