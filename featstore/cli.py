@@ -472,9 +472,16 @@ def manifest_build(
                              f"{', '.join(BUILDERS)})")
     if not root.exists():
         raise FeatstoreError(f"{root}: no such file or folder")
+    from featstore.data.specs import load_spec
+
+    spec = load_spec(kind)
     m = BUILDERS[kind](root)
     write_manifest_csv(m, output)
-    _manifest_summary(m, as_json, written=str(output))
+    if not as_json:
+        err.print(f"{spec['title']} — {spec['source']} (licence: {spec['licence']}; "
+                  f"metric: {spec['metric']}; splits: {spec['splits']})")
+    _manifest_summary(m, as_json, written=str(output),
+                      spec={k: spec[k] for k in ("source", "licence", "metric", "splits")})
 
 
 @manifest_app.command("validate")
@@ -494,11 +501,12 @@ def manifest_validate(
     _manifest_summary(m, as_json)
 
 
-def _manifest_summary(m, as_json: bool, written: str | None = None) -> None:
+def _manifest_summary(m, as_json: bool, written: str | None = None,
+                      spec: dict | None = None) -> None:
     summary = {"name": m.name, "rows": len(m), "task": m.task, "num_classes": m.num_classes,
                "splits": {s: int((m.split == s).sum()) for s in ("train", "val", "test")},
                "labels": list(m.label_names), "groups": m.group is not None,
-               "sha256": m.sha256, "written": written}
+               "sha256": m.sha256, "written": written, "spec": spec}
     if as_json:
         _emit_json(summary)
         return

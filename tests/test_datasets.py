@@ -244,3 +244,22 @@ def test_data_accepts_a_named_layout(tmp_path):
     assert named.sha256 == load_dataset(root).sha256 and named.task == "ordinal"
     with pytest.raises(ManifestError, match="no such file or folder: /nowhere"):
         load_dataset("pcam:/nowhere")
+
+
+def test_dataset_specs_agree_with_the_readers(tmp_path):
+    from featstore.data.readers import BUILDERS, NIH_FINDINGS, PCAM_PATTERN, PCAM_SPLITS
+    from featstore.data.specs import load_spec
+
+    for kind in BUILDERS:
+        spec = load_spec(kind)
+        assert {"title", "source", "licence", "task", "metric", "splits", "files"} <= set(spec)
+    assert load_spec("nih")["label_names"] == list(NIH_FINDINGS)
+    assert sorted(load_spec("pcam")["files"]) == sorted(
+        PCAM_PATTERN.format(split=s, part=p) for s, _ in PCAM_SPLITS for p in "xy")
+    built = {"pcam": load_dataset(make_pcam(tmp_path / "p")),
+             "aptos": load_dataset(make_dr(tmp_path / "a", "aptos")),
+             "eyepacs": load_dataset(make_dr(tmp_path / "e", "eyepacs"))}
+    for kind, m in built.items():
+        assert load_spec(kind)["task"] == m.task
+    with pytest.raises(ManifestError, match="no dataset spec 'nope'"):
+        load_spec("nope")
