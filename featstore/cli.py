@@ -459,23 +459,35 @@ app.add_typer(manifest_app, name="manifest")
 @manifest_app.command("build")
 def manifest_build(
     kind: Annotated[str, typer.Argument(
-        help="pcam, nih, eyepacs, aptos, image-folder or medmnist.")],
+        help="pcam, nih, pneumonia, eyepacs, aptos, image-folder or medmnist.")],
     root: Annotated[Path, typer.Argument(help="The release folder (or .npz file).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Manifest CSV to write.")],
+    val_fraction: Annotated[float | None, typer.Option(
+        help="pneumonia: move this share of the train patients into val (the release's "
+             "val has 16 images).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of --val-fraction.")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Turn a raw release layout into a canonical manifest CSV."""
-    from featstore.data.readers import BUILDERS, write_manifest_csv
+    from featstore.data.readers import BUILDERS, read_pneumonia, write_manifest_csv
 
     if kind not in BUILDERS:
         raise FeatstoreError(f"unknown manifest kind {kind!r} (expected one of "
                              f"{', '.join(BUILDERS)})")
     if not root.exists():
         raise FeatstoreError(f"{root}: no such file or folder")
+    if val_fraction is not None and kind != "pneumonia":
+        raise FeatstoreError(f"--val-fraction applies to pneumonia only; {kind} has its own "
+                             "split rule (see data_manifests/)")
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise FeatstoreError(f"--val-fraction {val_fraction}: expected a share in (0, 1)")
     from featstore.data.specs import load_spec
 
     spec = load_spec(kind)
-    m = BUILDERS[kind](root)
+    if val_fraction is not None:
+        m = read_pneumonia(root, val_fraction=val_fraction, seed=seed)
+    else:
+        m = BUILDERS[kind](root)
     write_manifest_csv(m, output)
     if not as_json:
         err.print(f"{spec['title']} — {spec['source']} (licence: {spec['licence']}; "
@@ -488,7 +500,10 @@ def manifest_build(
 def manifest_validate(
     file: Annotated[Path, typer.Argument(help="A manifest CSV/Parquet (or any --data value).")],
     check_files: Annotated[bool, typer.Option(
-        help="Also check that every file exists.")] = False,
+        help="Also open and decode every image: finds missing, unreadable and truncated "
+             "files (reads all pixels, so minutes for a large release).")] = False,
+    workers: Annotated[int, typer.Option(
+        help="Decoding processes for --check-files.")] = 0,
     task: TaskOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -497,7 +512,7 @@ def manifest_validate(
 
     m = load_dataset(file, task=task)
     if check_files:
-        m.check_files()
+        m.check_files(decode=True, workers=workers)
     _manifest_summary(m, as_json)
 
 
@@ -506,10 +521,13 @@ def _manifest_summary(m, as_json: bool, written: str | None = None,
     summary = {"name": m.name, "rows": len(m), "task": m.task, "num_classes": m.num_classes,
                "splits": {s: int((m.split == s).sum()) for s in ("train", "val", "test")},
                "labels": list(m.label_names), "groups": m.group is not None,
-               "sha256": m.sha256, "written": written, "spec": spec}
+               "sha256": m.sha256, "written": written, "spec": spec,
+               "notes": list(m.notes)}
     if as_json:
         _emit_json(summary)
         return
+    for note in m.notes:
+        err.print(f"[yellow]note:[/] {note}")
     splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
     out.print(f"{m.name}: {len(m)} rows ({splits}), task {m.task}, manifest {m.sha256[:12]}"
               + (f" -> {written}" if written else ": valid"))

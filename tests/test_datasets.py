@@ -238,6 +238,149 @@ def test_diabetic_retinopathy_bad_inputs(tmp_path):
         load_dataset(root)
 
 
+def test_dr_competition_test_folders(tmp_path):
+    from PIL import Image
+
+    root = make_dr(tmp_path / "aptos", "aptos")  # test_images/ ships without labels
+    (root / "test_images").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "test_images" / "ffff0000.png")
+    m = load_dataset(root)
+    assert len(m) == 40 and "1 unlabelled images under test_images/" in m.notes[0]
+    root = make_dr(tmp_path / "eyepacs", "eyepacs")
+    (root / "test").mkdir()
+    for eye in ("900_left", "900_right", "901_left"):
+        Image.new("RGB", (8, 8)).save(root / "test" / f"{eye}.jpeg")
+    assert len(load_dataset(root)) == 80
+    (root / "retinopathy_solution.csv").write_text(
+        "image,level,Usage\n900_left,2,Public\n900_right,3,Private\n901_left,0,Public\n")
+    m = load_dataset(root)
+    assert len(m) == 83 and (m.split == "test").sum() == 3
+    assert set(m.ids[m.split == "test"]) == {"900_left", "900_right", "901_left"}
+    assert (m.split == "val").sum() > 0 and "retinopathy_solution.csv" in m.notes[0]
+    (root / "retinopathy_solution.csv").write_text("image,level,Usage\n902_left,1,Public\n")
+    with pytest.raises(ManifestError, match=r"retinopathy_solution.csv: line 2 \(id '902_left'"):
+        load_dataset(root)
+
+
+def make_pneumonia(root: Path, seed: int = 0) -> Path:
+    """chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg with the release's file names:
+    IM-<patient>-<k>.jpeg and NORMAL2-IM-<patient>-<k>.jpeg for normals,
+    person<patient>_{bacteria,virus}_<k>.jpeg for pneumonia; person1 is in train and test,
+    as in the release. Pneumonia images are brighter."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    files = {
+        "train/NORMAL": [f"IM-{p:04d}-{k:04d}" for p in range(100, 112) for k in (1, 2)]
+                        + ["NORMAL2-IM-1427-0001", "NORMAL2-IM-1427-0002"],
+        "train/PNEUMONIA": [f"person{p}_bacteria_{p * 3 + k}" for p in range(1, 13)
+                            for k in (0, 1)] + ["person50_virus_101"],
+        "val/NORMAL": ["NORMAL2-IM-1430-0001"], "val/PNEUMONIA": ["person1946_bacteria_4874"],
+        "test/NORMAL": [f"IM-{p:04d}-0001" for p in range(1, 7)],
+        "test/PNEUMONIA": ["person1_virus_6", "person1_virus_7"]
+                          + [f"person{p}_virus_{p}" for p in range(300, 304)],
+    }
+    for folder, names in files.items():
+        d = root / "chest_xray" / folder
+        d.mkdir(parents=True)
+        for name in names:
+            px = rng.integers(30, 110, (40, 40)).astype(np.uint8)
+            if "PNEUMONIA" in folder:
+                px[8:32, 8:32] += 120
+            Image.fromarray(px).save(d / f"{name}.jpeg", quality=95)
+    (root / "chest_xray" / "train" / "NORMAL" / ".DS_Store").write_bytes(b"\0\0")
+    return root
+
+
+def test_pneumonia_layout_groups_patients_from_file_names(tmp_path):
+    from featstore.data.readers import pneumonia_patient
+
+    assert pneumonia_patient("person1_bacteria_1.jpeg") == "person1"
+    assert pneumonia_patient("person1000_virus_1681.jpeg") == "person1000"
+    assert pneumonia_patient("IM-0115-0001.jpeg") == "IM-0115"
+    assert pneumonia_patient("NORMAL2-IM-1427-0001.jpeg") == "NORMAL2-IM-1427"
+    assert pneumonia_patient("scan_12.jpeg") is None
+    root = make_pneumonia(tmp_path / "kermany")
+    m = load_dataset(root)
+    assert m.task == "binary" and m.classes == ("normal", "pneumonia")
+    assert {s: int((m.split == s).sum()) for s in ("train", "val", "test")} == {
+        "train": 51, "val": 2, "test": 12}
+    i = int(np.flatnonzero(m.ids == "train/PNEUMONIA/person3_bacteria_10")[0])
+    assert m.labels[i, 0] == 1 and m.group[i] == "train/person3"
+    assert "1 patient ids appear in more than one official split (e.g. person1)" in m.notes[0]
+    carved = load_dataset(root)  # the default is the release as published
+    assert carved.sha256 == m.sha256
+    from featstore.data.readers import read_pneumonia
+
+    carved = read_pneumonia(root, val_fraction=0.25, seed=3)
+    val = carved.split == "val"
+    assert val.sum() > 10 and (carved.split == "test").sum() == 12
+    assert set(carved.labels[val & (carved.split != "test"), 0]) == {0, 1}  # stratified
+    for g in set(carved.group):  # both images of a patient move together
+        assert len(set(carved.split[carved.group == g])) == 1
+    assert read_pneumonia(root, val_fraction=0.25, seed=3).sha256 == carved.sha256
+    assert read_pneumonia(root, val_fraction=0.25, seed=4).sha256 != carved.sha256
+
+
+def test_pneumonia_bad_inputs_and_cli(capsys, tmp_path):
+    root = make_pneumonia(tmp_path / "a")
+    (root / "chest_xray" / "test" / "NORMAL" / "IM-0001-0001.jpeg").rename(
+        root / "chest_xray" / "test" / "NORMAL" / "scan7.jpeg")
+    with pytest.raises(ManifestError, match="test/NORMAL/scan7.jpeg: no patient id"):
+        load_dataset(root)
+    root = make_pneumonia(tmp_path / "b")
+    (root / "chest_xray" / "val" / "NORMAL" / "notes.txt").write_text("x")
+    with pytest.raises(ManifestError, match="unexpected file chest_xray/val/NORMAL/notes.txt"):
+        load_dataset(f"pneumonia:{root}")
+    root = make_pneumonia(tmp_path / "c")
+    out = tmp_path / "pneumonia.csv"
+    with pytest.raises(SystemExit) as exc:
+        main(["manifest", "build", "pneumonia", str(root), "-o", str(out), "--val-fraction",
+              "0.25", "--seed", "3", "--json"])
+    assert exc.value.code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["splits"]["val"] > 10 and "more than one official split" in summary["notes"][0]
+    assert load_dataset(out).split.tolist() == load_dataset(out).split.tolist()
+    with pytest.raises(SystemExit) as exc:
+        main(["manifest", "build", "aptos", str(root), "-o", str(out), "--val-fraction", "0.2"])
+    assert exc.value.code == 1 and "applies to pneumonia only" in capsys.readouterr().err
+
+
+def test_check_files_decodes_and_names_the_broken_image(capsys, tmp_path):
+    root = make_pneumonia(tmp_path / "kermany")
+    out = tmp_path / "pneumonia.csv"
+    main_ok = ["manifest", "validate", str(out), "--check-files"]
+    with pytest.raises(SystemExit):
+        main(["manifest", "build", "pneumonia", str(root), "-o", str(out)])
+    with pytest.raises(SystemExit) as exc:
+        main(main_ok)
+    assert exc.value.code == 0
+    capsys.readouterr()
+    bad = root / "chest_xray" / "test" / "PNEUMONIA" / "person300_virus_300.jpeg"
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])  # truncated JPEG
+    with pytest.raises(SystemExit) as exc:
+        main(["manifest", "validate", str(out)])  # without the flag nothing is opened
+    assert exc.value.code == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([*main_ok, "--workers", "2"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and "test/PNEUMONIA/person300_virus_300" in err
+    assert "truncated" in err
+
+
+def test_pcam_extra_and_compressed_files(tmp_path):
+    root = make_pcam(tmp_path / "a")
+    (root / "camelyonpatch_level_2_split_train_x (1).h5").write_bytes(b"")
+    with pytest.raises(ManifestError, match=r"unexpected PatchCamelyon file .*train_x \(1\)"):
+        load_dataset(root)
+    root = make_pcam(tmp_path / "b")
+    f = root / "camelyonpatch_level_2_split_test_x.h5"
+    f.rename(f.with_name(f.name + ".gz"))
+    with pytest.raises(ManifestError, match="test_x.h5 .found .*h5.gz: decompress it"):
+        load_dataset(root)
+
+
 def test_data_accepts_a_named_layout(tmp_path):
     root = make_dr(tmp_path / "aptos", "aptos")
     named = load_dataset(f"aptos:{root}")
@@ -258,7 +401,8 @@ def test_dataset_specs_agree_with_the_readers(tmp_path):
         PCAM_PATTERN.format(split=s, part=p) for s, _ in PCAM_SPLITS for p in "xy")
     built = {"pcam": load_dataset(make_pcam(tmp_path / "p")),
              "aptos": load_dataset(make_dr(tmp_path / "a", "aptos")),
-             "eyepacs": load_dataset(make_dr(tmp_path / "e", "eyepacs"))}
+             "eyepacs": load_dataset(make_dr(tmp_path / "e", "eyepacs")),
+             "pneumonia": load_dataset(make_pneumonia(tmp_path / "k"))}
     for kind, m in built.items():
         assert load_spec(kind)["task"] == m.task
     with pytest.raises(ManifestError, match="no dataset spec 'nope'"):

@@ -121,6 +121,22 @@ class RowDataset(torch.utils.data.Dataset):
             return torch.zeros(self.shape), i, str(e)
 
 
+def _decoded_only(img: Image.Image) -> torch.Tensor:
+    return torch.zeros(0)
+
+
+def first_unreadable(manifest: Manifest, workers: int = 0, batch_size: int = 64) -> str:
+    """Decode every row's image in full; the error of the first unreadable row, or ``""``."""
+    loader = torch.utils.data.DataLoader(
+        RowDataset(manifest, _decoded_only, (0,)), batch_size=batch_size, num_workers=workers,
+        collate_fn=collate_rows)
+    for _, _, errors in loader:
+        bad = next((e for e in errors if e), "")
+        if bad:
+            return bad
+    return ""
+
+
 def collate_rows(items: list[tuple[torch.Tensor, int, str]]):
     """Stack a batch of :class:`RowDataset` items: (images, rows, errors)."""
     xs, rows, errors = zip(*items, strict=True)

@@ -9,12 +9,14 @@ Supported inputs (``--data`` on every verb), a path or ``KIND:PATH`` with a layo
 - an image-folder tree ``<root>/<split>/<class>/*.{png,jpg,jpeg}``;
 - a PatchCamelyon release folder (``camelyonpatch_level_2_split_*_{x,y}.h5``);
 - an NIH ChestX-ray14 release folder (``Data_Entry_2017.csv``, ``images*/``, split lists);
-- an EyePACS (``trainLabels.csv``) or APTOS 2019 (``train.csv``) folder.
+- an EyePACS (``trainLabels.csv``) or APTOS 2019 (``train.csv``) folder;
+- the paediatric pneumonia release (a folder holding ``chest_xray/``).
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +68,8 @@ def load_dataset(data: str | Path, *, root: str | Path | None = None,
             return read_pcam(p)
         if (p / NIH_ENTRY).is_file():
             return read_nih(p)
+        if (p / "chest_xray").is_dir():
+            return read_pneumonia(p)
         for kind, layout in DR_LAYOUTS.items():
             if (p / layout[0]).is_file():
                 return read_diabetic_retinopathy(p, kind)
@@ -184,6 +188,12 @@ def read_pcam(root: str | Path) -> Manifest:
     import h5py
 
     root = Path(root)
+    expected = {PCAM_PATTERN.format(split=r, part=p) for r, _ in PCAM_SPLITS for p in "xy"}
+    extra = sorted(f.name for f in root.glob(PCAM_PATTERN.format(split="*", part="*"))
+                   if f.name not in expected)
+    if extra:
+        raise ManifestError(f"{root}: unexpected PatchCamelyon file {extra[0]} (the release "
+                            f"has splits {', '.join(r for r, _ in PCAM_SPLITS)} and parts x, y)")
     cols: dict[str, list[str]] = {"id": [], "split": [], "path": [], "array": [], "index": [],
                                   "label": []}
     sources: dict[str, str] = {}
@@ -192,7 +202,9 @@ def read_pcam(root: str | Path) -> Manifest:
         yf = root / PCAM_PATTERN.format(split=release, part="y")
         for f in (xf, yf):
             if not f.is_file():
-                raise ManifestError(f"{root}: PatchCamelyon file missing: {f.name}")
+                gz = f.with_name(f.name + ".gz")
+                hint = f" (found {gz.name}: decompress it with gunzip)" if gz.is_file() else ""
+                raise ManifestError(f"{root}: PatchCamelyon file missing: {f.name}{hint}")
         try:
             with h5py.File(xf, "r") as fx, h5py.File(yf, "r") as fy:
                 if "x" not in fx or "y" not in fy:
@@ -304,11 +316,32 @@ def read_nih(root: str | Path, *, val_fraction: float = 0.1, seed: int = 0) -> M
 
 
 DR_LAYOUTS = {
-    # kind: (label file, id column, grade column, image suffix, patient from id)
-    "eyepacs": ("trainLabels.csv", "image", "level", ".jpeg", lambda i: i.split("_")[0]),
-    "aptos": ("train.csv", "id_code", "diagnosis", ".png", lambda i: i),
+    # kind: (label file, id column, grade column, image suffix, patient from id,
+    #        the competition's unlabelled test folder, its later-released labels)
+    "eyepacs": ("trainLabels.csv", "image", "level", ".jpeg", lambda i: i.split("_")[0],
+                "test", "retinopathy_solution.csv"),
+    "aptos": ("train.csv", "id_code", "diagnosis", ".png", lambda i: i, "test_images", None),
 }
 DR_SPLIT = {"val": 0.1, "test": 0.1, "seed": 0}
+
+
+def _read_grades(path: Path, id_col: str, grade_col: str) -> list[tuple[int, str, str]]:
+    """(line, image id, grade text) of a DR label CSV whose first columns are id, grade."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        if header[:2] != [id_col, grade_col]:
+            raise ManifestError(f"{path.name}: header {header}, expected "
+                                f"[{id_col!r}, {grade_col!r}]")
+        rows = []
+        for line, r in enumerate(reader, start=2):
+            if not r or not r[0].strip():
+                continue
+            if len(r) < 2:
+                raise ManifestError(f"{path.name}: line {line}: {len(r)} field, expected "
+                                    f"{id_col},{grade_col}")
+            rows.append((line, r[0].strip(), r[1].strip()))
+    return rows
 
 
 def read_diabetic_retinopathy(root: str | Path, kind: str) -> Manifest:
@@ -316,8 +349,11 @@ def read_diabetic_retinopathy(root: str | Path, kind: str) -> Manifest:
 
     Images are found by name anywhere under ``root`` (``<image>.jpeg`` / ``<id_code>.png``)
     without being opened. EyePACS eyes of one patient (``10_left``, ``10_right``) share a
-    group. With no official val/test labels, val and test (10% each) are drawn by patient,
-    stratified by the patient's worse grade, with seed 0 (recorded in the manifest name).
+    group. The competitions' unlabelled test folders (``test/``, ``test_images/``) are left
+    out, unless EyePACS's later-released ``retinopathy_solution.csv`` is present: then those
+    images are the official test split and val (10%) is drawn from train. Otherwise val and
+    test (10% each) are drawn by patient, stratified by the patient's worse grade, with seed
+    0 (recorded in the manifest name).
 
     Raises
     ------
@@ -328,48 +364,142 @@ def read_diabetic_retinopathy(root: str | Path, kind: str) -> Manifest:
     from featstore.data.fractions import split_by_group
 
     root = Path(root)
-    label_file, id_col, grade_col, suffix, patient = DR_LAYOUTS[kind]
+    label_file, id_col, grade_col, suffix, patient, test_dir, solution = DR_LAYOUTS[kind]
     path = root / label_file
     if not path.is_file():
         raise ManifestError(f"{root}: {kind} label file missing: {label_file}")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        if header[:2] != [id_col, grade_col]:
-            raise ManifestError(f"{label_file}: header {header}, expected "
-                                f"[{id_col!r}, {grade_col!r}]")
-        rows = []
-        for line, r in enumerate(reader, start=2):
-            if not r or not r[0].strip():
-                continue
-            if len(r) < 2:
-                raise ManifestError(f"{label_file}: line {line}: {len(r)} field, expected "
-                                    f"{id_col},{grade_col}")
-            rows.append((line, r[0].strip(), r[1].strip()))
-    on_disk = {p.stem: p.relative_to(root).as_posix() for p in root.rglob(f"*{suffix}")}
-    cols: dict[str, list[str]] = {"id": [], "path": [], "label": [], "group": []}
-    for line, image, grade in rows:
-        if image not in on_disk:
-            raise ManifestError(f"{label_file}: line {line} (id {image!r}): no image "
-                                f"{image}{suffix} under {root}")
-        cols["id"].append(image)
-        cols["path"].append(on_disk[image])
-        cols["label"].append(grade)
-        cols["group"].append(f"patient-{patient(image)}")
+    labelled = {label_file: _read_grades(path, id_col, grade_col)}
+    if solution and (root / solution).is_file():
+        labelled[solution] = _read_grades(root / solution, id_col, grade_col)
+    on_disk, held_out = {}, 0
+    for p in root.rglob(f"*{suffix}"):
+        rel = p.relative_to(root)
+        if rel.parts[0] == test_dir and solution not in labelled:
+            held_out += 1
+            continue
+        on_disk[p.stem] = rel.as_posix()
+    cols: dict[str, list[str]] = {"id": [], "path": [], "label": [], "group": [], "split": []}
+    for source, rows in labelled.items():
+        for line, image, grade in rows:
+            if image not in on_disk:
+                raise ManifestError(f"{source}: line {line} (id {image!r}): no image "
+                                    f"{image}{suffix} under {root}")
+            if not grade.isdigit() or int(grade) > 4:
+                raise ManifestError(f"{source}: line {line} (id {image!r}): grade "
+                                    f"{grade!r} is not 0-4")
+            cols["id"].append(image)
+            cols["path"].append(on_disk[image])
+            cols["label"].append(grade)
+            cols["group"].append(f"patient-{patient(image)}")
+            cols["split"].append("test" if source == solution else "")
     unlabelled = sorted(set(on_disk) - set(cols["id"]))
     if unlabelled:
-        raise ManifestError(f"{root}: {len(unlabelled)} images have no row in {label_file}, "
-                            f"e.g. {unlabelled[0]}{suffix}")
-    grades = np.array([int(g) if g.isdigit() else -1 for g in cols["label"]])
-    bad = np.flatnonzero((grades < 0) | (grades > 4))
-    if len(bad):
-        line = rows[bad[0]][0]
-        raise ManifestError(f"{label_file}: line {line} (id {cols['id'][bad[0]]!r}): grade "
-                            f"{cols['label'][bad[0]]!r} is not 0-4")
-    cols["split"] = split_by_group(grades, np.array(cols["group"]), val=DR_SPLIT["val"],
-                                   test=DR_SPLIT["test"], seed=DR_SPLIT["seed"]).tolist()
+        raise ManifestError(f"{root}: {len(unlabelled)} images have no row in "
+                            f"{' or '.join(labelled)}, e.g. {unlabelled[0]}{suffix}")
+    grades = np.array([int(g) for g in cols["label"]])
+    todo = np.array([s == "" for s in cols["split"]])
+    drawn = split_by_group(grades[todo], np.array(cols["group"])[todo], val=DR_SPLIT["val"],
+                           test=0.0 if solution in labelled else DR_SPLIT["test"],
+                           seed=DR_SPLIT["seed"])
+    split = np.array(cols["split"], dtype=object)
+    split[todo] = drawn
+    cols["split"] = split.tolist()
+    notes = []
+    if held_out:
+        notes.append(f"{held_out} unlabelled images under {test_dir}/ (the competition's "
+                     "test set) left out")
+    if solution in labelled:
+        notes.append(f"test: the {len(labelled[solution])} images of {solution}; val drawn "
+                     f"from {label_file}")
+    one_file = {"row_label": "line", "first_row": 2} if len(labelled) == 1 else {}
     return build_manifest(f"{kind}-split{DR_SPLIT['seed']}", cols, root=root, task="ordinal",
-                          num_classes=5, row_label="line", first_row=2)
+                          num_classes=5, notes=notes, **one_file)
+
+
+PNEUMONIA_CLASSES = ("NORMAL", "PNEUMONIA")
+# person1_bacteria_1 / person1_virus_6 -> person1; IM-0115-0001 -> IM-0115;
+# NORMAL2-IM-1427-0001 -> NORMAL2-IM-1427
+PNEUMONIA_PATIENT = re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+$|^((?:NORMAL2-)?IM-\d+)-\d+$")
+
+
+def pneumonia_patient(file_name: str) -> str | None:
+    """Patient id of a Kermany et al. file name, or None when the name has neither pattern."""
+    m = PNEUMONIA_PATIENT.match(Path(file_name).stem)
+    return None if m is None else (m[1] or m[2])
+
+
+def read_pneumonia(root: str | Path, *, val_fraction: float | None = None,
+                   seed: int = 0) -> Manifest:
+    """Paediatric pneumonia (Kermany et al.): ``chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}``.
+
+    ``root`` is the folder holding ``chest_xray/`` or ``chest_xray/`` itself. Binary (AUC),
+    official splits. Each image's patient is parsed from its file name
+    (``person1_bacteria_1.jpeg`` -> ``person1``, ``IM-0115-0001.jpeg`` -> ``IM-0115``); groups
+    are scoped by official split, because the release reuses patient numbers across its
+    splits (kept as released and reported in :attr:`Manifest.notes`). The official val has
+    16 images: ``val_fraction`` moves that share of the train patients, stratified by class
+    and whole patients at a time, into val (seed recorded in the manifest name).
+
+    Raises
+    ------
+    ManifestError
+        A missing split or class folder, a file that is not a .jpeg/.jpg/.png image, or a
+        file name with no patient id, naming the file.
+    """
+    from featstore.data.fractions import split_by_group
+
+    root = Path(root)
+    base = root / "chest_xray" if (root / "chest_xray").is_dir() else root
+    cols: dict[str, list[str]] = {"id": [], "split": [], "path": [], "label": [], "group": []}
+    for split in ("train", "val", "test"):
+        for k, cls in enumerate(PNEUMONIA_CLASSES):
+            folder = base / split / cls
+            if not folder.is_dir():
+                raise ManifestError(f"{root}: pneumonia folder missing: "
+                                    f"{folder.relative_to(root).as_posix()}")
+            for f in sorted(folder.iterdir()):
+                if f.name.startswith("."):  # .DS_Store ships in the release
+                    continue
+                rel = f.relative_to(root).as_posix()
+                if not f.is_file() or f.suffix.lower() not in IMAGE_SUFFIXES:
+                    raise ManifestError(f"{root}: unexpected file {rel} (expected "
+                                        f"{'/'.join(IMAGE_SUFFIXES)} images)")
+                patient = pneumonia_patient(f.name)
+                if patient is None:
+                    raise ManifestError(
+                        f"{root}: {rel}: no patient id in the file name (expected "
+                        "person<N>_bacteria|virus_<K> or [NORMAL2-]IM-<N>-<K>)")
+                cols["id"].append(f"{split}/{cls}/{f.stem}")
+                cols["split"].append(split)
+                cols["path"].append(rel)
+                cols["label"].append(str(k))
+                cols["group"].append(f"{split}/{patient}")
+    notes = []
+    patients = {}
+    for g in cols["group"]:
+        split, _, patient = g.partition("/")
+        patients.setdefault(patient, set()).add(split)
+    shared = sorted(p for p, s in patients.items() if len(s) > 1)
+    if shared:
+        notes.append(f"{len(shared)} patient ids appear in more than one official split "
+                     f"(e.g. {shared[0]}); kept as released, grouped within each split")
+    name = "pneumonia"
+    if val_fraction:
+        train = np.array([s == "train" for s in cols["split"]])
+        carved = split_by_group(np.array(cols["label"], dtype=np.int64)[train],
+                                np.array(cols["group"])[train], val=val_fraction, test=0.0,
+                                seed=seed)
+        split_col = np.array(cols["split"], dtype=object)
+        split_col[train] = carved
+        # the official val's patients keep their own groups; carved ones move with theirs
+        cols["split"] = split_col.tolist()
+        cols["group"] = [f"val/{g.partition('/')[2]}" if s == "val" and g.startswith("train/")
+                         else g for g, s in zip(cols["group"], cols["split"], strict=True)]
+        name = f"pneumonia-val{val_fraction:g}-seed{seed}"
+        notes.append(f"val: the release's {sum(1 for i in cols['id'] if i.startswith('val/'))}"
+                     f" images plus {val_fraction:g} of the train patients (seed {seed})")
+    return build_manifest(name, cols, root=root, task="binary", num_classes=2,
+                          classes=("normal", "pneumonia"), notes=notes)
 
 
 BUILDERS = {
@@ -377,6 +507,7 @@ BUILDERS = {
     "aptos": lambda root: read_diabetic_retinopathy(root, "aptos"),
     "pcam": lambda root: read_pcam(root),
     "nih": lambda root: read_nih(root),
+    "pneumonia": lambda root: read_pneumonia(root),
     "image-folder": lambda root: read_image_folder(root),
     "medmnist": lambda root: read_medmnist(root),
 }
