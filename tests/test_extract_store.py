@@ -113,11 +113,11 @@ def test_interrupted_extract_resumes_to_identical_array(image_csv, tmp_path, mon
     real_write = engine.EmbeddingSet.write_shard
     calls = []
 
-    def write_then_die(self, shard, data):
+    def write_then_die(self, shard, data, **kw):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(shard)
-        real_write(self, shard, data)
+        real_write(self, shard, data, **kw)
 
     monkeypatch.setattr(engine.EmbeddingSet, "write_shard", write_then_die)
     with pytest.raises(KeyboardInterrupt):
@@ -142,7 +142,7 @@ def test_finished_extract_rerun_is_a_cache_hit_without_model_work(image_csv, sto
     def no_forward(*a, **k):
         raise AssertionError("a cached extract ran the model")
 
-    monkeypatch.setattr(engine, "_run_shards", no_forward)
+    monkeypatch.setattr(engine, "_run_pass", no_forward)
     [again] = run(m, fs)
     assert again.status == "cached" and again.shards_written == 0
     assert np.array_equal(fs.load(m, first.key).X, before)

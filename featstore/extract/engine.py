@@ -1,21 +1,31 @@
-"""The extraction engine: frozen backbones over a manifest, written shard by shard."""
+"""The extraction engine: frozen backbones over a manifest, written shard by shard.
+
+One pass serves many backbones: each image is decoded once, turned into one tensor per
+distinct preprocessing, and fed to every backbone that still needs its shard. Shards are the
+unit of work, of resume and of cooperation: a process claims a shard (see
+:mod:`featstore.extract.claims`) before computing it and writes it whole, so torchrun ranks,
+concurrent extracts of one key and re-runs after a crash never write one shard twice and
+never leave a shard marked done without its data and checksum.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from featstore.data.images import RowDataset, collate_rows
+from featstore.data.images import View, ViewsDataset, collate_views
 from featstore.data.manifest import Manifest
-from featstore.errors import ImageReadError
+from featstore.errors import FeatstoreError, ImageReadError
+from featstore.extract.claims import ClaimBoard
 from featstore.models.registry import BackboneSpec, LoadedBackbone, build_backbone
 from featstore.store.zarr_store import (
     DEFAULT_SHARD_ROWS,
@@ -23,6 +33,15 @@ from featstore.store.zarr_store import (
     EmbeddingSet,
     FeatureStore,
 )
+
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16,
+                                             "fp16": torch.float16}
+ON_ERROR = ("fail", "skip")
+CPU_BATCH_SIZE = 64
+# JPEGs decode at the smallest DCT scale (1, 1/2, 1/4, 1/8) that keeps the backbone's resize
+# size; part of every key, because it changes the numbers of large JPEGs.
+DECODE = "jpeg-draft"
+WAIT_POLL_S = 0.5
 
 
 class ExtractProgress(Protocol):
@@ -45,11 +64,15 @@ class ExtractResult:
     dim: int
     rows: int
     status: str  # "extracted", "resumed" or "cached"
-    shards_written: int
+    shards_written: int  # by this process
     shards_total: int
     seconds: float
     images_per_s: float
     random_weights: bool
+    shards_by_others: int = 0  # written meanwhile by other ranks or concurrent extracts
+    skipped: list[str] = field(default_factory=list)  # ids stored as missing
+    precision: str = "fp32"
+    batch_size: int = CPU_BATCH_SIZE
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,15 +85,55 @@ def default_workers(n_rows: int, batch_size: int) -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU."""
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    active: bool = False
+    owns_group: bool = False
+
+    def barrier(self) -> None:
+        if self.active:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.owns_group:
+            torch.distributed.destroy_process_group()
+
+
+def distributed_from_env(device: str = "auto") -> Distributed:
+    """Join the torchrun job described by the environment (``WORLD_SIZE``, ``RANK``, ...).
+
+    Uses an already initialised process group when there is one; otherwise initialises one
+    (NCCL on GPUs, gloo on CPUs) when ``WORLD_SIZE`` > 1.
+    """
+    import torch.distributed as td
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if td.is_available() and td.is_initialized():
+        return Distributed(td.get_rank(), td.get_world_size(), local_rank, True, False)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Distributed()
+    gpu = device != "cpu" and torch.cuda.is_available()
+    if gpu:
+        torch.cuda.set_device(local_rank)
+    td.init_process_group("nccl" if gpu else "gloo")
+    return Distributed(td.get_rank(), td.get_world_size(), local_rank, True, True)
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> this rank's CUDA device when present, else CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
 def provenance(loaded: LoadedBackbone, manifest: Manifest, *, batch_size: int,
-               device: torch.device) -> dict:
+               device: torch.device, precision: str = "fp32", batch_size_auto: bool = False,
+               world: int = 1, on_error: str = "fail") -> dict:
     """What produced an embedding set, recorded in its attrs."""
     spec = loaded.spec
     return {
@@ -80,35 +143,113 @@ def provenance(loaded: LoadedBackbone, manifest: Manifest, *, batch_size: int,
         "random_weights": spec.is_random,
         "weights_sha256": loaded.weights_sha256,
         "preprocessing": loaded.preprocessing.to_dict(),
+        "decode": DECODE,
         "layer": spec.layer,
         "manifest": manifest.name,
         "manifest_sha256": manifest.sha256,
         "batch_size": batch_size,
+        "batch_size_auto": batch_size_auto,
+        "precision": precision,
         "device": str(device),
+        "world_size": world,
+        "on_error": on_error,
         "versions": {p: version(p) for p in ("featstore", "torch", "timm", "zarr")},
         "host": platform.node(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
-def resolve_key(spec: BackboneSpec, dtype: str = "float32") -> tuple[LoadedBackbone, EmbeddingKey]:
-    """Build a spec's backbone and the embedding key of its numbers (weights hashed as loaded)."""
-    loaded = build_backbone(spec)
-    return loaded, EmbeddingKey(loaded.key_fields(dtype))
+def resolve_key(spec: BackboneSpec, dtype: str = "float32",
+                precision: str = "fp32") -> tuple[LoadedBackbone, EmbeddingKey]:
+    """Build a spec's backbone and the embedding key of its numbers (weights hashed as loaded).
 
-
-def shard_batches(es: EmbeddingSet, shards: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Row batches that never cross a shard boundary.
-
-    Every shard is computed with the same batch layout whichever shards were done before,
-    so a resumed extract gives the same bits as an uninterrupted one.
+    The key holds the architecture, weights, preprocessing, layer, stored dtype, the JPEG
+    decoding, and the compute precision when it is not fp32 (bf16/fp16 change the numbers).
     """
-    batches = []
-    for s in shards:
-        start, stop = es.shard_bounds(s)
-        batches.extend(list(range(b, min(b + batch_size, stop)))
-                       for b in range(start, stop, batch_size))
-    return batches
+    if precision not in PRECISIONS:
+        raise FeatstoreError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    loaded = build_backbone(spec)
+    fields = {**loaded.key_fields(dtype), "decode": DECODE}
+    if precision != "fp32":
+        fields["precision"] = precision
+    return loaded, EmbeddingKey(fields)
+
+
+def fit_batch_size(peaks: dict[int, float], budget: float, *, cap: int = 1024,
+                   multiple: int = 8) -> int:
+    """Largest batch whose predicted peak memory fits ``budget`` bytes.
+
+    ``peaks`` maps two or more measured batch sizes to peak bytes; memory is modelled as
+    fixed + per-image * batch (a least-squares line), rounded down to ``multiple``.
+    """
+    b = np.array(sorted(peaks), dtype=float)
+    m = np.array([peaks[int(k)] for k in b], dtype=float)
+    per_image, fixed = np.polyfit(b, m, 1)
+    if per_image <= 0:
+        return cap
+    best = int((budget - fixed) // per_image)
+    return int(max(multiple, min(cap, best - best % multiple)))
+
+
+def auto_batch_size(models: Sequence[tuple[torch.nn.Module, tuple[int, ...]]],
+                    device: torch.device, *, margin: float = 0.8, precision: str = "fp32",
+                    channels_last: bool = False) -> int:
+    """The batch size to use when none is given: the largest that fits, with a margin.
+
+    On CUDA, each model's peak memory is measured at batch 8 and 16 and the free memory
+    times ``margin`` decides (every model runs on the same batch, so the tightest wins). On
+    CPU memory is not the limit: :data:`CPU_BATCH_SIZE`.
+    """
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    free, _ = torch.cuda.mem_get_info(device)
+    sizes = []
+    for model, shape in models:
+        peaks = {}
+        for b in (8, 16):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            x = torch.zeros((b, *shape), device=device)
+            if channels_last and x.ndim == 4:
+                x = x.to(memory_format=torch.channels_last)
+            with torch.inference_mode(), _autocast(device, precision):
+                model(x)
+            peaks[b] = torch.cuda.max_memory_allocated(device)
+            del x
+        sizes.append(fit_batch_size(peaks, free * margin))
+    torch.cuda.empty_cache()
+    return min(sizes)
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _is_cnn(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Conv2d) and m.kernel_size != m.stride
+               for m in model.modules())
+
+
+@dataclass(eq=False)
+class _Job:
+    """One backbone's work in this run."""
+
+    loaded: LoadedBackbone
+    key: EmbeddingKey
+    es: EmbeddingSet
+    view: int
+    model: torch.nn.Module
+    pending_at_start: list[int]
+    channels_last: bool = False
+    written: int = 0
+    rows_written: int = 0
+    lost: int = 0
+
+    def claim(self, shard: int) -> str:
+        return ClaimBoard.path(self.es.dataset.name, self.key.short, shard)
 
 
 def extract_embeddings(
@@ -116,97 +257,237 @@ def extract_embeddings(
     backbones: Sequence[BackboneSpec],
     store: FeatureStore,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     device: str = "auto",
     dtype: str = "float32",
+    precision: str = "fp32",
     shard_rows: int = DEFAULT_SHARD_ROWS,
+    on_error: str = "fail",
+    compile: bool = False,
+    claim_timeout: float | None = None,
     progress: ExtractProgress | None = None,
 ) -> list[ExtractResult]:
     """Embed every row of ``manifest`` with each backbone and write the embeddings to ``store``.
 
-    Work resumes from the shards already marked done; a finished set is a cache hit that
-    runs no forward pass.
+    All backbones share one pass over the images: one decode per image, one tensor per
+    distinct preprocessing. Work resumes from the shards already marked done; a finished set
+    is a cache hit that runs no forward pass. Under torchrun (``WORLD_SIZE`` > 1) rank 0
+    creates the arrays, the ranks split the pending shards, and the result equals a
+    single-process run. Concurrent extracts of one key share the work through shard claims;
+    a claim left by a dead process is taken over.
+
+    ``on_error="skip"`` stores an unreadable image's row as missing (NaN, flagged in the
+    ``missing`` mask, its id and reason recorded) instead of stopping.
 
     Raises
     ------
     ManifestError
         A file named by the manifest is missing (checked before any work).
     ImageReadError
-        An image cannot be decoded; shards finished before it stay in the store.
+        With ``on_error="fail"``: an image cannot be decoded; finished shards stay.
     BackboneError
         A backbone cannot be built or its checkpoint does not load strictly.
     """
+    if on_error not in ON_ERROR:
+        raise FeatstoreError(f"on_error {on_error!r}: expected fail or skip")
+    if precision not in PRECISIONS:
+        raise FeatstoreError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     manifest.check_files()
-    dev = resolve_device(device)
-    ds = store.dataset(manifest, create=True)
-    results = []
-    for spec in backbones:
-        t0 = time.perf_counter()
-        loaded, key = resolve_key(spec, dtype)
-        es = ds.create_embedding_set(
-            key, dim=loaded.dim, dtype=dtype, alias=loaded.alias, shard_rows=shard_rows,
-            provenance=provenance(loaded, manifest, batch_size=batch_size, device=dev),
-        )
-        pending = es.pending_shards()
-        resumed = len(pending) < es.n_shards
-        if pending:
-            _run_shards(loaded, manifest, es, pending, batch_size=batch_size,
-                        num_workers=num_workers, device=dev, progress=progress)
-        seconds = time.perf_counter() - t0
-        rows_done = sum(es.shard_bounds(s)[1] - es.shard_bounds(s)[0] for s in pending)
-        if pending:
-            es.mark_complete({"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        results.append(ExtractResult(
-            dataset=ds.name, alias=loaded.alias, key=key.digest, dim=loaded.dim,
-            rows=len(manifest),
-            status="cached" if not pending else ("resumed" if resumed else "extracted"),
-            shards_written=len(pending), shards_total=es.n_shards, seconds=seconds,
-            images_per_s=rows_done / seconds if rows_done else 0.0,
-            random_weights=spec.is_random,
-        ))
-    return results
+    dist = distributed_from_env(device)
+    dev = resolve_device(device, dist.local_rank)
+    board = ClaimBoard(store.root, timeout=claim_timeout)
+    t0 = time.perf_counter()
+    jobs: list[_Job] = []
+    try:
+        built = [resolve_key(spec, dtype, precision) for spec in backbones]
+        preps = list(dict.fromkeys(loaded.preprocessing for loaded, _ in built))
+        cl = dev.type == "cuda"
+        if batch_size is None:
+            bs = auto_batch_size(
+                [(loaded.model.to(dev), (3, p.input_size, p.input_size))
+                 for loaded, _ in built for p in [loaded.preprocessing]],
+                dev, precision=precision, channels_last=cl)
+        else:
+            bs = batch_size
+
+        def create_sets() -> list[EmbeddingSet]:
+            ds = store.dataset(manifest, create=dist.rank == 0)
+            return [ds.create_embedding_set(
+                key, dim=loaded.dim, dtype=dtype, alias=loaded.alias, shard_rows=shard_rows,
+                provenance=provenance(loaded, manifest, batch_size=bs, device=dev,
+                                      precision=precision, batch_size_auto=batch_size is None,
+                                      world=dist.world, on_error=on_error))
+                for loaded, key in built]
+
+        sets: list[EmbeddingSet] = []
+        if dist.rank == 0:  # one creator: rank 0, and among concurrent extracts, the lock
+            lock = ClaimBoard.path(manifest.group_name, "_create", "lock")
+            board.claim_wait(lock)
+            try:
+                sets = create_sets()
+            finally:
+                board.release(lock)
+        dist.barrier()
+        if dist.rank != 0:
+            sets = create_sets()
+        for (loaded, key), es in zip(built, sets, strict=True):
+            model = loaded.model.to(dev).eval()
+            is_cnn = cl and _is_cnn(model)
+            if is_cnn:
+                model = model.to(memory_format=torch.channels_last)
+            if compile:
+                model = torch.compile(model)
+            jobs.append(_Job(loaded, key, es, preps.index(loaded.preprocessing), model,
+                             es.pending_shards(), channels_last=is_cnn))
+        views = [View(p.transform(), (3, p.input_size, p.input_size), p.resize) for p in preps]
+        dataset = ViewsDataset(manifest, views)
+        for rows_per_shard in sorted({j.es.shard_rows for j in jobs}):
+            group = [j for j in jobs if j.es.shard_rows == rows_per_shard and j.pending_at_start]
+            while group:
+                wrote = _run_pass(group, dataset, board, dist, batch_size=bs,
+                                  num_workers=num_workers, device=dev, precision=precision,
+                                  on_error=on_error, progress=progress)
+                group = [j for j in group if j.es.pending_shards()]
+                if group and not wrote:  # the rest is claimed by live processes: wait
+                    time.sleep(WAIT_POLL_S)
+        dist.barrier()
+        results = []
+        for j in jobs:
+            skipped = j.es.skipped()
+            if dist.rank == 0 and j.es.attrs.get("status") != "complete":
+                j.es.mark_complete({
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "skipped": {"count": len(skipped), "ids": sorted(skipped),
+                                "reasons": skipped},
+                })
+                board.clear(j.es.dataset.name, j.key.short)
+            seconds = time.perf_counter() - t0
+            status = ("cached" if not j.pending_at_start else
+                      "resumed" if len(j.pending_at_start) < j.es.n_shards else "extracted")
+            results.append(ExtractResult(
+                dataset=j.es.dataset.name, alias=j.loaded.alias, key=j.key.digest,
+                dim=j.loaded.dim, rows=len(manifest), status=status,
+                shards_written=j.written, shards_total=j.es.n_shards, seconds=seconds,
+                images_per_s=j.rows_written / seconds if j.written else 0.0,
+                random_weights=j.loaded.spec.is_random,
+                shards_by_others=len(j.pending_at_start) - j.written,
+                skipped=sorted(skipped), precision=precision, batch_size=bs))
+        return results
+    finally:
+        board.close()
+        for j in jobs:
+            j.loaded.model.to("cpu")
+        dist.close()
 
 
-def _run_shards(loaded: LoadedBackbone, manifest: Manifest, es: EmbeddingSet,
-                shards: Sequence[int], *, batch_size: int, num_workers: int | None,
-                device: torch.device, progress: ExtractProgress | None) -> None:
-    """Forward the rows of ``shards`` and write each shard as soon as it is whole."""
-    prep = loaded.preprocessing
-    dataset = RowDataset(manifest, prep.transform(), (3, prep.input_size, prep.input_size))
-    batches = shard_batches(es, shards, batch_size)
-    n_rows = sum(len(b) for b in batches)
-    workers = default_workers(n_rows, batch_size) if num_workers is None else num_workers
+class _ClaimedBatches:
+    """Batch sampler that claims each shard just before yielding its rows.
+
+    Batches never cross a shard boundary and follow one layout per shard whichever shards
+    were done before, so a resumed or distributed extract gives the same bits as an
+    uninterrupted one. Rank r visits its own share of the shards (r, r + world, ...) first,
+    then the rest, to take over what others have not claimed. ``owned`` tells the main loop
+    which backbones this process computes for each shard it claimed.
+    """
+
+    def __init__(self, jobs: Sequence[_Job], board: ClaimBoard, dist: Distributed,
+                 batch_size: int) -> None:
+        self.jobs, self.board, self.batch_size = jobs, board, batch_size
+        need: dict[int, list[_Job]] = {}
+        for j in jobs:
+            for s in j.es.pending_shards():
+                need.setdefault(s, []).append(j)
+        shards = sorted(need)
+        mine = shards[dist.rank::dist.world]
+        self.order = mine + [s for s in shards if s not in set(mine)]
+        self.need = need
+        self.owned: dict[int, list[_Job]] = {}
+        bounds = [jobs[0].es.shard_bounds(s) for s in shards]
+        self.rows = sum(stop - start for start, stop in bounds)
+
+    def __iter__(self) -> Iterator[list[tuple[int, tuple[int, ...]]]]:
+        es = self.jobs[0].es
+        for s in self.order:
+            owned = [j for j in self.need[s]
+                     if not j.es.shard_done(s) and self.board.try_claim(j.claim(s))]
+            if not owned:
+                continue
+            self.owned[s] = owned
+            views = tuple(sorted({j.view for j in owned}))
+            start, stop = es.shard_bounds(s)
+            for b in range(start, stop, self.batch_size):
+                yield [(r, views) for r in range(b, min(b + self.batch_size, stop))]
+
+
+def _run_pass(jobs: Sequence[_Job], dataset: ViewsDataset, board: ClaimBoard,
+              dist: Distributed, *, batch_size: int, num_workers: int | None,
+              device: torch.device, precision: str, on_error: str,
+              progress: ExtractProgress | None) -> int:
+    """One pass over the shards still pending for ``jobs``; returns the shards written."""
+    sampler = _ClaimedBatches(jobs, board, dist, batch_size)
+    if not sampler.order:
+        return 0
+    workers = (default_workers(sampler.rows, batch_size) if num_workers is None
+               else num_workers)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate_rows,
+        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_views,
         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
     )
-    model = loaded.model.to(device)
+    shard_rows = jobs[0].es.shard_rows
+    outs: dict[tuple[int, int], list[torch.Tensor]] = {}
+    errors_of: dict[int, dict[int, str]] = {}
+    wrote = 0
     if progress:
-        progress.start(loaded.alias, n_rows)
-    shard_iter = iter(shards)
-    shard = next(shard_iter)
-    start, stop = es.shard_bounds(shard)
-    buf = np.empty((stop - start, es.dim), dtype=es.dtype)
+        progress.start(" + ".join(j.loaded.alias for j in jobs), int(sampler.rows))
     try:
-        with torch.inference_mode():
-            for x, rows, errors in loader:
-                bad = [e for e in errors if e]
-                if bad:
-                    more = f" (and {len(bad) - 1} more in this batch)" if len(bad) > 1 else ""
-                    raise ImageReadError(bad[0] + more)
-                out = model(x.to(device, non_blocking=True)).float().cpu().numpy()
+        with torch.inference_mode(), _autocast(device, precision):
+            for xs, rows, errors in loader:
                 r0 = int(rows[0])
-                buf[r0 - start:r0 - start + len(out)] = out
+                shard = r0 // shard_rows
+                bad = {int(r): e for r, e in zip(rows.tolist(), errors, strict=True) if e}
+                if bad and on_error == "fail":
+                    first = next(iter(bad.values()))
+                    more = f" (and {len(bad) - 1} more in this batch)" if len(bad) > 1 else ""
+                    raise ImageReadError(first + more)
+                errors_of.setdefault(shard, {}).update(bad)
+                gpu = {v: x.to(device, non_blocking=True) for v, x in xs.items()}
+                for j in sampler.owned[shard]:
+                    x = gpu[j.view]
+                    if j.channels_last:
+                        x = x.to(memory_format=torch.channels_last)
+                    outs.setdefault((id(j), shard), []).append(j.model(x).float())
                 if progress:
-                    progress.advance(len(out))
+                    progress.advance(len(rows))
+                start, stop = jobs[0].es.shard_bounds(shard)
                 if int(rows[-1]) + 1 == stop:
-                    es.write_shard(shard, buf)
-                    shard = next(shard_iter, None)
-                    if shard is not None:
-                        start, stop = es.shard_bounds(shard)
-                        buf = np.empty((stop - start, es.dim), dtype=es.dtype)
+                    wrote += _finish_shard(sampler.owned.pop(shard), shard, start, stop,
+                                           outs, errors_of.pop(shard, {}), dataset, board)
     finally:
         if progress:
             progress.finish()
-        loaded.model.to("cpu")
+    return wrote
+
+
+def _finish_shard(owned: Sequence[_Job], shard: int, start: int, stop: int,
+                  outs: dict[tuple[int, int], list[torch.Tensor]], errors: dict[int, str],
+                  dataset: ViewsDataset, board: ClaimBoard) -> int:
+    """Write a whole shard for each backbone that owns it, then release its claim."""
+    missing = np.zeros(stop - start, dtype=bool)
+    reasons = {}
+    for r, e in errors.items():
+        missing[r - start] = True
+        reasons[str(dataset.manifest.ids[r])] = e
+    wrote = 0
+    for j in owned:
+        data = torch.cat(outs.pop((id(j), shard))).cpu().numpy()
+        path = j.claim(shard)
+        if board.still_ours(path):
+            j.es.write_shard(shard, data, missing=missing, reasons=reasons)
+            j.written += 1
+            j.rows_written += stop - start
+            wrote += 1
+        else:  # taken over while this process stalled: the new owner writes it
+            j.lost += 1
+        board.release(path)
+    return wrote

@@ -7,8 +7,12 @@ Layout::
         <key[:20]>/
             embeddings  (N, D)   sharded by rows; a writer only writes whole shards
             checksums   (S, 32)  sha256 of each shard's bytes, one chunk per shard
+            missing     (N,)     1 where the image was skipped (--on-error skip): the row
+                                 holds NaN, never a made-up embedding
+            skipped/s<shard>     attrs: {id: reason} of a shard's skipped rows
             done        (S,)     1 once the shard's data and checksum are written
             attrs: key, key_fields, alias, provenance, status
+    _claims/<dataset>/<key[:20]>/   claim markers of running extracts (see extract.claims)
 
 The store is reached through zarr's store abstraction, so the same code runs on a local
 directory or an fsspec URL (``s3://bucket/prefix``).
@@ -37,6 +41,8 @@ DEFAULT_SHARD_ROWS = 1024
 DEFAULT_CHUNK_ROWS = 256
 KEY_CHARS = 20
 PROBES_GROUP = "probes"
+SKIPPED_GROUP = "skipped"
+CLAIMS_GROUP = "_claims"
 FUSION_GROUP = "fusion"
 
 
@@ -74,6 +80,11 @@ class Embeddings:
     key: str
     dataset: str
     attrs: dict[str, Any]
+    missing: np.ndarray | None = None  # bool (N,): rows skipped at extraction (NaN in X)
+
+    @property
+    def n_missing(self) -> int:
+        return 0 if self.missing is None else int(self.missing.sum())
 
 
 def open_zarr_store(root: str | Path, *, read_only: bool = False) -> zarr.abc.store.Store:
@@ -112,7 +123,7 @@ class FeatureStore:
             return []
         groups = []
         for name, g in sorted(root.groups()):
-            if "manifest_sha256" in g.attrs:
+            if name != CLAIMS_GROUP and "manifest_sha256" in g.attrs:
                 groups.append(DatasetGroup(self, name, g))
         return groups
 
@@ -143,6 +154,7 @@ class FeatureStore:
                 f"dataset {manifest.name} (manifest {manifest.sha256[:12]}) is not in store "
                 f"{self.root}: run 'featstore extract' first"
             )
+        root.require_group(CLAIMS_GROUP)  # claim files live below it, out of the datasets' way
         g = root.require_group(name)
         n = len(manifest)
         chunk = max(min(n, 65536), 1)
@@ -294,6 +306,8 @@ class DatasetGroup:
                        overwrite=True)
         g.create_array("checksums", shape=(n_shards, 32), dtype="uint8", chunks=(1, 32),
                        compressors=None, fill_value=0, overwrite=True)
+        g.create_array("missing", shape=(n,), dtype="uint8", chunks=(shard_rows,),
+                       compressors=None, fill_value=0, overwrite=True)
         g.create_array("done", shape=(n_shards,), dtype="uint8", chunks=(1,),
                        compressors=None, fill_value=0, overwrite=True)
         g.attrs.update({
@@ -353,28 +367,65 @@ class EmbeddingSet:
     def complete(self) -> bool:
         return bool(self.done_mask().all())
 
-    def write_shard(self, shard: int, data: np.ndarray) -> None:
-        """Write one whole shard: data, then its checksum, then its done mark.
+    def shard_done(self, shard: int) -> bool:
+        """Whether one shard is finished (read fresh from the store)."""
+        return bool(self.group["done"][shard])
+
+    def write_shard(self, shard: int, data: np.ndarray, missing: np.ndarray | None = None,
+                    reasons: dict[str, str] | None = None) -> None:
+        """Write one whole shard: data, missing mask and reasons, checksum, then done mark.
 
         A crash between these steps leaves the shard not done, so it is redone on resume.
+        Rows flagged in ``missing`` (images skipped at extraction) are stored as NaN, with
+        their ids and reasons under ``skipped/``.
 
         Raises
         ------
         StoreError
-            Wrong shape, or non-finite values (a broken forward pass is never cached).
+            Wrong shape, or non-finite values in a row not flagged missing (a broken forward
+            pass is never cached).
         """
         start, stop = self.shard_bounds(shard)
-        data = np.ascontiguousarray(data, dtype=self.dtype)
+        data = np.array(data, dtype=self.dtype, order="C")
         if data.shape != (stop - start, self.dim):
             raise StoreError(f"{self}: shard {shard} needs shape {(stop - start, self.dim)}, "
                              f"got {data.shape}")
-        if not np.isfinite(data).all():
-            bad = start + int(np.flatnonzero(~np.isfinite(data).all(axis=1))[0])
+        miss = np.zeros(stop - start, bool) if missing is None else np.asarray(missing, bool)
+        data[miss] = np.nan
+        finite = np.isfinite(data).all(axis=1)
+        if not (finite | miss).all():
+            bad = start + int(np.flatnonzero(~(finite | miss))[0])
             raise StoreError(f"{self}: non-finite embedding at row {bad} "
                              f"(id {str(self.dataset.index['ids'][bad])!r}); nothing written")
         self.group["embeddings"][start:stop] = data
+        if "missing" in self.group:
+            self.group["missing"][start:stop] = miss.astype(np.uint8)
+        elif miss.any():
+            raise StoreError(f"{self}: created before missing rows were supported; re-extract "
+                             "it to skip images")
+        if miss.any():
+            skipped = self.group.require_group(SKIPPED_GROUP)
+            skipped.require_group(f"s{shard:06d}").attrs.update(dict(reasons or {}))
         self.group["checksums"][shard] = np.frombuffer(_digest(data), dtype=np.uint8)
         self.group["done"][shard] = 1
+
+    def missing_mask(self) -> np.ndarray:
+        """Boolean (N,): rows whose image was skipped at extraction (stored as NaN)."""
+        if "missing" not in self.group:
+            return np.zeros(self.rows, dtype=bool)
+        return self.group["missing"][...].astype(bool)
+
+    def skipped(self) -> dict[str, str]:
+        """{id: reason} of every row skipped at extraction, over the done shards."""
+        g = self.group.get(SKIPPED_GROUP)
+        if g is None:
+            return {}
+        done = self.done_mask()
+        out: dict[str, str] = {}
+        for name, sub in sorted(g.groups()):
+            if done[int(name[1:])]:
+                out.update(dict(sub.attrs))
+        return out
 
     def mark_complete(self, extra: dict[str, Any] | None = None) -> None:
         """Record status ``complete`` (and any extra provenance) once every shard is done."""
@@ -403,9 +454,11 @@ class EmbeddingSet:
     def load(self) -> Embeddings:
         """The embeddings with the dataset index arrays, rows aligned."""
         idx = self.dataset.index
+        missing = self.missing_mask()
         return Embeddings(X=self.read(), ids=idx["ids"], split=idx["split"],
                           labels=idx["labels"], group=idx["group"], alias=self.alias,
-                          key=self.key, dataset=self.dataset.name, attrs=self.attrs)
+                          key=self.key, dataset=self.dataset.name, attrs=self.attrs,
+                          missing=missing if missing.any() else None)
 
     def probe_run(self, run_id: str) -> dict[str, Any] | None:
         """A persisted probe run (its config and records), or None."""

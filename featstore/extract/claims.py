@@ -1,0 +1,255 @@
+"""Claim markers: which process is computing which shard of which embedding set.
+
+Several extracts of one key may run at once (two people, a re-run while one is going, the
+ranks of a torchrun job). Before computing a shard, a process claims it by creating
+``_claims/<dataset>/<key[:20]>/<shard>.json`` exclusively (``O_CREAT | O_EXCL`` on a local
+or network file system), holding its owner id, host, pid and a heartbeat time that a
+background thread refreshes. Only the claim's owner writes the shard, so two writers never
+touch one zarr shard. A claim is stale when its heartbeat is older than the timeout, or at
+once when its owner ran on this host and its pid is gone (a SIGKILLed extract); a stale
+claim is taken over by whoever first creates its exclusive takeover marker
+(``<shard>.json.takeover-<old owner>``), so exactly one process inherits it.
+
+On object stores (``s3://``, ``gs://``) there is no exclusive create: a claim is written and
+read back, which narrows but does not close the race; shards are still written whole and
+verified by their checksums.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from featstore.store.zarr_store import CLAIMS_GROUP
+
+DEFAULT_CLAIM_TIMEOUT = 120.0
+CLAIM_TIMEOUT_ENV = "FEATSTORE_CLAIM_TIMEOUT"
+
+
+def claim_timeout(value: float | None = None) -> float:
+    """Seconds without a heartbeat after which a claim is stale (``$FEATSTORE_CLAIM_TIMEOUT``)."""
+    if value is not None:
+        return float(value)
+    return float(os.environ.get(CLAIM_TIMEOUT_ENV, DEFAULT_CLAIM_TIMEOUT))
+
+
+class _LocalFiles:
+    """Claim files on a local or network file system: exclusive create is atomic."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+
+    def create(self, path: str, data: bytes) -> bool:
+        p = self.root / path
+        p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
+    def write(self, path: str, data: bytes) -> None:
+        p = self.root / path
+        tmp = p.with_name(f"{p.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, p)  # readers see the old or the new record, never half of one
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            return (self.root / path).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def remove(self, path: str) -> None:
+        (self.root / path).unlink(missing_ok=True)
+
+    def remove_tree(self, path: str) -> None:
+        import shutil
+
+        shutil.rmtree(self.root / path, ignore_errors=True)
+
+
+class _FsspecFiles:
+    """Claim files on an fsspec file system: write, then read back to confirm."""
+
+    def __init__(self, url: str) -> None:
+        import fsspec
+
+        self.fs, self.root = fsspec.core.url_to_fs(url)
+
+    def _p(self, path: str) -> str:
+        return f"{self.root.rstrip('/')}/{path}"
+
+    def create(self, path: str, data: bytes) -> bool:
+        if self.fs.exists(self._p(path)):
+            return False
+        self.fs.pipe_file(self._p(path), data)
+        return self.read(path) == data
+
+    def write(self, path: str, data: bytes) -> None:
+        self.fs.pipe_file(self._p(path), data)
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            return self.fs.cat_file(self._p(path))
+        except FileNotFoundError:
+            return None
+
+    def remove(self, path: str) -> None:
+        try:
+            self.fs.rm_file(self._p(path))
+        except FileNotFoundError:
+            pass
+
+    def remove_tree(self, path: str) -> None:
+        try:
+            self.fs.rm(self._p(path), recursive=True)
+        except FileNotFoundError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+class ClaimBoard:
+    """The claims of one process on the shards of a store's embedding sets.
+
+    Parameters
+    ----------
+    store_root : str
+        The feature store's root (folder or fsspec URL).
+    timeout : float
+        Seconds without a heartbeat after which another process may take a claim over.
+    """
+
+    def __init__(self, store_root: str, *, timeout: float | None = None) -> None:
+        local = "://" not in str(store_root) or str(store_root).startswith("file://")
+        root = str(store_root).removeprefix("file://")
+        self.files = _LocalFiles(root) if local else _FsspecFiles(root)
+        self.timeout = claim_timeout(timeout)
+        self.owner = uuid.uuid4().hex
+        self.host = platform.node()
+        self.pid = os.getpid()
+        self._held: set[str] = set()
+        self._lost: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def path(dataset: str, key: str, shard: int | str) -> str:
+        name = f"{shard:06d}" if isinstance(shard, int) else shard
+        return f"{CLAIMS_GROUP}/{dataset}/{key}/{name}.json"
+
+    def _record(self) -> bytes:
+        return json.dumps({"owner": self.owner, "host": self.host, "pid": self.pid,
+                           "heartbeat": time.time()}).encode()
+
+    def read(self, path: str) -> dict[str, Any] | None:
+        """The claim record at ``path``, or None when there is none (or it is being written)."""
+        raw = self.files.read(path)
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+
+    def stale(self, record: dict[str, Any]) -> bool:
+        """A claim whose owner stopped beating, or died on this host."""
+        if record.get("host") == self.host and not _pid_alive(int(record.get("pid", -1))):
+            return True
+        return time.time() - float(record.get("heartbeat", 0)) > self.timeout
+
+    def try_claim(self, path: str) -> bool:
+        """Claim ``path`` for this process; False when a live process holds it."""
+        if path in self._held:
+            return True
+        if self.files.create(path, self._record()):
+            self._hold(path)
+            return True
+        record = self.read(path)
+        if record is None:  # released (or half-written) just now: one more try
+            if self.files.create(path, self._record()):
+                self._hold(path)
+                return True
+            return False
+        if record.get("owner") == self.owner:
+            self._hold(path)
+            return True
+        if not self.stale(record):
+            return False
+        # exactly one process inherits a stale claim: the first to create its takeover marker
+        if not self.files.create(f"{path}.takeover-{record.get('owner')}", self._record()):
+            return False
+        self.files.write(path, self._record())
+        self._hold(path)
+        return True
+
+    def claim_wait(self, path: str, poll: float = 0.2) -> None:
+        """Block until ``path`` is claimed (used as a creation lock)."""
+        while not self.try_claim(path):
+            time.sleep(poll)
+
+    def still_ours(self, path: str) -> bool:
+        """Whether this process still owns ``path`` (False once another took it over)."""
+        if path in self._lost:
+            return False
+        record = self.read(path)
+        return record is not None and record.get("owner") == self.owner
+
+    def release(self, path: str) -> None:
+        """Drop a claim (after its shard is done, or on exit)."""
+        with self._lock:  # the heartbeat thread never rewrites a released claim
+            held = path in self._held
+            self._held.discard(path)
+            if held and self.still_ours(path):
+                self.files.remove(path)
+
+    def clear(self, dataset: str, key: str) -> None:
+        """Remove the claim folder of a finished embedding set (its markers included)."""
+        self.files.remove_tree(f"{CLAIMS_GROUP}/{dataset}/{key}")
+
+    def close(self) -> None:
+        """Stop the heartbeat and release every claim still held."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for path in list(self._held):
+            self.release(path)
+
+    def _hold(self, path: str) -> None:
+        with self._lock:
+            self._held.add(path)
+            self._lost.discard(path)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, name="featstore-claims",
+                                            daemon=True)
+            self._thread.start()
+
+    def _beat(self) -> None:
+        """Refresh the heartbeat of every held claim, several times per timeout."""
+        while not self._stop.wait(max(self.timeout / 4, 0.05)):
+            with self._lock:
+                for path in list(self._held):
+                    record = self.read(path)
+                    if record is not None and record.get("owner") not in (None, self.owner):
+                        self._held.discard(path)  # taken over while this process stalled
+                        self._lost.add(path)
+                        continue
+                    self.files.write(path, self._record())
