@@ -40,6 +40,8 @@ DEFAULT_STORE = "./featstore-data"
 StoreOpt = Annotated[str, typer.Option(
     "--store", envvar="FEATSTORE_STORE",
     help="Store root: a folder or an fsspec URL (s3://bucket/prefix).")]
+PrecisionOpt = Annotated[str, typer.Option(
+    help="As given to extract (the key of a --backbone spec depends on it).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 DataOpt = Annotated[str, typer.Option(
     "--data", help="A manifest .csv/.parquet, a MedMNIST .npz or an image-folder root.")]
@@ -111,17 +113,34 @@ def extract(
     store: StoreOpt = DEFAULT_STORE,
     image_size: Annotated[int | None, typer.Option(
         help="Crop size fed to every backbone (default: each backbone's own).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Images per forward pass (default: the largest that fits the GPU with a "
+             "margin, measured and recorded; 64 on CPU).")] = None,
     workers: Annotated[int | None, typer.Option(
-        help="DataLoader workers (default: up to 4).")] = None,
+        help="DataLoader workers per process (default: up to 4).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="Compute precision: fp32, bf16 or fp16 (autocast; part of the key).")] = "fp32",
     dtype: Annotated[str, typer.Option(help="Stored dtype: float32 or float16.")] = "float32",
     shard_rows: Annotated[int, typer.Option(help="Rows per shard (unit of resume).")] = 1024,
+    on_error: Annotated[str, typer.Option(
+        help="An unreadable image: fail (stop, naming it) or skip (store the row as "
+             "missing, list it; probes leave it out).")] = "fail",
+    compile_model: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile each backbone (pays off on long GPU runs).")] = False,
+    claim_timeout: Annotated[float | None, typer.Option(
+        help="Seconds without a heartbeat before another process takes over a shard "
+             "claim (default 120, or $FEATSTORE_CLAIM_TIMEOUT).")] = None,
     root: RootOpt = None,
     task: TaskOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Embed every image of a dataset with each backbone into the store (resumable)."""
+    """Embed every image of a dataset with each backbone into the store (resumable).
+
+    All backbones share one pass (one decode per image). Under torchrun
+    (torchrun --nproc-per-node=N -m featstore extract ...) the ranks split the shards;
+    concurrent extracts of the same key share the work.
+    """
     from featstore.data import load_dataset
     from featstore.extract import extract_embeddings as run_extract
     from featstore.store import FeatureStore
@@ -130,9 +149,14 @@ def extract(
         raise FeatstoreError(f"--dtype {dtype!r}: expected float32 or float16")
     manifest = load_dataset(data, root=root, task=task)
     specs = _specs(backbone, image_size)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
     results = run_extract(manifest, specs, FeatureStore(store), batch_size=batch_size,
-                          num_workers=workers, device=device, dtype=dtype,
-                          shard_rows=shard_rows, progress=None if as_json else RichProgress())
+                          num_workers=workers, device=device, dtype=dtype, precision=precision,
+                          shard_rows=shard_rows, on_error=on_error, compile=compile_model,
+                          claim_timeout=claim_timeout,
+                          progress=None if as_json or not rank0 else RichProgress())
+    if not rank0:  # torchrun: rank 0 reports for the job
+        return
     if as_json:
         _emit_json([r.to_dict() for r in results])
         return
@@ -140,9 +164,15 @@ def extract(
         what = {"cached": "cache hit, nothing to do",
                 "resumed": f"resumed: {r.shards_written}/{r.shards_total} shards written",
                 "extracted": f"{r.shards_written} shards written"}[r.status]
-        rate = f", {r.images_per_s:,.0f} img/s" if r.status != "cached" else ""
+        if r.shards_by_others:
+            what += f", {r.shards_by_others} by other processes"
+        rate = f", {r.images_per_s:,.0f} img/s" if r.shards_written else ""
         out.print(f"{r.alias}: {r.rows} x {r.dim} -> {r.dataset}/{r.key[:20]} "
                   f"({what}, {r.seconds:.1f}s{rate})")
+        if r.skipped:
+            shown = ", ".join(r.skipped[:5]) + (" ..." if len(r.skipped) > 5 else "")
+            err.print(f"[yellow]skipped {len(r.skipped)} unreadable images[/] (stored as "
+                      f"missing; probes leave them out): {shown}")
     _random_note(any(r.random_weights for r in results))
 
 
@@ -166,6 +196,7 @@ def probe(
     image_size: Annotated[int | None, typer.Option(
         help="As given to extract, when --backbone is a spec.")] = None,
     dtype: Annotated[str, typer.Option(help="As given to extract.")] = "float32",
+    precision: PrecisionOpt = "fp32",
     probes: Annotated[str, typer.Option(
         "--probe", help="linear, knn, or both: linear,knn.")] = "linear",
     fractions: Annotated[str, typer.Option(
@@ -199,7 +230,7 @@ def probe(
         raise FeatstoreError(f"--seeds {seeds}: expected at least 1")
     kinds = _parse_list(probes, "--probe", str)
     manifest = load_dataset(data, root=root, task=task)
-    sets = _embedding_sets(manifest, store, backbone, image_size, dtype)
+    sets = _embedding_sets(manifest, store, backbone, image_size, dtype, precision)
     base = ProbeConfig(task=manifest.task, n_bootstrap=bootstrap, ordinal_decode=ordinal_decode,
                        l2_grid=tuple(_parse_list(l2_grid, "--l2-grid")) if l2_grid
                        else DEFAULT_L2_GRID, ks=tuple(_parse_list(ks, "--ks", int)))
@@ -223,6 +254,7 @@ def results(
     store: StoreOpt = DEFAULT_STORE,
     image_size: Annotated[int | None, typer.Option(help="As given to extract.")] = None,
     dtype: Annotated[str, typer.Option(help="As given to extract.")] = "float32",
+    precision: PrecisionOpt = "fp32",
     root: RootOpt = None,
     task: TaskOpt = None,
     as_json: JsonOpt = False,
@@ -232,7 +264,8 @@ def results(
     from featstore.probe import stored_records
 
     manifest = load_dataset(data, root=root, task=task)
-    records = stored_records(_embedding_sets(manifest, store, backbone, image_size, dtype))
+    records = stored_records(_embedding_sets(manifest, store, backbone, image_size, dtype,
+                                             precision))
     if not records and not as_json:
         err.print("no probe results stored yet: run 'featstore probe'")
         return
@@ -247,6 +280,7 @@ def fuse(
     store: StoreOpt = DEFAULT_STORE,
     image_size: Annotated[int | None, typer.Option(help="As given to extract.")] = None,
     dtype: Annotated[str, typer.Option(help="As given to extract.")] = "float32",
+    precision: PrecisionOpt = "fp32",
     attention: Annotated[str, typer.Option(
         help="DVME variants: softmax, sigmoid, uniform (comma-separated).")] = "softmax",
     dim: Annotated[int, typer.Option(help="Common projection dimension.")] = 256,
@@ -269,7 +303,7 @@ def fuse(
     if not 2 <= len(backbone) <= 8:
         raise FeatstoreError(f"fuse takes 2 to 8 --backbone values, got {len(backbone)}")
     manifest = load_dataset(data, root=root, task=task)
-    sets = _embedding_sets(manifest, store, backbone, image_size, dtype)
+    sets = _embedding_sets(manifest, store, backbone, image_size, dtype, precision)
     embs = [es.load() for es in sets]
     kinds = _parse_list(attention, "--attention", str)
     records = []
@@ -290,6 +324,7 @@ def fuse(
         return
     _print_fusion_table(records)
     _random_note(any(s.attrs.get("provenance", {}).get("random_weights") for s in sets))
+    _excluded_note(records)
 
 
 def _print_fusion_table(records) -> None:
@@ -321,11 +356,11 @@ def _print_fusion_table(records) -> None:
         out.print(f"DVME heads saved: {', '.join(heads)} (featstore.fusion.DVME.load)")
 
 
-def _embedding_sets(manifest, store: str, backbone, image_size, dtype):
+def _embedding_sets(manifest, store: str, backbone, image_size, dtype, precision):
     from featstore.store import FeatureStore
 
     ds = FeatureStore(store).dataset(manifest)
-    sets = [_find_set(ds, b, image_size, dtype) for b in backbone] if backbone else [
+    sets = [_find_set(ds, b, image_size, dtype, precision) for b in backbone] if backbone else [
         s for s in ds.embedding_sets() if s.complete]
     if not sets:
         raise NotExtractedError(f"dataset {ds.name}: no complete embedding sets in {store}; "
@@ -340,9 +375,19 @@ def _print_results(records, as_json: bool) -> None:
     if records:
         _print_probe_table(records)
         _random_note(any(r.random_weights for r in records))
+        _excluded_note(records)
 
 
-def _find_set(ds, text: str, image_size: int | None, dtype: str):
+def _excluded_note(records) -> None:
+    """Say when rows were left out because their images were skipped at extraction."""
+    by_set = {getattr(r, "backbone", None) or "+".join(r.backbones): r.n_excluded
+              for r in records if r.n_excluded}
+    for name, n in by_set.items():
+        err.print(f"[yellow]note:[/] {name}: {n} rows left out (images skipped at "
+                  "extraction, no embedding)")
+
+
+def _find_set(ds, text: str, image_size: int | None, dtype: str, precision: str):
     """An embedding set by spec (key recomputed from the weights), alias or key prefix.
 
     A spec (``timm:...``, a registered name, anything with ``@``) is resolved to its key from
@@ -358,7 +403,7 @@ def _find_set(ds, text: str, image_size: int | None, dtype: str):
         if "@" in text or text.startswith("timm:"):
             raise
         return ds.embedding_set(text)
-    return ds.embedding_set(resolve_key(spec, dtype)[1].digest)
+    return ds.embedding_set(resolve_key(spec, dtype, precision)[1].digest)
 
 
 def _fmt(values: list[float]) -> str:

@@ -43,6 +43,7 @@ class FuseRecord:
     n_test: int
     train_ids_sha256: str
     run_id: str
+    n_excluded: int = 0  # rows without an embedding in some backbone (skipped images)
     attention: dict[str, float] = field(default_factory=dict)
     attention_per_class: dict[str, dict[str, float]] = field(default_factory=dict)
     head_path: str | None = None
@@ -103,7 +104,11 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
     check_aligned(embs)
     ref = embs[0]
     y = ref.labels if task == "multilabel" else ref.labels[:, 0]
-    tr, va, te, _ = split_rows(ref, y, task)
+    missing = np.zeros(len(ref.ids), bool)
+    for e in embs:  # a row is fused only where every backbone has an embedding
+        if e.missing is not None:
+            missing |= e.missing
+    tr, va, te, _ = split_rows(ref, y, task, exclude=missing)
     tr = select_fraction(tr, ref.labels, ref.group, fraction, seed)
     cfg = {"task": task, "fraction": fraction, "seed": seed, "dim": dim,
            "n_bootstrap": n_bootstrap, "keys": [e.key for e in embs], **dvme_options,
@@ -112,6 +117,7 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
     base = {"dataset": ref.dataset, "backbones": [e.alias for e in embs],
             "keys": [e.key for e in embs], "task": task, "fraction": fraction, "seed": seed,
             "n_train": len(tr), "n_val": len(va), "n_test": len(te),
+            "n_excluded": int(missing.sum()),
             "train_ids_sha256": ids_sha256(ref.ids[tr]), "run_id": run_id}
     records: list[FuseRecord] = []
     for attention in attentions:

@@ -75,6 +75,7 @@ class ProbeRecord:
     train_ids_sha256: str
     run_id: str
     cached: bool = False
+    n_excluded: int = 0  # rows left out: no embedding (image skipped at extraction)
     l2: float | None = None
     converged: bool | None = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -83,11 +84,18 @@ class ProbeRecord:
         return asdict(self)
 
 
-def split_rows(emb: Embeddings, y: np.ndarray, task: str) -> tuple[np.ndarray, ...]:
-    """(train, val, test, val source) rows; a missing val is carved from train (seed 0)."""
-    tr = np.flatnonzero(emb.split == "train")
-    va = np.flatnonzero(emb.split == "val")
-    te = np.flatnonzero(emb.split == "test")
+def split_rows(emb: Embeddings, y: np.ndarray, task: str,
+               exclude: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """(train, val, test, val source) rows; a missing val is carved from train (seed 0).
+
+    Rows flagged in ``exclude`` (default: the rows skipped at extraction) are left out of
+    every split.
+    """
+    keep = ~exclude if exclude is not None else (
+        ~emb.missing if emb.missing is not None else np.ones(len(emb.split), bool))
+    tr = np.flatnonzero((emb.split == "train") & keep)
+    va = np.flatnonzero((emb.split == "val") & keep)
+    te = np.flatnonzero((emb.split == "test") & keep)
     for name, rows in (("train", tr), ("test", te)):
         if len(rows) == 0:
             raise ProbeError(f"{emb.dataset}: no rows in split {name!r}")
@@ -163,7 +171,7 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
                     fraction=cfg.fraction, seed=cfg.seed, hyperparameter=hyper,
                     n_train=len(tr), n_val=len(va), n_test=len(te), val_source=val_source,
                     random_weights=random_weights, train_ids_sha256=ids_sha256(emb.ids[tr]),
-                    run_id=run_id, l2=l2, converged=converged,
+                    run_id=run_id, n_excluded=emb.n_missing, l2=l2, converged=converged,
                     config={**asdict(cfg), "standardise": "train mean/std" if
                             cfg.probe == "linear" else "L2-normalise",
                             "versions": {p: version(p) for p in
