@@ -91,3 +91,10 @@ def test_preprocessing_comes_from_the_timm_config():
     pixels = x * torch.tensor(p.std)[:, None, None] + torch.tensor(p.mean)[:, None, None]
     torch.testing.assert_close(pixels[0], pixels[1])  # grey copied to all three channels
     torch.testing.assert_close(pixels[1], pixels[2])
+
+
+def test_embedding_width_is_the_pre_logits_width():
+    # MobileNetV3's conv_head widens 576 features to 1024 pre-logits (head_hidden_size)
+    loaded = build_backbone(parse_backbone("timm:mobilenetv3_small_050@random", input_size=SIZE))
+    reference = timm.create_model("mobilenetv3_small_050", num_classes=0).eval()
+    assert loaded.dim == reference.head_hidden_size == 1024 != reference.num_features

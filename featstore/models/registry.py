@@ -207,7 +207,10 @@ def build_backbone(spec: BackboneSpec) -> LoadedBackbone:
         model = CLSLastBlocks(model, 4)
     elif spec.layer != EMBEDDING_LAYER:
         raise BackboneError(f"backbone {spec.alias}: unknown layer {spec.layer!r}")
-    dim = spec.dim or int(getattr(model, "num_features", 0))
+    # timm's pre-logits width: head_hidden_size where a head adds a layer (MobileNetV3's
+    # conv_head gives 1024 from 576 features), else num_features
+    dim = spec.dim or int(getattr(model, "head_hidden_size", None)
+                          or getattr(model, "num_features", 0))
     try:
         with torch.inference_mode():
             out = model(torch.zeros(1, 3, prep.input_size, prep.input_size))

@@ -109,7 +109,10 @@ class FeatureStore:
         """The root group; ``None`` when the store does not exist yet and ``create`` is false
         (reading a store never creates it)."""
         if create:
-            return zarr.open_group(store=self._zstore, mode="a")
+            root = zarr.open_group(store=self._zstore, mode="a")
+            if CLAIMS_GROUP not in root:  # claim files live below it, out of the datasets' way
+                root.require_group(CLAIMS_GROUP)
+            return root
         try:  # mode "r" first: "r+" would create the root folder of a local store
             zarr.open_group(store=self._zstore, mode="r")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
@@ -154,7 +157,6 @@ class FeatureStore:
                 f"dataset {manifest.name} (manifest {manifest.sha256[:12]}) is not in store "
                 f"{self.root}: run 'featstore extract' first"
             )
-        root.require_group(CLAIMS_GROUP)  # claim files live below it, out of the datasets' way
         g = root.require_group(name)
         n = len(manifest)
         chunk = max(min(n, 65536), 1)
