@@ -174,27 +174,26 @@ def main() -> None:
         one_equals_sep = all(np.array_equal(a, b) for a, b in
                              zip(outs["sep"], outs["one"], strict=True))
 
-    base = statistics.median(times["plain loop + np.save"])
-    print(f"\nA. one backbone: {args.images} PNG files ({args.image_px}px), timm {args.arch} "
-          f"at {args.size}px, batch {args.batch}, {workers} workers, "
-          f"{torch.get_num_threads()} torch threads, median of {args.reps}")
-    print(f"{'method':<36}{'wall s':>9}{'img/s':>9}{'ratio':>8}")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"{name:<36}{med:>9.2f}{args.images / med:>9.0f}{med / base:>8.3f}")
+    print_table(f"A. one backbone: {args.images} PNG files ({args.image_px}px), timm "
+                f"{args.arch} at {args.size}px, batch {args.batch}, {workers} workers, "
+                f"{torch.get_num_threads()} torch threads, median of {args.reps}",
+                times, args.images)
     print(f"embeddings identical: {same}  (target: featstore <= 1.10x the plain loop)")
-
-    base = statistics.median(multi["3 separate featstore runs"])
-    print(f"\nB. three backbones ({', '.join(three)} at {args.three_size}px): "
-          f"{args.jpegs} JPEGs of {w}x{h}, batch {args.batch}, {jw} workers, "
-          f"median of {args.reps}")
-    print(f"{'method':<36}{'wall s':>9}{'img/s':>9}{'ratio':>8}")
-    for name, ts in multi.items():
-        med = statistics.median(ts)
-        print(f"{name:<36}{med:>9.2f}{args.jpegs / med:>9.1f}{med / base:>8.3f}")
+    print_table(f"B. three backbones ({', '.join(three)} at {args.three_size}px): "
+                f"{args.jpegs} JPEGs of {w}x{h}, batch {args.batch}, {jw} workers, "
+                f"median of {args.reps}", multi, args.jpegs)
     print(f"one pass == separate runs, bit for bit: {one_equals_sep}  (featstore decodes JPEGs "
           "at reduced DCT scale; the plain loops decode in full, so their numbers differ)")
 
+
+def print_table(title: str, times: dict[str, list[float]], n_images: int) -> None:
+    """Median wall time per method; ratios against the first method."""
+    base = statistics.median(next(iter(times.values())))
+    print(f"\n{title}")
+    print(f"{'method':<36}{'wall s':>9}{'img/s':>9}{'ratio':>8}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{name:<36}{med:>9.2f}{n_images / med:>9.1f}{med / base:>8.3f}")
 
 if __name__ == "__main__":
     main()

@@ -394,3 +394,16 @@ def test_torchrun_two_cpu_ranks_equal_one_process(image_csv, tmp_path, one_threa
         attrs = fs.dataset(m).embedding_set(r["key"]).attrs
         assert attrs["provenance"]["world_size"] == 2 and attrs["status"] == "complete"
     assert torch.distributed.is_available()
+
+
+def test_batch_size_fit_from_measured_peaks():
+    from featstore.extract.engine import CPU_BATCH_SIZE, auto_batch_size, fit_batch_size
+
+    mib = 2**20
+    # 500 MiB fixed + 40 MiB per image; 80% of 10 GiB free -> (8192 - 500) / 40 = 192
+    peaks = {8: 500 * mib + 8 * 40 * mib, 16: 500 * mib + 16 * 40 * mib}
+    assert fit_batch_size(peaks, 0.8 * 10240 * mib) == 192
+    assert fit_batch_size(peaks, 0.8 * 10240 * mib, multiple=64) == 192
+    assert fit_batch_size(peaks, 0.8 * 10240 * mib, cap=128) == 128
+    assert fit_batch_size(peaks, 600 * mib) == 8  # never below one multiple
+    assert auto_batch_size([], torch.device("cpu")) == CPU_BATCH_SIZE
