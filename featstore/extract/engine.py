@@ -133,7 +133,7 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 
 def provenance(loaded: LoadedBackbone, manifest: Manifest, *, batch_size: int,
                device: torch.device, precision: str = "fp32", batch_size_auto: bool = False,
-               world: int = 1, on_error: str = "fail") -> dict:
+               world: int = 1, on_error: str = "fail", compiled: bool = False) -> dict:
     """What produced an embedding set, recorded in its attrs."""
     spec = loaded.spec
     return {
@@ -150,6 +150,7 @@ def provenance(loaded: LoadedBackbone, manifest: Manifest, *, batch_size: int,
         "batch_size": batch_size,
         "batch_size_auto": batch_size_auto,
         "precision": precision,
+        "compiled": compiled,
         "device": str(device),
         "world_size": world,
         "on_error": on_error,
@@ -233,6 +234,14 @@ def _is_cnn(model: torch.nn.Module) -> bool:
                for m in model.modules())
 
 
+def _complete(store: FeatureStore, manifest: Manifest, key: EmbeddingKey) -> bool:
+    """Whether ``key``'s set of ``manifest`` is already finished (read only)."""
+    try:
+        return store.dataset(manifest).embedding_set(key.digest).complete
+    except FeatstoreError:  # no dataset group or no such set yet
+        return False
+
+
 @dataclass(eq=False)
 class _Job:
     """One backbone's work in this run."""
@@ -303,11 +312,12 @@ def extract_embeddings(
         built = [resolve_key(spec, dtype, precision) for spec in backbones]
         preps = list(dict.fromkeys(loaded.preprocessing for loaded, _ in built))
         cl = dev.type == "cuda"
-        if batch_size is None:
+        todo = [(loaded, key) for loaded, key in built if not _complete(store, manifest, key)]
+        if batch_size is None:  # measured only when there is work (a cache hit runs nothing)
             bs = auto_batch_size(
                 [(loaded.model.to(dev), (3, p.input_size, p.input_size))
-                 for loaded, _ in built for p in [loaded.preprocessing]],
-                dev, precision=precision, channels_last=cl)
+                 for loaded, _ in todo for p in [loaded.preprocessing]],
+                dev, precision=precision, channels_last=cl) if todo else CPU_BATCH_SIZE
         else:
             bs = batch_size
 
@@ -317,7 +327,8 @@ def extract_embeddings(
                 key, dim=loaded.dim, dtype=dtype, alias=loaded.alias, shard_rows=shard_rows,
                 provenance=provenance(loaded, manifest, batch_size=bs, device=dev,
                                       precision=precision, batch_size_auto=batch_size is None,
-                                      world=dist.world, on_error=on_error))
+                                      world=dist.world, on_error=on_error,
+                                      compiled=compile))
                 for loaded, key in built]
 
         sets: list[EmbeddingSet] = []
@@ -332,14 +343,17 @@ def extract_embeddings(
         if dist.rank != 0:
             sets = create_sets()
         for (loaded, key), es in zip(built, sets, strict=True):
-            model = loaded.model.to(dev).eval()
+            pending = es.pending_shards()
+            model = loaded.model
             is_cnn = cl and _is_cnn(model)
-            if is_cnn:
-                model = model.to(memory_format=torch.channels_last)
-            if compile:
-                model = torch.compile(model)
+            if pending:  # a finished set's model never moves to the device
+                model = model.to(dev).eval()
+                if is_cnn:
+                    model = model.to(memory_format=torch.channels_last)
+                if compile:
+                    model = torch.compile(model)
             jobs.append(_Job(loaded, key, es, preps.index(loaded.preprocessing), model,
-                             es.pending_shards(), channels_last=is_cnn))
+                             pending, channels_last=is_cnn))
         views = [View(p.transform(), (3, p.input_size, p.input_size), p.resize) for p in preps]
         dataset = ViewsDataset(manifest, views)
         for rows_per_shard in sorted({j.es.shard_rows for j in jobs}):
