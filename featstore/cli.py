@@ -592,6 +592,7 @@ def ls_(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
                 "rows": es.rows, "dim": es.dim, "dtype": es.dtype,
                 "shards_done": done, "shards": es.n_shards,
                 "status": "complete" if done == es.n_shards else "incomplete",
+                "missing": int(es.missing_mask().sum()),
                 "random_weights": bool(es.attrs.get("provenance", {}).get("random_weights")),
             })
     if as_json:
@@ -605,7 +606,8 @@ def ls_(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r["dataset"], r["backbone"], r["key"][:20], f"{r['rows']} x {r['dim']}",
-                      f"{r['shards_done']}/{r['shards']}", r["status"])
+                      f"{r['shards_done']}/{r['shards']}",
+                      r["status"] + (f", {r['missing']} missing" if r["missing"] else ""))
     out.print(table)
 
 

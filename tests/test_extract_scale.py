@@ -134,6 +134,10 @@ def test_cli_skip_lists_skipped_ids(image_csv, store_dir, capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 0 and "skipped 2 unreadable images" in err
     assert bad[0] in err and bad[1] in err
+    with pytest.raises(SystemExit):
+        main(["ls", "--store", str(store_dir), "--json"])
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["missing"] == 2 and row["status"] == "complete"
 
 
 def test_large_jpeg_decodes_at_reduced_size_close_to_full(tmp_path):
