@@ -411,3 +411,18 @@ def test_batch_size_fit_from_measured_peaks():
     assert fit_batch_size(peaks, 0.8 * 10240 * mib, cap=128) == 128
     assert fit_batch_size(peaks, 600 * mib) == 8  # never below one multiple
     assert auto_batch_size([], torch.device("cpu")) == CPU_BATCH_SIZE
+
+
+def test_a_redone_shard_replaces_its_skipped_record(image_csv, store_dir):
+    m = load_dataset(image_csv)
+    fs = FeatureStore(store_dir)
+    [res] = run(m, fs)
+    es = fs.dataset(m).embedding_set(res.key)
+    data = es.read(slice(0, 16))
+    miss = np.zeros(16, bool)
+    miss[2] = True
+    es.write_shard(0, data, missing=miss, reasons={str(m.ids[2]): "cannot read"})
+    assert es.skipped() == {str(m.ids[2]): "cannot read"} and np.isnan(es.read()[2]).all()
+    es.write_shard(0, data)  # the image was fixed and the shard redone
+    assert es.skipped() == {} and not es.missing_mask().any()
+    assert same(es.read(slice(0, 16)), data)

@@ -405,9 +405,13 @@ class EmbeddingSet:
         elif miss.any():
             raise StoreError(f"{self}: created before missing rows were supported; re-extract "
                              "it to skip images")
-        if miss.any():
-            skipped = self.group.require_group(SKIPPED_GROUP)
-            skipped.require_group(f"s{shard:06d}").attrs.update(dict(reasons or {}))
+        skipped = self.group.get(SKIPPED_GROUP)
+        name = f"s{shard:06d}"
+        if miss.any():  # replaces what an interrupted earlier attempt may have left
+            skipped = skipped or self.group.require_group(SKIPPED_GROUP)
+            skipped.require_group(name).attrs.put(dict(reasons or {}))
+        elif skipped is not None and name in skipped:
+            del skipped[name]
         self.group["checksums"][shard] = np.frombuffer(_digest(data), dtype=np.uint8)
         self.group["done"][shard] = 1
 
