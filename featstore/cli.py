@@ -44,7 +44,8 @@ PrecisionOpt = Annotated[str, typer.Option(
     help="As given to extract (the key of a --backbone spec depends on it).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 DataOpt = Annotated[str, typer.Option(
-    "--data", help="A manifest .csv/.parquet, a MedMNIST .npz or an image-folder root.")]
+    "--data", help="A manifest .csv/.parquet, a MedMNIST .npz, a release folder (PCam, NIH, "
+    "pneumonia, EyePACS, APTOS), KIND:PATH (pcam:/data/pcam), or an image-folder root.")]
 TaskOpt = Annotated[str | None, typer.Option(
     "--task", help="Override the task: binary, multiclass, ordinal or multilabel.")]
 RootOpt = Annotated[str | None, typer.Option(
