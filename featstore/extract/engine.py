@@ -414,7 +414,8 @@ class _ClaimedBatches:
                 need.setdefault(s, []).append(j)
         shards = sorted(need)
         mine = shards[dist.rank::dist.world]
-        self.order = mine + [s for s in shards if s not in set(mine)]
+        taken = set(mine)
+        self.order = mine + [s for s in shards if s not in taken]
         self.need = need
         self.owned: dict[int, list[_Job]] = {}
         bounds = [jobs[0].es.shard_bounds(s) for s in shards]
