@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +33,20 @@ def sha256_file(path: str | Path) -> str:
 def sha256_bytes(data: bytes | memoryview) -> str:
     """Hex sha256 of a bytes-like object."""
     return hashlib.sha256(data).hexdigest()
+
+
+def state_dict_sha256(state: Mapping[str, Any]) -> str:
+    """Hex sha256 over a state dict's names, dtypes, element counts and bytes, in key order.
+
+    ``state`` maps names to torch tensors; torch is imported only when this is called. The
+    digest is a random-weights model's ``weights_sha256`` and so part of embedding keys: the
+    recipe must never change (the shape hashed is the flattened one, ``(numel,)``).
+    """
+    import torch
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

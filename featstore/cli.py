@@ -1,29 +1,30 @@
-"""The ``featstore`` command line (Typer). Results on stdout, progress and errors on stderr."""
+"""The ``featstore`` command line (Typer). Results on stdout, progress and errors on stderr.
+
+Each command parses its options, makes one call into its stage's public function (the same
+call is the Python API), and prints what :mod:`featstore.report.tables` renders. Heavy
+libraries (torch, timm, zarr, scikit-learn) are imported inside the commands, so
+``featstore --help`` is instant.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
+from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
-from rich.text import Text
 
-from featstore.errors import FeatstoreError, NotExtractedError
+from featstore import choices
+from featstore.errors import FeatstoreError
+
+try:  # recent typer vendors click under typer._click; older typer uses click itself
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -36,20 +37,59 @@ if not out.is_terminal:  # pipes and files get whole tables, not 80-column trunc
     out = Console(soft_wrap=True, width=200)
 err = Console(stderr=True, soft_wrap=True)
 
+
+def _enum(name: str, values: tuple[str, ...]) -> type[StrEnum]:
+    return StrEnum(name, {v: v for v in values})
+
+
+Precision = _enum("Precision", choices.PRECISIONS)
+Dtype = _enum("Dtype", choices.DTYPES)
+OnError = _enum("OnError", choices.ON_ERROR)
+Task = _enum("Task", choices.TASKS)
+OrdinalDecode = _enum("OrdinalDecode", choices.ORDINAL_DECODES)
+
+
+def _split(text: str, option: str, kind: Callable = float) -> list:
+    """Comma-separated values of an option (``0.01,0.1,1.0``); the stage checks them."""
+    try:
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FeatstoreError(f"{option} {text!r}: expected a comma-separated list") from None
+    if not values:
+        raise FeatstoreError(f"{option} {text!r}: expected at least one value")
+    return values
+
+
+def _choices_metavar(values: tuple[str, ...]) -> str:
+    return "[" + "|".join(values) + "],..."
+
+
 DEFAULT_STORE = "./featstore-data"
 StoreOpt = Annotated[str, typer.Option(
     "--store", envvar="FEATSTORE_STORE",
     help="Store root: a folder or an fsspec URL (s3://bucket/prefix).")]
-PrecisionOpt = Annotated[str, typer.Option(
-    help="As given to extract (the key of a --backbone spec depends on it).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 DataOpt = Annotated[str, typer.Option(
     "--data", help="A manifest .csv/.parquet, a MedMNIST .npz, a release folder (PCam, NIH, "
     "pneumonia, EyePACS, APTOS), KIND:PATH (pcam:/data/pcam), or an image-folder root.")]
-TaskOpt = Annotated[str | None, typer.Option(
-    "--task", help="Override the task: binary, multiclass, ordinal or multilabel.")]
+TaskOpt = Annotated[Task | None, typer.Option(
+    "--task", help="Override the task of the dataset.")]
 RootOpt = Annotated[str | None, typer.Option(
     "--root", help="Folder that manifest paths are relative to (default: the manifest's).")]
+ImageSizeOpt = Annotated[int | None, typer.Option(
+    help="As given to extract, when --backbone is a spec.")]
+DtypeOpt = Annotated[Dtype, typer.Option(help="As given to extract.")]
+PrecisionOpt = Annotated[Precision, typer.Option(
+    help="As given to extract (the key of a --backbone spec depends on it).")]
+FractionsOpt = Annotated[str, typer.Option(
+    metavar="F,...",
+    help="Comma-separated fractions of train to train on, e.g. 0.01,0.1,1.0.")]
+SeedsOpt = Annotated[int, typer.Option(
+    help="Seeds per fraction (subsets drawn with seeds 0..N-1).")]
+BootstrapOpt = Annotated[int, typer.Option(
+    help="Bootstrap resamples of test for the 95% CI (0: none).")]
+RecomputeOpt = Annotated[bool, typer.Option(
+    help="Recompute runs already persisted in the store.")]
 
 
 @app.callback()
@@ -59,50 +99,56 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks o
     # --debug is read by main() (it may appear anywhere on the line); declared here for --help.
 
 
-class _RateColumn(ProgressColumn):
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} img/s" if speed else "- img/s", style="cyan")
-
-
-class RichProgress:
-    """The engine's progress hook drawn as a rich bar on stderr."""
-
-    def __init__(self) -> None:
-        self._progress: Progress | None = None
-        self._task = None
-
-    def start(self, alias: str, total_rows: int) -> None:
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                  MofNCompleteColumn(), _RateColumn(), TimeElapsedColumn(),
-                                  console=err, transient=False)
-        self._progress.start()
-        self._task = self._progress.add_task(alias, total=total_rows)
-
-    def advance(self, rows: int) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task, rows)
-
-    def finish(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-
 def _emit_json(obj) -> None:
-    out.print_json(json.dumps(obj, default=str))
+    from featstore.report.tables import to_json
+
+    out.print_json(to_json(obj))
 
 
-def _random_note(random_weights: bool) -> None:
-    if random_weights:
-        err.print("[yellow]note:[/] backbones marked [bold]random[/] have untrained weights: "
-                  "their numbers test the pipeline, not transfer from pretraining.")
+def _note(lines: list[str]) -> None:
+    for line in lines:
+        err.print(f"[yellow]note:[/] {line}")
 
 
-def _specs(backbones: list[str], image_size: int | None):
-    from featstore.models import parse_backbone
+def _dataset(data: str, root: str | None = None, task: Task | None = None):
+    from featstore.data import load_dataset
 
-    return [parse_backbone(b, input_size=image_size) for b in backbones]
+    return load_dataset(data, root=root, task=task.value if task else None)
+
+
+def _sets(manifest, store: str, backbones: list[str] | None, image_size: int | None,
+          dtype: Dtype, precision: Precision):
+    from featstore.extract import resolve_embedding_sets
+    from featstore.store import FeatureStore
+
+    return resolve_embedding_sets(FeatureStore(store), manifest, backbones,
+                                  image_size=image_size, dtype=dtype.value,
+                                  precision=precision.value)
+
+
+def _print_probes(records, as_json: bool) -> None:
+    from featstore.report.tables import notes, probe_tables
+
+    if as_json:
+        _emit_json(records)
+        return
+    for table in probe_tables(records):
+        out.print(table)
+    _note(notes(records))
+
+
+def _print_fusion(records, as_json: bool) -> None:
+    from featstore.report.tables import fusion_table, heads_line, notes
+
+    if as_json:
+        _emit_json(records)
+        return
+    table = fusion_table(records)
+    if table is not None:
+        out.print(table)
+    if line := heads_line(records):
+        out.print(line)
+    _note(notes(records))
 
 
 @app.command()
@@ -120,13 +166,13 @@ def extract(
     workers: Annotated[int | None, typer.Option(
         help="DataLoader workers per process (default: up to 4).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
-    precision: Annotated[str, typer.Option(
-        help="Compute precision: fp32, bf16 or fp16 (autocast; part of the key).")] = "fp32",
-    dtype: Annotated[str, typer.Option(help="Stored dtype: float32 or float16.")] = "float32",
+    precision: Annotated[Precision, typer.Option(
+        help="Compute precision (autocast; part of the key).")] = Precision.fp32,
+    dtype: Annotated[Dtype, typer.Option(help="Stored dtype.")] = Dtype.float32,
     shard_rows: Annotated[int, typer.Option(help="Rows per shard (unit of resume).")] = 1024,
-    on_error: Annotated[str, typer.Option(
+    on_error: Annotated[OnError, typer.Option(
         help="An unreadable image: fail (stop, naming it) or skip (store the row as "
-             "missing, list it; probes leave it out).")] = "fail",
+             "missing, list it; probes leave it out).")] = OnError.fail,
     compile_model: Annotated[bool, typer.Option(
         "--compile", help="torch.compile each backbone (pays off on long GPU runs).")] = False,
     claim_timeout: Annotated[float | None, typer.Option(
@@ -142,49 +188,29 @@ def extract(
     (torchrun --nproc-per-node=N -m featstore extract ...) the ranks split the shards;
     concurrent extracts of the same key share the work.
     """
-    from featstore.data import load_dataset
-    from featstore.extract import extract_embeddings as run_extract
+    from featstore.extract import extract_embeddings
+    from featstore.models import parse_backbone
+    from featstore.report.tables import extract_lines, notes, skipped_lines
     from featstore.store import FeatureStore
 
-    if dtype not in ("float32", "float16"):
-        raise FeatstoreError(f"--dtype {dtype!r}: expected float32 or float16")
-    manifest = load_dataset(data, root=root, task=task)
-    specs = _specs(backbone, image_size)
+    manifest = _dataset(data, root, task)
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    results = run_extract(manifest, specs, FeatureStore(store), batch_size=batch_size,
-                          num_workers=workers, device=device, dtype=dtype, precision=precision,
-                          shard_rows=shard_rows, on_error=on_error, compile=compile_model,
-                          claim_timeout=claim_timeout,
-                          progress=None if as_json or not rank0 else RichProgress())
+    results = extract_embeddings(
+        manifest, [parse_backbone(b, input_size=image_size) for b in backbone],
+        FeatureStore(store), batch_size=batch_size, num_workers=workers, device=device,
+        dtype=dtype.value, precision=precision.value, shard_rows=shard_rows,
+        on_error=on_error.value, compile=compile_model, claim_timeout=claim_timeout,
+        progress=None if as_json or not rank0 else RichProgress())
     if not rank0:  # torchrun: rank 0 reports for the job
         return
     if as_json:
-        _emit_json([r.to_dict() for r in results])
+        _emit_json(results)
         return
-    for r in results:
-        what = {"cached": "cache hit, nothing to do",
-                "resumed": f"resumed: {r.shards_written}/{r.shards_total} shards written",
-                "extracted": f"{r.shards_written} shards written"}[r.status]
-        if r.shards_by_others:
-            what += f", {r.shards_by_others} by other processes"
-        rate = f", {r.images_per_s:,.0f} img/s" if r.shards_written else ""
-        out.print(f"{r.alias}: {r.rows} x {r.dim} -> {r.dataset}/{r.key[:20]} "
-                  f"({what}, {r.seconds:.1f}s{rate})")
-        if r.skipped:
-            shown = ", ".join(r.skipped[:5]) + (" ..." if len(r.skipped) > 5 else "")
-            err.print(f"[yellow]skipped {len(r.skipped)} unreadable images[/] (stored as "
-                      f"missing; probes leave them out): {shown}")
-    _random_note(any(r.random_weights for r in results))
-
-
-def _parse_list(text: str, option: str, kind=float) -> list:
-    try:
-        values = [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise FeatstoreError(f"{option} {text!r}: expected a comma-separated list") from None
-    if not values:
-        raise FeatstoreError(f"{option} {text!r}: expected at least one value")
-    return values
+    for line in extract_lines(results):
+        out.print(line)
+    for line in skipped_lines(results):
+        err.print(f"[yellow]{line}[/]")
+    _note(notes(results))
 
 
 @app.command()
@@ -194,26 +220,24 @@ def probe(
         "--backbone", "-b", help="A spec as given to extract (its key is recomputed), an "
         "alias or a key prefix; default: every complete embedding set of the dataset.")] = None,
     store: StoreOpt = DEFAULT_STORE,
-    image_size: Annotated[int | None, typer.Option(
-        help="As given to extract, when --backbone is a spec.")] = None,
-    dtype: Annotated[str, typer.Option(help="As given to extract.")] = "float32",
-    precision: PrecisionOpt = "fp32",
+    image_size: ImageSizeOpt = None,
+    dtype: DtypeOpt = Dtype.float32,
+    precision: PrecisionOpt = Precision.fp32,
     probes: Annotated[str, typer.Option(
-        "--probe", help="linear, knn, or both: linear,knn.")] = "linear",
-    fractions: Annotated[str, typer.Option(
-        help="Comma-separated fractions of train to probe with, e.g. 0.01,0.1,1.0.")] = "1.0",
-    seeds: Annotated[int, typer.Option(
-        help="Seeds per fraction (subsets drawn with seeds 0..N-1).")] = 1,
+        "--probe", metavar=_choices_metavar(choices.PROBES),
+        help="Probes, comma-separated: linear, knn or linear,knn.")] = "linear",
+    fractions: FractionsOpt = "1.0",
+    seeds: SeedsOpt = 1,
     l2_grid: Annotated[str | None, typer.Option(
+        metavar="L2,...",
         help="Comma-separated L2 values (default: 1e-6..1e4, 11 log steps).")] = None,
-    ks: Annotated[str, typer.Option(help="k values for the kNN probe.")] = "10,20,50,100,200",
-    bootstrap: Annotated[int, typer.Option(
-        help="Bootstrap resamples of test for the 95% CI (0: none).")] = 1000,
-    ordinal_decode: Annotated[str, typer.Option(
+    ks: Annotated[str, typer.Option(
+        metavar="K,...", help="k values for the kNN probe.")] = "10,20,50,100,200",
+    bootstrap: BootstrapOpt = 1000,
+    ordinal_decode: Annotated[OrdinalDecode, typer.Option(
         help="Ordinal tasks: argmax, or expected (expected grade, thresholds fitted on "
-        "val).")] = "argmax",
-    recompute: Annotated[bool, typer.Option(
-        help="Recompute runs already persisted in the store.")] = False,
+        "val).")] = OrdinalDecode.argmax,
+    recompute: RecomputeOpt = False,
     device: Annotated[str, typer.Option(help="Torch device for the solver.")] = "cpu",
     root: RootOpt = None,
     task: TaskOpt = None,
@@ -223,28 +247,17 @@ def probe(
 
     Every run is persisted in the store; an identical run is read back, not recomputed.
     """
-    from featstore.data import load_dataset
-    from featstore.probe import DEFAULT_L2_GRID, ProbeConfig, probe_embeddings
+    from featstore.probe import DEFAULT_L2_GRID, ProbeConfig, probe_grid
 
-    fracs = _parse_list(fractions, "--fractions")
-    if seeds < 1:
-        raise FeatstoreError(f"--seeds {seeds}: expected at least 1")
-    kinds = _parse_list(probes, "--probe", str)
-    manifest = load_dataset(data, root=root, task=task)
-    sets = _embedding_sets(manifest, store, backbone, image_size, dtype, precision)
-    base = ProbeConfig(task=manifest.task, n_bootstrap=bootstrap, ordinal_decode=ordinal_decode,
-                       l2_grid=tuple(_parse_list(l2_grid, "--l2-grid")) if l2_grid
-                       else DEFAULT_L2_GRID, ks=tuple(_parse_list(ks, "--ks", int)))
-    records = []
-    for es in sets:
-        emb = es.load()
-        for kind in kinds:
-            for fraction in fracs:
-                for seed in range(seeds):
-                    records.extend(probe_embeddings(
-                        emb, base, probe=kind.strip(), fraction=fraction, seed=seed,
-                        store_set=es, recompute=recompute, device=device))
-    _print_results(records, as_json)
+    manifest = _dataset(data, root, task)
+    sets = _sets(manifest, store, backbone, image_size, dtype, precision)
+    config = ProbeConfig(task=manifest.task, n_bootstrap=bootstrap,
+                         ordinal_decode=ordinal_decode.value,
+                         l2_grid=tuple(_split(l2_grid, "--l2-grid")) if l2_grid
+                         else DEFAULT_L2_GRID, ks=tuple(_split(ks, "--ks", int)))
+    _print_probes(probe_grid(sets, config, probes=_split(probes, "--probe", str),
+                             fractions=_split(fractions, "--fractions"), seeds=seeds,
+                             recompute=recompute, device=device), as_json)
 
 
 @app.command()
@@ -253,24 +266,31 @@ def results(
     backbone: Annotated[list[str] | None, typer.Option(
         "--backbone", "-b", help="As for probe; default: every embedding set.")] = None,
     store: StoreOpt = DEFAULT_STORE,
-    image_size: Annotated[int | None, typer.Option(help="As given to extract.")] = None,
-    dtype: Annotated[str, typer.Option(help="As given to extract.")] = "float32",
-    precision: PrecisionOpt = "fp32",
+    image_size: ImageSizeOpt = None,
+    dtype: DtypeOpt = Dtype.float32,
+    precision: PrecisionOpt = Precision.fp32,
     root: RootOpt = None,
     task: TaskOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the probe results persisted in the store, without recomputing anything."""
-    from featstore.data import load_dataset
+    """List the probe and fusion runs persisted in the store, without recomputing anything."""
+    from featstore.fusion import stored_fusion_records
     from featstore.probe import stored_records
 
-    manifest = load_dataset(data, root=root, task=task)
-    records = stored_records(_embedding_sets(manifest, store, backbone, image_size, dtype,
-                                             precision))
-    if not records and not as_json:
-        err.print("no probe results stored yet: run 'featstore probe'")
+    manifest = _dataset(data, root, task)
+    sets = _sets(manifest, store, backbone, image_size, dtype, precision)
+    probes = stored_records(sets)
+    fusions = stored_fusion_records([sets[0].dataset],
+                                    keys=[s.key for s in sets] if backbone else None)
+    if as_json:
+        _emit_json([*probes, *fusions])  # fusion records carry "method" and "backbones"
         return
-    _print_results(records, as_json)
+    if not probes and not fusions:
+        err.print("no probe or fusion results stored yet: run 'featstore probe' or "
+                  "'featstore fuse'")
+        return
+    _print_probes(probes, False)
+    _print_fusion(fusions, False)
 
 
 @app.command()
@@ -279,183 +299,42 @@ def fuse(
     backbone: Annotated[list[str], typer.Option(
         "--backbone", "-b", help="Two to eight embedding sets (spec, alias or key prefix).")],
     store: StoreOpt = DEFAULT_STORE,
-    image_size: Annotated[int | None, typer.Option(help="As given to extract.")] = None,
-    dtype: Annotated[str, typer.Option(help="As given to extract.")] = "float32",
-    precision: PrecisionOpt = "fp32",
+    image_size: ImageSizeOpt = None,
+    dtype: DtypeOpt = Dtype.float32,
+    precision: PrecisionOpt = Precision.fp32,
     attention: Annotated[str, typer.Option(
-        help="DVME variants: softmax, sigmoid, uniform (comma-separated).")] = "softmax",
+        metavar=_choices_metavar(choices.ATTENTIONS),
+        help="DVME variants, comma-separated.")] = "softmax",
     dim: Annotated[int, typer.Option(help="Common projection dimension.")] = 256,
-    fractions: Annotated[str, typer.Option(help="Fractions of train, e.g. 0.1,1.0.")] = "1.0",
-    seeds: Annotated[int, typer.Option(help="Seeds per fraction.")] = 1,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the CI.")] = 1000,
+    fractions: FractionsOpt = "1.0",
+    seeds: SeedsOpt = 1,
+    bootstrap: BootstrapOpt = 1000,
     heads_dir: Annotated[Path, typer.Option(
         help="Where the trained DVME heads are saved.")] = Path("./featstore-heads"),
     baselines: Annotated[bool, typer.Option(
         help="Also report concat and each single backbone.")] = True,
+    recompute: RecomputeOpt = False,
     device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
     root: RootOpt = None,
     task: TaskOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train the DVME fusion head over several cached embedding sets, beside the baselines."""
-    from featstore.data import load_dataset
-    from featstore.fusion import fuse_embeddings
+    """Train the DVME fusion head over several cached embedding sets, beside the baselines.
+
+    Every run is persisted in the store; an identical run is read back, not recomputed.
+    """
+    from featstore.fusion import fuse_grid
 
     if not 2 <= len(backbone) <= 8:
         raise FeatstoreError(f"fuse takes 2 to 8 --backbone values, got {len(backbone)}")
-    manifest = load_dataset(data, root=root, task=task)
-    sets = _embedding_sets(manifest, store, backbone, image_size, dtype, precision)
-    embs = [es.load() for es in sets]
-    kinds = _parse_list(attention, "--attention", str)
-    records = []
-    for fraction in _parse_list(fractions, "--fractions"):
-        for seed in range(seeds):
-            records += fuse_embeddings(embs, task=manifest.task, fraction=fraction, seed=seed,
-                                       attentions=kinds, dim=dim, n_bootstrap=bootstrap,
-                                       baselines=baselines, heads_dir=heads_dir,
-                                       device=device)
-    ds = sets[0].dataset
-    by_run: dict[str, list] = {}
-    for r in records:
-        by_run.setdefault(r.run_id, []).append(r.to_dict())
-    for run_id, recs in by_run.items():
-        ds.save_fusion_run(run_id, {"records": recs})
-    if as_json:
-        _emit_json([r.to_dict() for r in records])
-        return
-    _print_fusion_table(records)
-    _random_note(any(s.attrs.get("provenance", {}).get("random_weights") for s in sets))
-    _excluded_note(records)
-
-
-def _print_fusion_table(records) -> None:
-    first = records[0]
-    table = Table(title=f"fusion on test ({first.dataset}, task {first.task}; mean +- sd "
-                        "over seeds, bootstrap 95% CI, mean DVME attention on test)")
-    from featstore.probe import PRIMARY_METRIC
-
-    for col in ("method", "fraction", "n_train", PRIMARY_METRIC[first.task], "95% CI",
-                "attention", "seeds"):
-        table.add_column(col)
-    cells: dict[tuple, list] = {}
-    for r in records:
-        if r.primary:
-            cells.setdefault((r.method, r.fraction), []).append(r)
-    for (method, fraction), rs in cells.items():
-        lo = np.nanmean([r.ci_low for r in rs])
-        hi = np.nanmean([r.ci_high for r in rs])
-        att = ""
-        if rs[0].attention:
-            mean = {k: np.mean([r.attention[k] for r in rs]) for k in rs[0].attention}
-            att = "  ".join(f"{k}: {v:.2f}" for k, v in mean.items())
-        table.add_row(method, f"{fraction:g}", str(rs[0].n_train),
-                      _fmt([r.value for r in rs]),
-                      "-" if np.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]", att, str(len(rs)))
-    out.print(table)
-    heads = sorted({r.head_path for r in records if r.head_path})
-    if heads:
-        out.print(f"DVME heads saved: {', '.join(heads)} (featstore.fusion.DVME.load)")
-
-
-def _embedding_sets(manifest, store: str, backbone, image_size, dtype, precision):
-    from featstore.store import FeatureStore
-
-    ds = FeatureStore(store).dataset(manifest)
-    sets = [_find_set(ds, b, image_size, dtype, precision) for b in backbone] if backbone else [
-        s for s in ds.embedding_sets() if s.complete]
-    if not sets:
-        raise NotExtractedError(f"dataset {ds.name}: no complete embedding sets in {store}; "
-                                "run 'featstore extract' first")
-    return sets
-
-
-def _print_results(records, as_json: bool) -> None:
-    if as_json:
-        _emit_json([r.to_dict() for r in records])
-        return
-    if records:
-        _print_probe_table(records)
-        _random_note(any(r.random_weights for r in records))
-        _excluded_note(records)
-
-
-def _excluded_note(records) -> None:
-    """Say when rows were left out because their images were skipped at extraction."""
-    by_set = {getattr(r, "backbone", None) or "+".join(r.backbones): r.n_excluded
-              for r in records if r.n_excluded}
-    for name, n in by_set.items():
-        err.print(f"[yellow]note:[/] {name}: {n} rows left out (images skipped at "
-                  "extraction, no embedding)")
-
-
-def _find_set(ds, text: str, image_size: int | None, dtype: str, precision: str):
-    """An embedding set by spec (key recomputed from the weights), alias or key prefix.
-
-    A spec (``timm:...``, a registered name, anything with ``@``) is resolved to its key from
-    the weights on disk, so changed weights never silently match older embeddings.
-    """
-    from featstore.errors import BackboneError
-    from featstore.extract import resolve_key
-    from featstore.models import parse_backbone
-
-    try:
-        spec = parse_backbone(text, input_size=image_size)
-    except BackboneError:
-        if "@" in text or text.startswith("timm:"):
-            raise
-        return ds.embedding_set(text)
-    return ds.embedding_set(resolve_key(spec, dtype, precision)[1].digest)
-
-
-def _fmt(values: list[float]) -> str:
-    v = np.asarray(values, dtype=float)
-    if np.isnan(v).all():
-        return "undefined"
-    if len(v) == 1:
-        return f"{v[0]:.4f}"
-    return f"{np.nanmean(v):.4f} +- {np.nanstd(v, ddof=1):.4f}"
-
-
-def _print_probe_table(records) -> None:
-    """Backbone x probe x fraction: each metric (mean +- sd over seeds), the primary
-    metric's bootstrap 95% CI on test, the chosen hyperparameter."""
-    first = records[0]
-    metrics = list(dict.fromkeys(r.metric for r in records if not r.metric.startswith("auc[")))
-    short = {"balanced_accuracy": "bal_acc", "accuracy": "acc"}
-    table = Table(title=f"probes on test ({first.dataset}, task {first.task}; "
-                        "mean +- sd over seeds, bootstrap 95% CI of the primary metric)")
-    for col in ("backbone", "probe", "fraction", "n_train", *[short.get(m, m) for m in metrics],
-                "95% CI", "chosen", "seeds"):
-        table.add_column(col, justify="left" if col in ("backbone", "probe", "chosen")
-                         else "right")
-    cells: dict[tuple, list] = {}
-    for r in records:
-        cells.setdefault((r.backbone, r.key, r.probe, r.fraction), []).append(r)
-    for (backbone, _, kind, fraction), rs in cells.items():
-        by_metric: dict[str, list[float]] = {}
-        for r in rs:
-            by_metric.setdefault(r.metric, []).append(r.value)
-        prim = [r for r in rs if r.primary]
-        lo, hi = np.nanmean([r.ci_low for r in prim]), np.nanmean([r.ci_high for r in prim])
-        ci = "-" if np.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]"
-        chosen = ", ".join(dict.fromkeys(r.hyperparameter for r in prim))
-        table.add_row(backbone, kind, f"{fraction:g}",
-                      "/".join(sorted({str(r.n_train) for r in prim})),
-                      *[_fmt(by_metric.get(m, [])) for m in metrics], ci, chosen,
-                      str(len(prim)))
-    out.print(table)
-    per_label = [r for r in records if r.metric.startswith("auc[")]
-    if per_label:
-        lt = Table(title="per-label AUC (mean +- sd over seeds)")
-        for col in ("backbone", "probe", "fraction", "label", "auc"):
-            lt.add_column(col)
-        cells = {}
-        for r in per_label:
-            cells.setdefault((r.backbone, r.probe, r.fraction, r.metric[4:-1]), []).append(
-                r.value)
-        for (backbone, kind, fraction, label), values in cells.items():
-            lt.add_row(backbone, kind, f"{fraction:g}", label, _fmt(values))
-        out.print(lt)
+    manifest = _dataset(data, root, task)
+    sets = _sets(manifest, store, backbone, image_size, dtype, precision)
+    _print_fusion(fuse_grid(sets, task=manifest.task, fractions=_split(fractions, "--fractions"),
+                            seeds=seeds,
+                            attentions=_split(attention, "--attention", str),
+                            dim=dim, n_bootstrap=bootstrap,
+                            baselines=baselines, heads_dir=heads_dir, recompute=recompute,
+                            device=device), as_json)
 
 
 @app.command()
@@ -466,32 +345,19 @@ def models(
     as_json: JsonOpt = False,
 ) -> None:
     """List the registered backbone specs and whether their weights are on this machine."""
-    from featstore.models import download_weights, find_weights, list_specs, parse_backbone
-    from featstore.models.weights import WEIGHTS_DIR_ENV, weights_dirs, where_to_put
+    from featstore.models import download_weights, parse_backbone, spec_rows
+    from featstore.models.weights import WEIGHTS_DIR_ENV, weights_dirs
+    from featstore.report.tables import models_table
 
     if download:
         path = download_weights(parse_backbone(download))
         out.print(f"{download}: weights written to {path}")
         return
-    rows = []
-    for spec in list_specs():
-        found = find_weights(spec)
-        rows.append({"name": spec.name, "architecture": spec.architecture, "dim": spec.dim,
-                     "layer": spec.layer, "source": spec.source,
-                     "weights_file": spec.weights_file,
-                     "present": str(found) if found else None,
-                     "where": where_to_put(spec), "url": spec.url})
+    rows = spec_rows()
     if as_json:
         _emit_json(rows)
         return
-    table = Table(title="backbone specs (any timm model also works: timm:<name>[.<tag>])")
-    for col in ("name", "architecture", "dim", "source", "weights"):
-        table.add_column(col)
-    for r in rows:
-        have = f"[green]present[/] {r['present']}" if r["present"] else (
-            f"[red]missing[/]: put {r['weights_file']} in {r['where']}")
-        table.add_row(r["name"], r["architecture"], str(r["dim"]), r["source"], have)
-    out.print(table)
+    out.print(models_table(rows))
     dirs = ", ".join(str(d) for d in weights_dirs())
     out.print(f"weights are searched in: @path on the command line, then {dirs} "
               f"(set ${WEIGHTS_DIR_ENV} to add a shared folder first)")
@@ -515,26 +381,9 @@ def manifest_build(
     as_json: JsonOpt = False,
 ) -> None:
     """Turn a raw release layout into a canonical manifest CSV."""
-    from featstore.data.readers import BUILDERS, read_pneumonia, write_manifest_csv
+    from featstore.data.readers import build_release_manifest
 
-    if kind not in BUILDERS:
-        raise FeatstoreError(f"unknown manifest kind {kind!r} (expected one of "
-                             f"{', '.join(BUILDERS)})")
-    if not root.exists():
-        raise FeatstoreError(f"{root}: no such file or folder")
-    if val_fraction is not None and kind != "pneumonia":
-        raise FeatstoreError(f"--val-fraction applies to pneumonia only; {kind} has its own "
-                             "split rule (see data_manifests/)")
-    if val_fraction is not None and not 0 < val_fraction < 1:
-        raise FeatstoreError(f"--val-fraction {val_fraction}: expected a share in (0, 1)")
-    from featstore.data.specs import load_spec
-
-    spec = load_spec(kind)
-    if val_fraction is not None:
-        m = read_pneumonia(root, val_fraction=val_fraction, seed=seed)
-    else:
-        m = BUILDERS[kind](root)
-    write_manifest_csv(m, output)
+    m, spec = build_release_manifest(kind, root, output, val_fraction=val_fraction, seed=seed)
     if not as_json:
         err.print(f"{spec['title']} — {spec['source']} (licence: {spec['licence']}; "
                   f"metric: {spec['metric']}; splits: {spec['splits']})")
@@ -554,9 +403,7 @@ def manifest_validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a manifest: columns, ids, splits, labels, groups (and files)."""
-    from featstore.data import load_dataset
-
-    m = load_dataset(file, task=task)
+    m = _dataset(str(file), task=task)
     if check_files:
         m.check_files(decode=True, workers=workers)
     _manifest_summary(m, as_json)
@@ -564,52 +411,30 @@ def manifest_validate(
 
 def _manifest_summary(m, as_json: bool, written: str | None = None,
                       spec: dict | None = None) -> None:
-    summary = {"name": m.name, "rows": len(m), "task": m.task, "num_classes": m.num_classes,
-               "splits": {s: int((m.split == s).sum()) for s in ("train", "val", "test")},
-               "labels": list(m.label_names), "groups": m.group is not None,
-               "sha256": m.sha256, "written": written, "spec": spec,
-               "notes": list(m.notes)}
+    summary = {**m.summary(), "written": written, "spec": spec}
     if as_json:
         _emit_json(summary)
         return
-    for note in m.notes:
-        err.print(f"[yellow]note:[/] {note}")
-    splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
-    out.print(f"{m.name}: {len(m)} rows ({splits}), task {m.task}, manifest {m.sha256[:12]}"
-              + (f" -> {written}" if written else ": valid"))
+    from featstore.report.tables import manifest_line
+
+    _note(list(m.notes))
+    out.print(manifest_line(summary))
 
 
 @app.command(name="ls")
 def ls_(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
     """List datasets and embedding sets in the store."""
+    from featstore.report.tables import store_table
     from featstore.store import FeatureStore
+    from featstore.store.listing import list_sets
 
-    rows = []
-    for ds in FeatureStore(store).datasets():
-        for es in ds.embedding_sets():
-            done = int(es.done_mask().sum())
-            rows.append({
-                "dataset": ds.name, "backbone": es.alias, "key": es.key,
-                "rows": es.rows, "dim": es.dim, "dtype": es.dtype,
-                "shards_done": done, "shards": es.n_shards,
-                "status": "complete" if done == es.n_shards else "incomplete",
-                "missing": int(es.missing_mask().sum()),
-                "random_weights": bool(es.attrs.get("provenance", {}).get("random_weights")),
-            })
+    rows = list_sets(FeatureStore(store))
     if as_json:
         _emit_json(rows)
-        return
-    if not rows:
+    elif not rows:
         err.print(f"store {store}: no embeddings yet")
-        return
-    table = Table(title=f"featstore {store}")
-    for col in ("dataset", "backbone", "key", "rows x dim", "shards", "status"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["dataset"], r["backbone"], r["key"][:20], f"{r['rows']} x {r['dim']}",
-                      f"{r['shards_done']}/{r['shards']}",
-                      r["status"] + (f", {r['missing']} missing" if r["missing"] else ""))
-    out.print(table)
+    else:
+        out.print(store_table(rows, store))
 
 
 @app.command()
@@ -619,46 +444,31 @@ def info(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the provenance of one embedding set (searched across all datasets)."""
+    from featstore.report.tables import info_tables
     from featstore.store import FeatureStore
+    from featstore.store.listing import find_sets
 
-    hits = []
-    for ds in FeatureStore(store).datasets():
-        hits += [es for es in ds.embedding_sets()
-                 if es.key.startswith(target) or es.alias == target]
-    if not hits:
-        raise NotExtractedError(f"store {store}: no embedding set matches {target!r}")
-    records = [{"dataset": es.dataset.name, "shards_done": int(es.done_mask().sum()),
-                **es.attrs} for es in hits]
+    records = find_sets(FeatureStore(store), target)
     if as_json:
         _emit_json(records)
         return
-    for rec in records:
-        table = Table(title=f"{rec['dataset']} / {rec['alias']}", show_header=False)
-        table.add_column("field")
-        table.add_column("value")
-        for k, v in rec.items():
-            table.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+    for table in info_tables(records):
         out.print(table)
 
 
 @app.command()
 def verify(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
     """Recompute every done shard's checksum; exit 1 if any shard is corrupt."""
+    from featstore.report.tables import verify_lines
     from featstore.store import FeatureStore
+    from featstore.store.listing import verify_store
 
-    rows = []
-    for ds in FeatureStore(store).datasets():
-        for es in ds.embedding_sets():
-            bad = es.verify()
-            rows.append({"dataset": ds.name, "backbone": es.alias, "key": es.key,
-                         "shards_checked": int(es.done_mask().sum()), "corrupt_shards": bad})
+    rows = verify_store(FeatureStore(store))
     if as_json:
         _emit_json(rows)
     else:
-        for r in rows:
-            state = "ok" if not r["corrupt_shards"] else f"CORRUPT shards {r['corrupt_shards']}"
-            out.print(f"{r['dataset']}/{r['key'][:20]} {r['backbone']}: "
-                      f"{r['shards_checked']} shards {state}")
+        for line in verify_lines(rows):
+            out.print(line)
     if any(r["corrupt_shards"] for r in rows):
         raise typer.Exit(1)
 
@@ -671,35 +481,67 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate a small image dataset, extract two small backbones, probe, print the table."""
-    from featstore.data import load_dataset
-    from featstore.demo import DEMO_BACKBONES, DEMO_INPUT_SIZE, write_demo_dataset
-    from featstore.extract import extract_embeddings as run_extract
-    from featstore.probe import probe_embeddings
-    from featstore.store import FeatureStore
+    import time
+
+    from featstore.demo import DEMO_BACKBONES, run_demo
 
     t0 = time.perf_counter()
     err.print("[yellow]featstore demo:[/] offline, so the two backbones "
               f"({', '.join(DEMO_BACKBONES)}) have [bold]random weights[/]; the probe learns "
               "from what random convolutions and attention still see.")
-    manifest_path = write_demo_dataset(workdir)
-    manifest = load_dataset(manifest_path)
-    err.print(f"wrote {len(manifest)} demo images and {manifest_path}")
-    fs = FeatureStore(store)
-    results = run_extract(manifest, _specs(list(DEMO_BACKBONES), DEMO_INPUT_SIZE), fs,
-                          batch_size=64, progress=None if as_json else RichProgress())
-    records = []
-    for r in results:
-        emb = fs.dataset(manifest).embedding_set(r.key).load()
-        records.extend(probe_embeddings(emb, task=manifest.task))
+    results, records = run_demo(store, workdir, progress=None if as_json else RichProgress())
     if as_json:
-        _emit_json({"extract": [r.to_dict() for r in results],
-                    "probe": [r.to_dict() for r in records]})
+        _emit_json({"extract": results, "probe": records})
         return
     for r in results:
         out.print(f"extract {r.alias}: {r.status}, {r.rows} x {r.dim}")
-    _print_probe_table(records)
+    _print_probes(records, False)
     out.print(f"demo finished in {time.perf_counter() - t0:.1f}s; store: {store} "
               f"(try: featstore ls --store {store})")
+
+
+class RichProgress:
+    """The engine's progress hook drawn as a rich bar on stderr."""
+
+    def __init__(self) -> None:
+        self._progress = None
+        self._task = None
+
+    def start(self, alias: str, total_rows: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                  MofNCompleteColumn(), _rate_column(), TimeElapsedColumn(),
+                                  console=err, transient=False)
+        self._progress.start()
+        self._task = self._progress.add_task(alias, total=total_rows)
+
+    def advance(self, rows: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, rows)
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _rate_column():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} img/s" if speed else "- img/s", style="cyan")
+
+    return RateColumn()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -708,7 +550,17 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("FEATSTORE_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     try:
-        app(args=args, prog_name="featstore")
+        code = app(args=args, prog_name="featstore", standalone_mode=False)
+    except NoArgsIsHelpError:  # the help is already printed
+        sys.exit(0)
+    except UsageError as e:  # a bad option value or a missing option: one line too
+        where = f"featstore {e.ctx.info_name} --help" if e.ctx and e.ctx.parent else (
+            "featstore --help")
+        err.print(f"[red]error:[/] {e.format_message()} (see '{where}')", highlight=False)
+        sys.exit(1)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(1)
     except FeatstoreError as e:
         if debug:
             raise
@@ -723,3 +575,4 @@ def main(argv: list[str] | None = None) -> None:
         err.print(f"[red]error:[/] internal {e.__class__.__name__}: {e} "
                   "(re-run with --debug for the traceback)", highlight=False)
         sys.exit(1)
+    sys.exit(code or 0)

@@ -58,3 +58,21 @@ def write_demo_dataset(folder: str | Path, *, seed: int = 0, size: int = 64,
         w.writeheader()
         w.writerows(rows)
     return manifest
+
+
+def run_demo(store: str, workdir: str | Path, *, progress=None) -> tuple[list, list]:
+    """Write the demo dataset, extract :data:`DEMO_BACKBONES` (random weights) in one pass,
+    and probe each set linearly. Returns (extract results, probe records)."""
+    from featstore.data import load_dataset
+    from featstore.extract import extract_embeddings
+    from featstore.models import parse_backbone
+    from featstore.probe import probe_grid
+    from featstore.store import FeatureStore
+
+    manifest = load_dataset(write_demo_dataset(workdir))
+    fs = FeatureStore(store)
+    specs = [parse_backbone(b, input_size=DEMO_INPUT_SIZE) for b in DEMO_BACKBONES]
+    results = extract_embeddings(manifest, specs, fs, batch_size=64, progress=progress)
+    ds = fs.dataset(manifest)
+    records = probe_grid([ds.embedding_set(r.key) for r in results])
+    return results, records

@@ -33,9 +33,13 @@ class NotExtractedError(StoreError):
     """The embeddings asked for have not been (fully) extracted into the store."""
 
 
-class ProbeError(FeatstoreError):
-    """A probe cannot be trained or scored on the given data."""
+class ProbeError(FeatstoreError, ValueError):
+    """A probe cannot be trained or scored on the given data, or got an invalid argument.
+
+    Also a ``ValueError``, as scikit-learn estimators raise for invalid arguments.
+    """
 
 
-class FusionError(FeatstoreError):
-    """Embedding sets cannot be fused (different datasets, rows that do not align)."""
+class FusionError(ProbeError):
+    """Embedding sets cannot be fused (different datasets, rows that do not align), or the
+    DVME head got invalid arguments or data."""

@@ -91,7 +91,8 @@ def test_cli_on_a_medmnist_npz(capsys, npz_file, store_dir):
         (["probe", "--data", "nope.csv"], "no such file or folder"),
         (["extract", "--data", "{csv}", "-b", "timm:resnet18"], "not in the local caches"),
         (["probe", "--data", "{csv}"], "is not in store"),
-        (["extract", "--data", "{csv}", "-b", TINY, "--dtype", "int8"], "--dtype 'int8'"),
+        (["extract", "--data", "{csv}", "-b", TINY, "--dtype", "int8"],
+         "'int8' is not one of 'float32', 'float16'"),
     ],
 )
 def test_errors_are_one_line_without_traceback(capsys, image_csv, store_dir, args, message):

@@ -15,9 +15,11 @@ from featstore.errors import ManifestError
 from tests.conftest import SIZE, TINY
 
 
-def make_pcam(root: Path, n=(24, 8, 12), seed=0, x_shape=(96, 96, 3)) -> Path:
+def make_pcam(root: Path, n=(24, 8, 12), seed=0, x_shape=(96, 96, 3),
+              compression: str | None = "gzip") -> Path:
     """camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5 as released (x uint8 NHWC,
-    y (N,1,1,1)); tumour patches carry a brighter blob, a signal a probe can learn."""
+    y (N,1,1,1)); tumour patches carry a brighter blob, a signal a probe can learn.
+    ``compression=None`` keeps the x files' sizes independent of the zlib build."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     for split, count in zip(("train", "valid", "test"), n, strict=True):
@@ -25,7 +27,7 @@ def make_pcam(root: Path, n=(24, 8, 12), seed=0, x_shape=(96, 96, 3)) -> Path:
         x = rng.integers(60, 140, (count, *x_shape)).astype(np.uint8)
         x[y == 1, 30:60, 30:60] = 230
         with h5py.File(root / f"camelyonpatch_level_2_split_{split}_x.h5", "w") as f:
-            f.create_dataset("x", data=x, chunks=(1, *x_shape), compression="gzip")
+            f.create_dataset("x", data=x, chunks=(1, *x_shape), compression=compression)
         with h5py.File(root / f"camelyonpatch_level_2_split_{split}_y.h5", "w") as f:
             f.create_dataset("y", data=y.reshape(-1, 1, 1, 1))
     return root
@@ -390,20 +392,33 @@ def test_data_accepts_a_named_layout(tmp_path):
 
 
 def test_dataset_specs_agree_with_the_readers(tmp_path):
-    from featstore.data.readers import BUILDERS, NIH_FINDINGS, PCAM_PATTERN, PCAM_SPLITS
-    from featstore.data.specs import load_spec
+    from featstore.data.layouts import BUILDERS, LAYOUTS
+    from featstore.data.readers import PCAM_PATTERN, PCAM_SPLITS
+    from featstore.data.specs import load_spec, spec_kinds
 
+    assert spec_kinds() == sorted(BUILDERS)  # one spec per release layout, no orphan spec
     for kind in BUILDERS:
         spec = load_spec(kind)
         assert {"title", "source", "licence", "task", "metric", "splits", "files"} <= set(spec)
-    assert load_spec("nih")["label_names"] == list(NIH_FINDINGS)
+        rule = spec.get("split_rule", {})
+        if "val" in rule:  # the split rule printed by `manifest build` is the one applied
+            assert f"{rule['val']:.0%}" in spec["splits"]
+            assert f"seed {rule['seed']}" in spec["splits"]
     assert sorted(load_spec("pcam")["files"]) == sorted(
         PCAM_PATTERN.format(split=s, part=p) for s, _ in PCAM_SPLITS for p in "xy")
     built = {"pcam": load_dataset(make_pcam(tmp_path / "p")),
+             "nih": load_dataset(make_nih(tmp_path / "n")),
              "aptos": load_dataset(make_dr(tmp_path / "a", "aptos")),
              "eyepacs": load_dataset(make_dr(tmp_path / "e", "eyepacs")),
              "pneumonia": load_dataset(make_pneumonia(tmp_path / "k"))}
     for kind, m in built.items():
-        assert load_spec(kind)["task"] == m.task
+        spec = load_spec(kind)
+        assert spec["task"] == LAYOUTS[kind].task == m.task
+        if kind == "nih":
+            assert list(m.label_names) == spec["label_names"]  # the 14 findings, in order
+        elif m.classes:
+            assert list(m.classes) == spec["label_names"]
+        else:  # graded: one class per grade
+            assert m.num_classes == len(spec["label_names"])
     with pytest.raises(ManifestError, match="no dataset spec 'nope'"):
         load_spec("nope")

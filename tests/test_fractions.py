@@ -1,4 +1,5 @@
-"""Label fractions: stratified by class, whole patients only, reproducible from the seed."""
+"""Label fractions and splits: stratified by class, whole patients only, reproducible from the
+seed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from featstore.cli import main
-from featstore.data.fractions import ids_sha256, select_fraction
+from featstore.data.fractions import ids_sha256, select_fraction, split_by_group
 from featstore.errors import ManifestError
 from tests.conftest import SIZE, TINY
 
@@ -50,6 +51,69 @@ def test_bad_fraction_is_refused():
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ManifestError, match="outside"):
             select_fraction(rows, labels, groups, bad, seed=0)
+
+
+def carve_val(labels, groups, seed=0):
+    """The probe stage's call: a val set carved out of train for a dataset without one."""
+    return split_by_group(labels, groups, val=0.2, test=0.0, seed=seed)
+
+
+def test_carved_val_takes_whole_patients_stratified_by_class():
+    rows, labels, groups = cohort()
+    split = carve_val(labels[:, 0], groups)
+    assert set(split) == {"train", "val"}
+    for g in set(groups):  # no patient on both sides
+        assert len(set(split[groups == g])) == 1
+    for c in (0, 1):  # each class gives its share of patients to val
+        patients = set(groups[labels[:, 0] == c])
+        in_val = set(groups[(labels[:, 0] == c) & (split == "val")])
+        assert len(in_val) == round(0.2 * len(patients))
+
+
+def test_carved_val_is_reproducible_from_its_seed():
+    _, labels, groups = cohort()
+    a = carve_val(labels[:, 0], groups, seed=0)
+    assert np.array_equal(a, carve_val(labels[:, 0], groups, seed=0))
+    assert not np.array_equal(a, carve_val(labels[:, 0], groups, seed=1))
+
+
+def test_rows_without_a_patient_are_patients_of_their_own():
+    labels = np.arange(100) % 2
+    split = carve_val(labels, np.full(100, "", dtype=object))
+    assert (split == "val").sum() == 20  # 10 of each class's 50 single-row groups
+    assert np.array_equal(split, carve_val(labels, None))  # no group column: the same
+    groups = np.array(["p1"] * 10 + [""] * 90, dtype=object)  # one patient, 90 loose rows
+    split = carve_val(labels, groups)
+    assert len(set(split[:10])) == 1 and set(split[10:]) == {"train", "val"}
+
+
+def test_multilabel_carve_draws_whole_patients_uniformly():
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"p{i:02d}" for i in range(40)], 3)
+    labels = rng.integers(0, 2, (len(groups), 14))
+    split = carve_val(labels, groups)
+    for g in set(groups):
+        assert len(set(split[groups == g])) == 1
+    assert len(set(groups[split == "val"])) == 8  # 20% of 40 patients
+    assert np.array_equal(split, carve_val(labels, groups))
+    few = split_by_group(labels[:6], groups[:6], val=0.1, test=0.0, seed=0)
+    assert len(set(groups[:6][few == "val"])) == 1  # a share above 0 carves at least one
+
+
+def test_three_way_split_keeps_patients_whole_and_single_label_columns_work():
+    _, labels, groups = cohort()
+    split = split_by_group(labels, groups, val=0.1, test=0.2, seed=0)  # labels (N, 1)
+    assert set(split) == {"train", "val", "test"}
+    for g in set(groups):
+        assert len(set(split[groups == g])) == 1
+    assert np.array_equal(split, split_by_group(labels[:, 0], groups, val=0.1, test=0.2, seed=0))
+
+
+def test_bad_split_shares_are_refused():
+    _, labels, groups = cohort(10)
+    for val, test in ((-0.1, 0.0), (0.6, 0.5)):
+        with pytest.raises(ManifestError, match="split shares"):
+            split_by_group(labels, groups, val=val, test=test, seed=0)
 
 
 def test_probe_sweep_over_fractions_and_seeds(capsys, image_csv, store_dir):

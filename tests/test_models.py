@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import timm
 import torch
 
+import featstore
 from featstore.errors import BackboneError, CheckpointError, WeightsNotFoundError
 from featstore.models import build_backbone, parse_backbone
 from tests.conftest import SIZE
@@ -98,3 +103,36 @@ def test_embedding_width_is_the_pre_logits_width():
     loaded = build_backbone(parse_backbone("timm:mobilenetv3_small_050@random", input_size=SIZE))
     reference = timm.create_model("mobilenetv3_small_050", num_classes=0).eval()
     assert loaded.dim == reference.head_hidden_size == 1024 != reference.num_features
+
+
+def test_listing_and_parsing_specs_imports_neither_torch_nor_timm():
+    # featstore/__init__.py imports the whole pipeline; the claim is about featstore.models
+    # (what `featstore models` needs), so the package is entered without its __init__
+    code = (
+        "import sys, types\n"
+        "pkg = types.ModuleType('featstore')\n"
+        f"pkg.__path__ = [{str(Path(featstore.__file__).parent)!r}]\n"
+        "sys.modules['featstore'] = pkg\n"
+        "import featstore._hashing\n"
+        "from featstore.models import parse_backbone, spec_rows\n"
+        "from featstore.models.weights import weights_dirs\n"
+        "assert spec_rows()\n"
+        "weights_dirs(), parse_backbone('dino-vits16-last4@random').preprocessing.to_dict()\n"
+        "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_build_names_load_lazily_from_the_package_and_the_registry():
+    import featstore.models
+    import featstore.models.registry
+    from featstore.models.build import build_backbone as built_by
+    from featstore.models.checkpoint import load_checkpoint_strict
+
+    assert featstore.models.build_backbone is built_by is featstore.models.registry.build_backbone
+    assert featstore.models.load_checkpoint_strict is load_checkpoint_strict
+    assert {"build_backbone", "load_checkpoint_strict"} <= set(dir(featstore.models))
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        featstore.models.no_such_name  # noqa: B018

@@ -1,13 +1,26 @@
-"""Datasets: manifests, readers of raw layouts, validation, pixel loading."""
+"""Datasets: manifests, readers of raw layouts, validation, pixel loading.
 
-from featstore.data.images import RowDataset, read_image
-from featstore.data.manifest import SPLITS, TASKS, Manifest, build_manifest
+Importing this package loads neither torch nor h5py: the pixel readers
+(:mod:`featstore.data.images`, which hold a torch Dataset) load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from featstore.choices import TASKS
+from featstore.data.manifest import SPLITS, Manifest, build_manifest
 from featstore.data.readers import (
     load_dataset,
     read_image_folder,
     read_manifest_table,
     read_medmnist,
 )
+
+if TYPE_CHECKING:
+    from featstore.data.images import RowDataset, read_image
+
+_FROM_IMAGES = ("RowDataset", "read_image")
 
 __all__ = [
     "SPLITS",
@@ -21,3 +34,11 @@ __all__ = [
     "read_manifest_table",
     "read_medmnist",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_IMAGES:
+        from featstore.data import images
+
+        return getattr(images, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,12 +1,25 @@
-"""Labelled-data fractions: stratified, patient-grouped, reproducible subsets of a split."""
+"""Labelled-data fractions and splits: stratified, patient-grouped, reproducible."""
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
+from featstore._hashing import sha256_bytes
 from featstore.errors import ManifestError
+
+
+def _group_index(groups: np.ndarray | None, rows: np.ndarray) -> tuple[int, np.ndarray]:
+    """(number of groups, each row's group number) of ``rows``, whose groups are ``groups``;
+    rows with an empty group (or no groups at all) are groups of their own."""
+    if groups is None:
+        groups = np.full(len(rows), "", dtype=object)
+    keys = np.asarray([g if g else f"\0row{r}" for g, r in zip(groups, rows, strict=True)])
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    return len(uniq), inverse.reshape(-1)
+
+
+def _multilabel(labels: np.ndarray) -> bool:
+    return labels.ndim == 2 and labels.shape[1] > 1
 
 
 def select_fraction(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float,
@@ -29,16 +42,15 @@ def select_fraction(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, fr
     rows = np.asarray(rows)
     if fraction == 1:
         return np.sort(rows)
-    keys = np.asarray([g if g else f"\0row{r}" for g, r in zip(groups[rows], rows, strict=True)])
-    uniq, inverse = np.unique(keys, return_inverse=True)
+    n_groups, inverse = _group_index(groups[rows], rows)
     rng = np.random.default_rng(seed)
-    if labels.ndim == 2 and labels.shape[1] > 1:
-        n = max(1, round(fraction * len(uniq)))
-        chosen = rng.choice(len(uniq), size=n, replace=False)
+    if _multilabel(labels):
+        n = max(1, round(fraction * n_groups))
+        chosen = rng.choice(n_groups, size=n, replace=False)
     else:
         y = labels.reshape(len(labels), -1)[rows, 0]
-        group_label = np.empty(len(uniq), dtype=y.dtype)
-        for g in range(len(uniq)):
+        group_label = np.empty(n_groups, dtype=y.dtype)
+        for g in range(n_groups):
             values, counts = np.unique(y[inverse == g], return_counts=True)
             group_label[g] = values[counts.argmax()]
         chosen = []
@@ -52,27 +64,57 @@ def select_fraction(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, fr
 
 def ids_sha256(ids: np.ndarray) -> str:
     """Hex sha256 of a set of ids (order-free): records which rows a run trained on."""
-    return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()
+    return sha256_bytes("\n".join(sorted(map(str, ids))).encode())
 
 
-def split_by_group(labels: np.ndarray, groups: np.ndarray, *, val: float, test: float,
+def split_by_group(labels: np.ndarray, groups: np.ndarray | None, *, val: float, test: float,
                    seed: int) -> np.ndarray:
-    """Assign train/val/test to rows, whole groups at a time, stratified by the group's label.
+    """Assign ``"train"``, ``"val"`` or ``"test"`` to each row, whole groups at a time.
 
-    ``labels`` (N,) single-label; a group's label is its highest (for graded tasks the worse
-    eye decides). Within each label, groups are shuffled with ``seed``; the first ``test``
-    share goes to test, the next ``val`` share to val, the rest to train.
+    The one splitter of featstore: release readers carve their val/test with it, and a probe
+    carves a val set out of train with ``split_by_group(y[train], group[train], val=0.2,
+    test=0.0, seed=0)``. Rows with an empty group (or ``groups=None``) are groups of their
+    own. The same arguments always give the same split.
+
+    - Single-label ``labels`` (N,) or (N, 1): stratified. A group's label is its highest (for
+      graded tasks the worse eye decides); within each label, the groups are shuffled with
+      ``seed``, the first ``round(test * n)`` go to test, the next ``round(val * n)`` to val,
+      the rest to train (so a label with few groups may give none to val).
+    - Multilabel ``labels`` (N, K), K > 1: groups are drawn uniformly, ``round(test * n)`` to
+      test and ``round(val * n)`` to val, at least one each when its share is above 0.
+
+    Returns
+    -------
+    np.ndarray of str (object), shape (N,)
+
+    Raises
+    ------
+    ManifestError
+        ``val`` or ``test`` below 0, or ``val + test`` above 1.
     """
-    uniq, inverse = np.unique(groups, return_inverse=True)
-    group_label = np.zeros(len(uniq), dtype=np.int64)
-    np.maximum.at(group_label, inverse, labels.astype(np.int64))
+    if val < 0 or test < 0 or val + test > 1:
+        raise ManifestError(f"split shares val={val}, test={test}: each must be >= 0 and "
+                            "together <= 1")
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return np.empty(0, dtype=object)
+    n_groups, inverse = _group_index(groups, np.arange(len(labels)))
     rng = np.random.default_rng(seed)
-    group_split = np.empty(len(uniq), dtype=object)
+    group_split = np.full(n_groups, "train", dtype=object)
+    if _multilabel(labels):
+        n_test = min(n_groups, max(1, round(test * n_groups)) if test > 0 else 0)
+        n_val = min(n_groups - n_test, max(1, round(val * n_groups)) if val > 0 else 0)
+        if n_test + n_val:
+            chosen = rng.choice(n_groups, size=n_test + n_val, replace=False)
+            group_split[chosen[:n_test]] = "test"
+            group_split[chosen[n_test:]] = "val"
+        return group_split[inverse]
+    group_label = np.zeros(n_groups, dtype=np.int64)
+    np.maximum.at(group_label, inverse, labels.reshape(len(labels), -1)[:, 0].astype(np.int64))
     for c in np.unique(group_label):
         members = rng.permutation(np.flatnonzero(group_label == c))
         n_test = round(test * len(members))
         n_val = round(val * len(members))
         group_split[members[:n_test]] = "test"
         group_split[members[n_test:n_test + n_val]] = "val"
-        group_split[members[n_test + n_val:]] = "train"
     return group_split[inverse]

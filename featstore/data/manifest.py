@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -10,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from featstore._hashing import sha256_bytes
+from featstore.choices import TASKS
 from featstore.errors import ImageReadError, ManifestError
 
 SPLITS = ("train", "val", "test")
-TASKS = ("binary", "multiclass", "ordinal", "multilabel")
 MANIFEST_FORMAT = 1
 
 
@@ -75,7 +75,7 @@ class Manifest:
     @cached_property
     def sha256(self) -> str:
         """Hex sha256 over the canonical content: columns, array-file hashes, label names."""
-        h = hashlib.sha256(f"featstore-manifest/{MANIFEST_FORMAT}\n".encode())
+        parts = [f"featstore-manifest/{MANIFEST_FORMAT}\n".encode()]
         cols: list[tuple[str, Sequence]] = [
             ("id", self.ids),
             ("split", self.split),
@@ -85,18 +85,27 @@ class Manifest:
             ("group", self.group if self.group is not None else ()),
         ]
         for name, values in cols:
-            h.update(f"\x1e{name}\x1d".encode())
-            h.update("\x1f".join(map(str, values)).encode())
-        h.update(b"\x1elabels\x1d" + ",".join(self.label_names).encode())
-        h.update(np.ascontiguousarray(self.labels, dtype="<i8").tobytes())
+            parts.append(f"\x1e{name}\x1d".encode())
+            parts.append("\x1f".join(map(str, values)).encode())
+        parts.append(b"\x1elabels\x1d" + ",".join(self.label_names).encode())
+        parts.append(np.ascontiguousarray(self.labels, dtype="<i8").tobytes())
         for key in sorted(self.sources):
-            h.update(f"\x1esource\x1d{key}={self.sources[key]}".encode())
-        return h.hexdigest()
+            parts.append(f"\x1esource\x1d{key}={self.sources[key]}".encode())
+        return sha256_bytes(b"".join(parts))
 
     @property
     def group_name(self) -> str:
         """Name of this dataset's group in a store: ``<name>-<sha256[:12]>``."""
         return f"{self.name}-{self.sha256[:12]}"
+
+    def summary(self) -> dict:
+        """Name, rows, task, classes, rows per split, label names, whether it has patient
+        groups, sha256 and the reader's notes (what ``manifest build/validate`` print)."""
+        return {"name": self.name, "rows": len(self), "task": self.task,
+                "num_classes": self.num_classes,
+                "splits": {s: int((self.split == s).sum()) for s in ("train", "val", "test")},
+                "labels": list(self.label_names), "groups": self.group is not None,
+                "sha256": self.sha256, "notes": list(self.notes)}
 
     def split_indices(self, split: str) -> np.ndarray:
         """Row positions of one split, in row order."""

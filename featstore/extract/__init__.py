@@ -4,7 +4,20 @@ from featstore.extract.engine import (
     ExtractProgress,
     ExtractResult,
     extract_embeddings,
+)
+from featstore.extract.keys import (
+    embedding_key,
+    resolve_embedding_set,
+    resolve_embedding_sets,
     resolve_key,
 )
 
-__all__ = ["ExtractProgress", "ExtractResult", "extract_embeddings", "resolve_key"]
+__all__ = [
+    "ExtractProgress",
+    "ExtractResult",
+    "embedding_key",
+    "extract_embeddings",
+    "resolve_embedding_set",
+    "resolve_embedding_sets",
+    "resolve_key",
+]

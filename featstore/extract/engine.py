@@ -22,11 +22,13 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from featstore.choices import ON_ERROR
 from featstore.data.images import View, ViewsDataset, collate_views
 from featstore.data.manifest import Manifest
 from featstore.errors import FeatstoreError, ImageReadError
 from featstore.extract.claims import ClaimBoard
-from featstore.models.registry import BackboneSpec, LoadedBackbone, build_backbone
+from featstore.extract.keys import DECODE, check_dtype, check_precision, resolve_key
+from featstore.models.registry import BackboneSpec, LoadedBackbone
 from featstore.store.zarr_store import (
     DEFAULT_SHARD_ROWS,
     EmbeddingKey,
@@ -34,13 +36,9 @@ from featstore.store.zarr_store import (
     FeatureStore,
 )
 
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16,
-                                             "fp16": torch.float16}
-ON_ERROR = ("fail", "skip")
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16,
+                                                  "fp16": torch.float16}
 CPU_BATCH_SIZE = 64
-# JPEGs decode at the smallest DCT scale (1, 1/2, 1/4, 1/8) that keeps the backbone's resize
-# size; part of every key, because it changes the numbers of large JPEGs.
-DECODE = "jpeg-draft"
 WAIT_POLL_S = 0.5
 
 
@@ -160,22 +158,6 @@ def provenance(loaded: LoadedBackbone, manifest: Manifest, *, batch_size: int,
     }
 
 
-def resolve_key(spec: BackboneSpec, dtype: str = "float32",
-                precision: str = "fp32") -> tuple[LoadedBackbone, EmbeddingKey]:
-    """Build a spec's backbone and the embedding key of its numbers (weights hashed as loaded).
-
-    The key holds the architecture, weights, preprocessing, layer, stored dtype, the JPEG
-    decoding, and the compute precision when it is not fp32 (bf16/fp16 change the numbers).
-    """
-    if precision not in PRECISIONS:
-        raise FeatstoreError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    loaded = build_backbone(spec)
-    fields = {**loaded.key_fields(dtype), "decode": DECODE}
-    if precision != "fp32":
-        fields["precision"] = precision
-    return loaded, EmbeddingKey(fields)
-
-
 def fit_batch_size(peaks: dict[int, float], budget: float, *, cap: int = 1024,
                    multiple: int = 8) -> int:
     """Largest batch whose predicted peak memory fits ``budget`` bytes.
@@ -223,7 +205,7 @@ def auto_batch_size(models: Sequence[tuple[torch.nn.Module, tuple[int, ...]]],
 
 
 def _autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
+    dtype = AUTOCAST_DTYPES[precision]
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -300,8 +282,8 @@ def extract_embeddings(
     """
     if on_error not in ON_ERROR:
         raise FeatstoreError(f"on_error {on_error!r}: expected fail or skip")
-    if precision not in PRECISIONS:
-        raise FeatstoreError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
+    check_dtype(dtype)
     manifest.check_files()
     dist = distributed_from_env(device)
     dev = resolve_device(device, dist.local_rank)

@@ -9,20 +9,28 @@ z = sum_k alpha_k w_k goes through dropout and a linear classifier.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 
-from featstore.errors import ProbeError
-from featstore.probe.linear import check_features
+from featstore.choices import ATTENTIONS
+from featstore.errors import FusionError, ProbeError
 from featstore.probe.metrics import primary_score
-
-ATTENTIONS = ("softmax", "sigmoid", "uniform")
+from featstore.task import (
+    Standardiser,
+    check_features,
+    check_task,
+    logits_to_proba,
+    make_targets,
+    proba_to_labels,
+)
 
 
 class _DVMEModule(nn.Module):
@@ -50,8 +58,20 @@ class _DVMEModule(nn.Module):
         return self.head(self.drop((alpha.unsqueeze(2) * w).sum(1)))
 
 
-class DVME:
-    """The DVME fusion head as an estimator: ``fit(Xs, y, Xs_val, y_val)``, ``predict_proba``.
+@contextlib.contextmanager
+def _as_fusion_error() -> Iterator[None]:
+    """The shared task checks raise ProbeError; a DVME says FusionError (a subclass)."""
+    try:
+        yield
+    except FusionError:
+        raise
+    except ProbeError as e:
+        raise FusionError(str(e)) from None
+
+
+class DVME(ClassifierMixin, BaseEstimator):
+    """The DVME fusion head as a scikit-learn estimator: ``fit(Xs, y, Xs_val, y_val)``,
+    ``predict_proba(Xs)``, ``predict(Xs)``.
 
     Parameters
     ----------
@@ -69,6 +89,11 @@ class DVME:
         (the best val state is restored).
     seed : int
         Seeds initialisation, dropout and shuffling: same seed, same head.
+
+    Raises
+    ------
+    FusionError
+        (a ``ValueError``) for invalid arguments or data, from ``fit`` and ``predict_proba``.
     """
 
     def __init__(self, task: str = "binary", *, dim: int = 256, attention: str = "softmax",
@@ -88,20 +113,35 @@ class DVME:
         self.device = device
 
     def _config(self) -> dict:
-        return {k: getattr(self, k) for k in ("task", "dim", "attention", "dropout", "lr",
-                                               "weight_decay", "batch_size", "max_epochs",
-                                               "patience", "seed")}
+        """The parameters that define the head (the device is where it runs, not what it is)."""
+        return {k: v for k, v in self.get_params().items() if k != "device"}
 
     def _standardise(self, Xs: Sequence[np.ndarray]) -> list[torch.Tensor]:
         if len(Xs) != len(self.means_):
-            raise ProbeError(f"DVME was fitted on {len(self.means_)} backbones, got {len(Xs)}")
+            raise FusionError(f"DVME was fitted on {len(self.means_)} backbones, got {len(Xs)}")
         out = []
         for k, (X, m, s) in enumerate(zip(Xs, self.means_, self.scales_, strict=True)):
-            Xt = check_features(X, self.device)
+            with _as_fusion_error():
+                Xt = check_features(X, self.device)
             if Xt.shape[1] != len(m):
-                raise ProbeError(f"backbone {k}: {Xt.shape[1]} dims, the head expects {len(m)}")
-            out.append((Xt - m) / s)
+                raise FusionError(f"backbone {k}: {Xt.shape[1]} dims, the head expects {len(m)}")
+            out.append(Standardiser(m, s)(Xt))
         return out
+
+    def _check_params(self) -> None:
+        with _as_fusion_error():
+            check_task(self.task)
+        if self.attention not in ATTENTIONS:
+            raise FusionError(f"unknown attention {self.attention!r} "
+                              f"(expected one of {', '.join(ATTENTIONS)})")
+        for name in ("dim", "batch_size", "max_epochs", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise FusionError(f"{name}={getattr(self, name)!r}: expected at least 1")
+        if not 0 <= self.dropout < 1:
+            raise FusionError(f"dropout={self.dropout!r}: expected a value in [0, 1)")
+        if not self.lr > 0 or not self.weight_decay >= 0:
+            raise FusionError(f"lr={self.lr!r}, weight_decay={self.weight_decay!r}: expected "
+                              "lr > 0 and weight_decay >= 0")
 
     def _build(self, dims: Sequence[int], n_out: int) -> None:
         with torch.random.fork_rng(devices=[]):
@@ -115,41 +155,27 @@ class DVME:
 
         Raises
         ------
-        ProbeError
+        FusionError
             Unknown task/attention, fewer than 2 backbones, rows that do not align, NaN/inf,
             a single class in ``y``.
         """
-        if self.attention not in ATTENTIONS:
-            raise ProbeError(f"unknown attention {self.attention!r} "
-                             f"(expected one of {', '.join(ATTENTIONS)})")
+        self._check_params()
         if len(Xs) < 2:
-            raise ProbeError("DVME fuses at least two backbones")
+            raise FusionError("DVME fuses at least two backbones")
         rows = {len(X) for X in Xs}
         if len(rows) != 1 or len(y) not in rows:
-            raise ProbeError(f"backbone row counts {sorted(len(X) for X in Xs)} and "
-                             f"{len(y)} labels do not align")
-        Xt = [check_features(X, self.device) for X in Xs]
-        self.means_ = [X.mean(0) for X in Xt]
-        self.scales_ = [torch.where(s > 0, s, torch.ones_like(s))
-                        for s in (X.std(0, unbiased=False) for X in Xt)]
-        Xt = [(X - m) / s for X, m, s in zip(Xt, self.means_, self.scales_, strict=True)]
+            raise FusionError(f"backbone row counts {sorted(len(X) for X in Xs)} and "
+                              f"{len(y)} labels do not align")
+        with _as_fusion_error():
+            Xt = [check_features(X, self.device) for X in Xs]
+            targets = make_targets(self.task, y, self.device)
+        scalers = [Standardiser.fit(X) for X in Xt]
+        self.means_ = [s.mean for s in scalers]
+        self.scales_ = [s.scale for s in scalers]
+        Xt = [s(X) for s, X in zip(scalers, Xt, strict=True)]
         Xv = self._standardise(Xs_val)
-        y = np.asarray(y)
-        if self.task == "multilabel":
-            target = torch.as_tensor(y.reshape(len(y), -1), dtype=torch.float32)
-            n_out = target.shape[1]
-            loss_fn = nn.BCEWithLogitsLoss()
-        elif self.task == "binary":
-            if len(np.unique(y)) < 2:
-                raise ProbeError("training labels hold one class only")
-            target = torch.as_tensor(y.reshape(-1, 1), dtype=torch.float32)
-            n_out, loss_fn = 1, nn.BCEWithLogitsLoss()
-        else:
-            if len(np.unique(y)) < 2:
-                raise ProbeError("training labels hold one class only")
-            target = torch.as_tensor(y.reshape(-1), dtype=torch.long)
-            n_out, loss_fn = int(y.max()) + 1, nn.CrossEntropyLoss()
-        target = target.to(self.device)
+        target, n_out, loss_fn = targets.target, targets.n_out, targets.loss()
+        self.classes_ = targets.classes
         self.n_out_ = n_out
         self._build([X.shape[1] for X in Xt], n_out)
         model = self.module_
@@ -184,17 +210,15 @@ class DVME:
     @torch.inference_mode()
     def _proba(self, Xt: Sequence[torch.Tensor]) -> np.ndarray:
         self.module_.eval()
-        z = self.module_(Xt)
-        if self.task == "multilabel":
-            return torch.sigmoid(z).cpu().numpy()
-        if z.shape[1] == 1:
-            p = torch.sigmoid(z[:, 0])
-            return torch.stack([1 - p, p], 1).cpu().numpy()
-        return torch.softmax(z, 1).cpu().numpy()
+        return logits_to_proba(self.task, self.module_(Xt))
 
     def predict_proba(self, Xs: Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities (N, C), or per-label probabilities (N, K) for multilabel."""
         return self._proba(self._standardise(Xs))
+
+    def predict(self, Xs: Sequence[np.ndarray]) -> np.ndarray:
+        """Predicted class label (N,), or 0/1 labels (N, K) for multilabel."""
+        return proba_to_labels(self.task, self.predict_proba(Xs))
 
     @torch.inference_mode()
     def attention_weights(self, Xs: Sequence[np.ndarray]) -> np.ndarray:

@@ -5,21 +5,24 @@ Every method of one (fraction, seed) trains on the same rows, so rows of the tab
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from importlib.metadata import version
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from featstore._hashing import sha256_json
 from featstore.data.fractions import ids_sha256, select_fraction
-from featstore.errors import FusionError
-from featstore.fusion.dvme import DVME
+from featstore.errors import FusionError, ProbeError
+from featstore.fusion.dvme import ATTENTIONS, DVME
 from featstore.probe.linear import fit_with_validation
-from featstore.probe.metrics import PRIMARY_METRIC, bootstrap_ci, task_metrics
-from featstore.probe.run import split_rows
-from featstore.store.zarr_store import Embeddings
+from featstore.probe.run import VAL_SPLIT, check_grid, split_rows
+from featstore.store.zarr_store import DatasetGroup, Embeddings, EmbeddingSet
+from featstore.task import run_id as run_key
+from featstore.task import scored_metrics
+
+MAX_BACKBONES = 8
 
 
 @dataclass
@@ -44,6 +47,8 @@ class FuseRecord:
     train_ids_sha256: str
     run_id: str
     n_excluded: int = 0  # rows without an embedding in some backbone (skipped images)
+    cached: bool = False
+    random_weights: bool = False
     attention: dict[str, float] = field(default_factory=dict)
     attention_per_class: dict[str, dict[str, float]] = field(default_factory=dict)
     head_path: str | None = None
@@ -75,52 +80,78 @@ def check_aligned(embs: Sequence[Embeddings]) -> None:
                               f"{len(a - b)} ids missing, {len(b - a)} extra")
 
 
-def _records(method, task, y_te, proba, cfg, base, **extra) -> list[FuseRecord]:
-    metrics = task_metrics(task, y_te, proba)
-    primary = PRIMARY_METRIC[task]
-    lo, hi = bootstrap_ci(task, y_te, proba, n_boot=cfg["n_bootstrap"], seed=cfg["seed"])
-    return [FuseRecord(method=method, metric=m, value=v, primary=m == primary,
-                       ci_low=lo if m == primary else float("nan"),
-                       ci_high=hi if m == primary else float("nan"), **base, **extra)
-            for m, v in metrics.items()]
+def _records(method: str, task: str, y_te: np.ndarray, proba: np.ndarray, cfg: dict,
+             base: dict, **extra) -> list[FuseRecord]:
+    return [FuseRecord(method=method, **scored, **base, **extra)
+            for scored in scored_metrics(task, y_te, proba, n_bootstrap=cfg["n_bootstrap"],
+                                         seed=cfg["seed"])]
 
 
 def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 1.0,
                     seed: int = 0, attentions: Sequence[str] = ("softmax",), dim: int = 256,
                     n_bootstrap: int = 1000, baselines: bool = True,
                     heads_dir: str | Path | None = None, device: str = "cpu",
+                    dataset: DatasetGroup | None = None, recompute: bool = False,
                     **dvme_options) -> list[FuseRecord]:
     """Train DVME (each attention variant), and the concat and single-backbone linear probes.
 
     Returns one record per method and metric. The attention weights of each DVME variant are
     averaged on test, overall and per class (single-label tasks). With ``heads_dir``, each
-    trained head is saved there (``DVME.load`` reads it back).
+    trained head is saved there (``DVME.load`` reads it back). With ``dataset`` (the sets'
+    dataset group), each method's run is persisted there under its own id and read back
+    (``cached=True``) instead of recomputed, unless ``recompute``.
 
     Raises
     ------
     FusionError
-        The sets do not align; ProbeError for bad labels or features.
+        The sets do not align, an unknown attention, bad labels or features.
     """
     check_aligned(embs)
+    for attention in attentions:
+        if attention not in ATTENTIONS:
+            raise FusionError(f"unknown attention {attention!r} "
+                              f"(expected one of {', '.join(ATTENTIONS)})")
     ref = embs[0]
     y = ref.labels if task == "multilabel" else ref.labels[:, 0]
     missing = np.zeros(len(ref.ids), bool)
     for e in embs:  # a row is fused only where every backbone has an embedding
         if e.missing is not None:
             missing |= e.missing
-    tr, va, te, _ = split_rows(ref, y, task, exclude=missing)
+    tr, va, te, val_source = split_rows(ref, y, task, exclude=missing)
     tr = select_fraction(tr, ref.labels, ref.group, fraction, seed)
     cfg = {"task": task, "fraction": fraction, "seed": seed, "dim": dim,
-           "n_bootstrap": n_bootstrap, "keys": [e.key for e in embs], **dvme_options,
-           "featstore": version("featstore")}
-    run_id = sha256_json(cfg)[:24]
+           "n_bootstrap": n_bootstrap, "keys": [e.key for e in embs], "val": val_source,
+           **dvme_options}
     base = {"dataset": ref.dataset, "backbones": [e.alias for e in embs],
             "keys": [e.key for e in embs], "task": task, "fraction": fraction, "seed": seed,
             "n_train": len(tr), "n_val": len(va), "n_test": len(te),
             "n_excluded": int(missing.sum()),
-            "train_ids_sha256": ids_sha256(ref.ids[tr]), "run_id": run_id}
-    records: list[FuseRecord] = []
-    for attention in attentions:
+            "random_weights": any(bool(e.attrs.get("provenance", {}).get("random_weights"))
+                                  for e in embs),
+            "train_ids_sha256": ids_sha256(ref.ids[tr])}
+
+    # runs persisted before runs were keyed per method hold every method of a (fraction,
+    # seed) under one id; reused where val was not carved (the earlier carve is superseded)
+    legacy_id = run_key({k: v for k, v in cfg.items() if k != "val"}) if (
+        val_source == VAL_SPLIT) else None
+
+    def method_run(method: str, fit: Callable[[str], list[FuseRecord]]) -> list[FuseRecord]:
+        rid = run_key({**cfg, "method": method})
+        if dataset is not None and not recompute:
+            saved = dataset.fusion_run(rid)
+            if saved is not None:
+                return [stored_fusion_record(r) for r in saved["records"]]
+            legacy = dataset.fusion_run(legacy_id) if legacy_id else None
+            old = [r for r in (legacy or {}).get("records", []) if r["method"] == method]
+            if old:
+                return [stored_fusion_record(r) for r in old]
+        recs = fit(rid)
+        if dataset is not None:
+            dataset.save_fusion_run(rid, {"config": {**cfg, "method": method},
+                                          "records": [r.to_dict() for r in recs]})
+        return recs
+
+    def dvme(attention: str, rid: str) -> list[FuseRecord]:
         head = DVME(task, dim=dim, attention=attention, seed=seed, device=device,
                     **dvme_options)
         head.fit([e.X[tr] for e in embs], y[tr], [e.X[va] for e in embs], y[va])
@@ -135,22 +166,88 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
         path = None
         if heads_dir is not None:
             Path(heads_dir).mkdir(parents=True, exist_ok=True)
-            path = str(Path(heads_dir) / f"dvme-{attention}-{run_id}.pt")
+            path = str(Path(heads_dir) / f"dvme-{attention}-{rid}.pt")
             head.save(path)
-        records += _records(f"dvme-{attention}", task, y[te], head.predict_proba(Xte),
-                            cfg, base, attention=overall, attention_per_class=per_class,
-                            head_path=path, epochs=head.n_epochs_,
-                            hyperparameter=f"epochs={head.n_epochs_}")
+        return _records(f"dvme-{attention}", task, y[te], head.predict_proba(Xte), cfg,
+                        {**base, "run_id": rid}, attention=overall,
+                        attention_per_class=per_class, head_path=path,
+                        epochs=head.n_epochs_, hyperparameter=f"epochs={head.n_epochs_}")
+
+    def linear(method: str, parts: Sequence[Embeddings], rid: str) -> list[FuseRecord]:
+        Xtr, Xva, Xte = (np.concatenate([e.X[rows] for e in parts], axis=1)
+                         for rows in (tr, va, te))
+        sweep = fit_with_validation(Xtr, y[tr], Xva, y[va], task=task, device=device)
+        return _records(method, task, y[te], sweep.probe.predict_proba(Xte), cfg,
+                        {**base, "run_id": rid}, hyperparameter=f"l2={sweep.l2:g}")
+
+    records: list[FuseRecord] = []
+    for attention in attentions:
+        records += method_run(f"dvme-{attention}", partial(dvme, attention))
     if baselines:
-        concat = [np.concatenate([e.X[rows] for e in embs], axis=1) for rows in (tr, va, te)]
-        sweep = fit_with_validation(concat[0], y[tr], concat[1], y[va], task=task,
-                                    device=device)
-        records += _records("concat", task, y[te], sweep.probe.predict_proba(concat[2]),
-                            cfg, base, hyperparameter=f"l2={sweep.l2:g}")
+        records += method_run("concat", partial(linear, "concat", embs))
         for e in embs:
-            sweep = fit_with_validation(e.X[tr], y[tr], e.X[va], y[va], task=task,
-                                        device=device)
-            records += _records(f"single:{e.alias}", task, y[te],
-                                sweep.probe.predict_proba(e.X[te]), cfg, base,
-                                hyperparameter=f"l2={sweep.l2:g}")
+            records += method_run(f"single:{e.alias}", partial(linear, f"single:{e.alias}", [e]))
     return records
+
+
+def fuse_grid(sets: Sequence[EmbeddingSet], *, task: str, fractions: Sequence[float] = (1.0,),
+              seeds: int | Sequence[int] = 1, attentions: Sequence[str] = ("softmax",),
+              dim: int = 256, n_bootstrap: int = 1000, baselines: bool = True,
+              heads_dir: str | Path | None = None, recompute: bool = False,
+              device: str = "cpu", **dvme_options) -> list[FuseRecord]:
+    """DVME and its baselines over fractions x seeds, each run persisted in the store.
+
+    ``sets``: 2 to 8 embedding sets of one dataset. Every method of a (fraction, seed)
+    trains on the same rows. A run already persisted under the same configuration is read
+    back (``cached=True``), unless ``recompute``.
+
+    Raises
+    ------
+    FusionError
+        Fewer than 2 or more than 8 sets, sets of different datasets, an unknown attention,
+        a bad fraction or seed; or as :func:`fuse_embeddings`.
+    """
+    if not 2 <= len(sets) <= MAX_BACKBONES:
+        raise FusionError(f"fusion takes 2 to {MAX_BACKBONES} embedding sets, got {len(sets)}")
+    try:
+        seed_list = check_grid(fractions, seeds)
+    except ProbeError as e:
+        raise FusionError(str(e)) from None
+    embs = [es.load() for es in sets]
+    records: list[FuseRecord] = []
+    for fraction in fractions:
+        for seed in seed_list:
+            records += fuse_embeddings(embs, task=task, fraction=float(fraction), seed=seed,
+                                       attentions=attentions, dim=dim,
+                                       n_bootstrap=n_bootstrap, baselines=baselines,
+                                       heads_dir=heads_dir, device=device,
+                                       dataset=sets[0].dataset, recompute=recompute,
+                                       **dvme_options)
+    return records
+
+
+def stored_fusion_record(r: dict[str, Any]) -> FuseRecord:
+    """A record read back from the store (undefined values were stored as None)."""
+    nan = float("nan")
+    known = {f.name for f in fields(FuseRecord)}
+    return FuseRecord(**{**{k: v for k, v in r.items() if k in known}, "cached": True,
+                         **{k: nan if r[k] is None else float(r[k])
+                            for k in ("value", "ci_low", "ci_high")}})
+
+
+def stored_fusion_records(datasets: Sequence[DatasetGroup],
+                          keys: Sequence[str] | None = None) -> list[FuseRecord]:
+    """Every fusion record persisted for these dataset groups (no computation); with
+    ``keys``, only runs that fused some of these embedding keys. Runs whose val was carved
+    by the earlier, patient-unaware rule are superseded and not listed."""
+    wanted = None if keys is None else set(keys)
+    out = []
+    for ds in datasets:
+        has_val = bool((ds.index["split"] == "val").any())
+        for run in ds.fusion_runs():
+            if "config" not in run and not has_val:
+                continue  # an earlier run whose val was carved by the superseded rule
+            for r in run.get("records", []):
+                if wanted is None or wanted & set(r.get("keys", [])):
+                    out.append(stored_fusion_record(r))
+    return out

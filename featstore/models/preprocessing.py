@@ -1,16 +1,17 @@
-"""Preprocessing: how a backbone wants its pixels, as a hashable record and a transform."""
+"""Preprocessing: how a backbone wants its pixels, as a hashable record and a transform.
+
+The record is plain data (no torch or timm at import); building a transform imports timm.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import timm.data
-import torch
-from PIL import Image
-
-from featstore.data.images import to_rgb
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class Preprocessing:
     @classmethod
     def from_timm(cls, model_or_cfg: Any, *, input_size: int | None = None) -> Preprocessing:
         """The preprocessing of a timm model (or pretrained cfg), optionally at another size."""
+        import timm.data
+        import torch
+
         if isinstance(model_or_cfg, torch.nn.Module):
             cfg = timm.data.resolve_data_config({}, model=model_or_cfg)
         else:
@@ -71,6 +75,8 @@ class Preprocessing:
 
         Built by timm's own eval transform factory, so a tag's numbers match timm's.
         """
+        import timm.data
+
         tf = timm.data.create_transform(
             input_size=(3, self.input_size, self.input_size),
             is_training=False,
@@ -90,6 +96,8 @@ class _RGBThen:
         self.tf = tf
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
+        from featstore.data.images import to_rgb  # featstore.data needs torch: import late
+
         return self.tf(to_rgb(img))
 
     def __repr__(self) -> str:

@@ -1,4 +1,4 @@
-"""Backbone specs: which architecture, which weights, how to feed it, and one function to build it.
+"""Backbone specs: which architecture, which weights, how to feed it; the registry of names.
 
 A spec is named on the command line as ``--backbone NAME[@WEIGHTS]``:
 
@@ -6,23 +6,23 @@ A spec is named on the command line as ``--backbone NAME[@WEIGHTS]``:
 - a registered name (see :func:`list_specs`) is a spec with its own weights and preprocessing;
 - ``@random`` builds the architecture with seeded random weights (tests, demos; labelled
   ``random`` everywhere), ``@/path/to/checkpoint.pth`` loads a local checkpoint strictly.
+
+Specs are plain data: this module imports neither torch nor timm. :func:`build_backbone`
+(:mod:`featstore.models.build`) turns a spec into a :class:`LoadedBackbone`, loading files
+through :mod:`featstore.models.checkpoint`.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import timm
-import torch
-
-from featstore._hashing import sha256_file
-from featstore.errors import BackboneError, CheckpointError
+from featstore.errors import BackboneError
 from featstore.models.preprocessing import Preprocessing
-from featstore.models.weights import resolve_weights
+
+if TYPE_CHECKING:
+    import torch
 
 RANDOM = "random"
 RANDOM_SEED = 0
@@ -129,6 +129,8 @@ def parse_backbone(text: str, *, input_size: int | None = None) -> BackboneSpec:
     name, _, weights = text.partition("@")
     name = name.strip()
     if name.startswith("timm:"):
+        import timm  # only here: a registered name parses without importing timm
+
         arch = name[len("timm:"):]
         if not timm.is_model(arch):
             raise BackboneError(f"backbone {text!r}: timm has no model {arch!r}")
@@ -163,185 +165,25 @@ class LoadedBackbone:
     def alias(self) -> str:
         return self.spec.alias
 
-    def key_fields(self, dtype: str = "float32") -> dict[str, Any]:
-        """Everything that changes the embedding numbers (the embedding key is its hash)."""
-        return {
-            "architecture": self.spec.architecture,
-            "weights_sha256": self.weights_sha256,
-            "preprocessing": self.preprocessing.to_dict(),
-            "layer": self.spec.layer,
-            "dtype": dtype,
-        }
-
-    @torch.inference_mode()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled pre-logits embeddings (B, dim) of a preprocessed batch."""
-        return self.model(x)
+        import torch
 
-
-def build_backbone(spec: BackboneSpec) -> LoadedBackbone:
-    """Build the architecture, load its weights strictly, and return it in eval mode (CPU).
-
-    Raises
-    ------
-    WeightsNotFoundError
-        The checkpoint file is not there.
-    CheckpointError
-        The checkpoint's keys or shapes do not match the architecture exactly.
-    """
-    if spec.is_random:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_SEED)
-            model = timm.create_model(spec.architecture, pretrained=False, num_classes=0)
-        weights_sha = state_dict_sha256(model.state_dict())
-    else:
-        path = resolve_weights(spec)
-        model = timm.create_model(spec.architecture, pretrained=False, num_classes=0)
-        weights_sha = sha256_file(path)
-        load_checkpoint_strict(model, path, spec.adapter, label=spec.alias)
-    model.eval()
-    prep = spec.preprocessing or Preprocessing.from_timm(model)
-    if spec.input_size:
-        prep = replace(prep, input_size=spec.input_size)
-    if spec.layer == CLS_LAST4:
-        model = CLSLastBlocks(model, 4)
-    elif spec.layer != EMBEDDING_LAYER:
-        raise BackboneError(f"backbone {spec.alias}: unknown layer {spec.layer!r}")
-    # timm's pre-logits width: head_hidden_size where a head adds a layer (MobileNetV3's
-    # conv_head gives 1024 from 576 features), else num_features
-    dim = spec.dim or int(getattr(model, "head_hidden_size", None)
-                          or getattr(model, "num_features", 0))
-    try:
         with torch.inference_mode():
-            out = model(torch.zeros(1, 3, prep.input_size, prep.input_size))
-    except Exception as e:  # timm raises assorted errors for unsupported sizes
-        raise BackboneError(
-            f"backbone {spec.alias}: cannot run at input size {prep.input_size}px "
-            f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-        ) from None
-    if out.ndim != 2 or (dim and out.shape[1] != dim):
-        raise BackboneError(
-            f"backbone {spec.alias}: embedding has shape {tuple(out.shape[1:])}, expected ({dim},)"
-        )
-    return LoadedBackbone(spec, model, prep, weights_sha, int(out.shape[1]))
+            return self.model(x)
 
 
-class CLSLastBlocks(torch.nn.Module):
-    """A timm ViT returning the final-normed CLS tokens of its last ``n`` blocks, concatenated.
-
-    This is DINO's linear-evaluation feature (``get_intermediate_layers`` + ``norm``): 4 x 384
-    = 1536 dimensions for ViT-S/16.
-    """
-
-    def __init__(self, vit: torch.nn.Module, n: int) -> None:
-        super().__init__()
-        if not hasattr(vit, "blocks") or not hasattr(vit, "_pos_embed"):
-            raise BackboneError(f"layer {CLS_LAST4!r} needs a timm VisionTransformer")
-        self.vit, self.n = vit, n
-        self.num_features = vit.num_features * n
-        self.pretrained_cfg = vit.pretrained_cfg
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = self.vit
-        x = v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(x))))
-        outs = []
-        for i, blk in enumerate(v.blocks):
-            x = blk(x)
-            if i >= len(v.blocks) - self.n:
-                outs.append(v.norm(x)[:, 0])
-        return torch.cat(outs, dim=-1)
+# Building and checkpoint loading need torch and timm, so they live in their own modules; these
+# names stay importable from here (featstore.extract, benchmarks) and load on first use.
+_LAZY = {
+    "build_backbone": "featstore.models.build",
+    "load_checkpoint_strict": "featstore.models.checkpoint",
+}
 
 
-def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
-    """Hex sha256 over a state dict's names, dtypes, shapes and bytes, in key order."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        t = state[k].detach().cpu().contiguous().reshape(-1)
-        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
 
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint file's top-level dict (safetensors, or torch pickle with weights_only).
-
-    ``argparse.Namespace`` is allowed in the pickle: DINO's full checkpoints store their
-    training arguments as one. Nothing else beyond tensors and containers is unpickled.
-    """
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: "
-                              f"{first})") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: checkpoint holds a {type(obj).__name__}, expected a dict")
-    return obj
-
-
-def _select_subdict(state: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
-    """The first wrapper path that exists in ``state``, else ``state`` itself."""
-    for dotted in paths:
-        node: Any = state
-        for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            return node
-    return state
-
-
-def load_checkpoint_strict(model: torch.nn.Module, path: Path, adapter: CheckpointAdapter,
-                           *, label: str = "") -> None:
-    """Load ``path`` into ``model`` through ``adapter``; every key must match exactly.
-
-    Raises
-    ------
-    CheckpointError
-        Lists the missing and unexpected keys (first ten of each) or mismatched shapes.
-    """
-    top = read_checkpoint(path)
-    state = _select_subdict(top, adapter.subdicts)
-    drop = adapter.drop_prefixes
-    if drop is None:
-        classifier = model.pretrained_cfg.get("classifier") or ()
-        drop = tuple(classifier) if isinstance(classifier, (list, tuple)) else (classifier,)
-    cleaned: dict[str, torch.Tensor] = {}
-    for k, v in state.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        for p in adapter.strip_prefixes:
-            k = k.removeprefix(p)
-        if any(k == d or k.startswith(d + ".") for d in drop if d):
-            continue
-        cleaned[k] = v
-    expected = model.state_dict()
-    # BatchNorm fills a missing num_batches_tracked itself (2017-era files, e.g. torchvision's
-    # resnet50-0676ba61.pth, predate it); it is a counter, not a weight
-    missing = sorted(k for k in set(expected) - set(cleaned)
-                     if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(set(cleaned) - set(expected))
-    who = f"{label} ({path.name})" if label else str(path)
-    if missing or unexpected:
-        parts = []
-        wrappers = [k for k, v in top.items() if isinstance(v, dict)]
-        if wrappers and state is top:
-            parts.append(f"top-level dicts {', '.join(wrappers[:5])} were not unwrapped")
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {', '.join(missing[:10])}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected[:10])}")
-        raise CheckpointError(f"checkpoint {who} does not fit {model.__class__.__name__}: "
-                              + "; ".join(parts))
-    bad = [f"{k} {tuple(cleaned[k].shape)} vs {tuple(expected[k].shape)}"
-           for k in expected if k in cleaned and cleaned[k].shape != expected[k].shape]
-    if bad:
-        raise CheckpointError(
-            f"checkpoint {who}: {len(bad)} shape mismatches: {'; '.join(bad[:5])}"
-        )
-    fill = {k: v for k, v in expected.items() if k not in cleaned}  # num_batches_tracked only
-    model.load_state_dict({**fill, **cleaned}, strict=True)
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,10 +14,9 @@ own resolution, honouring ``HF_HUB_OFFLINE``), then torch hub's cache for the ta
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from featstore.errors import WeightsNotFoundError
 
@@ -28,11 +27,26 @@ WEIGHTS_DIR_ENV = "FEATSTORE_WEIGHTS_DIR"
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
+def _torch_hub_checkpoints() -> Path:
+    """torch hub's checkpoint cache, ``torch.hub.get_dir()/checkpoints``, without importing torch.
+
+    Until torch is imported nobody can have called ``torch.hub.set_dir``, so the folder is
+    ``get_dir``'s default, computed from the same environment variables.
+    """
+    if "torch" in sys.modules:
+        import torch.hub
+
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    cache = os.getenv("XDG_CACHE_HOME", "~/.cache")
+    home = os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(cache, "torch")))
+    return Path(home) / "hub" / "checkpoints"
+
+
 def weights_dirs() -> list[Path]:
     """Folders searched for release files, in order."""
     dirs = [Path(p).expanduser() for p in os.environ.get(WEIGHTS_DIR_ENV, "").split(os.pathsep)
             if p]
-    return [*dirs, Path(torch.hub.get_dir()) / "checkpoints"]
+    return [*dirs, _torch_hub_checkpoints()]
 
 
 def _timm_cfg(architecture: str):
@@ -60,7 +74,7 @@ def find_weights(spec: BackboneSpec) -> Path | None:
             if isinstance(hit, str):
                 return Path(hit)
     if cfg is not None and cfg.url:
-        p = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name
+        p = _torch_hub_checkpoints() / Path(cfg.url).name
         if p.is_file():
             return p
     return None
@@ -77,6 +91,25 @@ def where_to_put(spec: BackboneSpec) -> str:
     cfg = _timm_cfg(spec.architecture)
     repo = cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else spec.architecture
     return f"{HF_HUB_CACHE} (Hugging Face repo {repo})"
+
+
+def spec_rows() -> list[dict[str, Any]]:
+    """The registered specs (``featstore models``), each with whether its weights are here.
+
+    One dict per spec, by name: name, architecture, dim, layer, source, weights_file,
+    ``present`` (the local file, or None), ``where`` (:func:`where_to_put`) and url.
+    """
+    from featstore.models.registry import list_specs
+
+    rows = []
+    for spec in list_specs():
+        found = find_weights(spec)
+        rows.append({"name": spec.name, "architecture": spec.architecture, "dim": spec.dim,
+                     "layer": spec.layer, "source": spec.source,
+                     "weights_file": spec.weights_file,
+                     "present": str(found) if found else None,
+                     "where": where_to_put(spec), "url": spec.url})
+    return rows
 
 
 def resolve_weights(spec: BackboneSpec) -> Path:
@@ -126,6 +159,8 @@ def download_weights(spec: BackboneSpec, folder: Path | None = None) -> Path:
         return found
     if not spec.url:
         raise WeightsNotFoundError(f"backbone {spec.name}: no download URL; {spec.manual_download}")
+    import torch.hub
+
     folder = folder or weights_dirs()[0]
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / spec.weights_file

@@ -3,7 +3,13 @@
 from featstore.probe.knn import DEFAULT_KS, KNNProbe, knn_with_validation
 from featstore.probe.linear import DEFAULT_L2_GRID, LinearProbe, SweepResult, fit_with_validation
 from featstore.probe.metrics import PRIMARY_METRIC, bootstrap_ci, primary_score, task_metrics
-from featstore.probe.run import ProbeConfig, ProbeRecord, probe_embeddings, stored_records
+from featstore.probe.run import (
+    ProbeConfig,
+    ProbeRecord,
+    probe_embeddings,
+    probe_grid,
+    stored_records,
+)
 
 __all__ = [
     "DEFAULT_KS",
@@ -19,6 +25,7 @@ __all__ = [
     "knn_with_validation",
     "primary_score",
     "probe_embeddings",
+    "probe_grid",
     "stored_records",
     "task_metrics",
 ]

@@ -12,18 +12,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from featstore.errors import ProbeError
-from featstore.probe.linear import check_features, choose_on_val
+from featstore.probe.linear import choose_on_val
 from featstore.probe.metrics import primary_score
+from featstore.task import check_features, check_task, make_targets, proba_to_labels
 
 DEFAULT_KS = (10, 20, 50, 100, 200)
 TEMPERATURE = 0.07
 CHUNK_ROWS = 1024
 
 
-class KNNProbe:
-    """A weighted kNN classifier (sklearn-style estimator).
+class KNNProbe(ClassifierMixin, BaseEstimator):
+    """A weighted kNN classifier (a scikit-learn estimator).
 
     Parameters
     ----------
@@ -43,18 +45,28 @@ class KNNProbe:
         self.device = device
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> KNNProbe:
-        """Store the normalised training embeddings and their labels."""
+        """Store the normalised training embeddings and their labels.
+
+        Raises
+        ------
+        ProbeError
+            Unknown task, k < 1, non-finite features, a single class, misaligned rows.
+        """
+        check_task(self.task)
+        if int(self.k) < 1:
+            raise ProbeError(f"k={self.k!r}: expected at least 1 neighbour")
+        if not self.temperature > 0:
+            raise ProbeError(f"temperature={self.temperature!r}: expected a value > 0")
         Xt = check_features(X, self.device)
-        y = np.asarray(y)
-        if self.task == "multilabel":
-            votes = torch.as_tensor(y.reshape(len(y), -1), dtype=torch.float32)
+        targets = make_targets(self.task, y)
+        if targets.kind == "softmax" or self.task == "binary":
+            votes = torch.nn.functional.one_hot(targets.target.view(-1).long(),
+                                                max(targets.n_out, 2)).float()
         else:
-            y = y.reshape(-1)
-            if len(np.unique(y)) < 2:
-                raise ProbeError("training labels hold one class only; a probe needs two")
-            votes = torch.nn.functional.one_hot(torch.as_tensor(y, dtype=torch.long)).float()
+            votes = targets.target
         if len(votes) != len(Xt):
             raise ProbeError(f"{len(Xt)} feature rows but {len(votes)} labels")
+        self.classes_ = targets.classes
         self.train_ = torch.nn.functional.normalize(Xt, dim=1)
         self.votes_ = votes.to(self.device)
         return self
@@ -79,6 +91,10 @@ class KNNProbe:
         """Class probabilities (N, C), or per-label probabilities (N, K) for multilabel."""
         sims, idx = self.neighbours(X, self.k)
         return self._vote(sims, idx, self.k)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicted class label (N,), or 0/1 labels (N, K) for multilabel."""
+        return proba_to_labels(self.task, self.predict_proba(X))
 
     def score(self, X: np.ndarray, y: np.ndarray) -> float:
         """The task's primary metric."""

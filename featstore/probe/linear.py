@@ -7,26 +7,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
 
-from featstore.data.manifest import TASKS
 from featstore.errors import ProbeError
 from featstore.probe import _lbfgs
 from featstore.probe.metrics import primary_score
+from featstore.task import (
+    Standardiser,
+    Targets,
+    check_features,
+    check_task,
+    logits_to_proba,
+    make_targets,
+    proba_to_labels,
+)
 
 DEFAULT_L2_GRID = tuple(float(v) for v in np.logspace(-6, 4, 11))
 DEFAULT_TOL = 1e-4
 VAL_TIE = 1e-3
-
-
-def check_features(X: np.ndarray, device: str = "cpu") -> torch.Tensor:
-    """Features as a float32 tensor; raises :class:`ProbeError` on a bad shape or NaN/inf."""
-    X = np.asarray(X)
-    if X.ndim != 2:
-        raise ProbeError(f"features must be 2-D (N, D), got shape {X.shape}")
-    if not np.isfinite(X).all():
-        bad = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
-        raise ProbeError(f"features hold NaN or inf (first at row {bad})")
-    return torch.as_tensor(X, dtype=torch.float32, device=device)
 
 
 @dataclass
@@ -34,45 +32,22 @@ class _Problem:
     """Standardised training data and targets, shared by every L2 value of a sweep."""
 
     Xs: torch.Tensor
-    target: torch.Tensor
-    kind: str
-    n_out: int
-    classes: np.ndarray
-    mean: torch.Tensor
-    scale: torch.Tensor
+    targets: Targets
+    standardiser: Standardiser
 
 
 def _prepare(task: str, X: np.ndarray, y: np.ndarray, device: str) -> _Problem:
-    if task not in TASKS:
-        raise ProbeError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
+    check_task(task)
     Xt = check_features(X, device)
-    y = np.asarray(y)
-    if task == "multilabel":
-        y = y.reshape(len(y), -1)
-        target = torch.as_tensor(y, dtype=torch.float32, device=device)
-        kind, n_out, classes = "sigmoid", y.shape[1], np.arange(y.shape[1])
-    else:
-        y = y.reshape(-1)
-        classes = np.unique(y)
-        if len(classes) < 2:
-            raise ProbeError(f"training labels hold one class only ({classes[0]}); "
-                             "a probe needs at least two")
-        if task == "binary":
-            kind, n_out = "sigmoid", 1
-            target = torch.as_tensor(y, dtype=torch.float32, device=device).view(-1, 1)
-        else:
-            kind, n_out = "softmax", int(max(y.max() + 1, len(classes)))
-            target = torch.as_tensor(y, dtype=torch.long, device=device)
-    if len(Xt) != len(y):
-        raise ProbeError(f"{len(Xt)} feature rows but {len(y)} labels")
-    mean = Xt.mean(0)
-    std = Xt.std(0, unbiased=False)
-    scale = torch.where(std > 0, std, torch.ones_like(std))
-    return _Problem((Xt - mean) / scale, target, kind, n_out, classes, mean, scale)
+    targets = make_targets(task, y, device)
+    if len(Xt) != len(targets.target):
+        raise ProbeError(f"{len(Xt)} feature rows but {len(targets.target)} labels")
+    standardiser = Standardiser.fit(Xt)
+    return _Problem(standardiser(Xt), targets, standardiser)
 
 
-class LinearProbe:
-    """A linear classifier on standardised features (an sklearn-style estimator).
+class LinearProbe(ClassifierMixin, BaseEstimator):
+    """A linear classifier on standardised features (a scikit-learn estimator).
 
     The objective is the mean loss (logistic for binary, softmax cross-entropy for
     multiclass and ordinal, one logistic loss per label summed for multilabel) plus
@@ -115,14 +90,15 @@ class LinearProbe:
         ProbeError
             Non-finite features, unknown task, or fewer than two classes in ``y``.
         """
+        _check_solver_args(self.l2, self.max_iter, self.tol)
         prob = _prepare(self.task, X, y, self.device)
-        sol = _lbfgs.solve(prob.Xs, prob.target, prob.kind, prob.n_out,
-                           torch.tensor([float(self.l2)]), max_iter=self.max_iter, tol=self.tol)
+        sol = _solve(prob, [float(self.l2)], self.max_iter, self.tol)
         return self._set_solution(prob, sol, 0)
 
     def _set_solution(self, prob: _Problem, sol: _lbfgs.BatchedSolution, i: int) -> LinearProbe:
-        self.classes_ = prob.classes
-        self.mean_, self.scale_ = prob.mean.cpu().numpy(), prob.scale.cpu().numpy()
+        self.classes_ = prob.targets.classes
+        self.mean_ = prob.standardiser.mean.cpu().numpy()
+        self.scale_ = prob.standardiser.scale.cpu().numpy()
         self.coef_ = sol.W[i].cpu().numpy()
         self.intercept_ = sol.b[i].cpu().numpy()
         self.n_iter_ = int(sol.n_iter[i])
@@ -140,22 +116,31 @@ class LinearProbe:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (N, C); for multilabel, per-label probabilities (N, K)."""
-        z = torch.as_tensor(self.decision_function(X))
-        if self.task == "multilabel":
-            return torch.sigmoid(z).numpy()
-        if z.shape[1] == 1:
-            p = torch.sigmoid(z[:, 0])
-            return torch.stack([1 - p, p], dim=1).numpy()
-        return torch.softmax(z, dim=1).numpy()
+        return logits_to_proba(self.task, torch.as_tensor(self.decision_function(X)))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predicted class (N,), or 0/1 labels (N, K) for multilabel."""
-        p = self.predict_proba(X)
-        return (p >= 0.5).astype(int) if self.task == "multilabel" else p.argmax(1)
+        """Predicted class label (N,), or 0/1 labels (N, K) for multilabel."""
+        return proba_to_labels(self.task, self.predict_proba(X))
 
     def score(self, X: np.ndarray, y: np.ndarray) -> float:
         """The task's primary metric (AUC, accuracy, quadratic kappa or mean AUC)."""
         return primary_score(self.task, np.asarray(y), self.predict_proba(X))
+
+
+def _check_solver_args(l2: float, max_iter: int, tol: float) -> None:
+    if not (np.isfinite(l2) and l2 >= 0):
+        raise ProbeError(f"l2={l2!r}: expected a finite value >= 0")
+    if max_iter < 1:
+        raise ProbeError(f"max_iter={max_iter!r}: expected at least 1")
+    if not tol > 0:
+        raise ProbeError(f"tol={tol!r}: expected a value > 0")
+
+
+def _solve(prob: _Problem, grid: Sequence[float], max_iter: int,
+           tol: float) -> _lbfgs.BatchedSolution:
+    t = prob.targets
+    return _lbfgs.solve(prob.Xs, t.target, t.kind, t.n_out, torch.tensor(grid),
+                        max_iter=max_iter, tol=tol)
 
 
 @dataclass
@@ -201,9 +186,12 @@ def fit_with_validation(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndar
         As :meth:`LinearProbe.fit` does.
     """
     grid = sorted({float(v) for v in l2_grid}, reverse=True)
+    if not grid:
+        raise ProbeError("the L2 grid is empty")
+    for l2 in grid:
+        _check_solver_args(l2, max_iter, tol)
     prob = _prepare(task, X_train, y_train, device)
-    sol = _lbfgs.solve(prob.Xs, prob.target, prob.kind, prob.n_out,
-                       torch.tensor(grid), max_iter=max_iter, tol=tol)
+    sol = _solve(prob, grid, max_iter, tol)
     scores: dict[float, float] = {}
     probes = []
     for i, l2 in enumerate(grid):

@@ -7,26 +7,30 @@ next to the embeddings, so a run is reproducible alone and is never computed twi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
-from featstore._hashing import sha256_json
-from featstore.data.fractions import ids_sha256, select_fraction
+from featstore.choices import ORDINAL_DECODES, PROBES
+from featstore.data.fractions import ids_sha256, select_fraction, split_by_group
 from featstore.errors import ProbeError
 from featstore.probe.knn import DEFAULT_KS, knn_with_validation
 from featstore.probe.linear import DEFAULT_L2_GRID, DEFAULT_TOL, fit_with_validation
-from featstore.probe.metrics import PRIMARY_METRIC, bootstrap_ci, task_metrics
 from featstore.probe.ordinal import decode, expected_grade, fit_thresholds
 from featstore.store.zarr_store import Embeddings, EmbeddingSet
+from featstore.task import run_id as run_key
+from featstore.task import scored_metrics
 
 VAL_CARVE_FRACTION = 0.2
-PROBES = ("linear", "knn")
-ORDINAL_DECODES = ("argmax", "expected")
+VAL_SPLIT = "val split"
+# How a missing val split is carved from train; part of a run's id whenever val was carved,
+# so runs persisted by the old, group-unaware carve are never read back as current.
+VAL_CARVE = "whole patients, stratified (split_by_group), seed 0"
+# val_source of runs persisted by the earlier carve (rows, not patients): superseded
+LEGACY_VAL_SOURCE = "20% of train (seed 0)"
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,13 @@ class ProbeConfig:
     n_bootstrap: int = 1000
     ordinal_decode: str = "argmax"
 
-    def run_id(self, embedding_key: str) -> str:
-        """Content key of a run: the config, the embeddings and the featstore version."""
-        return sha256_json({"config": asdict(self), "embedding_key": embedding_key,
-                            "featstore": version("featstore")})[:24]
+    def run_id(self, embedding_key: str, val_carve: str | None = None) -> str:
+        """Content key of a run: the config, the embeddings, how val was carved (when it
+        was) and the featstore version."""
+        payload: dict[str, Any] = {"config": asdict(self), "embedding_key": embedding_key}
+        if val_carve is not None:
+            payload["val_carve"] = val_carve
+        return run_key(payload)
 
 
 @dataclass
@@ -86,10 +93,12 @@ class ProbeRecord:
 
 def split_rows(emb: Embeddings, y: np.ndarray, task: str,
                exclude: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    """(train, val, test, val source) rows; a missing val is carved from train (seed 0).
+    """(train, val, test, val source) rows; a missing val is carved from train.
 
-    Rows flagged in ``exclude`` (default: the rows skipped at extraction) are left out of
-    every split.
+    The carve moves whole patients (``group``), stratified by label, seed 0 (the same for
+    every run): :func:`featstore.data.fractions.split_by_group`, the splitter every carve
+    uses. Rows flagged in ``exclude`` (default: the rows skipped at extraction) are left out
+    of every split.
     """
     keep = ~exclude if exclude is not None else (
         ~emb.missing if emb.missing is not None else np.ones(len(emb.split), bool))
@@ -99,13 +108,14 @@ def split_rows(emb: Embeddings, y: np.ndarray, task: str,
     for name, rows in (("train", tr), ("test", te)):
         if len(rows) == 0:
             raise ProbeError(f"{emb.dataset}: no rows in split {name!r}")
-    val_source = "val split"
+    val_source = VAL_SPLIT
     if len(va) == 0:
-        strat = y[tr] if task != "multilabel" else None
-        tr, va = train_test_split(tr, test_size=VAL_CARVE_FRACTION, random_state=0,
-                                  stratify=strat)
-        tr, va = np.sort(tr), np.sort(va)
-        val_source = f"{VAL_CARVE_FRACTION:.0%} of train (seed 0)"
+        carved = split_by_group(y[tr], emb.group[tr], val=VAL_CARVE_FRACTION, test=0.0, seed=0)
+        tr, va = tr[carved == "train"], tr[carved == "val"]
+        if len(va) == 0 or len(tr) == 0:
+            raise ProbeError(f"{emb.dataset}: no val split, and too few patients in train "
+                             f"({len(np.unique(emb.group[tr]))}) to carve one")
+        val_source = f"{VAL_CARVE_FRACTION:.0%} of train patients (seed 0)"
     return tr, va, te, val_source
 
 
@@ -131,14 +141,14 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
         raise ProbeError(f"unknown probe {cfg.probe!r} (expected one of {', '.join(PROBES)})")
     if cfg.ordinal_decode not in ORDINAL_DECODES:
         raise ProbeError(f"unknown ordinal decoding {cfg.ordinal_decode!r}")
-    run_id = cfg.run_id(emb.key)
+    task = cfg.task
+    y = emb.labels if task == "multilabel" else emb.labels[:, 0]
+    tr, va, te, val_source = split_rows(emb, y, task)
+    run_id = cfg.run_id(emb.key, None if val_source == VAL_SPLIT else VAL_CARVE)
     if store_set is not None and not recompute:
         saved = store_set.probe_run(run_id)
         if saved is not None:
             return [_stored_record(r) for r in saved["records"]]
-    task = cfg.task
-    y = emb.labels if task == "multilabel" else emb.labels[:, 0]
-    tr, va, te, val_source = split_rows(emb, y, task)
     tr = select_fraction(tr, emb.labels, emb.group, cfg.fraction, cfg.seed)
     X = emb.X
     pred_test = None
@@ -158,17 +168,11 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
         thresholds = fit_thresholds(expected_grade(model.predict_proba(X[va])), y[va], n_classes)
         pred_test = decode(expected_grade(proba_test), thresholds)
         hyper += ", thresholds=" + ",".join(f"{t:.2f}" for t in thresholds)
-    metrics = task_metrics(task, y[te], proba_test, pred_test)
-    primary = PRIMARY_METRIC[task]
-    lo, hi = bootstrap_ci(task, y[te], proba_test, pred_test, n_boot=cfg.n_bootstrap,
-                          seed=cfg.seed)
     random_weights = bool(emb.attrs.get("provenance", {}).get("random_weights", False))
     records = [
         ProbeRecord(dataset=emb.dataset, backbone=emb.alias, key=emb.key, task=task,
-                    probe=cfg.probe, metric=m, value=v, primary=m == primary,
-                    ci_low=lo if m == primary else float("nan"),
-                    ci_high=hi if m == primary else float("nan"),
-                    fraction=cfg.fraction, seed=cfg.seed, hyperparameter=hyper,
+                    probe=cfg.probe, **scored, fraction=cfg.fraction, seed=cfg.seed,
+                    hyperparameter=hyper,
                     n_train=len(tr), n_val=len(va), n_test=len(te), val_source=val_source,
                     random_weights=random_weights, train_ids_sha256=ids_sha256(emb.ids[tr]),
                     run_id=run_id, n_excluded=emb.n_missing, l2=l2, converged=converged,
@@ -176,12 +180,70 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
                             cfg.probe == "linear" else "L2-normalise",
                             "versions": {p: version(p) for p in
                                          ("featstore", "torch", "scikit-learn")}})
-        for m, v in metrics.items()
+        for scored in scored_metrics(task, y[te], proba_test, pred_test,
+                                     n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
     ]
     if store_set is not None:
         store_set.save_probe_run(run_id, {"config": asdict(cfg), "embedding_key": emb.key,
                                           "records": [r.to_dict() for r in records]})
     return records
+
+
+def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, *,
+               probes: Sequence[str] = ("linear",), fractions: Sequence[float] = (1.0,),
+               seeds: int | Sequence[int] = 1, recompute: bool = False, device: str = "cpu",
+               on_run: Callable[[list[ProbeRecord]], None] | None = None) -> list[ProbeRecord]:
+    """Probe every set x probe x fraction x seed; each run persisted in (or read from) the
+    store.
+
+    ``seeds``: a count N (seeds 0..N-1) or the seeds themselves. Arguments are checked before
+    anything is computed. ``on_run`` is called with each run's records as it finishes (a
+    progress hook).
+
+    Raises
+    ------
+    ProbeError
+        An unknown probe, a fraction outside (0, 1], no seeds; or as
+        :func:`probe_embeddings`.
+    """
+    cfg = config or ProbeConfig()
+    kinds = [p.strip() for p in probes]
+    for kind in kinds:
+        if kind not in PROBES:
+            raise ProbeError(f"unknown probe {kind!r} (expected one of {', '.join(PROBES)})")
+    seed_list = check_grid(fractions, seeds)
+    records: list[ProbeRecord] = []
+    for es in sets:
+        emb = es.load()
+        for kind in kinds:
+            for fraction in fractions:
+                for seed in seed_list:
+                    run = probe_embeddings(emb, cfg, probe=kind, fraction=float(fraction),
+                                           seed=seed, store_set=es, recompute=recompute,
+                                           device=device)
+                    records.extend(run)
+                    if on_run is not None:
+                        on_run(run)
+    return records
+
+
+def check_grid(fractions: Sequence[float], seeds: int | Sequence[int]) -> list[int]:
+    """The seeds of a fractions x seeds grid, after checking both.
+
+    Raises
+    ------
+    ProbeError
+        No fractions, a fraction outside (0, 1], no seeds or a negative seed.
+    """
+    if not len(fractions):
+        raise ProbeError("no label fractions given")
+    for f in fractions:
+        if not 0 < float(f) <= 1:
+            raise ProbeError(f"fraction {f} is outside (0, 1]")
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list or min(seed_list) < 0:
+        raise ProbeError(f"seeds {seeds!r}: expected at least one seed, none negative")
+    return seed_list
 
 
 def _stored_record(r: dict[str, Any]) -> ProbeRecord:
@@ -193,9 +255,16 @@ def _stored_record(r: dict[str, Any]) -> ProbeRecord:
 
 
 def stored_records(store_sets: Sequence[EmbeddingSet]) -> list[ProbeRecord]:
-    """Every probe record persisted for these embedding sets (no computation)."""
+    """Every probe record persisted for these embedding sets (no computation).
+
+    Runs whose val was carved by the earlier, patient-unaware rule are superseded (a probe
+    recomputes them) and not listed.
+    """
     out = []
     for es in store_sets:
         for run in es.probe_runs():
-            out.extend(_stored_record(r) for r in run["records"])
+            records = run.get("records", [])
+            if records and records[0].get("val_source") == LEGACY_VAL_SOURCE:
+                continue
+            out.extend(_stored_record(r) for r in records)
     return out

@@ -241,6 +241,13 @@ class DatasetGroup:
         runs = self.group.require_group(FUSION_GROUP)
         runs.require_group(run_id).attrs.update(_to_json(payload))
 
+    def fusion_run(self, run_id: str) -> dict[str, Any] | None:
+        """A persisted fusion run (its config and records), or None."""
+        runs = self.group.get(FUSION_GROUP)
+        if runs is None or run_id not in runs:
+            return None
+        return dict(runs[run_id].attrs)
+
     def fusion_runs(self) -> list[dict[str, Any]]:
         """Every persisted fusion run of this dataset."""
         runs = self.group.get(FUSION_GROUP)

@@ -1,0 +1,137 @@
+"""Embedding keys, and what a ``--backbone`` argument names in a store.
+
+The one place where the fields of an embedding key are assembled (:func:`embedding_key`):
+architecture, sha256 of the weights actually loaded, preprocessing, layer, stored dtype, JPEG
+decoding, and the compute precision when it is not fp32. :class:`EmbeddingKey` hashes them
+with the store format version. Every verb that takes ``--backbone`` resolves it here
+(:func:`resolve_embedding_sets`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from featstore.choices import DTYPES, PRECISIONS
+from featstore.errors import BackboneError, FeatstoreError, NotExtractedError
+from featstore.store.zarr_store import EmbeddingKey
+
+if TYPE_CHECKING:
+    from featstore.data.manifest import Manifest
+    from featstore.models.registry import BackboneSpec, LoadedBackbone
+    from featstore.store.zarr_store import DatasetGroup, EmbeddingSet, FeatureStore
+
+# JPEGs decode at the smallest DCT scale (1, 1/2, 1/4, 1/8) that keeps the backbone's resize
+# size; part of every key, because it changes the numbers of large JPEGs.
+DECODE = "jpeg-draft"
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` itself, or one error naming the valid ones."""
+    if precision not in PRECISIONS:
+        raise FeatstoreError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def check_dtype(dtype: str) -> str:
+    """``dtype`` itself, or one error naming the valid ones."""
+    if dtype not in DTYPES:
+        raise FeatstoreError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def key_fields(loaded: LoadedBackbone, dtype: str = "float32",
+               precision: str = "fp32") -> dict[str, Any]:
+    """Everything that changes the embedding numbers of a loaded backbone."""
+    check_precision(precision)
+    check_dtype(dtype)
+    spec = loaded.spec
+    fields: dict[str, Any] = {
+        "architecture": spec.architecture,
+        "weights_sha256": loaded.weights_sha256,
+        "preprocessing": loaded.preprocessing.to_dict(),
+        "layer": spec.layer,
+        "dtype": dtype,
+        "decode": DECODE,
+    }
+    if precision != "fp32":  # fp32 keys stay those written before precision existed
+        fields["precision"] = precision
+    return fields
+
+
+def embedding_key(loaded: LoadedBackbone, dtype: str = "float32",
+                  precision: str = "fp32") -> EmbeddingKey:
+    """The embedding key of a loaded backbone's numbers (see :func:`key_fields`)."""
+    return EmbeddingKey(key_fields(loaded, dtype, precision))
+
+
+def resolve_key(spec: BackboneSpec, dtype: str = "float32",
+                precision: str = "fp32") -> tuple[LoadedBackbone, EmbeddingKey]:
+    """Build a spec's backbone (weights hashed as loaded) and the key of its numbers.
+
+    Raises
+    ------
+    BackboneError
+        The spec cannot be built or its weights are missing; FeatstoreError for a bad
+        ``dtype`` or ``precision``.
+    """
+    from featstore.models.registry import build_backbone
+
+    check_precision(precision)
+    check_dtype(dtype)
+    loaded = build_backbone(spec)
+    return loaded, embedding_key(loaded, dtype, precision)
+
+
+def resolve_embedding_set(ds: DatasetGroup, text: str, *, image_size: int | None = None,
+                          dtype: str = "float32", precision: str = "fp32") -> EmbeddingSet:
+    """The embedding set a ``--backbone`` argument names in one dataset group.
+
+    ``text`` is the alias a set is listed under (``featstore ls``), a key prefix, or a spec
+    (``timm:...``, a registered name, anything with ``@``) given as to extract: a spec is
+    resolved to its key from the weights on disk, so changed weights never silently match
+    older embeddings.
+
+    Raises
+    ------
+    NotExtractedError
+        Nothing in the dataset group matches (the sets it has are listed), or several do.
+    BackboneError
+        ``text`` is a spec that cannot be built (e.g. its weights are missing).
+    """
+    from featstore.models.registry import parse_backbone
+
+    try:
+        spec = parse_backbone(text, input_size=image_size)
+    except BackboneError as not_a_spec:
+        try:  # an alias as listed by `featstore ls`, or a key prefix
+            return ds.embedding_set(text)
+        except NotExtractedError:
+            if "@" in text or text.startswith("timm:"):
+                raise not_a_spec from None
+            raise
+    return ds.embedding_set(resolve_key(spec, dtype, precision)[1].digest)
+
+
+def resolve_embedding_sets(store: FeatureStore, manifest: Manifest,
+                           backbones: Sequence[str] | None = None, *,
+                           image_size: int | None = None, dtype: str = "float32",
+                           precision: str = "fp32") -> list[EmbeddingSet]:
+    """The embedding sets ``backbones`` name in ``manifest``'s dataset group, or, without
+    ``backbones``, every complete set of it.
+
+    Raises
+    ------
+    NotExtractedError
+        The dataset is not in the store, a backbone names no set, or there is no complete
+        set at all.
+    """
+    ds = store.dataset(manifest)
+    if backbones:
+        return [resolve_embedding_set(ds, b, image_size=image_size, dtype=dtype,
+                                      precision=precision) for b in backbones]
+    sets = [s for s in ds.embedding_sets() if s.complete]
+    if not sets:
+        raise NotExtractedError(f"dataset {ds.name}: no complete embedding sets in "
+                                f"{store.root}; run 'featstore extract' first")
+    return sets

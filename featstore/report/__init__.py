@@ -1,0 +1,1 @@
+"""Reporting: results as tables (terminal) and JSON records; later, the study's report."""

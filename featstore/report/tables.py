@@ -1,0 +1,220 @@
+"""Results rendered for people (rich tables, notes) and for machines (JSON records).
+
+The CLI prints what these functions return; the future ``featstore report`` builds on them.
+Nothing here computes a result: every function takes records a stage returned.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+PER_LABEL_PREFIX = "auc["
+SHORT_NAMES = {"balanced_accuracy": "bal_acc", "accuracy": "acc"}
+RANDOM_NOTE = ("backbones marked [bold]random[/] have untrained weights: their numbers test "
+               "the pipeline, not transfer from pretraining.")
+
+
+def to_json(obj: Any) -> str:
+    """JSON text of records (dataclasses with ``to_dict``, dicts, lists of either)."""
+    def plain(o: Any) -> Any:
+        if hasattr(o, "to_dict"):
+            return o.to_dict()
+        if isinstance(o, (list, tuple)):
+            return [plain(v) for v in o]
+        if isinstance(o, dict):
+            return {k: plain(v) for k, v in o.items()}
+        return o
+    return json.dumps(plain(obj), default=str)
+
+
+def mean_sd(values: Sequence[float]) -> str:
+    """``mean +- sd`` over seeds (one value: the value; all NaN: ``undefined``)."""
+    v = np.asarray(values, dtype=float)
+    if np.isnan(v).all():
+        return "undefined"
+    if len(v) == 1:
+        return f"{v[0]:.4f}"
+    return f"{np.nanmean(v):.4f} +- {np.nanstd(v, ddof=1):.4f}"
+
+
+def _ci(records: Sequence[Any]) -> str:
+    lo = np.nanmean([r.ci_low for r in records]) if records else float("nan")
+    hi = np.nanmean([r.ci_high for r in records]) if records else float("nan")
+    return "-" if np.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]"
+
+
+def probe_tables(records: Sequence[Any]) -> list[Table]:
+    """Backbone x probe x fraction: each metric (mean +- sd over seeds), the primary
+    metric's bootstrap 95% CI on test, the chosen hyperparameter; then per-label AUCs."""
+    if not records:
+        return []
+    first = records[0]
+    metrics = list(dict.fromkeys(r.metric for r in records
+                                 if not r.metric.startswith(PER_LABEL_PREFIX)))
+    table = Table(title=f"probes on test ({first.dataset}, task {first.task}; "
+                        "mean +- sd over seeds, bootstrap 95% CI of the primary metric)")
+    for col in ("backbone", "probe", "fraction", "n_train",
+                *[SHORT_NAMES.get(m, m) for m in metrics], "95% CI", "chosen", "seeds"):
+        table.add_column(col, justify="left" if col in ("backbone", "probe", "chosen")
+                         else "right")
+    cells: dict[tuple, list] = {}
+    for r in records:
+        cells.setdefault((r.backbone, r.key, r.probe, r.fraction), []).append(r)
+    for (backbone, _, kind, fraction), rs in cells.items():
+        by_metric: dict[str, list[float]] = {}
+        for r in rs:
+            by_metric.setdefault(r.metric, []).append(r.value)
+        prim = [r for r in rs if r.primary]
+        chosen = ", ".join(dict.fromkeys(r.hyperparameter for r in prim))
+        table.add_row(backbone, kind, f"{fraction:g}",
+                      "/".join(sorted({str(r.n_train) for r in prim})),
+                      *[mean_sd(by_metric.get(m, [])) for m in metrics], _ci(prim), chosen,
+                      str(len(prim)))
+    tables = [table]
+    per_label = [r for r in records if r.metric.startswith(PER_LABEL_PREFIX)]
+    if per_label:
+        lt = Table(title="per-label AUC (mean +- sd over seeds)")
+        for col in ("backbone", "probe", "fraction", "label", "auc"):
+            lt.add_column(col)
+        label_cells: dict[tuple, list[float]] = {}
+        for r in per_label:
+            label = r.metric[len(PER_LABEL_PREFIX):-1]
+            label_cells.setdefault((r.backbone, r.probe, r.fraction, label), []).append(
+                r.value)
+        for (backbone, kind, fraction, label), values in label_cells.items():
+            lt.add_row(backbone, kind, f"{fraction:g}", label, mean_sd(values))
+        tables.append(lt)
+    return tables
+
+
+def fusion_table(records: Sequence[Any]) -> Table | None:
+    """Method x fraction: the primary metric (mean +- sd over seeds), its 95% CI and the
+    mean DVME attention per backbone on test."""
+    if not records:
+        return None
+    first = records[0]
+    primary = next((r.metric for r in records if r.primary), "metric")
+    table = Table(title=f"fusion on test ({first.dataset}, task {first.task}; mean +- sd "
+                        "over seeds, bootstrap 95% CI, mean DVME attention on test)")
+    for col in ("method", "backbones", "fraction", "n_train", primary,
+                "95% CI", "attention", "seeds"):
+        table.add_column(col)
+    cells: dict[tuple, list] = {}
+    for r in records:
+        if r.primary:
+            cells.setdefault((r.method, tuple(r.keys), r.fraction), []).append(r)
+    for (method, _, fraction), rs in cells.items():
+        att = ""
+        if rs[0].attention:
+            mean = {k: np.mean([r.attention[k] for r in rs]) for k in rs[0].attention}
+            att = "  ".join(f"{k}: {v:.2f}" for k, v in mean.items())
+        table.add_row(method, "+".join(rs[0].backbones), f"{fraction:g}", str(rs[0].n_train),
+                      mean_sd([r.value for r in rs]), _ci(rs), att, str(len(rs)))
+    return table
+
+
+def heads_line(records: Sequence[Any]) -> str | None:
+    """Where the trained DVME heads were saved, if any were."""
+    heads = sorted({r.head_path for r in records if getattr(r, "head_path", None)})
+    if not heads:
+        return None
+    return f"DVME heads saved: {', '.join(heads)} (featstore.fusion.DVME.load)"
+
+
+def notes(records: Iterable[Any]) -> list[str]:
+    """Warnings a reader of these results needs: random weights, rows left out."""
+    records = list(records)
+    out = []
+    if any(getattr(r, "random_weights", False) for r in records):
+        out.append(RANDOM_NOTE)
+    by_set: dict[str, int] = {}
+    for r in records:
+        if getattr(r, "n_excluded", 0):
+            name = getattr(r, "backbone", None) or "+".join(r.backbones)
+            by_set[name] = r.n_excluded
+    out += [f"{name}: {n} rows left out (images skipped at extraction, no embedding)"
+            for name, n in by_set.items()]
+    return out
+
+
+def extract_lines(results: Sequence[Any]) -> list[str]:
+    """One line per extracted set: rows x dim, where it went, what was done, how fast."""
+    lines = []
+    for r in results:
+        what = {"cached": "cache hit, nothing to do",
+                "resumed": f"resumed: {r.shards_written}/{r.shards_total} shards written",
+                "extracted": f"{r.shards_written} shards written"}[r.status]
+        if r.shards_by_others:
+            what += f", {r.shards_by_others} by other processes"
+        rate = f", {r.images_per_s:,.0f} img/s" if r.shards_written else ""
+        lines.append(f"{r.alias}: {r.rows} x {r.dim} -> {r.dataset}/{r.key[:20]} "
+                     f"({what}, {r.seconds:.1f}s{rate})")
+    return lines
+
+
+def skipped_lines(results: Sequence[Any]) -> list[str]:
+    """A warning per set that skipped unreadable images, naming the first few."""
+    out = []
+    for r in results:
+        if r.skipped:
+            shown = ", ".join(r.skipped[:5]) + (" ..." if len(r.skipped) > 5 else "")
+            out.append(f"skipped {len(r.skipped)} unreadable images (stored as missing; "
+                       f"probes leave them out): {shown}")
+    return out
+
+
+def store_table(rows: Sequence[dict[str, Any]], store: str) -> Table:
+    """``featstore ls``: dataset x embedding set, size, shards done, status."""
+    table = Table(title=f"featstore {store}")
+    for col in ("dataset", "backbone", "key", "rows x dim", "shards", "status"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["dataset"], r["backbone"], r["key"][:20], f"{r['rows']} x {r['dim']}",
+                      f"{r['shards_done']}/{r['shards']}",
+                      r["status"] + (f", {r['missing']} missing" if r["missing"] else ""))
+    return table
+
+
+def info_tables(records: Sequence[dict[str, Any]]) -> list[Table]:
+    """``featstore info``: one field/value table per embedding set."""
+    tables = []
+    for rec in records:
+        table = Table(title=f"{rec['dataset']} / {rec['alias']}", show_header=False)
+        table.add_column("field")
+        table.add_column("value")
+        for k, v in rec.items():
+            table.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+        tables.append(table)
+    return tables
+
+
+def verify_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """``featstore verify``: one line per set, ok or the corrupt shards."""
+    return [f"{r['dataset']}/{r['key'][:20]} {r['backbone']}: {r['shards_checked']} shards "
+            + ("ok" if not r["corrupt_shards"] else f"CORRUPT shards {r['corrupt_shards']}")
+            for r in rows]
+
+
+def models_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """``featstore models``: each spec, its dim and source, and whether its weights are here."""
+    table = Table(title="backbone specs (any timm model also works: timm:<name>[.<tag>])")
+    for col in ("name", "architecture", "dim", "source", "weights"):
+        table.add_column(col)
+    for r in rows:
+        have = f"[green]present[/] {r['present']}" if r["present"] else (
+            f"[red]missing[/]: put {r['weights_file']} in {r['where']}")
+        table.add_row(r["name"], r["architecture"], str(r["dim"]), r["source"], have)
+    return table
+
+
+def manifest_line(summary: dict[str, Any]) -> str:
+    """One line about a built or validated manifest."""
+    splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
+    written = summary.get("written")
+    return (f"{summary['name']}: {summary['rows']} rows ({splits}), task {summary['task']}, "
+            f"manifest {summary['sha256'][:12]}" + (f" -> {written}" if written else ": valid"))

@@ -1,0 +1,148 @@
+"""What a task means for a classifier head: targets, output width, loss, probabilities.
+
+One place for the rules every head on embeddings or images shares (the linear probe, the
+kNN probe, the DVME fusion head, finetuning): how labels become training targets, how many
+outputs a head has, which loss it minimises, how its outputs become probabilities and
+labels, how features are checked and standardised, how a run's metrics carry their
+bootstrap CI, and how a run is keyed.
+
+binary: one logit, logistic loss; multiclass and ordinal: one logit per class, softmax
+cross-entropy; multilabel: one logit per label, a logistic loss per label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any
+
+import numpy as np
+import torch
+
+from featstore._hashing import sha256_json
+from featstore.choices import TASKS
+from featstore.errors import ProbeError
+
+RUN_ID_CHARS = 24
+
+
+def check_task(task: str) -> str:
+    """``task`` itself, or :class:`ProbeError` (a ``ValueError``) naming the valid ones."""
+    if task not in TASKS:
+        raise ProbeError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
+    return task
+
+
+def check_features(X: np.ndarray, device: str = "cpu") -> torch.Tensor:
+    """Features as a float32 tensor; raises :class:`ProbeError` on a bad shape or NaN/inf."""
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ProbeError(f"features must be 2-D (N, D), got shape {X.shape}")
+    if not np.isfinite(X).all():
+        bad = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
+        raise ProbeError(f"features hold NaN or inf (first at row {bad})")
+    return torch.as_tensor(X, dtype=torch.float32, device=device)
+
+
+@dataclass
+class Targets:
+    """Training targets of a task and the head they call for.
+
+    ``target``: float (N, 1) for binary, long (N,) for multiclass/ordinal, float (N, K) for
+    multilabel; ``kind``: ``sigmoid`` or ``softmax``; ``n_out``: the head's output width;
+    ``classes``: the labels seen (label indices for multilabel).
+    """
+
+    target: torch.Tensor
+    kind: str
+    n_out: int
+    classes: np.ndarray
+
+    def loss(self) -> torch.nn.Module:
+        """The mean loss of this task (logistic per output, or softmax cross-entropy)."""
+        return torch.nn.BCEWithLogitsLoss() if self.kind == "sigmoid" else (
+            torch.nn.CrossEntropyLoss())
+
+
+def make_targets(task: str, y: np.ndarray, device: str = "cpu") -> Targets:
+    """Targets for labels ``y`` ((N,) ints, or (N, K) 0/1 for multilabel).
+
+    Raises
+    ------
+    ProbeError
+        Unknown task, or fewer than two classes in a single-label ``y``.
+    """
+    check_task(task)
+    y = np.asarray(y)
+    if task == "multilabel":
+        y = y.reshape(len(y), -1)
+        return Targets(torch.as_tensor(y, dtype=torch.float32, device=device), "sigmoid",
+                       y.shape[1], np.arange(y.shape[1]))
+    y = y.reshape(-1)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        only = classes[0] if len(classes) else "none"
+        raise ProbeError(f"training labels hold one class only ({only}); "
+                         "a classifier needs at least two")
+    if task == "binary":
+        return Targets(torch.as_tensor(y, dtype=torch.float32, device=device).view(-1, 1),
+                       "sigmoid", 1, classes)
+    return Targets(torch.as_tensor(y, dtype=torch.long, device=device), "softmax",
+                   int(max(y.max() + 1, len(classes))), classes)
+
+
+def logits_to_proba(task: str, z: torch.Tensor) -> np.ndarray:
+    """Probabilities from a head's logits: (N, C) per class (binary: (N, 2)), or (N, K) per
+    label for multilabel."""
+    z = z.detach().float()
+    if task == "multilabel":
+        return torch.sigmoid(z).cpu().numpy()
+    if z.shape[1] == 1:
+        p = torch.sigmoid(z[:, 0])
+        return torch.stack([1 - p, p], dim=1).cpu().numpy()
+    return torch.softmax(z, dim=1).cpu().numpy()
+
+
+def proba_to_labels(task: str, proba: np.ndarray) -> np.ndarray:
+    """Predicted labels: the most probable class (N,), or 0/1 per label (N, K) at 0.5."""
+    return (proba >= 0.5).astype(int) if task == "multilabel" else proba.argmax(1)
+
+
+@dataclass
+class Standardiser:
+    """Per-feature mean and scale learned on training rows (a constant feature keeps scale 1)."""
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def fit(cls, X: torch.Tensor) -> Standardiser:
+        std = X.std(0, unbiased=False)
+        return cls(X.mean(0), torch.where(std > 0, std, torch.ones_like(std)))
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        return (X - self.mean) / self.scale
+
+
+def scored_metrics(task: str, y_true: np.ndarray, proba: np.ndarray,
+                   pred: np.ndarray | None = None, *, n_bootstrap: int = 1000,
+                   seed: int = 0) -> list[dict[str, Any]]:
+    """Every metric of the task on test, the primary one with its bootstrap 95% CI.
+
+    Returns one dict per metric: ``metric``, ``value``, ``primary``, ``ci_low``, ``ci_high``
+    (NaN off the primary metric, or when ``n_bootstrap`` is 0).
+    """
+    from featstore.probe.metrics import PRIMARY_METRIC, bootstrap_ci, task_metrics
+
+    metrics = task_metrics(task, y_true, proba, pred)
+    primary = PRIMARY_METRIC[task]
+    lo, hi = bootstrap_ci(task, y_true, proba, pred, n_boot=n_bootstrap, seed=seed)
+    nan = float("nan")
+    return [{"metric": m, "value": v, "primary": m == primary,
+             "ci_low": lo if m == primary else nan, "ci_high": hi if m == primary else nan}
+            for m, v in metrics.items()]
+
+
+def run_id(config: dict[str, Any]) -> str:
+    """Content key of a run: its configuration plus the featstore version."""
+    return sha256_json({**config, "featstore": version("featstore")})[:RUN_ID_CHARS]

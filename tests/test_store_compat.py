@@ -1,0 +1,87 @@
+"""A store written by featstore before the stage APIs moved (tests/fixtures/store_v1, made by
+make_store_v1.py at commit 3d0b9d8) reads, resolves, verifies and reuses its runs today."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from featstore.cli import main
+from tests.conftest import TINY, TINY_VIT
+
+FIXTURE = Path(__file__).parent / "fixtures" / "store_v1"
+OLD_KEYS = {"fdb00f5ddc2d015b29c6", "b2036dfb2240ade7c5cf"}  # test_resnet, test_vit at 32px
+
+
+@pytest.fixture
+def old(tmp_path) -> Path:
+    """A private copy of the fixture (probes write runs into the store)."""
+    shutil.copytree(FIXTURE, tmp_path / "v1")
+    return tmp_path / "v1"
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exc.value.code or 0, captured.out, captured.err
+
+
+def test_old_store_lists_and_verifies(capsys, old):
+    store = str(old / "store")
+    code, out, _ = run(capsys, "ls", "--store", store, "--json")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 4
+    assert {r["key"][:20] for r in rows} == OLD_KEYS
+    assert {r["status"] for r in rows} == {"complete"}
+    code, out, _ = run(capsys, "verify", "--store", store)
+    assert code == 0 and out.count(" ok") == 4
+
+
+def test_specs_resolve_to_the_keys_written_before(capsys, old):
+    """The key is assembled in one place now; it must give the very same digests."""
+    store = str(old / "store")
+    code, out, _ = run(capsys, "extract", "--data", str(old / "tiny.npz"), "-b", TINY,
+                       "-b", TINY_VIT, "--image-size", "32", "--store", store, "--json")
+    results = json.loads(out)
+    assert code == 0 and [r["status"] for r in results] == ["cached", "cached"]
+    assert {r["key"][:20] for r in results} == OLD_KEYS
+
+
+def test_old_probe_and_fusion_runs_are_reused_and_listed(capsys, old):
+    store = ["--store", str(old / "store")]
+    data = ["--data", str(old / "tiny.npz")]
+    code, out, _ = run(capsys, "probe", *data, *store, "-b", TINY, "--image-size", "32",
+                       "--bootstrap", "20", "--json")
+    records = json.loads(out)
+    assert code == 0 and records and all(r["cached"] for r in records)
+    code, out, _ = run(capsys, "fuse", *data, *store, "-b", TINY, "-b", TINY_VIT,
+                       "--image-size", "32", "--bootstrap", "20", "--heads-dir",
+                       str(old / "heads"), "--json")
+    assert code == 0
+    assert all(r["cached"] for r in json.loads(out))  # read from the run written before
+    code, out, _ = run(capsys, "results", *data, *store, "--json")
+    listed = json.loads(out)
+    assert {r["probe"] for r in listed if "probe" in r} == {"linear"}
+    methods = [r["method"] for r in listed if "method" in r and r["primary"]]
+    assert sorted(methods) == ["concat", "dvme-softmax", "single:timm:test_resnet/32px@random",
+                               "single:timm:test_vit/32px@random"]
+
+
+def test_runs_with_the_old_val_carve_are_superseded(capsys, old):
+    """Without a val split, val used to be carved by rows, so a patient could sit on both
+    sides: those runs are recomputed with the patient-safe carve, and no longer listed."""
+    store = ["--store", str(old / "store")]
+    data = ["--data", str(old / "noval" / "demo.csv")]
+    code, out, err = run(capsys, "results", *data, *store)
+    assert code == 0 and "no probe or fusion results" in err
+    code, out, _ = run(capsys, "probe", *data, *store, "-b", TINY, "--image-size", "32",
+                       "--bootstrap", "20", "--json")
+    records = json.loads(out)
+    assert code == 0 and not any(r["cached"] for r in records)
+    assert {r["val_source"] for r in records} == {"20% of train patients (seed 0)"}
+    code, out, _ = run(capsys, "results", *data, *store, "--json")
+    assert len(json.loads(out)) == len(records)
