@@ -110,3 +110,33 @@ def test_cli_fuse_end_to_end(capsys, npz_file, store_dir, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["fuse", "--data", str(npz_file), "-b", TINY, "--image-size", str(SIZE), *store])
     assert exc.value.code == 1
+
+
+def test_fuse_grid_persists_runs_that_results_lists(capsys, npz_file, store_dir, tmp_path):
+    from featstore import FeatureStore, extract_embeddings, load_dataset, parse_backbone
+    from featstore.fusion import fuse_grid, stored_fusion_records
+
+    m = load_dataset(npz_file)
+    fs = FeatureStore(store_dir)
+    results = extract_embeddings(m, [parse_backbone(b, input_size=SIZE)
+                                     for b in (TINY, TINY_VIT)], fs)
+    sets = [fs.dataset(m).embedding_set(r.key) for r in results]
+    kw = {"task": m.task, "fractions": [0.5, 1.0], "seeds": 1, "attentions": ["uniform"],
+          "n_bootstrap": 10, "max_epochs": 5}
+    first = fuse_grid(sets, **kw)
+    assert not any(r.cached for r in first)
+    again = fuse_grid(sets, **kw)
+    assert all(r.cached for r in again) and [r.value for r in again] == [
+        r.value for r in first]
+    more = fuse_grid(sets, **{**kw, "attentions": ["uniform", "softmax"]})
+    assert {r.method for r in more if not r.cached} == {"dvme-softmax"}  # only the new one
+    assert len(stored_fusion_records([sets[0].dataset])) == len(more)
+    with pytest.raises(FusionError, match="2 to 8"):
+        fuse_grid(sets[:1], task=m.task)
+    with pytest.raises(FusionError, match="unknown attention"):
+        fuse_grid(sets, **{**kw, "attentions": ["max"]})
+
+    with pytest.raises(SystemExit) as exc:
+        main(["results", "--data", str(npz_file), "--store", str(store_dir)])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "fusion on test" in out and "dvme-softmax" in out

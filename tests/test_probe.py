@@ -161,3 +161,50 @@ def test_val_choice_breaks_near_ties_towards_stronger_regularisation():
     assert choose_on_val([0.70, 0.77, 0.80]) == 2
     assert choose_on_val([float("nan"), 0.6, 0.5]) == 1
     assert choose_on_val([float("nan"), float("nan")]) == 0
+
+
+def test_carved_val_never_splits_a_patient():
+    """A dataset without val: val is carved from train by whole patients, stratified."""
+    from featstore.probe.run import split_rows
+    from featstore.store.zarr_store import Embeddings
+
+    rng = np.random.default_rng(0)
+    n = 300
+    group = np.array([f"p{i // 3:03d}" for i in range(n)])  # three images per patient
+    y = np.array([int(g[1:]) % 2 for g in group])
+    split = np.where(np.arange(n) < 240, "train", "test").astype(object)
+    emb = Embeddings(X=rng.normal(size=(n, 4)).astype(np.float32), ids=np.arange(n).astype(str),
+                     split=split, labels=y[:, None], group=group, alias="a", key="k" * 8,
+                     dataset="d", attrs={})
+    tr, va, te, source = split_rows(emb, y, "binary")
+    assert "patients" in source
+    assert not set(group[tr]) & set(group[va]) and not set(group[va]) & set(group[te])
+    assert 0.15 < len(va) / 240 < 0.25 and set(y[va]) == {0, 1}
+    again = split_rows(emb, y, "binary")
+    assert all(np.array_equal(a, b) for a, b in zip((tr, va, te), again[:3], strict=True))
+
+
+def test_probe_grid_persists_every_run_and_reads_it_back(tmp_path, npz_file):
+    from featstore import FeatureStore, extract_embeddings, load_dataset, parse_backbone
+    from featstore.probe import ProbeConfig, probe_grid, stored_records
+    from tests.conftest import SIZE, TINY
+
+    m = load_dataset(npz_file)
+    fs = FeatureStore(tmp_path / "store")
+    [res] = extract_embeddings(m, [parse_backbone(TINY, input_size=SIZE)], fs)
+    sets = [fs.dataset(m).embedding_set(res.key)]
+    cfg = ProbeConfig(task=m.task, n_bootstrap=20)
+    seen = []
+    first = probe_grid(sets, cfg, probes=["linear", "knn"], fractions=[0.5, 1.0], seeds=2,
+                       on_run=seen.append)
+    assert len(seen) == 2 * 2 * 2 and not any(r.cached for r in first)
+    assert {(r.probe, r.fraction, r.seed) for r in first} == {
+        (p, f, s) for p in ("linear", "knn") for f in (0.5, 1.0) for s in (0, 1)}
+    again = probe_grid(sets, cfg, probes=["linear", "knn"], fractions=[0.5, 1.0], seeds=2)
+    assert all(r.cached for r in again)
+    assert [r.value for r in again] == [r.value for r in first]
+    assert len(stored_records(sets)) == len(first)
+    with pytest.raises(ProbeError, match="outside"):
+        probe_grid(sets, cfg, fractions=[0.0])
+    with pytest.raises(ProbeError, match="unknown probe"):
+        probe_grid(sets, cfg, probes=["svm"])
