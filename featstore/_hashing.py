@@ -35,6 +35,12 @@ def sha256_bytes(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def array_sha256(data: Any) -> bytes:
+    """Raw sha256 (32 bytes) of a numpy array's little-endian bytes: a shard's checksum."""
+    le = data.astype(data.dtype.newbyteorder("<"), copy=False)
+    return hashlib.sha256(le.tobytes()).digest()
+
+
 def state_dict_sha256(state: Mapping[str, Any]) -> str:
     """Hex sha256 over a state dict's names, dtypes, element counts and bytes, in key order.
 

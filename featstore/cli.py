@@ -105,6 +105,12 @@ def _emit_json(obj) -> None:
     out.print_json(to_json(obj))
 
 
+def _progress():
+    from featstore.report.progress import RichProgress
+
+    return RichProgress(err)
+
+
 def _note(lines: list[str]) -> None:
     for line in lines:
         err.print(f"[yellow]note:[/] {line}")
@@ -200,7 +206,7 @@ def extract(
         FeatureStore(store), batch_size=batch_size, num_workers=workers, device=device,
         dtype=dtype.value, precision=precision.value, shard_rows=shard_rows,
         on_error=on_error.value, compile=compile_model, claim_timeout=claim_timeout,
-        progress=None if as_json or not rank0 else RichProgress())
+        progress=None if as_json or not rank0 else _progress())
     if not rank0:  # torchrun: rank 0 reports for the job
         return
     if as_json:
@@ -489,7 +495,7 @@ def demo(
     err.print("[yellow]featstore demo:[/] offline, so the two backbones "
               f"({', '.join(DEMO_BACKBONES)}) have [bold]random weights[/]; the probe learns "
               "from what random convolutions and attention still see.")
-    results, records = run_demo(store, workdir, progress=None if as_json else RichProgress())
+    results, records = run_demo(store, workdir, progress=None if as_json else _progress())
     if as_json:
         _emit_json({"extract": results, "probe": records})
         return
@@ -498,50 +504,6 @@ def demo(
     _print_probes(records, False)
     out.print(f"demo finished in {time.perf_counter() - t0:.1f}s; store: {store} "
               f"(try: featstore ls --store {store})")
-
-
-class RichProgress:
-    """The engine's progress hook drawn as a rich bar on stderr."""
-
-    def __init__(self) -> None:
-        self._progress = None
-        self._task = None
-
-    def start(self, alias: str, total_rows: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                  MofNCompleteColumn(), _rate_column(), TimeElapsedColumn(),
-                                  console=err, transient=False)
-        self._progress.start()
-        self._task = self._progress.add_task(alias, total=total_rows)
-
-    def advance(self, rows: int) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task, rows)
-
-    def finish(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-
-def _rate_column():
-    from rich.progress import ProgressColumn
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:,.0f} img/s" if speed else "- img/s", style="cyan")
-
-    return RateColumn()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,6 @@ directory or an fsspec URL (``s3://bucket/prefix``).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import numpy as np
 import zarr
 import zarr.storage
 
-from featstore._hashing import sha256_json
+from featstore._hashing import array_sha256, sha256_json
 from featstore.data.manifest import Manifest
 from featstore.errors import NotExtractedError, StoreError
 
@@ -419,7 +418,7 @@ class EmbeddingSet:
             skipped.require_group(name).attrs.put(dict(reasons or {}))
         elif skipped is not None and name in skipped:
             del skipped[name]
-        self.group["checksums"][shard] = np.frombuffer(_digest(data), dtype=np.uint8)
+        self.group["checksums"][shard] = np.frombuffer(array_sha256(data), dtype=np.uint8)
         self.group["done"][shard] = 1
 
     def missing_mask(self) -> np.ndarray:
@@ -503,7 +502,7 @@ class EmbeddingSet:
         """Shards whose stored bytes no longer match their checksum (empty list: intact)."""
         sums = self.group["checksums"][...]
         return [i for i, data in self.iter_shards()
-                if _digest(np.ascontiguousarray(data)) != sums[i].tobytes()]
+                if array_sha256(np.ascontiguousarray(data)) != sums[i].tobytes()]
 
 
 def _to_json(obj: Any) -> Any:
@@ -515,8 +514,3 @@ def _to_json(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_to_json(v) for v in obj]
     return obj
-
-
-def _digest(data: np.ndarray) -> bytes:
-    """sha256 of an array's little-endian bytes."""
-    return hashlib.sha256(data.astype(data.dtype.newbyteorder("<"), copy=False).tobytes()).digest()

@@ -1,0 +1,62 @@
+"""How long a user waits for the CLI's light commands, against what eager imports cost.
+
+    python benchmarks/cli_startup.py [--runs 5]
+
+``featstore --help``, ``featstore probe --help``, ``featstore ls`` (a store of 2 sets) and
+``featstore models`` as whole processes, beside ``python -c "import torch, timm, zarr,
+sklearn"`` (what every command paid before the imports became lazy) and an empty Python.
+Target: --help and ls under 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+FEATSTORE = [sys.executable, "-m", "featstore"]
+
+
+def wall(cmd: list[str], runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = str(Path(tmp) / "store")
+        subprocess.run([*FEATSTORE, "demo", "--store", store, "--workdir", str(Path(tmp) / "d"),
+                        "--json"], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        rows = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "import torch, timm, zarr, sklearn": [
+                sys.executable, "-c", "import torch, timm, zarr, sklearn"],
+            "featstore --help": [*FEATSTORE, "--help"],
+            "featstore probe --help": [*FEATSTORE, "probe", "--help"],
+            "featstore ls (2 sets)": [*FEATSTORE, "ls", "--store", store],
+            "featstore models": [*FEATSTORE, "models"],
+        }
+        times = {name: wall(cmd, args.runs) for name, cmd in rows.items()}
+    ref = statistics.median(times["import torch, timm, zarr, sklearn"])
+    print(f"CLI start-up, whole processes, {args.runs} runs each (median; min..max)")
+    print(f"{'command':36s} {'median s':>9s} {'min..max s':>13s} {'vs eager imports':>17s}")
+    for name, t in times.items():
+        med = statistics.median(t)
+        print(f"{name:36s} {med:9.2f} {min(t):6.2f}..{max(t):<6.2f} {med / ref:16.2f}x")
+    print("target: featstore --help and ls under 1 s")
+
+
+if __name__ == "__main__":
+    main()
