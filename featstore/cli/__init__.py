@@ -1,0 +1,60 @@
+"""The ``featstore`` command line (Typer). Results on stdout, progress and errors on stderr.
+
+Each command parses its options, makes one call into its stage's public function (the same
+call is the Python API), and prints what :mod:`featstore.report.tables` renders. Heavy
+libraries (torch, timm, zarr, scikit-learn) are imported inside the commands, so
+``featstore --help`` is instant. Commands: :mod:`featstore.cli.commands` and
+:mod:`featstore.cli.manifest`; what they share: :mod:`featstore.cli._shared`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from featstore.cli import commands, manifest  # noqa: F401  (registers the commands)
+from featstore.cli._shared import app, err
+from featstore.errors import FeatstoreError
+
+try:  # recent typer vendors click under typer._click; older typer uses click itself
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import NoArgsIsHelpError, UsageError
+
+__all__ = ["app", "main"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one clear line on error, the traceback only with --debug."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("FEATSTORE_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    try:
+        code = app(args=args, prog_name="featstore", standalone_mode=False)
+    except NoArgsIsHelpError:  # the help is already printed
+        sys.exit(0)
+    except UsageError as e:  # a bad option value or a missing option: one line too
+        where = f"featstore {e.ctx.info_name} --help" if e.ctx and e.ctx.parent else (
+            "featstore --help")
+        err.print(f"[red]error:[/] {e.format_message()} (see '{where}')", highlight=False)
+        sys.exit(1)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    except FeatstoreError as e:
+        if debug:
+            raise
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted: finished shards are kept; re-run the same command to resume")
+        sys.exit(130)
+    except Exception as e:  # a bug: still one line, unless --debug
+        if debug:
+            raise
+        err.print(f"[red]error:[/] internal {e.__class__.__name__}: {e} "
+                  "(re-run with --debug for the traceback)", highlight=False)
+        sys.exit(1)
+    sys.exit(code or 0)

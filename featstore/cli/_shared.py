@@ -1,0 +1,144 @@
+"""What every command shares: the Typer app, the consoles, option types (choices as enums, so
+``--help`` lists them) and the print helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from featstore import choices
+from featstore.errors import FeatstoreError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="featstore: cache frozen embeddings of pretrained backbones and probe them.",
+)
+out = Console(soft_wrap=True)
+if not out.is_terminal:  # pipes and files get whole tables, not 80-column truncation
+    out = Console(soft_wrap=True, width=200)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _enum(name: str, values: tuple[str, ...]) -> type[StrEnum]:
+    return StrEnum(name, {v: v for v in values})
+
+
+Precision = _enum("Precision", choices.PRECISIONS)
+Dtype = _enum("Dtype", choices.DTYPES)
+OnError = _enum("OnError", choices.ON_ERROR)
+Task = _enum("Task", choices.TASKS)
+OrdinalDecode = _enum("OrdinalDecode", choices.ORDINAL_DECODES)
+
+
+def split_option(text: str, option: str, kind: Callable = float) -> list:
+    """Comma-separated values of an option (``0.01,0.1,1.0``); the stage checks them."""
+    try:
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FeatstoreError(f"{option} {text!r}: expected a comma-separated list") from None
+    if not values:
+        raise FeatstoreError(f"{option} {text!r}: expected at least one value")
+    return values
+
+
+def choices_metavar(values: tuple[str, ...]) -> str:
+    return "[" + "|".join(values) + "],..."
+
+
+DEFAULT_STORE = "./featstore-data"
+StoreOpt = Annotated[str, typer.Option(
+    "--store", envvar="FEATSTORE_STORE",
+    help="Store root: a folder or an fsspec URL (s3://bucket/prefix).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+DataOpt = Annotated[str, typer.Option(
+    "--data", help="A manifest .csv/.parquet, a MedMNIST .npz, a release folder (PCam, NIH, "
+    "pneumonia, EyePACS, APTOS), KIND:PATH (pcam:/data/pcam), or an image-folder root.")]
+TaskOpt = Annotated[Task | None, typer.Option(
+    "--task", help="Override the task of the dataset.")]
+RootOpt = Annotated[str | None, typer.Option(
+    "--root", help="Folder that manifest paths are relative to (default: the manifest's).")]
+ImageSizeOpt = Annotated[int | None, typer.Option(
+    help="As given to extract, when --backbone is a spec.")]
+DtypeOpt = Annotated[Dtype, typer.Option(help="As given to extract.")]
+PrecisionOpt = Annotated[Precision, typer.Option(
+    help="As given to extract (the key of a --backbone spec depends on it).")]
+FractionsOpt = Annotated[str, typer.Option(
+    metavar="F,...",
+    help="Comma-separated fractions of train to train on, e.g. 0.01,0.1,1.0.")]
+SeedsOpt = Annotated[int, typer.Option(
+    help="Seeds per fraction (subsets drawn with seeds 0..N-1).")]
+BootstrapOpt = Annotated[int, typer.Option(
+    help="Bootstrap resamples of test for the 95% CI (0: none).")]
+RecomputeOpt = Annotated[bool, typer.Option(
+    help="Recompute runs already persisted in the store.")]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+          = False) -> None:
+    """featstore: cache frozen embeddings of pretrained backbones and probe them."""
+    # --debug is read by main() (it may appear anywhere on the line); declared here for --help.
+
+
+def print_json(obj) -> None:
+    from featstore.report.tables import to_json
+
+    out.print_json(to_json(obj))
+
+
+def progress_bar():
+    from featstore.report.progress import RichProgress
+
+    return RichProgress(err)
+
+
+def print_notes(lines: list[str]) -> None:
+    for line in lines:
+        err.print(f"[yellow]note:[/] {line}")
+
+
+def load_data(data: str, root: str | None = None, task: Task | None = None):
+    from featstore.data import load_dataset
+
+    return load_dataset(data, root=root, task=task.value if task else None)
+
+
+def embedding_sets(manifest, store: str, backbones: list[str] | None, image_size: int | None,
+          dtype: Dtype, precision: Precision):
+    from featstore.extract import resolve_embedding_sets
+    from featstore.store import FeatureStore
+
+    return resolve_embedding_sets(FeatureStore(store), manifest, backbones,
+                                  image_size=image_size, dtype=dtype.value,
+                                  precision=precision.value)
+
+
+def print_probe_records(records, as_json: bool) -> None:
+    from featstore.report.tables import notes, probe_tables
+
+    if as_json:
+        print_json(records)
+        return
+    for table in probe_tables(records):
+        out.print(table)
+    print_notes(notes(records))
+
+
+def print_fusion_records(records, as_json: bool) -> None:
+    from featstore.report.tables import fusion_table, heads_line, notes
+
+    if as_json:
+        print_json(records)
+        return
+    table = fusion_table(records)
+    if table is not None:
+        out.print(table)
+    if line := heads_line(records):
+        out.print(line)
+    print_notes(notes(records))

@@ -1,0 +1,332 @@
+"""The verbs: each parses its options, makes one call into its stage's public function (the
+same call is the Python API), and prints what :mod:`featstore.report.tables` renders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from featstore.cli._shared import (
+    DEFAULT_STORE,
+    BootstrapOpt,
+    DataOpt,
+    Dtype,
+    DtypeOpt,
+    FractionsOpt,
+    ImageSizeOpt,
+    JsonOpt,
+    OnError,
+    OrdinalDecode,
+    Precision,
+    PrecisionOpt,
+    RecomputeOpt,
+    RootOpt,
+    SeedsOpt,
+    StoreOpt,
+    TaskOpt,
+    app,
+    choices,
+    choices_metavar,
+    embedding_sets,
+    err,
+    load_data,
+    out,
+    print_fusion_records,
+    print_json,
+    print_notes,
+    print_probe_records,
+    progress_bar,
+    split_option,
+)
+
+
+@app.command()
+def extract(
+    data: DataOpt,
+    backbone: Annotated[list[str], typer.Option(
+        "--backbone", "-b", help="NAME[@WEIGHTS], e.g. timm:resnet50@random or "
+        "timm:resnet50@/weights/resnet50.pth; repeat for several.")],
+    store: StoreOpt = DEFAULT_STORE,
+    image_size: Annotated[int | None, typer.Option(
+        help="Crop size fed to every backbone (default: each backbone's own).")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Images per forward pass (default: the largest that fits the GPU with a "
+             "margin, measured and recorded; 64 on CPU).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="DataLoader workers per process (default: up to 4).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    precision: Annotated[Precision, typer.Option(
+        help="Compute precision (autocast; part of the key).")] = Precision.fp32,
+    dtype: Annotated[Dtype, typer.Option(help="Stored dtype.")] = Dtype.float32,
+    shard_rows: Annotated[int, typer.Option(help="Rows per shard (unit of resume).")] = 1024,
+    on_error: Annotated[OnError, typer.Option(
+        help="An unreadable image: fail (stop, naming it) or skip (store the row as "
+             "missing, list it; probes leave it out).")] = OnError.fail,
+    compile_model: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile each backbone (pays off on long GPU runs).")] = False,
+    claim_timeout: Annotated[float | None, typer.Option(
+        help="Seconds without a heartbeat before another process takes over a shard "
+             "claim (default 120, or $FEATSTORE_CLAIM_TIMEOUT).")] = None,
+    root: RootOpt = None,
+    task: TaskOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Embed every image of a dataset with each backbone into the store (resumable).
+
+    All backbones share one pass (one decode per image). Under torchrun
+    (torchrun --nproc-per-node=N -m featstore extract ...) the ranks split the shards;
+    concurrent extracts of the same key share the work.
+    """
+    from featstore.extract import extract_embeddings
+    from featstore.models import parse_backbone
+    from featstore.report.tables import extract_lines, notes, skipped_lines
+    from featstore.store import FeatureStore
+
+    manifest = load_data(data, root, task)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    results = extract_embeddings(
+        manifest, [parse_backbone(b, input_size=image_size) for b in backbone],
+        FeatureStore(store), batch_size=batch_size, num_workers=workers, device=device,
+        dtype=dtype.value, precision=precision.value, shard_rows=shard_rows,
+        on_error=on_error.value, compile=compile_model, claim_timeout=claim_timeout,
+        progress=None if as_json or not rank0 else progress_bar())
+    if not rank0:  # torchrun: rank 0 reports for the job
+        return
+    if as_json:
+        print_json(results)
+        return
+    for line in extract_lines(results):
+        out.print(line)
+    for line in skipped_lines(results):
+        err.print(f"[yellow]{line}[/]")
+    print_notes(notes(results))
+
+
+@app.command()
+def probe(
+    data: DataOpt,
+    backbone: Annotated[list[str] | None, typer.Option(
+        "--backbone", "-b", help="A spec as given to extract (its key is recomputed), an "
+        "alias or a key prefix; default: every complete embedding set of the dataset.")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    image_size: ImageSizeOpt = None,
+    dtype: DtypeOpt = Dtype.float32,
+    precision: PrecisionOpt = Precision.fp32,
+    probes: Annotated[str, typer.Option(
+        "--probe", metavar=choices_metavar(choices.PROBES),
+        help="Probes, comma-separated: linear, knn or linear,knn.")] = "linear",
+    fractions: FractionsOpt = "1.0",
+    seeds: SeedsOpt = 1,
+    l2_grid: Annotated[str | None, typer.Option(
+        metavar="L2,...",
+        help="Comma-separated L2 values (default: 1e-6..1e4, 11 log steps).")] = None,
+    ks: Annotated[str, typer.Option(
+        metavar="K,...", help="k values for the kNN probe.")] = "10,20,50,100,200",
+    bootstrap: BootstrapOpt = 1000,
+    ordinal_decode: Annotated[OrdinalDecode, typer.Option(
+        help="Ordinal tasks: argmax, or expected (expected grade, thresholds fitted on "
+        "val).")] = OrdinalDecode.argmax,
+    recompute: RecomputeOpt = False,
+    device: Annotated[str, typer.Option(help="Torch device for the solver.")] = "cpu",
+    root: RootOpt = None,
+    task: TaskOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Probe cached embeddings over fractions x seeds: chosen on val, scored on test (+CI).
+
+    Every run is persisted in the store; an identical run is read back, not recomputed.
+    """
+    from featstore.probe import DEFAULT_L2_GRID, ProbeConfig, probe_grid
+
+    manifest = load_data(data, root, task)
+    sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision)
+    config = ProbeConfig(task=manifest.task, n_bootstrap=bootstrap,
+                         ordinal_decode=ordinal_decode.value,
+                         l2_grid=tuple(split_option(l2_grid, "--l2-grid")) if l2_grid
+                         else DEFAULT_L2_GRID, ks=tuple(split_option(ks, "--ks", int)))
+    records = probe_grid(sets, config, probes=split_option(probes, "--probe", str),
+                         fractions=split_option(fractions, "--fractions"), seeds=seeds,
+                         recompute=recompute, device=device)
+    print_probe_records(records, as_json)
+
+
+@app.command()
+def results(
+    data: DataOpt,
+    backbone: Annotated[list[str] | None, typer.Option(
+        "--backbone", "-b", help="As for probe; default: every embedding set.")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    image_size: ImageSizeOpt = None,
+    dtype: DtypeOpt = Dtype.float32,
+    precision: PrecisionOpt = Precision.fp32,
+    root: RootOpt = None,
+    task: TaskOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the probe and fusion runs persisted in the store, without recomputing anything."""
+    from featstore.fusion import stored_fusion_records
+    from featstore.probe import stored_records
+
+    manifest = load_data(data, root, task)
+    sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision)
+    probes = stored_records(sets)
+    fusions = stored_fusion_records([sets[0].dataset],
+                                    keys=[s.key for s in sets] if backbone else None)
+    if as_json:
+        print_json([*probes, *fusions])  # fusion records carry "method" and "backbones"
+        return
+    if not probes and not fusions:
+        err.print("no probe or fusion results stored yet: run 'featstore probe' or "
+                  "'featstore fuse'")
+        return
+    print_probe_records(probes, False)
+    print_fusion_records(fusions, False)
+
+
+@app.command()
+def fuse(
+    data: DataOpt,
+    backbone: Annotated[list[str], typer.Option(
+        "--backbone", "-b", help="Two to eight embedding sets (spec, alias or key prefix).")],
+    store: StoreOpt = DEFAULT_STORE,
+    image_size: ImageSizeOpt = None,
+    dtype: DtypeOpt = Dtype.float32,
+    precision: PrecisionOpt = Precision.fp32,
+    attention: Annotated[str, typer.Option(
+        metavar=choices_metavar(choices.ATTENTIONS),
+        help="DVME variants, comma-separated.")] = "softmax",
+    dim: Annotated[int, typer.Option(help="Common projection dimension.")] = 256,
+    fractions: FractionsOpt = "1.0",
+    seeds: SeedsOpt = 1,
+    bootstrap: BootstrapOpt = 1000,
+    heads_dir: Annotated[Path, typer.Option(
+        help="Where the trained DVME heads are saved.")] = Path("./featstore-heads"),
+    baselines: Annotated[bool, typer.Option(
+        help="Also report concat and each single backbone.")] = True,
+    recompute: RecomputeOpt = False,
+    device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
+    root: RootOpt = None,
+    task: TaskOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the DVME fusion head over several cached embedding sets, beside the baselines.
+
+    Every run is persisted in the store; an identical run is read back, not recomputed.
+    """
+    from featstore.fusion import fuse_grid
+
+    manifest = load_data(data, root, task)
+    sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision)
+    records = fuse_grid(sets, task=manifest.task, fractions=split_option(fractions, "--fractions"),
+                        seeds=seeds, attentions=split_option(attention, "--attention", str),
+                        dim=dim, n_bootstrap=bootstrap, baselines=baselines,
+                        heads_dir=heads_dir, recompute=recompute, device=device)
+    print_fusion_records(records, as_json)
+
+
+@app.command()
+def models(
+    download: Annotated[str | None, typer.Option(
+        help="Download this spec's weights (needs network) into the first weights folder.")]
+    = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the registered backbone specs and whether their weights are on this machine."""
+    from featstore.models import download_weights, parse_backbone, spec_rows
+    from featstore.models.weights import WEIGHTS_DIR_ENV, weights_dirs
+    from featstore.report.tables import models_table
+
+    if download:
+        path = download_weights(parse_backbone(download))
+        out.print(f"{download}: weights written to {path}")
+        return
+    rows = spec_rows()
+    if as_json:
+        print_json(rows)
+        return
+    out.print(models_table(rows))
+    dirs = ", ".join(str(d) for d in weights_dirs())
+    out.print(f"weights are searched in: @path on the command line, then {dirs} "
+              f"(set ${WEIGHTS_DIR_ENV} to add a shared folder first)")
+
+
+@app.command(name="ls")
+def ls_(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
+    """List datasets and embedding sets in the store."""
+    from featstore.report.tables import store_table
+    from featstore.store import FeatureStore
+    from featstore.store.listing import list_sets
+
+    rows = list_sets(FeatureStore(store))
+    if as_json:
+        print_json(rows)
+    elif not rows:
+        err.print(f"store {store}: no embeddings yet")
+    else:
+        out.print(store_table(rows, store))
+
+
+@app.command()
+def info(
+    target: Annotated[str, typer.Argument(help="Embedding key prefix or backbone alias.")],
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the provenance of one embedding set (searched across all datasets)."""
+    from featstore.report.tables import info_tables
+    from featstore.store import FeatureStore
+    from featstore.store.listing import find_sets
+
+    records = find_sets(FeatureStore(store), target)
+    if as_json:
+        print_json(records)
+        return
+    for table in info_tables(records):
+        out.print(table)
+
+
+@app.command()
+def verify(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
+    """Recompute every done shard's checksum; exit 1 if any shard is corrupt."""
+    from featstore.report.tables import verify_lines
+    from featstore.store import FeatureStore
+    from featstore.store.listing import verify_store
+
+    rows = verify_store(FeatureStore(store))
+    if as_json:
+        print_json(rows)
+    else:
+        for line in verify_lines(rows):
+            out.print(line)
+    if any(r["corrupt_shards"] for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    store: StoreOpt = DEFAULT_STORE,
+    workdir: Annotated[Path, typer.Option(help="Where the demo images are written.")]
+    = Path("./featstore-demo"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate a small image dataset, extract two small backbones, probe, print the table."""
+    import time
+
+    from featstore.demo import DEMO_BACKBONES, run_demo
+
+    t0 = time.perf_counter()
+    err.print("[yellow]featstore demo:[/] offline, so the two backbones "
+              f"({', '.join(DEMO_BACKBONES)}) have [bold]random weights[/]; the probe learns "
+              "from what random convolutions and attention still see.")
+    results, records = run_demo(store, workdir, progress=None if as_json else progress_bar())
+    if as_json:
+        print_json({"extract": results, "probe": records})
+        return
+    for r in results:
+        out.print(f"extract {r.alias}: {r.status}, {r.rows} x {r.dim}")
+    print_probe_records(records, False)
+    out.print(f"demo finished in {time.perf_counter() - t0:.1f}s; store: {store} "
+              f"(try: featstore ls --store {store})")
