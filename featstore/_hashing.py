@@ -37,8 +37,10 @@ def sha256_bytes(data: bytes | memoryview) -> str:
 
 def array_sha256(data: Any) -> bytes:
     """Raw sha256 (32 bytes) of a numpy array's little-endian bytes: a shard's checksum."""
-    le = data.astype(data.dtype.newbyteorder("<"), copy=False)
-    return hashlib.sha256(le.tobytes()).digest()
+    import numpy as np
+
+    le = np.ascontiguousarray(data.astype(data.dtype.newbyteorder("<"), copy=False))
+    return hashlib.sha256(le.reshape(-1).view(np.uint8)).digest()  # no copy of the bytes
 
 
 def state_dict_sha256(state: Mapping[str, Any]) -> str:

@@ -29,6 +29,10 @@ class StoreError(FeatstoreError):
     """The feature store is missing, inconsistent or corrupt."""
 
 
+class CorruptShardError(StoreError):
+    """Stored embeddings fail their checksum or cannot be read: they never reach a metric."""
+
+
 class NotExtractedError(StoreError):
     """The embeddings asked for have not been (fully) extracted into the store."""
 

@@ -137,7 +137,7 @@ def test_reading_a_store_that_does_not_exist_creates_nothing(capsys, tmp_path):
     code, out, err = cli(capsys, "ls", "--store", str(store), "--json")
     assert code == 0 and json.loads(out) == []
     code, _, err = cli(capsys, "verify", "--store", str(store))
-    assert code == 0
+    assert code == 1 and f"no store at {store}" in err
     assert not store.exists()
 
 

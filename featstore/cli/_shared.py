@@ -77,6 +77,8 @@ BootstrapOpt = Annotated[int, typer.Option(
     help="Bootstrap resamples of test for the 95% CI (0: none).")]
 RecomputeOpt = Annotated[bool, typer.Option(
     help="Recompute runs already persisted in the store.")]
+VerifyOpt = Annotated[bool, typer.Option(
+    help="Check every shard read against its checksum (a corrupt shard is refused, named).")]
 
 
 @app.callback()

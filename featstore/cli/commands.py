@@ -27,6 +27,7 @@ from featstore.cli._shared import (
     SeedsOpt,
     StoreOpt,
     TaskOpt,
+    VerifyOpt,
     app,
     choices,
     choices_metavar,
@@ -130,6 +131,7 @@ def probe(
         help="Ordinal tasks: argmax, or expected (expected grade, thresholds fitted on "
         "val).")] = OrdinalDecode.argmax,
     recompute: RecomputeOpt = False,
+    verify: VerifyOpt = True,
     device: Annotated[str, typer.Option(help="Torch device for the solver.")] = "cpu",
     root: RootOpt = None,
     task: TaskOpt = None,
@@ -149,7 +151,7 @@ def probe(
                          else DEFAULT_L2_GRID, ks=tuple(split_option(ks, "--ks", int)))
     records = probe_grid(sets, config, probes=split_option(probes, "--probe", str),
                          fractions=split_option(fractions, "--fractions"), seeds=seeds,
-                         recompute=recompute, device=device)
+                         recompute=recompute, device=device, verify=verify)
     print_probe_records(records, as_json)
 
 
@@ -207,6 +209,7 @@ def fuse(
     baselines: Annotated[bool, typer.Option(
         help="Also report concat and each single backbone.")] = True,
     recompute: RecomputeOpt = False,
+    verify: VerifyOpt = True,
     device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
     root: RootOpt = None,
     task: TaskOpt = None,
@@ -223,7 +226,8 @@ def fuse(
     records = fuse_grid(sets, task=manifest.task, fractions=split_option(fractions, "--fractions"),
                         seeds=seeds, attentions=split_option(attention, "--attention", str),
                         dim=dim, n_bootstrap=bootstrap, baselines=baselines,
-                        heads_dir=heads_dir, recompute=recompute, device=device)
+                        heads_dir=heads_dir, recompute=recompute, device=device,
+                        verify=verify)
     print_fusion_records(records, as_json)
 
 
@@ -260,13 +264,16 @@ def ls_(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
     from featstore.store import FeatureStore
     from featstore.store.listing import list_sets
 
-    rows = list_sets(FeatureStore(store))
+    fs = FeatureStore(store)
+    rows = list_sets(fs)
     if as_json:
         print_json(rows)
     elif not rows:
         err.print(f"store {store}: no embeddings yet")
     else:
         out.print(store_table(rows, store))
+    for _, error in fs.unreadable:
+        err.print(f"[red]skipped[/] {error}", highlight=False)
 
 
 @app.command()
@@ -289,19 +296,29 @@ def info(
 
 
 @app.command()
-def verify(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
-    """Recompute every done shard's checksum; exit 1 if any shard is corrupt."""
+def verify(
+    store: StoreOpt = DEFAULT_STORE,
+    repair: Annotated[bool, typer.Option(
+        help="Mark corrupt shards not done, so the next extract of the set recomputes "
+             "them.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recompute every done shard's checksum; exit 1 if any shard is corrupt or unreadable."""
     from featstore.report.tables import verify_lines
     from featstore.store import FeatureStore
     from featstore.store.listing import verify_store
 
-    rows = verify_store(FeatureStore(store))
+    fs = FeatureStore(store)
+    rows = verify_store(fs, repair=repair)
+    unreadable = [{"path": path, "error": error} for path, error in fs.unreadable]
     if as_json:
-        print_json(rows)
+        print_json(rows + unreadable)
     else:
         for line in verify_lines(rows):
             out.print(line)
-    if any(r["corrupt_shards"] for r in rows):
+        for u in unreadable:
+            out.print(f"UNREADABLE {u['error']}")
+    if unreadable or (any(r["corrupt_shards"] for r in rows) and not repair):
         raise typer.Exit(1)
 
 

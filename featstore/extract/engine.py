@@ -71,6 +71,7 @@ class ExtractResult:
     skipped: list[str] = field(default_factory=list)  # ids stored as missing
     precision: str = "fp32"
     batch_size: int = CPU_BATCH_SIZE
+    recomputed_corrupt: list[int] = field(default_factory=list)  # failed their checksum
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -216,6 +217,27 @@ def _is_cnn(model: torch.nn.Module) -> bool:
                for m in model.modules())
 
 
+def _recompute_corrupt(store: FeatureStore, manifest: Manifest,
+                       keys: Sequence[EmbeddingKey]) -> dict[str, list[int]]:
+    """Check every done shard of these keys' sets against its checksum; mark the ones that
+    fail (or cannot be read) not done, so this extract recomputes them. {key: shards}."""
+    try:
+        ds = store.dataset(manifest)
+    except FeatstoreError:  # no group yet, or a damaged index (rewritten on creation)
+        return {}
+    out = {}
+    for key in keys:
+        try:
+            es = ds.embedding_set(key.digest)
+        except FeatstoreError:
+            continue
+        bad = es.verify()
+        if bad:
+            es.invalidate(bad)
+            out[key.digest] = bad
+    return out
+
+
 def _complete(store: FeatureStore, manifest: Manifest, key: EmbeddingKey) -> bool:
     """Whether ``key``'s set of ``manifest`` is already finished (read only)."""
     try:
@@ -292,6 +314,8 @@ def extract_embeddings(
     jobs: list[_Job] = []
     try:
         built = [resolve_key(spec, dtype, precision) for spec in backbones]
+        recomputed = (_recompute_corrupt(store, manifest, [k for _, k in built])
+                      if dist.rank == 0 else {})
         preps = list(dict.fromkeys(loaded.preprocessing for loaded, _ in built))
         cl = dev.type == "cuda"
         todo = [(loaded, key) for loaded, key in built if not _complete(store, manifest, key)]
@@ -368,7 +392,8 @@ def extract_embeddings(
                 images_per_s=j.rows_written / seconds if j.written else 0.0,
                 random_weights=j.loaded.spec.is_random,
                 shards_by_others=len(j.pending_at_start) - j.written,
-                skipped=sorted(skipped), precision=precision, batch_size=bs))
+                skipped=sorted(skipped), precision=precision, batch_size=bs,
+                recomputed_corrupt=recomputed.get(j.key.digest, [])))
         return results
     finally:
         board.close()

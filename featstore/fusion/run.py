@@ -194,12 +194,13 @@ def fuse_grid(sets: Sequence[EmbeddingSet], *, task: str, fractions: Sequence[fl
               seeds: int | Sequence[int] = 1, attentions: Sequence[str] = ("softmax",),
               dim: int = 256, n_bootstrap: int = 1000, baselines: bool = True,
               heads_dir: str | Path | None = None, recompute: bool = False,
-              device: str = "cpu", **dvme_options) -> list[FuseRecord]:
+              device: str = "cpu", verify: bool = True, **dvme_options) -> list[FuseRecord]:
     """DVME and its baselines over fractions x seeds, each run persisted in the store.
 
     ``sets``: 2 to 8 embedding sets of one dataset. Every method of a (fraction, seed)
     trains on the same rows. A run already persisted under the same configuration is read
-    back (``cached=True``), unless ``recompute``.
+    back (``cached=True``), unless ``recompute``. Every shard read is checked against its
+    checksum unless ``verify`` is false.
 
     Raises
     ------
@@ -213,7 +214,7 @@ def fuse_grid(sets: Sequence[EmbeddingSet], *, task: str, fractions: Sequence[fl
         seed_list = check_grid(fractions, seeds)
     except ProbeError as e:
         raise FusionError(str(e)) from None
-    embs = [es.load() for es in sets]
+    embs = [es.load(verify=verify) for es in sets]
     records: list[FuseRecord] = []
     for fraction in fractions:
         for seed in seed_list:

@@ -192,19 +192,22 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
 def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, *,
                probes: Sequence[str] = ("linear",), fractions: Sequence[float] = (1.0,),
                seeds: int | Sequence[int] = 1, recompute: bool = False, device: str = "cpu",
+               verify: bool = True,
                on_run: Callable[[list[ProbeRecord]], None] | None = None) -> list[ProbeRecord]:
     """Probe every set x probe x fraction x seed; each run persisted in (or read from) the
     store.
 
     ``seeds``: a count N (seeds 0..N-1) or the seeds themselves. Arguments are checked before
-    anything is computed. ``on_run`` is called with each run's records as it finishes (a
-    progress hook).
+    anything is computed. Every shard read is checked against its checksum unless ``verify``
+    is false. ``on_run`` is called with each run's records as it finishes (a progress hook).
 
     Raises
     ------
     ProbeError
         An unknown probe, a fraction outside (0, 1], no seeds; or as
         :func:`probe_embeddings`.
+    CorruptShardError
+        A shard fails its checksum (named); nothing is computed from it.
     """
     cfg = config or ProbeConfig()
     kinds = [p.strip() for p in probes]
@@ -214,7 +217,7 @@ def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, 
     seed_list = check_grid(fractions, seeds)
     records: list[ProbeRecord] = []
     for es in sets:
-        emb = es.load()
+        emb = es.load(verify=verify)
         for kind in kinds:
             for fraction in fractions:
                 for seed in seed_list:

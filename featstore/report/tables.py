@@ -43,9 +43,12 @@ def mean_sd(values: Sequence[float]) -> str:
 
 
 def _ci(records: Sequence[Any]) -> str:
-    lo = np.nanmean([r.ci_low for r in records]) if records else float("nan")
-    hi = np.nanmean([r.ci_high for r in records]) if records else float("nan")
-    return "-" if np.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]"
+    """The mean bootstrap CI over seeds, or ``-`` where none was computed."""
+    lo = np.asarray([r.ci_low for r in records], dtype=float)
+    hi = np.asarray([r.ci_high for r in records], dtype=float)
+    if np.isnan(lo).all():
+        return "-"
+    return f"[{np.nanmean(lo):.3f}, {np.nanmean(hi):.3f}]"
 
 
 def probe_tables(records: Sequence[Any]) -> list[Table]:
@@ -151,6 +154,9 @@ def extract_lines(results: Sequence[Any]) -> list[str]:
                 "extracted": f"{r.shards_written} shards written"}[r.status]
         if r.shards_by_others:
             what += f", {r.shards_by_others} by other processes"
+        if r.recomputed_corrupt:
+            what += (f"; shards {r.recomputed_corrupt} failed their checksum and were "
+                     "recomputed")
         rate = f", {r.images_per_s:,.0f} img/s" if r.shards_written else ""
         lines.append(f"{r.alias}: {r.rows} x {r.dim} -> {r.dataset}/{r.key[:20]} "
                      f"({what}, {r.seconds:.1f}s{rate})")
@@ -195,9 +201,15 @@ def info_tables(records: Sequence[dict[str, Any]]) -> list[Table]:
 
 def verify_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     """``featstore verify``: one line per set, ok or the corrupt shards."""
+    def state(r: dict[str, Any]) -> str:
+        if not r["corrupt_shards"]:
+            return "ok"
+        if r.get("marked_for_recompute"):
+            return (f"CORRUPT shards {r['corrupt_shards']}: marked for recompute, run the "
+                    "same 'featstore extract'")
+        return f"CORRUPT shards {r['corrupt_shards']} (featstore verify --repair)"
     return [f"{r['dataset']}/{r['key'][:20]} {r['backbone']}: {r['shards_checked']} shards "
-            + ("ok" if not r["corrupt_shards"] else f"CORRUPT shards {r['corrupt_shards']}")
-            for r in rows]
+            f"{state(r)}" for r in rows]
 
 
 def models_table(rows: Sequence[dict[str, Any]]) -> Table:

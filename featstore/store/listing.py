@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from featstore.errors import NotExtractedError
+from featstore.errors import NotExtractedError, StoreError
 from featstore.store.zarr_store import EmbeddingSet, FeatureStore
 
 
@@ -42,8 +42,26 @@ def find_sets(store: FeatureStore, target: str) -> list[dict[str, Any]]:
              **es.attrs} for es in hits]
 
 
-def verify_store(store: FeatureStore) -> list[dict[str, Any]]:
-    """Recompute every done shard's checksum: one row per set with its corrupt shards."""
-    return [{"dataset": ds.name, "backbone": es.alias, "key": es.key,
-             "shards_checked": int(es.done_mask().sum()), "corrupt_shards": es.verify()}
-            for ds in store.datasets() for es in ds.embedding_sets()]
+def verify_store(store: FeatureStore, *, repair: bool = False) -> list[dict[str, Any]]:
+    """Recompute every done shard's checksum: one row per set with its corrupt shards (ones
+    that fail their checksum or cannot be read). With ``repair``, those shards are marked
+    not done, so the next extract of the set recomputes them.
+
+    Raises
+    ------
+    StoreError
+        No store at the root.
+    """
+    if not store.exists():
+        raise StoreError(f"no store at {store.root}")
+    rows = []
+    for ds in store.datasets():
+        for es in ds.embedding_sets():
+            checked = int(es.done_mask().sum())
+            bad = es.verify()
+            if repair and bad:
+                es.invalidate(bad)
+            rows.append({"dataset": ds.name, "backbone": es.alias, "key": es.key,
+                         "shards_checked": checked, "corrupt_shards": bad,
+                         "marked_for_recompute": bad if repair else []})
+    return rows

@@ -33,7 +33,7 @@ import zarr.storage
 
 from featstore._hashing import array_sha256, sha256_json
 from featstore.data.manifest import Manifest
-from featstore.errors import NotExtractedError, StoreError
+from featstore.errors import CorruptShardError, NotExtractedError, StoreError
 
 STORE_FORMAT_VERSION = 1
 DEFAULT_SHARD_ROWS = 1024
@@ -86,12 +86,39 @@ class Embeddings:
         return 0 if self.missing is None else int(self.missing.sum())
 
 
+def _children(group: zarr.Group) -> list[str]:
+    """Names under a group, listed from the store without parsing their metadata (so one
+    unreadable ``zarr.json`` cannot hide its siblings)."""
+    from zarr.core.sync import sync
+
+    async def names() -> list[str]:
+        return [n async for n in group.store.list_dir(group.path)]
+
+    return sorted(n for n in sync(names()) if n != "zarr.json" and not n.startswith("."))
+
+
+def _open_child(group: zarr.Group, name: str, where: str) -> zarr.Group | None:
+    """A child group, None for a non-group member; raises StoreError naming the file for a
+    member whose metadata cannot be read."""
+    try:
+        child = group[name]
+    except KeyError:
+        return None  # a stray file or an empty folder, not a member
+    except Exception as e:  # zarr raises assorted errors for broken metadata
+        raise StoreError(f"{where}/{name}/zarr.json: unreadable ({e.__class__.__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return child if isinstance(child, zarr.Group) else None
+
+
 def open_zarr_store(root: str | Path, *, read_only: bool = False) -> zarr.abc.store.Store:
     """A zarr store for a local folder or an fsspec URL (``s3://``, ``gs://``, ``memory://``)."""
     text = str(root)
     if "://" in text and not text.startswith("file://"):
         return zarr.storage.FsspecStore.from_url(text, read_only=read_only)
-    return zarr.storage.LocalStore(Path(text.removeprefix("file://")), read_only=read_only)
+    path = Path(text.removeprefix("file://"))
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"--store {text}: a file, not a store folder")
+    return zarr.storage.LocalStore(path, read_only=read_only)
 
 
 class FeatureStore:
@@ -100,6 +127,8 @@ class FeatureStore:
     def __init__(self, root: str | Path) -> None:
         self.root = str(root)
         self._zstore = open_zarr_store(root)
+        # members whose metadata could not be read: (path, error), found while listing
+        self.unreadable: list[tuple[str, str]] = []
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.root!r})"
@@ -124,10 +153,25 @@ class FeatureStore:
         if root is None:
             return []
         groups = []
-        for name, g in sorted(root.groups()):
-            if name != CLAIMS_GROUP and "manifest_sha256" in g.attrs:
+        for name in _children(root):
+            if name == CLAIMS_GROUP:
+                continue
+            try:
+                g = _open_child(root, name, self.root)
+            except StoreError as e:
+                self._note_unreadable(f"{self.root}/{name}", e)
+                continue
+            if g is not None and "manifest_sha256" in g.attrs:
                 groups.append(DatasetGroup(self, name, g))
         return groups
+
+    def _note_unreadable(self, path: str, error: Exception) -> None:
+        if all(p != path for p, _ in self.unreadable):
+            self.unreadable.append((path, str(error)))
+
+    def exists(self) -> bool:
+        """Whether a store is at the root (reading never creates one)."""
+        return self._root_group() is not None
 
     def dataset(self, manifest: Manifest, *, create: bool = False) -> DatasetGroup:
         """The group of ``manifest``, optionally created with its index arrays.
@@ -150,7 +194,18 @@ class FeatureStore:
                     f"{manifest.sha256[:12]}..."
                 )
             if have is not None:
-                return DatasetGroup(self, name, g)
+                ds = DatasetGroup(self, name, g)
+                damaged = ds.damaged_index(manifest)
+                if damaged and not create:
+                    raise CorruptShardError(
+                        f"store {self.root}: dataset {name}: index {'; '.join(damaged)} does "
+                        "not match the manifest (the store is damaged); run 'featstore "
+                        "extract' on this dataset to rewrite the index")
+                if damaged:  # the manifest matches the group's hash: it is the truth
+                    _write_index(g, manifest)
+                    ds.repaired_index = damaged
+                    ds.__dict__.pop("index", None)
+                return ds
         if not create or root is None:
             raise NotExtractedError(
                 f"dataset {manifest.name} (manifest {manifest.sha256[:12]}) is not in store "
@@ -158,19 +213,7 @@ class FeatureStore:
             )
         g = root.require_group(name)
         n = len(manifest)
-        chunk = max(min(n, 65536), 1)
-
-        def put(arr_name: str, values: np.ndarray, dtype: Any) -> None:
-            shape = values.shape
-            a = g.create_array(arr_name, shape=shape, dtype=dtype,
-                               chunks=(chunk,) + shape[1:], overwrite=True)
-            a[...] = values
-
-        put("ids", np.asarray(manifest.ids, dtype=str), str)
-        put("split", np.asarray(manifest.split, dtype=str), str)
-        put("labels", manifest.labels.astype(np.int64), "int64")
-        groups = manifest.group if manifest.group is not None else np.full(n, "", dtype=object)
-        put("group", np.asarray(groups, dtype=str), str)
+        _write_index(g, manifest)
         # attrs last: a group without manifest_sha256 is an unfinished creation, redone above
         g.attrs.update({
             "name": manifest.name,
@@ -207,6 +250,24 @@ class FeatureStore:
         return self.dataset(manifest).embedding_set(backbone).load()
 
 
+def _index_arrays(manifest: Manifest) -> dict[str, np.ndarray]:
+    """The index arrays a dataset group stores for a manifest, rows in manifest order."""
+    groups = manifest.group if manifest.group is not None else np.full(len(manifest), "")
+    return {"ids": np.asarray(manifest.ids, dtype=str),
+            "split": np.asarray(manifest.split, dtype=str),
+            "labels": manifest.labels.astype(np.int64),
+            "group": np.asarray(groups, dtype=str)}
+
+
+def _write_index(g: zarr.Group, manifest: Manifest) -> None:
+    chunk = max(min(len(manifest), 65536), 1)
+    for name, values in _index_arrays(manifest).items():
+        dtype = "int64" if values.dtype.kind == "i" else str
+        a = g.create_array(name, shape=values.shape, dtype=dtype,
+                           chunks=(chunk,) + values.shape[1:], overwrite=True)
+        a[...] = values
+
+
 class DatasetGroup:
     """One dataset (manifest) in a store: its index arrays and its embedding sets."""
 
@@ -214,6 +275,28 @@ class DatasetGroup:
         self.store = store
         self.name = name
         self.group = group
+        self.repaired_index: list[str] = []  # index arrays rewritten from the manifest
+
+    def damaged_index(self, manifest: Manifest) -> list[str]:
+        """The stored index arrays that differ from ``manifest``'s (or cannot be read), each
+        with the first differing row: empty when the index is intact."""
+        damaged, read = [], {}
+        for name, want in _index_arrays(manifest).items():
+            try:
+                have = read[name] = self.group[name][...]
+            except Exception as e:  # a missing or undecodable chunk
+                damaged.append(f"{name!r} unreadable ({e.__class__.__name__})")
+                continue
+            if have.shape != want.shape:
+                damaged.append(f"{name!r} has shape {have.shape}, expected {want.shape}")
+                continue
+            same = have.astype(want.dtype) == want
+            if not same.all():
+                row = int(np.flatnonzero(~same.reshape(len(same), -1).all(axis=1))[0])
+                damaged.append(f"{name!r} differs at row {row} (id {manifest.ids[row]!r})")
+        if not damaged:  # what was just read is the index: no second read
+            self.__dict__["index"] = read
+        return damaged
 
     def __repr__(self) -> str:
         return f"DatasetGroup({self.name!r})"
@@ -253,9 +336,19 @@ class DatasetGroup:
         return [] if runs is None else [dict(g.attrs) for _, g in sorted(runs.groups())]
 
     def embedding_sets(self) -> list[EmbeddingSet]:
-        """All embedding sets of this dataset, by alias then key."""
-        sets = [EmbeddingSet(self, name, g) for name, g in self.group.groups()
-                if "key" in g.attrs]
+        """All readable embedding sets of this dataset, by alias then key; a set whose
+        metadata cannot be read is left out and recorded in the store's ``unreadable``."""
+        sets = []
+        where = f"{self.store.root}/{self.name}"
+        for name in _children(self.group):
+            if name in (FUSION_GROUP, "ids", "split", "labels", "group"):
+                continue
+            try:
+                g = _open_child(self.group, name, where)
+                if g is not None and "key" in g.attrs:
+                    sets.append(EmbeddingSet(self, name, g))
+            except (StoreError, KeyError, ValueError, TypeError) as e:
+                self.store._note_unreadable(f"{where}/{name}", e)
         return sorted(sets, key=lambda s: (s.alias, s.key))
 
     def embedding_set(self, key_or_alias: str) -> EmbeddingSet:
@@ -445,29 +538,54 @@ class EmbeddingSet:
             raise StoreError(f"{self}: {len(self.pending_shards())} shards are not done")
         self.group.attrs.update({"status": "complete", **(extra or {})})
 
-    def read(self, rows: slice | np.ndarray | None = None) -> np.ndarray:
+    def read(self, rows: slice | np.ndarray | None = None, *,
+             verify: bool = True) -> np.ndarray:
         """Embeddings (N, D) or a row selection, in the stored dtype.
+
+        Read shard by shard; with ``verify`` (the default) every shard is checked against its
+        checksum before its numbers are returned.
 
         Raises
         ------
         NotExtractedError
             Some shards are not done yet.
+        CorruptShardError
+            A shard fails its checksum or cannot be read (named, with the way to recompute).
         """
-        pending = self.pending_shards()
-        if pending:
+        done = self.done_mask()
+        pending = np.flatnonzero(~done)
+        if len(pending):
             raise NotExtractedError(
                 f"{self.dataset.name}: embeddings {self.alias} ({self.key[:12]}) are "
                 f"incomplete: {len(pending)} of {self.n_shards} shards not done; re-run "
                 "'featstore extract' to resume"
             )
-        arr = self.group["embeddings"]
-        return arr[...] if rows is None else arr[rows]
+        out = np.empty((self.rows, self.dim), dtype=self.dtype)
+        sums = self.group["checksums"][...] if verify else None
+        bad = []
+        for shard, data in self.iter_shards(errors=bad, done=done):
+            start, stop = self.shard_bounds(shard)
+            if sums is not None and array_sha256(data) != sums[shard].tobytes():
+                bad.append((shard, "fails its checksum"))
+            out[start:stop] = data
+        if bad:
+            raise CorruptShardError(self._corrupt_message(bad))
+        return out if rows is None else out[rows]
 
-    def load(self) -> Embeddings:
-        """The embeddings with the dataset index arrays, rows aligned."""
+    def _corrupt_message(self, bad: list[tuple[int, str]]) -> str:
+        what = "; ".join(f"shard {s} (rows {self.shard_bounds(s)[0]}-"
+                         f"{self.shard_bounds(s)[1] - 1}) {why}" for s, why in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        return (f"{self.dataset.name}/{self.name} ({self.alias}): {what}{more}; its numbers "
+                "are not used. Run 'featstore verify --repair' (or the same 'featstore "
+                "extract') to recompute it")
+
+    def load(self, *, verify: bool = True) -> Embeddings:
+        """The embeddings with the dataset index arrays, rows aligned; every shard checked
+        against its checksum unless ``verify`` is false (see :meth:`read`)."""
         idx = self.dataset.index
         missing = self.missing_mask()
-        return Embeddings(X=self.read(), ids=idx["ids"], split=idx["split"],
+        return Embeddings(X=self.read(verify=verify), ids=idx["ids"], split=idx["split"],
                           labels=idx["labels"], group=idx["group"], alias=self.alias,
                           key=self.key, dataset=self.dataset.name, attrs=self.attrs,
                           missing=missing if missing.any() else None)
@@ -491,18 +609,39 @@ class EmbeddingSet:
             return []
         return [dict(g.attrs) for _, g in sorted(probes.groups())]
 
-    def iter_shards(self) -> Iterator[tuple[int, np.ndarray]]:
-        """(shard, data) for each done shard."""
+    def iter_shards(self, errors: list[tuple[int, str]] | None = None,
+                    done: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(shard, data) for each done shard. A shard that cannot be read (a truncated file,
+        a damaged shard index) raises CorruptShardError naming it, or, with ``errors``, is
+        appended there as (shard, reason) and skipped."""
         arr = self.group["embeddings"]
-        for i in np.flatnonzero(self.done_mask()):
+        for i in np.flatnonzero(self.done_mask() if done is None else done):
             start, stop = self.shard_bounds(int(i))
-            yield int(i), arr[start:stop]
+            try:
+                data = np.ascontiguousarray(arr[start:stop])
+            except Exception as e:  # zarr/numcodecs raise assorted errors on damaged bytes
+                reason = f"cannot be read ({e.__class__.__name__})"
+                if errors is None:
+                    raise CorruptShardError(self._corrupt_message([(int(i), reason)])) from None
+                errors.append((int(i), reason))
+                continue
+            yield int(i), data
 
     def verify(self) -> list[int]:
-        """Shards whose stored bytes no longer match their checksum (empty list: intact)."""
+        """Done shards whose stored bytes no longer match their checksum, or cannot be read
+        (empty list: intact)."""
         sums = self.group["checksums"][...]
-        return [i for i, data in self.iter_shards()
-                if array_sha256(np.ascontiguousarray(data)) != sums[i].tobytes()]
+        bad: list[tuple[int, str]] = []
+        mismatched = [i for i, data in self.iter_shards(errors=bad)
+                      if array_sha256(data) != sums[i].tobytes()]
+        return sorted(mismatched + [s for s, _ in bad])
+
+    def invalidate(self, shards: list[int]) -> None:
+        """Mark shards not done (and the set incomplete), so the next extract recomputes them."""
+        for shard in shards:
+            self.group["done"][shard] = 0
+        if shards:
+            self.group.attrs.update({"status": "incomplete"})
 
 
 def _to_json(obj: Any) -> Any:
