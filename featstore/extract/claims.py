@@ -2,13 +2,17 @@
 
 Several extracts of one key may run at once (two people, a re-run while one is going, the
 ranks of a torchrun job). Before computing a shard, a process claims it by creating
-``_claims/<dataset>/<key[:20]>/<shard>.json`` exclusively (``O_CREAT | O_EXCL`` on a local
-or network file system), holding its owner id, host, pid and a heartbeat time that a
-background thread refreshes. Only the claim's owner writes the shard, so two writers never
-touch one zarr shard. A claim is stale when its heartbeat is older than the timeout, or at
-once when its owner ran on this host and its pid is gone (a SIGKILLed extract); a stale
-claim is taken over by whoever first creates its exclusive takeover marker
-(``<shard>.json.takeover-<old owner>``), so exactly one process inherits it.
+``_claims/<dataset>/<key[:20]>/<shard>.json`` exclusively and atomically (on a local or
+network file system: written to a temporary file, then hard-linked to its name, so the
+content is there the moment the name exists), holding its owner id, host, pid and a
+heartbeat time that a background thread refreshes. Only the claim's owner writes the shard,
+so two writers never touch one zarr shard. A claim is stale when its heartbeat is older than
+the timeout, or at once when its owner ran on this host and its pid is gone (a SIGKILLed
+extract); a stale claim is taken over by whoever first creates its exclusive takeover marker
+(``<shard>.json.takeover-<old owner>``), so exactly one process inherits it. A claim that
+cannot be read (what an older featstore killed between create and write left) is stale once
+its file is older than the timeout. A process waiting for a live claim says so on stderr:
+who holds it, since when, and after how long it takes over.
 
 On object stores (``s3://``, ``gs://``) there is no exclusive create: a claim is written and
 read back, which narrows but does not close the race; shards are still written whole and
@@ -20,9 +24,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +52,26 @@ class _LocalFiles:
         self.root = Path(root)
 
     def create(self, path: str, data: bytes) -> bool:
+        """Exclusive and atomic: the content is there the moment the name exists (written
+        to a temporary file, then hard-linked to the name, which fails if it exists)."""
         p = self.root / path
         p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f"{p.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
         try:
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(tmp, p)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        finally:
+            tmp.unlink(missing_ok=True)
         return True
+
+    def age(self, path: str) -> float | None:
+        """Seconds since ``path`` was last written, or None when it does not exist."""
+        try:
+            return time.time() - (self.root / path).stat().st_mtime
+        except FileNotFoundError:
+            return None
 
     def write(self, path: str, data: bytes) -> None:
         p = self.root / path
@@ -103,6 +120,13 @@ class _FsspecFiles:
         except FileNotFoundError:
             return None
 
+    def age(self, path: str) -> float | None:
+        try:
+            modified = self.fs.modified(self._p(path))
+        except (FileNotFoundError, NotImplementedError):
+            return None
+        return time.time() - modified.timestamp()
+
     def remove(self, path: str) -> None:
         try:
             self.fs.rm_file(self._p(path))
@@ -135,9 +159,12 @@ class ClaimBoard:
         The feature store's root (folder or fsspec URL).
     timeout : float
         Seconds without a heartbeat after which another process may take a claim over.
+    notify : callable
+        Told (one line) when this process waits for another's claim; default: stderr.
     """
 
-    def __init__(self, store_root: str, *, timeout: float | None = None) -> None:
+    def __init__(self, store_root: str, *, timeout: float | None = None,
+                 notify: Callable[[str], None] | None = None) -> None:
         local = "://" not in str(store_root) or str(store_root).startswith("file://")
         root = str(store_root).removeprefix("file://")
         self.files = _LocalFiles(root) if local else _FsspecFiles(root)
@@ -150,6 +177,8 @@ class ClaimBoard:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._notify = notify or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._told: set[tuple[str, str]] = set()
 
     @staticmethod
     def path(dataset: str, key: str, shard: int | str) -> str:
@@ -184,15 +213,21 @@ class ClaimBoard:
             self._hold(path)
             return True
         record = self.read(path)
-        if record is None:  # released (or half-written) just now: one more try
-            if self.files.create(path, self._record()):
+        if record is None:
+            if self.files.create(path, self._record()):  # released just now: one more try
                 self._hold(path)
                 return True
-            return False
-        if record.get("owner") == self.owner:
+            age = self.files.age(path)
+            if age is None or age <= self.timeout:
+                return False
+            # a claim nobody can read (an older featstore killed between create and write)
+            # and no heartbeat for longer than the timeout: stale
+            record = {"owner": f"unreadable-{int(time.time() - age)}"}
+        elif record.get("owner") == self.owner:
             self._hold(path)
             return True
-        if not self.stale(record):
+        elif not self.stale(record):
+            self._tell_waiting(path, record)
             return False
         # exactly one process inherits a stale claim: the first to create its takeover marker
         if not self.files.create(f"{path}.takeover-{record.get('owner')}", self._record()):
@@ -200,6 +235,18 @@ class ClaimBoard:
         self.files.write(path, self._record())
         self._hold(path)
         return True
+
+    def _tell_waiting(self, path: str, record: dict[str, Any]) -> None:
+        """Say once per claim who holds it, since when, and when it will be taken over."""
+        key = (path, str(record.get("owner")))
+        if key in self._told:
+            return
+        self._told.add(key)
+        beat = float(record.get("heartbeat", time.time()))
+        since = time.strftime("%H:%M:%S", time.localtime(beat))
+        self._notify(f"waiting for {path.removeprefix(CLAIMS_GROUP + '/')}: claimed by "
+                     f"{record.get('host')} pid {record.get('pid')} (heartbeat at {since}); "
+                     f"taken over if it stops beating for {self.timeout:g}s")
 
     def claim_wait(self, path: str, poll: float = 0.2) -> None:
         """Block until ``path`` is claimed (used as a creation lock)."""

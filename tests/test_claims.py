@@ -1,0 +1,63 @@
+"""Claims never hang: created atomically, an unreadable claim goes stale after the timeout,
+and a process that waits says for whom."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from featstore.extract.claims import ClaimBoard
+
+
+def test_a_claim_has_its_content_the_moment_its_name_exists(tmp_path):
+    board = ClaimBoard(str(tmp_path), timeout=5)
+    path = ClaimBoard.path("ds", "key", 0)
+    seen = []
+    stop = threading.Event()
+
+    def watch() -> None:  # a reader polling the name never sees an empty or partial claim
+        f = tmp_path / path
+        while not stop.is_set():
+            try:
+                seen.append(f.read_bytes())
+            except FileNotFoundError:  # released between two polls
+                pass
+
+    t = threading.Thread(target=watch)
+    t.start()
+    for _ in range(50):
+        assert board.try_claim(path)
+        board.release(path)
+    stop.set()
+    t.join()
+    assert seen and all(raw.startswith(b"{") and raw.endswith(b"}") for raw in seen)
+    assert not list((tmp_path / path).parent.glob("*.tmp"))  # no temporary files left
+
+
+def test_an_empty_claim_is_stale_after_the_timeout_not_forever(tmp_path):
+    """What an older featstore left when killed between exclusive create and write."""
+    path = ClaimBoard.path("ds", "key", 2)
+    f = tmp_path / path
+    f.parent.mkdir(parents=True)
+    f.write_bytes(b"")
+    board = ClaimBoard(str(tmp_path), timeout=0.5)
+    assert not board.try_claim(path)  # fresh: it may still be being written
+    old = time.time() - 2
+    os.utime(f, (old, old))
+    assert board.try_claim(path) and board.still_ours(path)
+    board.close()
+
+
+def test_waiting_for_a_live_claim_says_who_holds_it(tmp_path):
+    path = ClaimBoard.path("ds", "key", 1)
+    holder = ClaimBoard(str(tmp_path), timeout=30)
+    assert holder.try_claim(path)
+    said: list[str] = []
+    waiter = ClaimBoard(str(tmp_path), timeout=30, notify=said.append)
+    assert not waiter.try_claim(path) and not waiter.try_claim(path)
+    assert len(said) == 1  # once per claim, not once per poll
+    assert f"pid {os.getpid()}" in said[0] and holder.host in said[0]
+    assert "ds/key/000001.json" in said[0] and "30s" in said[0]
+    holder.close()
+    waiter.close()
