@@ -262,3 +262,24 @@ def test_timm_tag_loads_from_the_hugging_face_cache(tmp_path):
     with torch.inference_mode():
         expected = ref.forward_head(ref.forward_features(x), pre_logits=True)
     torch.testing.assert_close(loaded.embed(x), expected)
+
+
+@pytest.mark.parametrize("size", [64, 112])
+def test_dino_vit_runs_at_another_input_size(tmp_path, dino_vit, size):
+    """A fixed-size ViT (timm asserts 224) is built at --image-size, the checkpoint's position
+    embeddings resampled to the new grid; the size is part of the key."""
+    torch.save(dino_vit.state_dict(), tmp_path / "dino_deitsmall16_pretrain.pth")
+    spec = f"dino-vits16@{tmp_path / 'dino_deitsmall16_pretrain.pth'}"
+    loaded = build_backbone(parse_backbone(spec, input_size=size))
+    assert loaded.dim == 384 and loaded.preprocessing.input_size == size
+    assert loaded.model.patch_embed.grid_size == (size // 16, size // 16)
+    with torch.inference_mode():
+        out = loaded.embed(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 384) and torch.isfinite(out).all()
+    # the resampled grid is the original's, interpolated: at 224 it is the checkpoint itself
+    same = build_backbone(parse_backbone(spec, input_size=224))
+    torch.testing.assert_close(same.model.pos_embed, dino_vit.pos_embed)
+    keys = {resolve_key(parse_backbone(spec, input_size=s))[1].digest for s in (size, 224)}
+    assert len(keys) == 2
+    last4 = f"dino-vits16-last4@{tmp_path / 'dino_deitsmall16_pretrain.pth'}"
+    assert build_backbone(parse_backbone(last4, input_size=size)).dim == 1536

@@ -34,11 +34,11 @@ def build_backbone(spec: BackboneSpec) -> LoadedBackbone:
     if spec.is_random:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
-            model = timm.create_model(spec.architecture, pretrained=False, num_classes=0)
+            model = _create(spec)
         weights_sha = state_dict_sha256(model.state_dict())
     else:
         path = resolve_weights(spec)
-        model = timm.create_model(spec.architecture, pretrained=False, num_classes=0)
+        model = _create(spec)
         weights_sha = sha256_file(path)
         load_checkpoint_strict(model, path, spec.adapter, label=spec.alias)
     model.eval()
@@ -66,6 +66,21 @@ def build_backbone(spec: BackboneSpec) -> LoadedBackbone:
             f"backbone {spec.alias}: embedding has shape {tuple(out.shape[1:])}, expected ({dim},)"
         )
     return LoadedBackbone(spec, model, prep, weights_sha, int(out.shape[1]))
+
+
+def _create(spec: BackboneSpec) -> torch.nn.Module:
+    """The timm architecture without a classifier. A ViT whose input size is fixed
+    (``strict_img_size``) is created at ``spec.input_size`` when one is asked for, its
+    position embeddings sized to that grid (a checkpoint's are resampled when it loads)."""
+    model = timm.create_model(spec.architecture, pretrained=False, num_classes=0)
+    pe = getattr(model, "patch_embed", None)
+    size = spec.input_size
+    if (size and pe is not None and getattr(pe, "strict_img_size", False)
+            and tuple(getattr(pe, "img_size", ())) != (size, size)
+            and not getattr(model, "dynamic_img_size", False)):
+        model = timm.create_model(spec.architecture, pretrained=False, num_classes=0,
+                                  img_size=size)
+    return model
 
 
 class CLSLastBlocks(torch.nn.Module):

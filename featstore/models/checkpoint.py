@@ -62,6 +62,22 @@ def _select_subdict(state: dict[str, Any], paths: tuple[str, ...]) -> dict[str, 
     return state
 
 
+def _resample_pos_embed(model: torch.nn.Module, state: dict[str, torch.Tensor],
+                        expected: dict[str, torch.Tensor]) -> None:
+    """A ViT built for another input size than its checkpoint: resample the checkpoint's
+    absolute position embeddings to the model's patch grid (timm's bicubic resampling)."""
+    pos = state.get("pos_embed")
+    want = expected.get("pos_embed")
+    if pos is None or want is None or pos.shape == want.shape or pos.ndim != 3:
+        return
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(model, "no_embed_class", False) else int(
+        getattr(model, "num_prefix_tokens", 1))
+    state["pos_embed"] = resample_abs_pos_embed(
+        pos, new_size=list(model.patch_embed.grid_size), num_prefix_tokens=prefix)
+
+
 def load_checkpoint_strict(model: torch.nn.Module, path: Path, adapter: CheckpointAdapter,
                            *, label: str = "") -> None:
     """Load ``path`` into ``model`` through ``adapter``; every key must match exactly.
@@ -87,6 +103,7 @@ def load_checkpoint_strict(model: torch.nn.Module, path: Path, adapter: Checkpoi
             continue
         cleaned[k] = v
     expected = model.state_dict()
+    _resample_pos_embed(model, cleaned, expected)
     # BatchNorm fills a missing num_batches_tracked itself (2017-era files, e.g. torchvision's
     # resnet50-0676ba61.pth, predate it); it is a counter, not a weight
     missing = sorted(k for k in set(expected) - set(cleaned)
