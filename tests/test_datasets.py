@@ -422,3 +422,18 @@ def test_dataset_specs_agree_with_the_readers(tmp_path):
             assert m.num_classes == len(spec["label_names"])
     with pytest.raises(ManifestError, match="no dataset spec 'nope'"):
         load_spec("nope")
+
+
+@pytest.mark.parametrize("kind", ["eyepacs", "aptos"])
+def test_a_small_release_never_gets_an_empty_val_or_test(tmp_path, kind):
+    """10% of 5 patients rounds to 0: each split still gets a patient, train keeps the rest;
+    too few patients for three splits is refused at build time, naming the counts."""
+    from featstore.data import load_dataset
+    from featstore.errors import ManifestError
+
+    m = load_dataset(make_dr(tmp_path / "five", kind, patients=5))
+    counts = {s: len(set(m.group[m.split == s])) for s in ("train", "val", "test")}
+    assert counts["val"] >= 1 and counts["test"] >= 1 and counts["train"] >= 1
+    assert sum(counts.values()) == 5
+    with pytest.raises(ManifestError, match=r"2 patients \(groups\) cannot fill train"):
+        load_dataset(make_dr(tmp_path / "two", kind, patients=2))

@@ -79,7 +79,9 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray | None, *, val: float,
     - Single-label ``labels`` (N,) or (N, 1): stratified. A group's label is its highest (for
       graded tasks the worse eye decides); within each label, the groups are shuffled with
       ``seed``, the first ``round(test * n)`` go to test, the next ``round(val * n)`` to val,
-      the rest to train (so a label with few groups may give none to val).
+      the rest to train (so a label with few groups may give none to val). A split asked for
+      that comes out empty overall gets one group from train (a small release never has an
+      empty val or test); too few groups for that is an error naming the counts.
     - Multilabel ``labels`` (N, K), K > 1: groups are drawn uniformly, ``round(test * n)`` to
       test and ``round(val * n)`` to val, at least one each when its share is above 0.
 
@@ -90,7 +92,8 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray | None, *, val: float,
     Raises
     ------
     ManifestError
-        ``val`` or ``test`` below 0, or ``val + test`` above 1.
+        ``val`` or ``test`` below 0, or ``val + test`` above 1; too few groups to give train
+        and every split asked for at least one.
     """
     if val < 0 or test < 0 or val + test > 1:
         raise ManifestError(f"split shares val={val}, test={test}: each must be >= 0 and "
@@ -117,4 +120,29 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray | None, *, val: float,
         n_val = round(val * len(members))
         group_split[members[:n_test]] = "test"
         group_split[members[n_test:n_test + n_val]] = "val"
+    _fill_empty_splits(group_split, group_label, rng, val=val, test=test)
     return group_split[inverse]
+
+
+def _fill_empty_splits(group_split: np.ndarray, group_label: np.ndarray,
+                       rng: np.random.Generator, *, val: float, test: float) -> None:
+    """A split asked for (share > 0) that rounding left empty gets one group from train, of
+    the label with the most train groups, so a small release never has an empty val or test.
+
+    Raises ManifestError when there are too few groups for train plus every split asked for.
+    """
+    wanted = [name for name, share in (("test", test), ("val", val)) if share > 0]
+    for name in wanted:
+        if (group_split == name).any():
+            continue
+        train = np.flatnonzero(group_split == "train")
+        if len(train) < 2:
+            counts = {k: int((group_split == k).sum()) for k in ("train", "val", "test")}
+            raise ManifestError(
+                f"{len(group_split)} patients (groups) cannot fill train and "
+                f"{' and '.join(wanted)} (val={val:g}, test={test:g}; after the split: "
+                f"{', '.join(f'{k} {v}' for k, v in counts.items())}): add data or give the "
+                "dataset its own split")
+        labels, counts = np.unique(group_label[train], return_counts=True)
+        pool = train[group_label[train] == labels[counts.argmax()]]
+        group_split[rng.choice(pool)] = name
