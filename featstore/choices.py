@@ -11,3 +11,6 @@ ON_ERROR = ("fail", "skip")
 PROBES = ("linear", "knn")
 ORDINAL_DECODES = ("argmax", "expected")
 ATTENTIONS = ("softmax", "sigmoid", "uniform")
+# Pixels an image file may declare before it is refused as unreadable (PIL's own
+# decompression-bomb threshold, 2 x 89,478,485).
+DEFAULT_MAX_PIXELS = 178_956_970

@@ -149,19 +149,14 @@ def test_large_jpeg_decodes_at_reduced_size_close_to_full(tmp_path):
     prep = Preprocessing(224, 0.875, "bicubic", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     small = read_image(m, 0, draft=prep.resize)
     assert small.size == (600, 450)  # 1/4 scale: the smallest that keeps the 256-px side
+    assert read_image(m, 0, draft=200).size == (300, 225)  # 1/8 keeps a 200-px side
     full = read_image(m, 0)
     assert full.size == (2400, 1800)
     tf = prep.transform()
     diff = (tf(small) - tf(full)).abs()
+    assert tf(small).shape == tf(full).shape == (3, 224, 224)
     assert diff.mean() < 0.02 and diff.max() < 0.5
-    t0 = time.perf_counter()
-    for _ in range(3):
-        read_image(m, 0, draft=prep.resize)
-    t_draft = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(3):
-        read_image(m, 0)
-    assert t_draft < (time.perf_counter() - t0) / 2
+    # the speed of draft decoding is measured by benchmarks/jpeg_draft.py, not asserted here
 
 
 def test_16bit_png_becomes_the_expected_tensor(tmp_path):

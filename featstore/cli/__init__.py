@@ -13,6 +13,7 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 
 from featstore.cli import commands, manifest  # noqa: F401  (registers the commands)
 from featstore.cli._shared import app, err
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as e:  # a bad option value or a missing option: one line too
         where = f"featstore {e.ctx.info_name} --help" if e.ctx and e.ctx.parent else (
             "featstore --help")
-        err.print(f"[red]error:[/] {e.format_message()} (see '{where}')", highlight=False)
+        err.print(f"[red]error:[/] {escape(e.format_message())} (see '{where}')",
+                  highlight=False)
         sys.exit(1)
     except typer.Abort:
         err.print("aborted")
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     except FeatstoreError as e:
         if debug:
             raise
-        err.print(f"[red]error:[/] {e}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted: finished shards are kept; re-run the same command to resume")
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # a bug: still one line, unless --debug
         if debug:
             raise
-        err.print(f"[red]error:[/] internal {e.__class__.__name__}: {e} "
+        err.print(f"[red]error:[/] internal {e.__class__.__name__}: {escape(str(e))} "
                   "(re-run with --debug for the traceback)", highlight=False)
         sys.exit(1)
     sys.exit(code or 0)

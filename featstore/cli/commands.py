@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from featstore.cli._shared import (
     DEFAULT_STORE,
@@ -71,6 +72,9 @@ def extract(
     claim_timeout: Annotated[float | None, typer.Option(
         help="Seconds without a heartbeat before another process takes over a shard "
              "claim (default 120, or $FEATSTORE_CLAIM_TIMEOUT).")] = None,
+    max_pixels: Annotated[int, typer.Option(
+        help="An image file declaring more pixels is unreadable (fails, or is skipped with "
+             "--on-error skip).")] = choices.DEFAULT_MAX_PIXELS,
     root: RootOpt = None,
     task: TaskOpt = None,
     as_json: JsonOpt = False,
@@ -93,6 +97,7 @@ def extract(
         FeatureStore(store), batch_size=batch_size, num_workers=workers, device=device,
         dtype=dtype.value, precision=precision.value, shard_rows=shard_rows,
         on_error=on_error.value, compile=compile_model, claim_timeout=claim_timeout,
+        max_pixels=max_pixels,
         progress=None if as_json or not rank0 else progress_bar())
     if not rank0:  # torchrun: rank 0 reports for the job
         return
@@ -102,7 +107,7 @@ def extract(
     for line in extract_lines(results):
         out.print(line)
     for line in skipped_lines(results):
-        err.print(f"[yellow]{line}[/]")
+        err.print(f"[yellow]{escape(line)}[/]")
     print_notes(notes(results))
 
 
@@ -273,7 +278,7 @@ def ls_(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
     else:
         out.print(store_table(rows, store))
     for _, error in fs.unreadable:
-        err.print(f"[red]skipped[/] {error}", highlight=False)
+        err.print(f"[red]skipped[/] {escape(error)}", highlight=False)
 
 
 @app.command()
@@ -317,7 +322,7 @@ def verify(
         for line in verify_lines(rows):
             out.print(line)
         for u in unreadable:
-            out.print(f"UNREADABLE {u['error']}")
+            out.print(f"UNREADABLE {escape(u['error'])}")
     if unreadable or (any(r["corrupt_shards"] for r in rows) and not repair):
         raise typer.Exit(1)
 

@@ -12,10 +12,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from featstore.choices import DEFAULT_MAX_PIXELS
 from featstore.data.manifest import Manifest
 from featstore.errors import ImageReadError
 
 H5_SUFFIXES = (".h5", ".hdf5")
+# featstore checks the pixel limit (DEFAULT_MAX_PIXELS, --max-pixels) itself, so a refusal
+# names the row and skips like any unreadable image under --on-error skip
+Image.MAX_IMAGE_PIXELS = None
 
 
 class ArrayFiles:
@@ -63,7 +67,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def read_image(manifest: Manifest, i: int, arrays: ArrayFiles | None = None,
-               draft: int | None = None) -> Image.Image:
+               draft: int | None = None,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Row ``i``'s pixels as an RGB image.
 
     With ``draft``, a JPEG is decoded at a reduced scale (1/2, 1/4 or 1/8, by libjpeg's DCT
@@ -73,13 +78,16 @@ def read_image(manifest: Manifest, i: int, arrays: ArrayFiles | None = None,
     Raises
     ------
     ImageReadError
-        The file is missing, truncated or not an image; the message names id and file.
+        The file is missing, truncated, not an image, or declares more than ``max_pixels``
+        pixels; the message names id and file.
     """
-    return read_image_views(manifest, i, arrays, drafts=(draft,))[draft]
+    return read_image_views(manifest, i, arrays, drafts=(draft,), max_pixels=max_pixels)[draft]
 
 
 def read_image_views(manifest: Manifest, i: int, arrays: ArrayFiles | None = None,
-                     drafts: Sequence[int | None] = (None,)) -> dict[int | None, Image.Image]:
+                     drafts: Sequence[int | None] = (None,),
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                     ) -> dict[int | None, Image.Image]:
     """Row ``i`` decoded once per distinct draft size (once in all for a non-JPEG): the
     file is read once; see :func:`read_image`."""
     path = manifest.resolve(i)
@@ -102,6 +110,11 @@ def read_image_views(manifest: Manifest, i: int, arrays: ArrayFiles | None = Non
         views: dict[int | None, Image.Image] = {}
         for d in dict.fromkeys(drafts):
             with Image.open(io.BytesIO(data)) as img:
+                if max_pixels is not None and img.width * img.height > max_pixels:
+                    raise ImageReadError(
+                        f"id {str(manifest.ids[i])!r}: {path}: {img.width}x{img.height} "
+                        f"= {img.width * img.height:,} pixels, above the limit of "
+                        f"{max_pixels:,} (--max-pixels)")
                 if img.format != "JPEG":  # no reduced decoding: one full decode serves all
                     img.load()
                     return dict.fromkeys(drafts, to_rgb(img))
@@ -114,7 +127,8 @@ def read_image_views(manifest: Manifest, i: int, arrays: ArrayFiles | None = Non
         raise
     except FileNotFoundError:
         raise ImageReadError(f"id {str(manifest.ids[i])!r}: file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError, KeyError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, KeyError, SyntaxError,
+            Image.DecompressionBombError) as e:
         raise ImageReadError(f"id {str(manifest.ids[i])!r}: cannot read {path}: {e}") from None
 
 
@@ -136,9 +150,11 @@ class ViewsDataset(torch.utils.data.Dataset):
     DataLoader worker arrives wrapped in a traceback) or record it as skipped.
     """
 
-    def __init__(self, manifest: Manifest, views: Sequence[View]) -> None:
+    def __init__(self, manifest: Manifest, views: Sequence[View], *,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.manifest = manifest
         self.views = tuple(views)
+        self.max_pixels = max_pixels
         self._arrays: ArrayFiles | None = None
 
     def __len__(self) -> int:
@@ -150,7 +166,8 @@ class ViewsDataset(torch.utils.data.Dataset):
             self._arrays = ArrayFiles()
         views = [self.views[v] for v in wanted]
         try:
-            imgs = read_image_views(self.manifest, i, self._arrays, [v.draft for v in views])
+            imgs = read_image_views(self.manifest, i, self._arrays, [v.draft for v in views],
+                                    self.max_pixels)
             return tuple(v.transform(imgs[v.draft]) for v in views), wanted, i, ""
         except ImageReadError as e:
             return tuple(torch.zeros(v.shape) for v in views), wanted, i, str(e)

@@ -197,6 +197,16 @@ def build_manifest(
     for col, values in columns.items():
         if len(values) != n:
             raise ManifestError(f"{name}: column {col!r} has {len(values)} rows, id has {n}")
+    if n == 0:
+        raise ManifestError(f"{name}: no rows (only a header?): a dataset needs at least one")
+    for col in ("id", "path", "group"):
+        for i, v in enumerate(columns.get(col, ())):
+            try:
+                str(v).encode("utf-8")
+            except UnicodeEncodeError:  # a file name in another encoding (surrogate escapes)
+                raise ManifestError(
+                    f"{where(i)}: {col} {str(v)!r} is not valid UTF-8 (a file name in another "
+                    "encoding?): rename it") from None
 
     ids = np.asarray([str(v).strip() for v in columns["id"]], dtype=object)
     first_seen: dict[str, int] = {}
@@ -229,6 +239,10 @@ def build_manifest(
                 raise ManifestError(
                     f"{where(i, ids[i])}: label {text!r} in column {col!r} is not a number"
                 ) from None
+            if not abs(value) < 2**31:  # inf, 1e30: no class index
+                raise ManifestError(
+                    f"{where(i, ids[i])}: label {text!r} in column {col!r} is not a class "
+                    "index (too large or infinite)")
             if value != int(value):
                 raise ManifestError(
                     f"{where(i, ids[i])}: label {text!r} in column {col!r} is not an integer"
@@ -248,6 +262,8 @@ def build_manifest(
         task = "multilabel"
     else:
         col = labels[:, 0]
+        if num_classes is None and task == "binary":
+            num_classes = 2
         if num_classes is None:
             num_classes = len(classes) if classes else max(int(col.max(initial=0)) + 1, 2)
         bad = np.flatnonzero((col < 0) | (col >= num_classes))

@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from featstore.choices import ON_ERROR
+from featstore.choices import DEFAULT_MAX_PIXELS, ON_ERROR
 from featstore.data.images import View, ViewsDataset, collate_views
 from featstore.data.manifest import Manifest
 from featstore.errors import FeatstoreError, ImageReadError
@@ -124,10 +124,24 @@ def distributed_from_env(device: str = "auto") -> Distributed:
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this rank's CUDA device when present, else CPU."""
+    """``auto`` -> this rank's CUDA device when present, else CPU.
+
+    Raises
+    ------
+    FeatstoreError
+        An unknown device, or a CUDA device on a machine without one.
+    """
     if device == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise FeatstoreError(f"--device {device!r}: not a torch device (auto, cpu, cuda, "
+                             "cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FeatstoreError(f"--device {device}: no CUDA GPU on this machine (use cpu, or "
+                             "auto)")
+    return dev
 
 
 def provenance(loaded: LoadedBackbone, manifest: Manifest, *, batch_size: int,
@@ -279,6 +293,7 @@ def extract_embeddings(
     on_error: str = "fail",
     compile: bool = False,
     claim_timeout: float | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: ExtractProgress | None = None,
 ) -> list[ExtractResult]:
     """Embed every row of ``manifest`` with each backbone and write the embeddings to ``store``.
@@ -290,6 +305,7 @@ def extract_embeddings(
     single-process run. Concurrent extracts of one key share the work through shard claims;
     a claim left by a dead process is taken over.
 
+    An image file declaring more than ``max_pixels`` pixels is unreadable (None: no limit).
     ``on_error="skip"`` stores an unreadable image's row as missing (NaN, flagged in the
     ``missing`` mask, its id and reason recorded) instead of stopping.
 
@@ -306,6 +322,14 @@ def extract_embeddings(
         raise FeatstoreError(f"on_error {on_error!r}: expected fail or skip")
     check_precision(precision)
     check_dtype(dtype)
+    for option, value, least in (("--batch-size", batch_size, 1), ("--workers", num_workers, 0),
+                                 ("--shard-rows", shard_rows, 1)):
+        if value is not None and int(value) < least:
+            raise FeatstoreError(f"{option} {value}: expected at least {least}")
+    if max_pixels is not None and max_pixels < 1:
+        raise FeatstoreError(f"--max-pixels {max_pixels}: expected at least 1")
+    if claim_timeout is not None and not claim_timeout > 0:
+        raise FeatstoreError(f"--claim-timeout {claim_timeout}: expected seconds > 0")
     manifest.check_files()
     dist = distributed_from_env(device)
     dev = resolve_device(device, dist.local_rank)
@@ -361,7 +385,7 @@ def extract_embeddings(
             jobs.append(_Job(loaded, key, es, preps.index(loaded.preprocessing), model,
                              pending, channels_last=is_cnn))
         views = [View(p.transform(), (3, p.input_size, p.input_size), p.resize) for p in preps]
-        dataset = ViewsDataset(manifest, views)
+        dataset = ViewsDataset(manifest, views, max_pixels=max_pixels)
         for rows_per_shard in sorted({j.es.shard_rows for j in jobs}):
             group = [j for j in jobs if j.es.shard_rows == rows_per_shard and j.pending_at_start]
             while group:

@@ -124,7 +124,8 @@ def parse_backbone(text: str, *, input_size: int | None = None) -> BackboneSpec:
     Raises
     ------
     BackboneError
-        Unknown name or timm architecture, or no weights named for ``timm:<model>``.
+        Unknown name or timm architecture, no weights named for ``timm:<model>``, or an
+        ``input_size`` below 1.
     """
     name, _, weights = text.partition("@")
     name = name.strip()
@@ -146,7 +147,9 @@ def parse_backbone(text: str, *, input_size: int | None = None) -> BackboneSpec:
             f"unknown backbone {name!r}: use 'timm:<model>[@<weights>]' or a registered name "
             f"({known})"
         )
-    if input_size:
+    if input_size is not None:
+        if int(input_size) < 1:
+            raise BackboneError(f"--image-size {input_size}: expected a size in pixels >= 1")
         spec = replace(spec, input_size=int(input_size))
     return spec
 

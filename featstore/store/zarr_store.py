@@ -114,7 +114,14 @@ def open_zarr_store(root: str | Path, *, read_only: bool = False) -> zarr.abc.st
     """A zarr store for a local folder or an fsspec URL (``s3://``, ``gs://``, ``memory://``)."""
     text = str(root)
     if "://" in text and not text.startswith("file://"):
-        return zarr.storage.FsspecStore.from_url(text, read_only=read_only)
+        try:
+            return zarr.storage.FsspecStore.from_url(text, read_only=read_only)
+        except ImportError as e:  # fsspec names the missing package (s3fs, gcsfs, ...)
+            scheme = text.split("://", 1)[0]
+            extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(scheme)
+            how = f"pip install 'featstore[{extra}]'" if extra else "install its fsspec driver"
+            raise StoreError(f"--store {text}: {scheme}:// needs a package that is not "
+                             f"installed ({how}): {str(e).splitlines()[0]}") from None
     path = Path(text.removeprefix("file://"))
     if path.exists() and not path.is_dir():
         raise StoreError(f"--store {text}: a file, not a store folder")

@@ -105,8 +105,15 @@ def read_medmnist(path: str | Path, *, task: str | None = None) -> Manifest:
 
 
 def _npz_rows(npz, key: str, path: Path) -> int:
-    """Number of images in one npz array, checked for an image shape."""
-    arr = npz[key]
+    """Number of images in one npz array, checked for an image shape and pixel type."""
+    try:
+        arr = npz[key]
+    except ValueError as e:  # object arrays need pickle, which is never allowed
+        raise ManifestError(f"{path.name}: {key} cannot be read without pickle ({e}); "
+                            "store the images as uint8") from None
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise ManifestError(f"{path.name}: {key} holds {arr.dtype} pixels; expected uint8 "
+                            "(or uint16) images, as MedMNIST ships them")
     if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] not in (1, 3)):
         raise ManifestError(
             f"{path.name}: {key} has shape {arr.shape}, expected (N, H, W) or (N, H, W, 1|3)"

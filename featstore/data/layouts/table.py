@@ -41,7 +41,7 @@ def read_manifest_table(path: str | Path, *, root: str | Path | None = None,
         row_label, first_row = "row", 0
     else:
         try:
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM is fine
                 reader = csv.reader(f)
                 header = next(reader, None)
                 if header is None:

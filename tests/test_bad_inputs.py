@@ -1,0 +1,207 @@
+"""The bad-input catalogue: every case is one line naming the culprit, exit code 1, and the
+store loses nothing. One row a case; add new bad inputs here, so the catalogue only grows."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featstore.cli import main
+from tests.conftest import SIZE, TINY, TINY_VIT, make_medmnist
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exc.value.code or 0, captured.out, captured.err
+
+
+def csv_file(tmp: Path, rows: list[str], *, bom: bool = False, images: int = 4) -> Path:
+    """A manifest CSV over ``images`` small PNGs; ``rows`` are its data lines."""
+    folder = tmp / "csv"
+    folder.mkdir(exist_ok=True)
+    for i in range(images):
+        Image.new("L", (8, 8), 40 * i).save(folder / f"{i}.png")
+    text = "\n".join(["id,split,path,label", *rows]) + "\n"
+    (folder / "m.csv").write_bytes(("\ufeff" if bom else "").encode() + text.encode())
+    return folder / "m.csv"
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares ``width x height`` pixels (a decompression bomb, a few bytes)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+def bomb_csv(tmp: Path) -> Path:
+    """A manifest whose row ``b`` is a PNG declaring 20000 x 20000 pixels."""
+    path = csv_file(tmp, ["a,train,0.png,0", "b,train,bomb.png,1", "c,test,1.png,0",
+                          "d,test,2.png,1"])
+    png_header_only(path.parent / "bomb.png", 20000, 20000)
+    return path
+
+
+def npz_with(tmp: Path, dtype: str) -> Path:
+    path = make_medmnist(tmp / "base.npz")
+    with np.load(path) as z:
+        arrays = dict(z)
+    if dtype == "object":
+        arrays["train_images"] = np.array([object()] * len(arrays["train_images"]))
+        out = tmp / "object.npz"
+        np.savez(out, **arrays)  # np.savez pickles object arrays; featstore never unpickles
+        return out
+    arrays["train_images"] = arrays["train_images"].astype(dtype)
+    np.savez(tmp / f"{dtype}.npz", **arrays)
+    return tmp / f"{dtype}.npz"
+
+
+def image_folder_with_non_utf8_name(tmp: Path) -> Path:
+    root = tmp / "folder"
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            Image.new("L", (8, 8), 10).save(root / split / cls / "ok.png")
+    bad = root / "train" / "a" / b"\xff\xfe.png".decode("utf-8", "surrogateescape")
+    Image.new("L", (8, 8), 10).save(bad)
+    return root
+
+
+# (case, argv built from (tmp, data, store), the message that names the culprit)
+EXTRACT = ["extract", "-b", TINY, "--image-size", str(SIZE)]
+CATALOGUE = [
+    ("batch-size negative", lambda t, d, s: [*EXTRACT, "--data", d, "--store", s,
+                                             "--batch-size", "-4"], "--batch-size -4"),
+    ("batch-size zero", lambda t, d, s: [*EXTRACT, "--data", d, "--store", s,
+                                         "--batch-size", "0"], "--batch-size 0"),
+    ("image-size zero", lambda t, d, s: ["extract", "-b", TINY, "--image-size", "0",
+                                         "--data", d, "--store", s], "--image-size 0"),
+    ("shard-rows zero", lambda t, d, s: [*EXTRACT, "--data", d, "--store", s,
+                                         "--shard-rows", "0"], "--shard-rows 0"),
+    ("shard-rows negative", lambda t, d, s: [*EXTRACT, "--data", d, "--store", s,
+                                             "--shard-rows", "-3"], "--shard-rows -3"),
+    ("workers negative", lambda t, d, s: [*EXTRACT, "--data", d, "--store", s,
+                                          "--workers", "-1"], "--workers -1"),
+    ("cuda without a GPU", lambda t, d, s: [*EXTRACT, "--data", d, "--store", s,
+                                            "--device", "cuda"], "no CUDA GPU"),
+    ("not a device", lambda t, d, s: [*EXTRACT, "--data", d, "--store", s,
+                                      "--device", "tpu9"], "not a torch device"),
+    ("dtype not a choice", lambda t, d, s: [*EXTRACT, "--data", d, "--store", s,
+                                            "--dtype", "int8"], "'int8' is not one of"),
+    ("max-pixels zero", lambda t, d, s: [*EXTRACT, "--data", d, "--store", s,
+                                         "--max-pixels", "0"], "--max-pixels 0"),
+    ("label inf", lambda t, d, s: ["manifest", "validate", str(csv_file(
+        t, ["a,train,0.png,0", "b,train,1.png,inf"]))], "line 3 (id 'b'): label 'inf'"),
+    ("label 1e30", lambda t, d, s: ["manifest", "validate", str(csv_file(
+        t, ["a,train,0.png,1e30"]))], "line 2 (id 'a'): label '1e30'"),
+    ("binary task, label 2", lambda t, d, s: ["manifest", "validate", "--task", "binary", str(
+        csv_file(t, ["a,train,0.png,0", "b,train,1.png,2"]))], "label 2 out of range [0, 1]"),
+    ("header-only CSV", lambda t, d, s: ["manifest", "validate", str(csv_file(t, []))],
+     "no rows"),
+    ("header-only CSV, extract", lambda t, d, s: [*EXTRACT, "--data", str(csv_file(t, [])),
+                                                  "--store", s], "no rows"),
+    ("file name not UTF-8", lambda t, d, s: ["manifest", "validate", str(
+        image_folder_with_non_utf8_name(t))], "is not valid UTF-8"),
+    ("npz float16 images", lambda t, d, s: ["manifest", "validate", str(npz_with(
+        t, "float16"))], "train_images holds float16 pixels"),
+    ("npz int64 images", lambda t, d, s: ["manifest", "validate", str(npz_with(
+        t, "int64"))], "train_images holds int64 pixels"),
+    ("npz object images", lambda t, d, s: ["manifest", "validate", str(npz_with(
+        t, "object"))], "train_images cannot be read without pickle"),
+    ("decompression bomb", lambda t, d, s: [*EXTRACT, "--data", str(bomb_csv(t)),
+                                            "--store", s], "id 'b'"),
+    ("store is a file", lambda t, d, s: ["ls", "--store", str(csv_file(t, ["a,train,0.png,0"]))],
+     "a file, not a store folder"),
+    ("fraction 0", lambda t, d, s: ["probe", "--data", d, "--store", s, "--fractions", "0"],
+     "fraction 0.0 is outside (0, 1]"),
+    ("fraction above 1", lambda t, d, s: ["probe", "--data", d, "--store", s,
+                                          "--fractions", "0.5,1.5"], "outside (0, 1]"),
+    ("no seeds", lambda t, d, s: ["probe", "--data", d, "--store", s, "--seeds", "0"],
+     "expected at least one seed"),
+    ("unknown probe", lambda t, d, s: ["probe", "--data", d, "--store", s, "--probe", "svm"],
+     "unknown probe 'svm'"),
+    ("unknown attention", lambda t, d, s: ["fuse", "--data", d, "--store", s, "-b", TINY,
+                                           "-b", TINY_VIT, "--image-size", str(SIZE),
+                                           "--attention", "max"], "unknown attention 'max'"),
+    ("fuse one backbone", lambda t, d, s: ["fuse", "--data", d, "--store", s, "-b", TINY,
+                                           "--image-size", str(SIZE)], "2 to 8"),
+    ("unknown backbone", lambda t, d, s: ["probe", "--data", d, "--store", s, "-b", "nope"],
+     "no embeddings for 'nope'"),
+]
+
+
+@pytest.fixture
+def cached(capsys, npz_file, store_dir):
+    """A store holding two complete sets; the bytes every case must leave untouched."""
+    code, _, _ = cli(capsys, "extract", "--data", str(npz_file), "-b", TINY, "-b", TINY_VIT,
+                     "--image-size", str(SIZE), "--store", str(store_dir))
+    assert code == 0
+    files = {p: p.read_bytes() for p in sorted(store_dir.rglob("*")) if p.is_file()}
+    return str(npz_file), str(store_dir), files
+
+
+@pytest.mark.parametrize(("case", "argv", "message"), CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_bad_input_is_one_line_exit_1_and_loses_nothing(capsys, tmp_path, cached, case, argv,
+                                                        message):
+    data, store, files = cached
+    code, out, err = cli(capsys, *argv(tmp_path, data, store))
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1, (case, err)
+    assert len(errors) == 1 and message in errors[0], (case, err)  # (a progress bar may precede)
+    assert "internal" not in err and "Traceback" not in err
+    after = {p: p.read_bytes() for p in sorted(Path(store).rglob("*")) if p.is_file()}
+    assert {p: after.get(p) for p in files} == files  # every cached byte is still there
+
+
+def test_a_csv_with_a_byte_order_mark_reads(capsys, tmp_path):
+    path = csv_file(tmp_path, ["a,train,0.png,0", "b,train,1.png,1", "c,test,2.png,0"],
+                    bom=True)
+    code, out, _ = cli(capsys, "manifest", "validate", str(path), "--json")
+    assert code == 0 and json.loads(out)["rows"] == 3
+
+
+def test_a_decompression_bomb_is_skipped_like_any_unreadable_image(capsys, tmp_path):
+    path = bomb_csv(tmp_path)
+    code, out, err = cli(capsys, "extract", "--data", str(path), "-b", TINY, "--image-size",
+                         str(SIZE), "--store", str(tmp_path / "s"), "--on-error", "skip",
+                         "--json")
+    assert code == 0 and json.loads(out)[0]["skipped"] == ["b"]
+    code, _, err = cli(capsys, "extract", "--data", str(path), "-b", TINY, "--image-size",
+                       str(SIZE), "--store", str(tmp_path / "s2"), "--max-pixels", "50")
+    assert code == 1 and "8x8 = 64 pixels, above the limit of 50" in err
+
+
+def test_the_alias_ls_prints_is_accepted_by_probe_and_fuse(capsys, cached):
+    data, store, _ = cached
+    code, out, _ = cli(capsys, "ls", "--store", store, "--json")
+    aliases = [r["backbone"] for r in json.loads(out)]
+    assert aliases == ["timm:test_resnet/32px@random", "timm:test_vit/32px@random"]
+    code, out, _ = cli(capsys, "probe", "--data", data, "--store", store, "-b", aliases[0],
+                       "--bootstrap", "0", "--json")
+    assert code == 0 and {r["backbone"] for r in json.loads(out)} == {aliases[0]}
+    code, out, _ = cli(capsys, "fuse", "--data", data, "--store", store, "-b", aliases[0],
+                       "-b", aliases[1], "--bootstrap", "0", "--attention", "uniform",
+                       "--no-baselines", "--heads-dir", str(Path(store).parent / "h"), "--json")
+    assert code == 0 and {r["method"] for r in json.loads(out)} == {"dvme-uniform"}
+
+
+def test_a_missing_object_store_driver_names_the_extra(capsys):
+    pytest.importorskip("zarr")
+    try:
+        import s3fs  # noqa: F401
+        pytest.skip("s3fs is installed")
+    except ImportError:
+        pass
+    code, _, err = cli(capsys, "ls", "--store", "s3://bucket/prefix")
+    assert code == 1 and "pip install 'featstore[s3]'" in err
