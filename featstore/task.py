@@ -12,6 +12,7 @@ cross-entropy; multilabel: one logit per label, a logistic loss per label.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
@@ -126,15 +127,17 @@ class Standardiser:
 
 def scored_metrics(task: str, y_true: np.ndarray, proba: np.ndarray,
                    pred: np.ndarray | None = None, *, n_bootstrap: int = 1000,
-                   seed: int = 0) -> list[dict[str, Any]]:
-    """Every metric of the task on test, the primary one with its bootstrap 95% CI.
+                   seed: int = 0, label_names: Sequence[str] | None = None,
+                   ) -> list[dict[str, Any]]:
+    """Every metric of the task on test, the primary one with its bootstrap 95% CI
+    (per-label metrics of a multilabel task named by ``label_names``).
 
     Returns one dict per metric: ``metric``, ``value``, ``primary``, ``ci_low``, ``ci_high``
     (NaN off the primary metric, or when ``n_bootstrap`` is 0).
     """
     from featstore.probe.metrics import PRIMARY_METRIC, bootstrap_ci, task_metrics
 
-    metrics = task_metrics(task, y_true, proba, pred)
+    metrics = task_metrics(task, y_true, proba, pred, label_names)
     primary = PRIMARY_METRIC[task]
     lo, hi = bootstrap_ci(task, y_true, proba, pred, n_boot=n_bootstrap, seed=seed)
     nan = float("nan")

@@ -81,10 +81,10 @@ def check_aligned(embs: Sequence[Embeddings]) -> None:
 
 
 def _records(method: str, task: str, y_te: np.ndarray, proba: np.ndarray, cfg: dict,
-             base: dict, **extra) -> list[FuseRecord]:
+             base: dict, label_names: Sequence[str] = (), **extra) -> list[FuseRecord]:
     return [FuseRecord(method=method, **scored, **base, **extra)
             for scored in scored_metrics(task, y_te, proba, n_bootstrap=cfg["n_bootstrap"],
-                                         seed=cfg["seed"])]
+                                         seed=cfg["seed"], label_names=label_names)]
 
 
 def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 1.0,
@@ -169,7 +169,7 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
             path = str(Path(heads_dir) / f"dvme-{attention}-{rid}.pt")
             head.save(path)
         return _records(f"dvme-{attention}", task, y[te], head.predict_proba(Xte), cfg,
-                        {**base, "run_id": rid}, attention=overall,
+                        {**base, "run_id": rid}, ref.label_names, attention=overall,
                         attention_per_class=per_class, head_path=path,
                         epochs=head.n_epochs_, hyperparameter=f"epochs={head.n_epochs_}")
 
@@ -178,7 +178,8 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
                          for rows in (tr, va, te))
         sweep = fit_with_validation(Xtr, y[tr], Xva, y[va], task=task, device=device)
         return _records(method, task, y[te], sweep.probe.predict_proba(Xte), cfg,
-                        {**base, "run_id": rid}, hyperparameter=f"l2={sweep.l2:g}")
+                        {**base, "run_id": rid}, ref.label_names,
+                        hyperparameter=f"l2={sweep.l2:g}")
 
     records: list[FuseRecord] = []
     for attention in attentions:

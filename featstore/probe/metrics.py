@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import sparse
 from sklearn.metrics import (
@@ -23,7 +25,8 @@ PRIMARY_METRIC = {
 
 
 def task_metrics(task: str, y_true: np.ndarray, proba: np.ndarray,
-                 pred: np.ndarray | None = None) -> dict[str, float]:
+                 pred: np.ndarray | None = None,
+                 label_names: Sequence[str] | None = None) -> dict[str, float]:
     """All metrics of a task. ``proba``: (N, C) class probabilities, or (N, K) for multilabel.
 
     ``pred`` overrides the argmax decision (an ordinal probe decoding expected grades).
@@ -31,19 +34,22 @@ def task_metrics(task: str, y_true: np.ndarray, proba: np.ndarray,
     binary: auc, accuracy, balanced_accuracy, f1; multiclass: accuracy, auc (macro
     one-vs-rest), balanced_accuracy, macro_f1; ordinal: kappa (quadratic-weighted, on the
     argmax grade), accuracy; multilabel: mean_auc over labels with both classes in
-    ``y_true``, and ``auc[<k>]`` per label (NaN where a label has one class only).
+    ``y_true``, and ``auc[<label>]`` per label, named by ``label_names`` (e.g. the NIH
+    findings) or by index (NaN where a label has one class only).
     """
     y_true = np.asarray(y_true)
     if task == "multilabel":
         out: dict[str, float] = {}
         aucs = []
-        for k in range(y_true.shape[1]):
+        names = list(label_names) if label_names is not None and len(label_names) == (
+            y_true.shape[1]) else [str(k) for k in range(y_true.shape[1])]
+        for k, name in enumerate(names):
             col = y_true[:, k]
             if col.min() == col.max():
-                out[f"auc[{k}]"] = float("nan")
+                out[f"auc[{name}]"] = float("nan")
                 continue
-            out[f"auc[{k}]"] = float(roc_auc_score(col, proba[:, k]))
-            aucs.append(out[f"auc[{k}]"])
+            out[f"auc[{name}]"] = float(roc_auc_score(col, proba[:, k]))
+            aucs.append(out[f"auc[{name}]"])
         if not aucs:
             raise ProbeError("multilabel test set: no label has both classes; AUC undefined")
         return {"mean_auc": float(np.mean(aucs)), **out}

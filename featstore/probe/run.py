@@ -181,7 +181,8 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
                             "versions": {p: version(p) for p in
                                          ("featstore", "torch", "scikit-learn")}})
         for scored in scored_metrics(task, y[te], proba_test, pred_test,
-                                     n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+                                     n_bootstrap=cfg.n_bootstrap, seed=cfg.seed,
+                                     label_names=emb.label_names)
     ]
     if store_set is not None:
         store_set.save_probe_run(run_id, {"config": asdict(cfg), "embedding_key": emb.key,

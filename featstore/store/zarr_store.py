@@ -80,6 +80,7 @@ class Embeddings:
     dataset: str
     attrs: dict[str, Any]
     missing: np.ndarray | None = None  # bool (N,): rows skipped at extraction (NaN in X)
+    label_names: tuple[str, ...] = ()  # the dataset's label names (multilabel: findings)
 
     @property
     def n_missing(self) -> int:
@@ -595,7 +596,8 @@ class EmbeddingSet:
         return Embeddings(X=self.read(verify=verify), ids=idx["ids"], split=idx["split"],
                           labels=idx["labels"], group=idx["group"], alias=self.alias,
                           key=self.key, dataset=self.dataset.name, attrs=self.attrs,
-                          missing=missing if missing.any() else None)
+                          missing=missing if missing.any() else None,
+                          label_names=tuple(self.dataset.attrs.get("label_names") or ()))
 
     def probe_run(self, run_id: str) -> dict[str, Any] | None:
         """A persisted probe run (its config and records), or None."""
