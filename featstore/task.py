@@ -86,6 +86,8 @@ def make_targets(task: str, y: np.ndarray, device: str = "cpu") -> Targets:
         raise ProbeError(f"training labels hold one class only ({only}); "
                          "a classifier needs at least two")
     if task == "binary":
+        if not set(classes.tolist()) <= {0, 1}:
+            raise ProbeError(f"binary labels must be 0 or 1, got {classes.tolist()}")
         return Targets(torch.as_tensor(y, dtype=torch.float32, device=device).view(-1, 1),
                        "sigmoid", 1, classes)
     return Targets(torch.as_tensor(y, dtype=torch.long, device=device), "softmax",

@@ -50,6 +50,8 @@ def test_one_class_is_refused_as_a_value_error():
         make_targets("binary", np.zeros(5))
     with pytest.raises(ProbeError, match="unknown task"):
         make_targets("regression", np.arange(5))
+    with pytest.raises(ProbeError, match="binary labels must be 0 or 1"):
+        make_targets("binary", np.array([0, 1, 2]))
 
 
 @pytest.mark.parametrize("make", [

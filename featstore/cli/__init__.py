@@ -22,7 +22,13 @@ from featstore.errors import FeatstoreError
 try:  # recent typer vendors click under typer._click; older typer uses click itself
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
 except ImportError:  # pragma: no cover
-    from click.exceptions import NoArgsIsHelpError, UsageError
+    from click.exceptions import UsageError
+
+    try:
+        from click.exceptions import NoArgsIsHelpError
+    except ImportError:  # click < 8.2 prints the help and exits by itself
+        class NoArgsIsHelpError(UsageError):  # type: ignore[no-redef]
+            """Never raised by this click."""
 
 __all__ = ["app", "main"]
 
@@ -34,8 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     args = [a for a in args if a != "--debug"]
     try:
         code = app(args=args, prog_name="featstore", standalone_mode=False)
-    except NoArgsIsHelpError:  # the help is already printed
-        sys.exit(0)
+    except NoArgsIsHelpError as e:  # the help is already printed
+        sys.exit(e.exit_code)
     except UsageError as e:  # a bad option value or a missing option: one line too
         where = f"featstore {e.ctx.info_name} --help" if e.ctx and e.ctx.parent else (
             "featstore --help")

@@ -106,10 +106,12 @@ def resolve_embedding_set(ds: DatasetGroup, text: str, *, image_size: int | None
     except BackboneError as not_a_spec:
         try:  # an alias as listed by `featstore ls`, or a key prefix
             return ds.embedding_set(text)
-        except NotExtractedError:
-            if "@" in text or text.startswith("timm:"):
-                raise not_a_spec from None
-            raise
+        except NotExtractedError as not_in_store:
+            ambiguous = any(s.alias == text or s.key.startswith(text)
+                            for s in ds.embedding_sets())
+            if ambiguous or not ("@" in text or text.startswith("timm:")):
+                raise not_in_store from None  # several sets match: it lists their keys
+            raise not_a_spec from None
     return ds.embedding_set(resolve_key(spec, dtype, precision)[1].digest)
 
 

@@ -5,8 +5,9 @@ Every method of one (fraction, seed) trains on the same rows, so rows of the tab
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,8 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
     cfg = {"task": task, "fraction": fraction, "seed": seed, "dim": dim,
            "n_bootstrap": n_bootstrap, "keys": [e.key for e in embs], "val": val_source,
            **dvme_options}
-    base = {"dataset": ref.dataset, "backbones": [e.alias for e in embs],
+    names = _display_names(embs)
+    base = {"dataset": ref.dataset, "backbones": names,
             "keys": [e.key for e in embs], "task": task, "fraction": fraction, "seed": seed,
             "n_train": len(tr), "n_val": len(va), "n_test": len(te),
             "n_excluded": int(missing.sum()),
@@ -135,19 +137,22 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
     legacy_id = run_key({k: v for k, v in cfg.items() if k != "val"}) if (
         val_source == VAL_SPLIT) else None
 
-    def method_run(method: str, fit: Callable[[str], list[FuseRecord]]) -> list[FuseRecord]:
-        rid = run_key({**cfg, "method": method})
+    def method_run(method: str, fit: Callable[[str], list[FuseRecord]],
+                   identity: str | None = None) -> list[FuseRecord]:
+        """A method's records: read back when persisted under its id (``identity``: what
+        the method is, when its display name is not unique), else computed and saved."""
+        rid = run_key({**cfg, "method": identity or method})
         if dataset is not None and not recompute:
             saved = dataset.fusion_run(rid)
-            if saved is not None:
-                return [stored_fusion_record(r) for r in saved["records"]]
-            legacy = dataset.fusion_run(legacy_id) if legacy_id else None
-            old = [r for r in (legacy or {}).get("records", []) if r["method"] == method]
-            if old:
-                return [stored_fusion_record(r) for r in old]
+            old = [] if saved is not None or not legacy_id else [
+                r for r in (dataset.fusion_run(legacy_id) or {}).get("records", [])
+                if r["method"] == method]
+            if saved is not None or old:
+                return [replace(stored_fusion_record(r), random_weights=base["random_weights"])
+                        for r in (saved["records"] if saved is not None else old)]
         recs = fit(rid)
         if dataset is not None:
-            dataset.save_fusion_run(rid, {"config": {**cfg, "method": method},
+            dataset.save_fusion_run(rid, {"config": {**cfg, "method": identity or method},
                                           "records": [r.to_dict() for r in recs]})
         return recs
 
@@ -157,12 +162,12 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
         head.fit([e.X[tr] for e in embs], y[tr], [e.X[va] for e in embs], y[va])
         Xte = [e.X[te] for e in embs]
         alpha = head.attention_weights(Xte)
-        overall = {e.alias: float(a) for e, a in zip(embs, alpha.mean(0), strict=True)}
+        overall = {n: float(a) for n, a in zip(names, alpha.mean(0), strict=True)}
         per_class = {}
         if task != "multilabel":
             for c in np.unique(y[te]):
-                per_class[str(c)] = {e.alias: float(a) for e, a in
-                                     zip(embs, alpha[y[te] == c].mean(0), strict=True)}
+                per_class[str(c)] = {n: float(a) for n, a in
+                                     zip(names, alpha[y[te] == c].mean(0), strict=True)}
         path = None
         if heads_dir is not None:
             Path(heads_dir).mkdir(parents=True, exist_ok=True)
@@ -186,9 +191,17 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
         records += method_run(f"dvme-{attention}", partial(dvme, attention))
     if baselines:
         records += method_run("concat", partial(linear, "concat", embs))
-        for e in embs:
-            records += method_run(f"single:{e.alias}", partial(linear, f"single:{e.alias}", [e]))
+        for e, name in zip(embs, names, strict=True):
+            records += method_run(f"single:{name}", partial(linear, f"single:{name}", [e]),
+                                  identity=f"single:{e.key}")
     return records
+
+
+def _display_names(embs: Sequence[Embeddings]) -> list[str]:
+    """Each set's alias, with its key prefix where two sets share an alias (one spec at two
+    precisions, two checkpoints of one file name)."""
+    counts = Counter(e.alias for e in embs)
+    return [e.alias if counts[e.alias] == 1 else f"{e.alias}#{e.key[:8]}" for e in embs]
 
 
 def fuse_grid(sets: Sequence[EmbeddingSet], *, task: str, fractions: Sequence[float] = (1.0,),
@@ -241,15 +254,25 @@ def stored_fusion_records(datasets: Sequence[DatasetGroup],
                           keys: Sequence[str] | None = None) -> list[FuseRecord]:
     """Every fusion record persisted for these dataset groups (no computation); with
     ``keys``, only runs that fused some of these embedding keys. Runs whose val was carved
-    by the earlier, patient-unaware rule are superseded and not listed."""
+    by the earlier, patient-unaware rule are superseded and not listed, and so is a method of
+    an earlier (one id per fraction and seed) run that was recomputed since."""
     wanted = None if keys is None else set(keys)
     out = []
     for ds in datasets:
         has_val = bool((ds.index["split"] == "val").any())
-        for run in ds.fusion_runs():
-            if "config" not in run and not has_val:
+        runs = ds.fusion_runs()
+
+        def what(r: dict[str, Any]) -> tuple:
+            return (r["method"], tuple(r.get("keys", [])), r["fraction"], r["seed"])
+
+        current = {what(r) for run in runs if "config" in run for r in run.get("records", [])}
+        for run in runs:
+            legacy = "config" not in run
+            if legacy and not has_val:
                 continue  # an earlier run whose val was carved by the superseded rule
             for r in run.get("records", []):
+                if legacy and what(r) in current:
+                    continue  # recomputed since, under its own id
                 if wanted is None or wanted & set(r.get("keys", [])):
                     out.append(stored_fusion_record(r))
     return out

@@ -198,6 +198,7 @@ def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, 
     """Probe every set x probe x fraction x seed; each run persisted in (or read from) the
     store.
 
+    Without ``config``, each set is probed for its dataset's task with the default settings.
     ``seeds``: a count N (seeds 0..N-1) or the seeds themselves. Arguments are checked before
     anything is computed. Every shard read is checked against its checksum unless ``verify``
     is false. ``on_run`` is called with each run's records as it finishes (a progress hook).
@@ -210,7 +211,6 @@ def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, 
     CorruptShardError
         A shard fails its checksum (named); nothing is computed from it.
     """
-    cfg = config or ProbeConfig()
     kinds = [p.strip() for p in probes]
     for kind in kinds:
         if kind not in PROBES:
@@ -218,6 +218,8 @@ def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, 
     seed_list = check_grid(fractions, seeds)
     records: list[ProbeRecord] = []
     for es in sets:
+        # without a config, each set is probed for its dataset's own task
+        cfg = config or ProbeConfig(task=str(es.dataset.attrs.get("task", "binary")))
         emb = es.load(verify=verify)
         for kind in kinds:
             for fraction in fractions:

@@ -122,11 +122,15 @@ def fusion_table(records: Sequence[Any]) -> Table | None:
 
 
 def heads_line(records: Sequence[Any]) -> str | None:
-    """Where the trained DVME heads were saved, if any were."""
-    heads = sorted({r.head_path for r in records if getattr(r, "head_path", None)})
-    if not heads:
-        return None
-    return f"DVME heads saved: {', '.join(heads)} (featstore.fusion.DVME.load)"
+    """Where the DVME heads of these runs are: saved now, or by the run read back."""
+    saved = sorted({r.head_path for r in records if r.head_path and not r.cached})
+    earlier = sorted({r.head_path for r in records if r.head_path and r.cached} - set(saved))
+    parts = []
+    if saved:
+        parts.append(f"DVME heads saved: {', '.join(saved)}")
+    if earlier:
+        parts.append(f"heads of runs read back (saved when they ran): {', '.join(earlier)}")
+    return "; ".join(parts) + " (featstore.fusion.DVME.load)" if parts else None
 
 
 def notes(records: Iterable[Any]) -> list[str]:

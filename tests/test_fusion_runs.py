@@ -1,0 +1,74 @@
+"""Persisted fusion runs: one per method, keyed by what the method is, listed once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from featstore.cli import main
+from tests.conftest import SIZE, TINY, TINY_VIT
+
+FIXTURE = Path(__file__).parent / "fixtures" / "store_v1"
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exc.value.code or 0, captured.out, captured.err
+
+
+def test_two_sets_with_one_alias_are_two_baselines(capsys, npz_file, tmp_path):
+    """Two checkpoints of one file name share an alias; their single baselines must not
+    share a run (the second used to read back the first's numbers)."""
+    specs = []
+    for run in ("run1", "run2"):
+        (tmp_path / run).mkdir()
+        torch.manual_seed(len(run) + int(run[-1]))
+        torch.save(timm.create_model("test_resnet").state_dict(), tmp_path / run / "model.pth")
+        specs += ["-b", f"timm:test_resnet@{tmp_path / run / 'model.pth'}"]
+    store = ["--store", str(tmp_path / "s"), "--data", str(npz_file)]
+    code, out, _ = cli(capsys, "extract", *store, *specs, "--image-size", str(SIZE), "--json")
+    keys = [r["key"] for r in json.loads(out)]
+    assert code == 0 and len(set(keys)) == 2
+    code, out, _ = cli(capsys, "fuse", *store, "-b", keys[0][:12], "-b", keys[1][:12],
+                       "--attention", "uniform", "--bootstrap", "0", "--dim", "16",
+                       "--heads-dir", str(tmp_path / "h"), "--json")
+    singles = [r for r in json.loads(out) if r["method"].startswith("single:") and r["primary"]]
+    assert code == 0 and len({r["method"] for r in singles}) == 2
+    assert not any(r["cached"] for r in singles) and len({r["run_id"] for r in singles}) == 2
+    code, out, _ = cli(capsys, "probe", *store, "-b", keys[0][:12], "-b", keys[1][:12],
+                       "--bootstrap", "0", "--json")
+    probe_auc = sorted(r["value"] for r in json.loads(out) if r["primary"])
+    assert sorted(r["value"] for r in singles) == pytest.approx(probe_auc)
+
+
+def test_recomputing_an_old_fusion_run_lists_each_method_once(capsys, tmp_path):
+    shutil.copytree(FIXTURE, tmp_path / "v1")
+    store = ["--store", str(tmp_path / "v1" / "store"), "--data", str(tmp_path / "v1" /
+                                                                     "tiny.npz")]
+    args = ["fuse", *store, "-b", TINY, "-b", TINY_VIT, "--image-size", str(SIZE),
+            "--bootstrap", "20", "--heads-dir", str(tmp_path / "h"), "--json"]
+    code, out, _ = cli(capsys, *args, "--recompute")
+    assert code == 0 and not any(r["cached"] for r in json.loads(out))
+    code, out, _ = cli(capsys, "results", *store, "--json")
+    fused = [r for r in json.loads(out) if "method" in r and r["primary"]]
+    assert sorted(r["method"] for r in fused) == [
+        "concat", "dvme-softmax", "single:timm:test_resnet/32px@random",
+        "single:timm:test_vit/32px@random"]
+    assert all(r["random_weights"] for r in fused)
+
+
+def test_an_alias_shared_by_two_sets_asks_for_a_key(capsys, npz_file, tmp_path):
+    store = ["--store", str(tmp_path / "s"), "--data", str(npz_file)]
+    for dtype in ("float32", "float16"):
+        code, _, _ = cli(capsys, "extract", *store, "-b", TINY, "--image-size", str(SIZE),
+                         "--dtype", dtype)
+        assert code == 0
+    code, _, err = cli(capsys, "probe", *store, "-b", "timm:test_resnet/32px@random")
+    assert code == 1 and "matches 2 embedding sets" in err and "pass a key prefix" in err
