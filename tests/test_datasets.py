@@ -440,3 +440,28 @@ def test_a_small_release_never_gets_an_empty_val_or_test(tmp_path, kind):
     assert sum(counts.values()) == 5
     with pytest.raises(ManifestError, match=r"2 patients \(groups\) cannot fill train"):
         load_dataset(make_dr(tmp_path / "two", kind, patients=2))
+
+
+@pytest.mark.parametrize("kind", ["eyepacs", "aptos"])
+def test_a_built_csv_keeps_the_task_and_classes(capsys, tmp_path, kind):
+    """The CSV `manifest build` writes reads back as the release did: ordinal (scored by
+    quadratic kappa), not multiclass; the sidecar never changes the dataset's hash."""
+    from featstore.data import load_dataset
+    from featstore.errors import ManifestError
+
+    release = load_dataset(make_dr(tmp_path / "dr", kind))
+    out = tmp_path / "dr" / "manifest.csv"
+    with pytest.raises(SystemExit) as exc:
+        main(["manifest", "build", kind, str(tmp_path / "dr"), "-o", str(out)])
+    assert exc.value.code == 0
+    built = load_dataset(out)
+    assert (built.task, built.num_classes, built.classes) == (
+        "ordinal", release.num_classes, release.classes)
+    sidecar = out.with_name("manifest.csv.json")
+    assert json.loads(sidecar.read_text())["task"] == "ordinal"
+    assert load_dataset(out, task="multiclass").task == "multiclass"  # --task still wins
+    sidecar.unlink()
+    assert load_dataset(out).sha256 == built.sha256
+    sidecar.write_text("{broken")
+    with pytest.raises(ManifestError, match="manifest.csv.json: unreadable manifest sidecar"):
+        load_dataset(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -12,19 +13,46 @@ from featstore.data.manifest import Manifest, build_manifest
 from featstore.errors import ManifestError
 
 TABLE_SUFFIXES = (".csv", ".parquet")
+SIDECAR_SUFFIX = ".json"  # manifest.csv -> manifest.csv.json: what the columns cannot say
+SIDECAR_VERSION = 1
+
+
+def sidecar_path(table: Path) -> Path:
+    """Where a manifest table's sidecar lives: ``<table>.json`` beside it."""
+    return table.with_name(table.name + SIDECAR_SUFFIX)
+
+
+def _read_sidecar(table: Path) -> dict:
+    """The task, classes and notes ``manifest build`` recorded for a table ({} if none).
+
+    Raises ManifestError naming the sidecar when it is not the JSON featstore writes.
+    """
+    side = sidecar_path(table)
+    if not side.exists():
+        return {}
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or meta.get("featstore_manifest") != SIDECAR_VERSION:
+            raise ValueError("not a featstore manifest sidecar")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{side}: unreadable manifest sidecar ({e}); fix or delete it") \
+            from None
+    return meta
 
 
 def read_manifest_table(path: str | Path, *, root: str | Path | None = None,
                         task: str | None = None) -> Manifest:
     """Read a manifest table (CSV, or Parquet with pandas) and validate it.
 
-    Paths are relative to ``root``, by default the table's folder. Errors name the CSV line
-    (header = line 1) of the offending row.
+    Paths are relative to ``root``, by default the table's folder. A sidecar
+    ``<table>.json`` (written by ``manifest build``) gives the task (unless ``task`` is
+    given), the classes and the notes. Errors name the CSV line (header = line 1) of the
+    offending row.
 
     Raises
     ------
     ManifestError
-        An unreadable table, a ragged row, or an invalid row, naming the line.
+        An unreadable table or sidecar, a ragged row, or an invalid row, naming the line.
     """
     path = Path(path)
     if path.suffix.lower() == ".parquet":
@@ -57,14 +85,19 @@ def read_manifest_table(path: str | Path, *, root: str | Path | None = None,
                 )
         columns = {h: [r[j] for r in rows] for j, h in enumerate(header)}
         row_label, first_row = "line", 2
+    meta = _read_sidecar(path)
     return build_manifest(
-        path.stem, columns, root=root if root is not None else path.parent, task=task,
+        path.stem, columns, root=root if root is not None else path.parent,
+        task=task or meta.get("task"), num_classes=meta.get("num_classes"),
+        classes=meta.get("classes"), notes=tuple(meta.get("notes", ())),
         row_label=row_label, first_row=first_row,
     )
 
 
 def write_manifest_csv(manifest: Manifest, path: str | Path) -> Path:
-    """Write ``manifest`` as a canonical CSV whose paths are relative to the CSV's folder.
+    """Write ``manifest`` as a canonical CSV whose paths are relative to the CSV's folder,
+    and beside it ``<csv>.json`` with what the columns cannot say (task, classes, notes), so
+    reading the CSV back gives the same task (an ordinal grading stays ordinal).
 
     Reading the CSV back gives the same rows, labels and groups.
     """
@@ -91,4 +124,10 @@ def write_manifest_csv(manifest: Manifest, path: str | Path) -> Path:
             if manifest.group is not None:
                 row.append(manifest.group[i])
             w.writerow(row)
+    sidecar_path(path).write_text(json.dumps({
+        "featstore_manifest": SIDECAR_VERSION, "task": manifest.task,
+        "num_classes": manifest.num_classes,
+        "classes": list(manifest.classes) if manifest.classes else None,
+        "label_names": list(manifest.label_names), "notes": list(manifest.notes),
+    }, indent=1) + "\n", encoding="utf-8")
     return path
