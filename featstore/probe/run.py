@@ -16,7 +16,7 @@ import numpy as np
 
 from featstore.choices import ORDINAL_DECODES, PROBES
 from featstore.data.fractions import ids_sha256, select_fraction, split_by_group
-from featstore.errors import ProbeError
+from featstore.errors import ManifestError, ProbeError
 from featstore.probe.knn import DEFAULT_KS, knn_with_validation
 from featstore.probe.linear import DEFAULT_L2_GRID, DEFAULT_TOL, fit_with_validation
 from featstore.probe.ordinal import decode, expected_grade, fit_thresholds
@@ -110,11 +110,13 @@ def split_rows(emb: Embeddings, y: np.ndarray, task: str,
             raise ProbeError(f"{emb.dataset}: no rows in split {name!r}")
     val_source = VAL_SPLIT
     if len(va) == 0:
-        carved = split_by_group(y[tr], emb.group[tr], val=VAL_CARVE_FRACTION, test=0.0, seed=0)
+        try:
+            carved = split_by_group(y[tr], emb.group[tr], val=VAL_CARVE_FRACTION, test=0.0,
+                                    seed=0)
+        except ManifestError as e:  # one patient in train: nothing to carve
+            raise ProbeError(f"{emb.dataset}: no val split, and train is too small to carve "
+                             f"one ({e})") from None
         tr, va = tr[carved == "train"], tr[carved == "val"]
-        if len(va) == 0 or len(tr) == 0:
-            raise ProbeError(f"{emb.dataset}: no val split, and too few patients in train "
-                             f"({len(np.unique(emb.group[tr]))}) to carve one")
         val_source = f"{VAL_CARVE_FRACTION:.0%} of train patients (seed 0)"
     return tr, va, te, val_source
 
@@ -126,8 +128,9 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
 
     ``config`` (or keyword overrides of its fields, e.g. ``task="ordinal"``) says which probe
     and how. ``fraction`` < 1 trains on a stratified, patient-grouped subset of train drawn
-    with ``seed``; val and test stay whole. Without a val split, a stratified 20% of train
-    (seed 0, the same for every run) is held out to choose hyperparameters. The primary
+    with ``seed``; val and test stay whole. Without a val split, 20% of the train patients
+    (whole patients, stratified, seed 0, the same for every run) are held out to choose
+    hyperparameters. The primary
     metric carries a bootstrap CI on test. With ``store_set``, the run is read from the store
     when it was computed before (``cached=True``) and written there otherwise.
 
