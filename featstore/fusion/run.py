@@ -16,7 +16,7 @@ import numpy as np
 
 from featstore.data.fractions import ids_sha256, select_fraction
 from featstore.errors import FusionError, ProbeError
-from featstore.fusion.dvme import ATTENTIONS, DVME
+from featstore.fusion.dvme import ATTENTIONS, DVME, HEAD_VERSION
 from featstore.probe.linear import fit_with_validation
 from featstore.probe.run import VAL_SPLIT, check_grid, split_rows
 from featstore.store.zarr_store import DatasetGroup, Embeddings, EmbeddingSet
@@ -138,13 +138,14 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
         val_source == VAL_SPLIT) else None
 
     def method_run(method: str, fit: Callable[[str], list[FuseRecord]],
-                   identity: str | None = None) -> list[FuseRecord]:
+                   identity: str | None = None, legacy: bool = True) -> list[FuseRecord]:
         """A method's records: read back when persisted under its id (``identity``: what
-        the method is, when its display name is not unique), else computed and saved."""
+        the method is, when its display name does not say it all), else computed and saved;
+        ``legacy``: whether an earlier run of the method still gives its numbers."""
         rid = run_key({**cfg, "method": identity or method})
         if dataset is not None and not recompute:
             saved = dataset.fusion_run(rid)
-            old = [] if saved is not None or not legacy_id else [
+            old = [] if saved is not None or not legacy_id or not legacy else [
                 r for r in (dataset.fusion_run(legacy_id) or {}).get("records", [])
                 if r["method"] == method]
             if saved is not None or old:
@@ -187,8 +188,9 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
                         hyperparameter=f"l2={sweep.l2:g}")
 
     records: list[FuseRecord] = []
-    for attention in attentions:
-        records += method_run(f"dvme-{attention}", partial(dvme, attention))
+    for attention in attentions:  # the head's version is part of what a DVME run is
+        records += method_run(f"dvme-{attention}", partial(dvme, attention),
+                              identity=f"dvme-{attention}@head-v{HEAD_VERSION}", legacy=False)
     if baselines:
         records += method_run("concat", partial(linear, "concat", embs))
         for e, name in zip(embs, names, strict=True):
