@@ -16,6 +16,16 @@ SIZE = 32
 SHARED_MEDMNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist"
 
 
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run ``featstore ARGS`` in-process: (exit code, stdout, stderr)."""
+    from featstore.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exc.value.code or 0, captured.out, captured.err
+
+
 @pytest.fixture(autouse=True)
 def isolated_weight_caches(tmp_path_factory, monkeypatch):
     """No test sees a weights file or cache that happens to be on the machine."""

@@ -12,15 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featstore.cli import main
-from tests.conftest import SIZE, TINY, TINY_VIT, make_medmnist
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    captured = capsys.readouterr()
-    return exc.value.code or 0, captured.out, captured.err
+from tests.conftest import SIZE, TINY, TINY_VIT, cli, make_medmnist
 
 
 def csv_file(tmp: Path, rows: list[str], *, bom: bool = False, images: int = 4) -> Path:

@@ -8,15 +8,7 @@ import sys
 
 import pytest
 
-from featstore.cli import main
-from tests.conftest import SHARED_MEDMNIST, SIZE, TINY, TINY_VIT
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    captured = capsys.readouterr()
-    return exc.value.code or 0, captured.out, captured.err
+from tests.conftest import SHARED_MEDMNIST, SIZE, TINY, TINY_VIT, cli
 
 
 def test_cli_end_to_end_on_image_files(capsys, image_csv, store_dir):

@@ -10,15 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featstore.cli import main
-from tests.conftest import SIZE, TINY, TINY_VIT
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    captured = capsys.readouterr()
-    return exc.value.code or 0, captured.out, captured.err
+from tests.conftest import SIZE, TINY, TINY_VIT, cli
 
 
 @pytest.fixture

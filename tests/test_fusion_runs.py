@@ -10,17 +10,10 @@ import pytest
 import timm
 import torch
 
-from featstore.cli import main
-from tests.conftest import SIZE, TINY, TINY_VIT
+from tests.conftest import SIZE, TINY, TINY_VIT, cli
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store_v1"
 
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    captured = capsys.readouterr()
-    return exc.value.code or 0, captured.out, captured.err
 
 
 def test_two_sets_with_one_alias_are_two_baselines(capsys, npz_file, tmp_path):

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from featstore.cli import main
-from tests.conftest import TINY, TINY_VIT
+from tests.conftest import TINY, TINY_VIT, cli
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store_v1"
 OLD_KEYS = {"fdb00f5ddc2d015b29c6", "b2036dfb2240ade7c5cf"}  # test_resnet, test_vit at 32px
@@ -23,28 +22,22 @@ def old(tmp_path) -> Path:
     return tmp_path / "v1"
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    captured = capsys.readouterr()
-    return exc.value.code or 0, captured.out, captured.err
-
 
 def test_old_store_lists_and_verifies(capsys, old):
     store = str(old / "store")
-    code, out, _ = run(capsys, "ls", "--store", store, "--json")
+    code, out, _ = cli(capsys, "ls", "--store", store, "--json")
     rows = json.loads(out)
     assert code == 0 and len(rows) == 4
     assert {r["key"][:20] for r in rows} == OLD_KEYS
     assert {r["status"] for r in rows} == {"complete"}
-    code, out, _ = run(capsys, "verify", "--store", store)
+    code, out, _ = cli(capsys, "verify", "--store", store)
     assert code == 0 and out.count(" ok") == 4
 
 
 def test_specs_resolve_to_the_keys_written_before(capsys, old):
     """The key is assembled in one place now; it must give the very same digests."""
     store = str(old / "store")
-    code, out, _ = run(capsys, "extract", "--data", str(old / "tiny.npz"), "-b", TINY,
+    code, out, _ = cli(capsys, "extract", "--data", str(old / "tiny.npz"), "-b", TINY,
                        "-b", TINY_VIT, "--image-size", "32", "--store", store, "--json")
     results = json.loads(out)
     assert code == 0 and [r["status"] for r in results] == ["cached", "cached"]
@@ -54,11 +47,11 @@ def test_specs_resolve_to_the_keys_written_before(capsys, old):
 def test_old_probe_and_fusion_runs_are_reused_and_listed(capsys, old):
     store = ["--store", str(old / "store")]
     data = ["--data", str(old / "tiny.npz")]
-    code, out, _ = run(capsys, "probe", *data, *store, "-b", TINY, "--image-size", "32",
+    code, out, _ = cli(capsys, "probe", *data, *store, "-b", TINY, "--image-size", "32",
                        "--bootstrap", "20", "--json")
     records = json.loads(out)
     assert code == 0 and records and all(r["cached"] for r in records)
-    code, out, _ = run(capsys, "fuse", *data, *store, "-b", TINY, "-b", TINY_VIT,
+    code, out, _ = cli(capsys, "fuse", *data, *store, "-b", TINY, "-b", TINY_VIT,
                        "--image-size", "32", "--bootstrap", "20", "--heads-dir",
                        str(old / "heads"), "--json")
     assert code == 0
@@ -68,7 +61,7 @@ def test_old_probe_and_fusion_runs_are_reused_and_listed(capsys, old):
     assert {r["method"]: r["cached"] for r in fused} == {
         "dvme-softmax": False, "concat": True, "single:timm:test_resnet/32px@random": True,
         "single:timm:test_vit/32px@random": True}
-    code, out, _ = run(capsys, "results", *data, *store, "--json")
+    code, out, _ = cli(capsys, "results", *data, *store, "--json")
     listed = json.loads(out)
     assert {r["probe"] for r in listed if "probe" in r} == {"linear"}
     methods = [r["method"] for r in listed if "method" in r and r["primary"]]
@@ -81,12 +74,12 @@ def test_runs_with_the_old_val_carve_are_superseded(capsys, old):
     sides: those runs are recomputed with the patient-safe carve, and no longer listed."""
     store = ["--store", str(old / "store")]
     data = ["--data", str(old / "noval" / "demo.csv")]
-    code, out, err = run(capsys, "results", *data, *store)
+    code, out, err = cli(capsys, "results", *data, *store)
     assert code == 0 and "no probe or fusion results" in err
-    code, out, _ = run(capsys, "probe", *data, *store, "-b", TINY, "--image-size", "32",
+    code, out, _ = cli(capsys, "probe", *data, *store, "-b", TINY, "--image-size", "32",
                        "--bootstrap", "20", "--json")
     records = json.loads(out)
     assert code == 0 and not any(r["cached"] for r in records)
     assert {r["val_source"] for r in records} == {"20% of train patients (seed 0)"}
-    code, out, _ = run(capsys, "results", *data, *store, "--json")
+    code, out, _ = cli(capsys, "results", *data, *store, "--json")
     assert len(json.loads(out)) == len(records)
