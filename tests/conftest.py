@@ -33,6 +33,7 @@ def isolated_weight_caches(tmp_path_factory, monkeypatch):
 
     home = tmp_path_factory.mktemp("caches")
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "xdg"))  # file fingerprints
     monkeypatch.delenv("FEATSTORE_WEIGHTS_DIR", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hf"))
 

@@ -103,6 +103,9 @@ CATALOGUE = [
      "no rows"),
     ("header-only CSV, extract", lambda t, d, s: [*EXTRACT, "--data", str(csv_file(t, [])),
                                                   "--store", s], "no rows"),
+    ("path escapes the manifest folder", lambda t, d, s: ["manifest", "validate", str(
+        csv_file(t, ["a,train,0.png,0", "b,train,sub/../../x.png,1"]))],
+     "line 3 (id 'b'): path 'sub/../../x.png' leaves the manifest's folder"),
     ("file name not UTF-8", lambda t, d, s: ["manifest", "validate", str(
         image_folder_with_non_utf8_name(t))], "is not valid UTF-8"),
     ("npz float16 images", lambda t, d, s: ["manifest", "validate", str(npz_with(

@@ -179,7 +179,7 @@ def test_missing_file_fails_before_any_work(image_csv, store_dir):
     (image_csv.parent / m.paths[5]).unlink()
     with pytest.raises(ManifestError, match=f"id '{m.ids[5]}'.*file not found"):
         run(m, FeatureStore(store_dir))
-    assert not (store_dir / m.group_name).exists()
+    assert FeatureStore(store_dir).datasets() == []
 
 
 def test_verify_detects_a_corrupted_shard(image_csv, store_dir):

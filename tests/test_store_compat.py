@@ -44,6 +44,26 @@ def test_specs_resolve_to_the_keys_written_before(capsys, old):
     assert {r["key"][:20] for r in results} == OLD_KEYS
 
 
+def test_an_old_group_is_adopted_and_found_from_a_copy_of_the_data(capsys, old, tmp_path):
+    """The old group is keyed by a hash of the paths; opened once with the data that made it,
+    it gains the dataset's content identity, and a copy of the data under another name and
+    folder then finds it (its sets are cache hits)."""
+    from featstore.data import load_dataset
+    from featstore.store import FeatureStore
+
+    store = str(old / "store")
+    m = load_dataset(old / "tiny.npz")
+    group = FeatureStore(store).dataset(m)
+    assert group.name == f"tiny-{m.sha256[:12]}" and group.attrs["identity"] == m.identity
+    copy = tmp_path / "mounted" / "renamed.npz"
+    copy.parent.mkdir()
+    shutil.copy(old / "tiny.npz", copy)
+    code, out, _ = cli(capsys, "extract", "--data", str(copy), "-b", TINY, "-b", TINY_VIT,
+                       "--image-size", "32", "--store", store, "--json")
+    assert code == 0 and [r["status"] for r in json.loads(out)] == ["cached", "cached"]
+    assert len(FeatureStore(store).datasets()) == 2  # tiny and noval/demo, nothing new
+
+
 def test_old_probe_and_fusion_runs_are_reused_and_listed(capsys, old):
     store = ["--store", str(old / "store")]
     data = ["--data", str(old / "tiny.npz")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -74,12 +76,34 @@ class Manifest:
 
     @cached_property
     def sha256(self) -> str:
-        """Hex sha256 over the canonical content: columns, array-file hashes, label names."""
+        """Hex sha256 over the canonical content: columns, array-file hashes, label names.
+
+        It covers the paths as written, so it names one copy of a dataset: store groups are
+        keyed by :attr:`identity` instead; this hash names the groups made before that
+        (:attr:`legacy_sha256s`) and is recorded in provenance.
+        """
+        return self._sha256(self.paths)
+
+    @cached_property
+    def legacy_sha256s(self) -> tuple[str, ...]:
+        """The hashes an earlier featstore gave this manifest: :attr:`sha256`, and for a
+        table whose paths outside its folder are now written absolute, the hash with those
+        paths relative to the table's folder (``../data/x.png``), as ``manifest build`` wrote
+        them before."""
+        hashes = [self.sha256]
+        if any(posixpath.isabs(p) for p in self.paths.tolist()):
+            here = Path(self.root).resolve()
+            rel = np.asarray([Path(os.path.relpath(p, here)).as_posix()
+                              if posixpath.isabs(p) else p for p in self.paths.tolist()])
+            hashes.append(self._sha256(rel))
+        return tuple(hashes)
+
+    def _sha256(self, paths: np.ndarray) -> str:
         parts = [f"featstore-manifest/{MANIFEST_FORMAT}\n".encode()]
         cols: list[tuple[str, Sequence]] = [
             ("id", self.ids),
             ("split", self.split),
-            ("path", self.paths),
+            ("path", paths),
             ("array", self.array_keys if self.array_keys is not None else ()),
             ("index", self.index if self.index is not None else ()),
             ("group", self.group if self.group is not None else ()),
@@ -93,10 +117,26 @@ class Manifest:
             parts.append(f"\x1esource\x1d{key}={self.sources[key]}".encode())
         return sha256_bytes(b"".join(parts))
 
+    @cached_property
+    def identity(self) -> str:
+        """Hex sha256 of what the dataset is -- rows, task, label names and the content of its
+        files -- never where it is or what it is called (see :mod:`featstore.data.identity`).
+        Stores find a dataset's group by it. Reads (fingerprints) every file once per user.
+
+        Raises
+        ------
+        ManifestError
+            A file the manifest points at is missing or unreadable, naming the row id.
+        """
+        from featstore.data.identity import dataset_identity
+
+        return dataset_identity(self)
+
     @property
     def group_name(self) -> str:
-        """Name of this dataset's group in a store: ``<name>-<sha256[:12]>``."""
-        return f"{self.name}-{self.sha256[:12]}"
+        """Name of a new group for this dataset in a store: ``<name>-<identity[:12]>``.
+        Stores find the group by its ``identity`` attribute, whatever it is named."""
+        return f"{self.name}-{self.identity[:12]}"
 
     def summary(self) -> dict:
         """Name, rows, task, classes, rows per split, label names, whether it has patient
@@ -282,6 +322,10 @@ def build_manifest(
     for i, p in enumerate(paths):
         if not p:
             raise ManifestError(f"{where(i, ids[i])}: empty path")
+        if _escapes_root(p):
+            raise ManifestError(
+                f"{where(i, ids[i])}: path {p!r} leaves the manifest's folder ('..'); give "
+                "paths inside it, or absolute paths")
 
     array_keys = index = None
     if "array" in columns:
@@ -319,6 +363,13 @@ def build_manifest(
         sources=dict(sources or {}),
         notes=tuple(notes),
     )
+
+
+def _escapes_root(path: str) -> bool:
+    """Whether a relative manifest path climbs out of the manifest's folder (``../x``,
+    ``a/../../x``); absolute paths say where they are and are allowed."""
+    p = path.replace("\\", "/")
+    return not posixpath.isabs(p) and posixpath.normpath(p).split("/")[0] == ".."
 
 
 def _check_groups(name: str, ids: np.ndarray, split: np.ndarray, group: np.ndarray) -> None:

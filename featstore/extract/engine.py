@@ -160,6 +160,7 @@ def provenance(loaded: LoadedBackbone, manifest: Manifest, *, batch_size: int,
         "layer": spec.layer,
         "manifest": manifest.name,
         "manifest_sha256": manifest.sha256,
+        "dataset_identity": manifest.identity,
         "batch_size": batch_size,
         "batch_size_auto": batch_size_auto,
         "precision": precision,
@@ -363,7 +364,8 @@ def extract_embeddings(
 
         sets: list[EmbeddingSet] = []
         if dist.rank == 0:  # one creator: rank 0, and among concurrent extracts, the lock
-            lock = ClaimBoard.path(manifest.group_name, "_create", "lock")
+            # keyed by identity: two extracts of one dataset under two names make one group
+            lock = ClaimBoard.path(f"dataset-{manifest.identity[:16]}", "_create", "lock")
             board.claim_wait(lock)
             try:
                 sets = create_sets()

@@ -184,47 +184,44 @@ class FeatureStore:
     def dataset(self, manifest: Manifest, *, create: bool = False) -> DatasetGroup:
         """The group of ``manifest``, optionally created with its index arrays.
 
+        The group is found by the dataset's content :attr:`~Manifest.identity`, whatever it is
+        named and wherever the data was mounted when it was made. A group written before
+        groups carried an identity (named ``<name>-<path hash>``) is taken over when the
+        manifest that made it opens it: its ``identity`` attribute is added (when the store is
+        writable), and from then on every copy of the data finds it.
+
         Raises
         ------
         NotExtractedError
             The dataset is not in the store and ``create`` is false.
-        StoreError
-            A group of that name exists with another manifest hash.
         """
-        name = manifest.group_name
         root = self._root_group(create=create)
-        if root is not None and name in root:
-            g = root[name]
-            have = g.attrs.get("manifest_sha256")
-            if have is not None and have != manifest.sha256:
-                raise StoreError(
-                    f"store {self.root}: group {name} holds manifest {have[:12]}..., not "
-                    f"{manifest.sha256[:12]}..."
-                )
-            if have is not None:
-                ds = DatasetGroup(self, name, g)
-                damaged = ds.damaged_index(manifest)
-                if damaged and not create:
-                    raise CorruptShardError(
-                        f"store {self.root}: dataset {name}: index {'; '.join(damaged)} does "
-                        "not match the manifest (the store is damaged); run 'featstore "
-                        "extract' on this dataset to rewrite the index")
-                if damaged:  # the manifest matches the group's hash: it is the truth
-                    _write_index(g, manifest)
-                    ds.repaired_index = damaged
-                    ds.__dict__.pop("index", None)
-                return ds
+        ds = self._find(root, manifest) if root is not None else None
+        if ds is not None:
+            damaged = ds.damaged_index(manifest)
+            if damaged and not create:
+                raise CorruptShardError(
+                    f"store {self.root}: dataset {ds.name}: index {'; '.join(damaged)} does "
+                    "not match the manifest (the store is damaged); run 'featstore "
+                    "extract' on this dataset to rewrite the index")
+            if damaged:  # the manifest matches the group's identity: it is the truth
+                _write_index(ds.group, manifest)
+                ds.repaired_index = damaged
+                ds.__dict__.pop("index", None)
+            return ds
         if not create or root is None:
             raise NotExtractedError(
-                f"dataset {manifest.name} (manifest {manifest.sha256[:12]}) is not in store "
+                f"dataset {manifest.name} (identity {manifest.identity[:12]}) is not in store "
                 f"{self.root}: run 'featstore extract' first"
             )
+        name = manifest.group_name
         g = root.require_group(name)
         n = len(manifest)
         _write_index(g, manifest)
         # attrs last: a group without manifest_sha256 is an unfinished creation, redone above
         g.attrs.update({
             "name": manifest.name,
+            "identity": manifest.identity,
             "manifest_sha256": manifest.sha256,
             "rows": n,
             "task": manifest.task,
@@ -234,6 +231,22 @@ class FeatureStore:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
         return DatasetGroup(self, name, g)
+
+    def _find(self, root: zarr.Group, manifest: Manifest) -> DatasetGroup | None:
+        """The group holding ``manifest``'s dataset: by identity, else its legacy group."""
+        groups = self.datasets()
+        for ds in groups:  # sorted by name: of two groups with one identity, the first wins
+            if ds.attrs.get("identity") == manifest.identity:
+                return ds
+        names = {f"{manifest.name}-{h[:12]}": h for h in manifest.legacy_sha256s}
+        legacy = next((d for d in groups if names.get(d.name) == d.manifest_sha256
+                       and d.attrs.get("identity") is None), None)
+        if legacy is not None:  # made before identities: adopt it
+            try:
+                legacy.group.attrs["identity"] = manifest.identity
+            except (OSError, PermissionError):  # a read-only store: use it as it is
+                pass
+        return legacy
 
     def find_dataset(self, name_or_hash: str) -> DatasetGroup:
         """A dataset group by its group name, its name, or a manifest-hash prefix.
@@ -245,7 +258,8 @@ class FeatureStore:
         """
         hits = [d for d in self.datasets()
                 if name_or_hash in (d.name, d.attrs.get("name"))
-                or d.manifest_sha256.startswith(name_or_hash)]
+                or d.manifest_sha256.startswith(name_or_hash)
+                or str(d.attrs.get("identity") or "").startswith(name_or_hash)]
         if len(hits) != 1:
             have = ", ".join(d.name for d in self.datasets()) or "none"
             what = "no dataset" if not hits else f"{len(hits)} datasets"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -94,9 +93,18 @@ def read_manifest_table(path: str | Path, *, root: str | Path | None = None,
     )
 
 
+def _csv_path(file: Path, here: Path) -> str:
+    """``file`` relative to ``here`` when it is inside it, else absolute (POSIX form)."""
+    try:
+        return file.relative_to(here).as_posix()
+    except ValueError:
+        return file.as_posix()
+
+
 def write_manifest_csv(manifest: Manifest, path: str | Path) -> Path:
-    """Write ``manifest`` as a canonical CSV whose paths are relative to the CSV's folder,
-    and beside it ``<csv>.json`` with what the columns cannot say (task, classes, notes), so
+    """Write ``manifest`` as a canonical CSV -- paths relative to the CSV's folder for files
+    inside it, absolute for the others (a manifest path never climbs out with ``..``) -- and
+    beside it ``<csv>.json`` with what the columns cannot say (task, classes, notes), so
     reading the CSV back gives the same task (an ordinal grading stays ordinal).
 
     Reading the CSV back gives the same rows, labels and groups.
@@ -111,7 +119,7 @@ def write_manifest_csv(manifest: Manifest, path: str | Path) -> Path:
         header += ["array", "index"]
     if manifest.group is not None:
         header.append("group")
-    rel = {p: Path(os.path.relpath(Path(manifest.root).resolve() / p, here)).as_posix()
+    rel = {p: _csv_path(Path(manifest.root).resolve() / p, here)
            for p in np.unique(manifest.paths)}
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
