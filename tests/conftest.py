@@ -38,6 +38,44 @@ def isolated_weight_caches(tmp_path_factory, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hf"))
 
 
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server (moto's) on 127.0.0.1 at a free port for the whole session,
+    with the environment s3fs reads (endpoint, fake credentials). Yields the endpoint URL."""
+    import logging
+    import os
+
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log on stderr
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{server._server.server_port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield endpoint
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_store(s3_server) -> str:
+    """``s3://<fresh bucket>/store`` on the session's S3 server."""
+    import uuid
+
+    import s3fs
+
+    bucket = f"featstore-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(bucket)
+    return f"s3://{bucket}/store"
+
+
 @pytest.fixture
 def image_csv(tmp_path: Path) -> Path:
     """A demo-style dataset of 64 PNG files (32/16/16) with a manifest CSV."""

@@ -115,18 +115,50 @@ def open_zarr_store(root: str | Path, *, read_only: bool = False) -> zarr.abc.st
     """A zarr store for a local folder or an fsspec URL (``s3://``, ``gs://``, ``memory://``)."""
     text = str(root)
     if "://" in text and not text.startswith("file://"):
+        scheme = text.split("://", 1)[0]
         try:
-            return zarr.storage.FsspecStore.from_url(text, read_only=read_only)
+            store = zarr.storage.FsspecStore.from_url(text, read_only=read_only)
         except ImportError as e:  # fsspec names the missing package (s3fs, gcsfs, ...)
-            scheme = text.split("://", 1)[0]
             extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(scheme)
             how = f"pip install 'featstore[{extra}]'" if extra else "install its fsspec driver"
             raise StoreError(f"--store {text}: {scheme}:// needs a package that is not "
                              f"installed ({how}): {str(e).splitlines()[0]}") from None
+        if scheme in BUCKET_SCHEMES:
+            _check_bucket(store, text)
+        return store
     path = Path(text.removeprefix("file://"))
     if path.exists() and not path.is_dir():
         raise StoreError(f"--store {text}: a file, not a store folder")
     return zarr.storage.LocalStore(path, read_only=read_only)
+
+
+BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs")
+
+
+def _check_bucket(store: zarr.storage.FsspecStore, text: str) -> None:
+    """One request to the store's bucket, so that a missing bucket or an endpoint that does
+    not answer is one error naming them, not a failure deep inside a read.
+
+    Raises
+    ------
+    StoreError
+        The bucket does not exist, or the object store cannot be reached.
+    """
+    from zarr.core.sync import sync
+
+    bucket = store.path.split("/", 1)[0]
+    try:
+        sync(store.fs._info(bucket))
+    except FileNotFoundError:
+        raise StoreError(f"--store {text}: bucket {bucket!r} does not exist (or these "
+                         "credentials cannot see it)") from None
+    except PermissionError:  # may still read and write under the prefix: carry on
+        return
+    except Exception as e:  # botocore/aiohttp connection errors, timeouts, bad endpoints
+        first = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        raise StoreError(f"--store {text}: cannot reach the object store ({first}); check "
+                         "the endpoint (AWS_ENDPOINT_URL / FSSPEC_S3_ENDPOINT_URL), network "
+                         "and credentials") from None
 
 
 class FeatureStore:
