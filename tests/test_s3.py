@@ -10,7 +10,14 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
+from featstore.data import load_dataset
+from featstore.store import FeatureStore
 from tests.conftest import SIZE, TINY, TINY_VIT, cli
+from tests.test_extract_scale import KILLER, SLOW, env, extract_args, one_thread, run, same
+
+__all__ = ["one_thread"]  # a fixture, used by name
 
 BACKBONES = ["-b", TINY, "-b", TINY_VIT, "--image-size", str(SIZE)]
 
@@ -63,3 +70,60 @@ def test_a_dead_endpoint_is_one_error(s3_server):
     assert proc.returncode == 1 and len(errors) == 1, proc.stderr
     assert errors[0].startswith("error: --store s3://b/x: cannot reach the object store")
     assert f"127.0.0.1:{port}" in errors[0]
+
+
+# ----- exclusive claims on the object store ------------------------------------------------
+
+def test_a_claim_is_a_conditional_put_the_loser_is_refused(s3_store):
+    """The server answers 412 to the second create (s3fs raises FileExistsError): exactly one
+    of eight racing creators wins, and the object holds the winner's bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    objects = FeatureStore(s3_store).objects
+    assert objects.exclusive
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda i: objects.create("_claims/x/000001.json", b"%d" % i),
+                            range(8)))
+    assert sum(won) == 1
+    assert objects.get("_claims/x/000001.json") == b"%d" % won.index(True)
+    assert objects.age("_claims/x/000001.json") < 60
+
+
+@pytest.mark.parametrize("writers", [2, 3])
+def test_concurrent_extracts_on_s3_write_each_shard_once(image_csv, tmp_path, s3_store,
+                                                         one_thread, writers):
+    m = load_dataset(image_csv)
+    ref = FeatureStore(tmp_path / "ref")
+    [full] = run(m, ref, shard_rows=4)
+    args = [sys.executable, "-c", SLOW, "0.3",  # 0.3 s per shard: the runs overlap
+            *extract_args(image_csv, s3_store, "--shard-rows", "4", "--json")]
+    procs = [subprocess.Popen(args, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(writers)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err.decode()[-2000:]
+    written = [json.loads(o)[0]["shards_written"] for o, _ in outs]
+    assert sum(written) == 16 and max(written) < 16  # each shard once, the work shared
+    fs = FeatureStore(s3_store)
+    assert same(fs.load(m, full.key).X, ref.load(m, full.key).X)
+    es = fs.dataset(m).embedding_set(full.key)
+    assert es.attrs["status"] == "complete" and es.verify() == []
+    assert fs.objects.list("_claims/" + es.dataset.name) == []  # claims cleared
+
+
+def test_sigkill_on_s3_then_resume(image_csv, tmp_path, s3_store, one_thread):
+    m = load_dataset(image_csv)
+    ref = FeatureStore(tmp_path / "ref")
+    [full] = run(m, ref)
+    proc = subprocess.run([sys.executable, "-c", KILLER, "done", "3",
+                           *extract_args(image_csv, s3_store)], env=env(), capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    fs = FeatureStore(s3_store)
+    es = fs.dataset(m).embedding_set(full.key)
+    done = es.done_mask()
+    assert 0 < done.sum() < 4 and es.verify() == []
+    # the dead extract's claim is still there; it ran on this host, its pid is gone: stale
+    assert fs.objects.list("_claims/" + es.dataset.name)
+    [res] = run(m, fs)
+    assert res.status == "resumed" and res.shards_written == int((~done).sum())
+    assert same(fs.load(m, full.key).X, ref.load(m, full.key).X)

@@ -14,9 +14,11 @@ cannot be read (what an older featstore killed between create and write left) is
 its file is older than the timeout. A process waiting for a live claim says so on stderr:
 who holds it, since when, and after how long it takes over.
 
-On object stores (``s3://``, ``gs://``) there is no exclusive create: a claim is written and
-read back, which narrows but does not close the race; shards are still written whole and
-verified by their checksums.
+Claims are objects of the store itself (:class:`featstore.store.objects.StoreObjects`, the
+zarr store the embeddings use), so the create is exclusive wherever the store is: a hard link
+on a file system, ``PUT`` with ``If-None-Match: *`` on S3 (the loser gets 412), and
+``ifGenerationMatch=0`` on GCS. Only where a store has no conditional write
+(``StoreObjects.exclusive`` is false: ``memory://``) is a claim written and read back.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from featstore.store.zarr_store import CLAIMS_GROUP
+from featstore.store.objects import StoreObjects
+from featstore.store.zarr_store import CLAIMS_GROUP, FeatureStore
 
 DEFAULT_CLAIM_TIMEOUT = 120.0
 CLAIM_TIMEOUT_ENV = "FEATSTORE_CLAIM_TIMEOUT"
@@ -43,101 +45,6 @@ def claim_timeout(value: float | None = None) -> float:
     if value is not None:
         return float(value)
     return float(os.environ.get(CLAIM_TIMEOUT_ENV, DEFAULT_CLAIM_TIMEOUT))
-
-
-class _LocalFiles:
-    """Claim files on a local or network file system: exclusive create is atomic."""
-
-    def __init__(self, root: str) -> None:
-        self.root = Path(root)
-
-    def create(self, path: str, data: bytes) -> bool:
-        """Exclusive and atomic: the content is there the moment the name exists (written
-        to a temporary file, then hard-linked to the name, which fails if it exists)."""
-        p = self.root / path
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f"{p.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
-        try:
-            os.link(tmp, p)
-        except FileExistsError:
-            return False
-        finally:
-            tmp.unlink(missing_ok=True)
-        return True
-
-    def age(self, path: str) -> float | None:
-        """Seconds since ``path`` was last written, or None when it does not exist."""
-        try:
-            return time.time() - (self.root / path).stat().st_mtime
-        except FileNotFoundError:
-            return None
-
-    def write(self, path: str, data: bytes) -> None:
-        p = self.root / path
-        tmp = p.with_name(f"{p.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, p)  # readers see the old or the new record, never half of one
-
-    def read(self, path: str) -> bytes | None:
-        try:
-            return (self.root / path).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def remove(self, path: str) -> None:
-        (self.root / path).unlink(missing_ok=True)
-
-    def remove_tree(self, path: str) -> None:
-        import shutil
-
-        shutil.rmtree(self.root / path, ignore_errors=True)
-
-
-class _FsspecFiles:
-    """Claim files on an fsspec file system: write, then read back to confirm."""
-
-    def __init__(self, url: str) -> None:
-        import fsspec
-
-        self.fs, self.root = fsspec.core.url_to_fs(url)
-
-    def _p(self, path: str) -> str:
-        return f"{self.root.rstrip('/')}/{path}"
-
-    def create(self, path: str, data: bytes) -> bool:
-        if self.fs.exists(self._p(path)):
-            return False
-        self.fs.pipe_file(self._p(path), data)
-        return self.read(path) == data
-
-    def write(self, path: str, data: bytes) -> None:
-        self.fs.pipe_file(self._p(path), data)
-
-    def read(self, path: str) -> bytes | None:
-        try:
-            return self.fs.cat_file(self._p(path))
-        except FileNotFoundError:
-            return None
-
-    def age(self, path: str) -> float | None:
-        try:
-            modified = self.fs.modified(self._p(path))
-        except (FileNotFoundError, NotImplementedError):
-            return None
-        return time.time() - modified.timestamp()
-
-    def remove(self, path: str) -> None:
-        try:
-            self.fs.rm_file(self._p(path))
-        except FileNotFoundError:
-            pass
-
-    def remove_tree(self, path: str) -> None:
-        try:
-            self.fs.rm(self._p(path), recursive=True)
-        except FileNotFoundError:
-            pass
 
 
 def _pid_alive(pid: int) -> bool:
@@ -155,19 +62,19 @@ class ClaimBoard:
 
     Parameters
     ----------
-    store_root : str
-        The feature store's root (folder or fsspec URL).
+    store : FeatureStore or str
+        The feature store (or its root: a folder or fsspec URL).
     timeout : float
         Seconds without a heartbeat after which another process may take a claim over.
     notify : callable
         Told (one line) when this process waits for another's claim; default: stderr.
     """
 
-    def __init__(self, store_root: str, *, timeout: float | None = None,
+    def __init__(self, store: FeatureStore | str, *, timeout: float | None = None,
                  notify: Callable[[str], None] | None = None) -> None:
-        local = "://" not in str(store_root) or str(store_root).startswith("file://")
-        root = str(store_root).removeprefix("file://")
-        self.files = _LocalFiles(root) if local else _FsspecFiles(root)
+        if not isinstance(store, FeatureStore):
+            store = FeatureStore(store)
+        self.files: StoreObjects = store.objects
         self.timeout = claim_timeout(timeout)
         self.owner = uuid.uuid4().hex
         self.host = platform.node()
@@ -191,7 +98,7 @@ class ClaimBoard:
 
     def read(self, path: str) -> dict[str, Any] | None:
         """The claim record at ``path``, or None when there is none (or it is being written)."""
-        raw = self.files.read(path)
+        raw = self.files.get(path)
         if raw is None:
             return None
         try:
@@ -232,7 +139,7 @@ class ClaimBoard:
         # exactly one process inherits a stale claim: the first to create its takeover marker
         if not self.files.create(f"{path}.takeover-{record.get('owner')}", self._record()):
             return False
-        self.files.write(path, self._record())
+        self.files.put(path, self._record())
         self._hold(path)
         return True
 
@@ -266,11 +173,11 @@ class ClaimBoard:
             held = path in self._held
             self._held.discard(path)
             if held and self.still_ours(path):
-                self.files.remove(path)
+                self.files.delete(path)
 
     def clear(self, dataset: str, key: str) -> None:
         """Remove the claim folder of a finished embedding set (its markers included)."""
-        self.files.remove_tree(f"{CLAIMS_GROUP}/{dataset}/{key}")
+        self.files.delete_prefix(f"{CLAIMS_GROUP}/{dataset}/{key}")
 
     def close(self) -> None:
         """Stop the heartbeat and release every claim still held."""
@@ -299,4 +206,4 @@ class ClaimBoard:
                         self._held.discard(path)  # taken over while this process stalled
                         self._lost.add(path)
                         continue
-                    self.files.write(path, self._record())
+                    self.files.put(path, self._record())

@@ -334,7 +334,7 @@ def extract_embeddings(
     manifest.check_files()
     dist = distributed_from_env(device)
     dev = resolve_device(device, dist.local_rank)
-    board = ClaimBoard(store.root, timeout=claim_timeout)
+    board = ClaimBoard(store, timeout=claim_timeout)
     t0 = time.perf_counter()
     jobs: list[_Job] = []
     try:
@@ -454,11 +454,21 @@ class _ClaimedBatches:
         bounds = [jobs[0].es.shard_bounds(s) for s in shards]
         self.rows = sum(stop - start for start, stop in bounds)
 
+    def _claim(self, j: _Job, shard: int) -> bool:
+        """Claim a shard that is not done. Done is read again once the claim is held: a
+        writer marks a shard done before it releases the claim, so a shard finished between
+        the first read and the claim is seen here, and never computed twice."""
+        if j.es.shard_done(shard) or not self.board.try_claim(j.claim(shard)):
+            return False
+        if j.es.shard_done(shard):
+            self.board.release(j.claim(shard))
+            return False
+        return True
+
     def __iter__(self) -> Iterator[list[tuple[int, tuple[int, ...]]]]:
         es = self.jobs[0].es
         for s in self.order:
-            owned = [j for j in self.need[s]
-                     if not j.es.shard_done(s) and self.board.try_claim(j.claim(s))]
+            owned = [j for j in self.need[s] if self._claim(j, s)]
             if not owned:
                 continue
             self.owned[s] = owned

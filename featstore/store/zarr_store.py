@@ -34,6 +34,7 @@ import zarr.storage
 from featstore._hashing import array_sha256, sha256_json
 from featstore.data.manifest import Manifest
 from featstore.errors import CorruptShardError, NotExtractedError, StoreError
+from featstore.store.objects import StoreObjects
 
 STORE_FORMAT_VERSION = 1
 DEFAULT_SHARD_ROWS = 1024
@@ -172,6 +173,11 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.root!r})"
+
+    @cached_property
+    def objects(self) -> StoreObjects:
+        """Whole small objects under the root (claims, catalog), with exclusive create."""
+        return StoreObjects(self._zstore)
 
     def _root_group(self, *, create: bool = False) -> zarr.Group | None:
         """The root group; ``None`` when the store does not exist yet and ``create`` is false
