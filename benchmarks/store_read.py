@@ -1,29 +1,38 @@
 """Reading a whole embedding set into memory: featstore (checksum-verified, and with
---no-verify) against np.load of the same matrix saved as one .npy, side by side.
+--no-verify) against np.load of the same matrix saved as one .npy, side by side; then the
+same from an S3 server against downloading one .npy object of the same size.
 
     python benchmarks/store_read.py [--rows 100000] [--dim 2048] [--dtype float16] [--runs 3]
+                                    [--no-s3]
 
-The set is written through the store's own writer (1024-row shards); the page cache is warm
-for every method (each is run once before timing), so this measures decoding and checking,
-not the disk. Target: featstore within 2x of np.load.
+The set is written through the store's own writer (1024-row shards). Local: the page cache
+is warm for every method (each is run once before timing), so this measures decoding and
+checking, not the disk. S3: moto's server on 127.0.0.1 in its own process (the dev extra
+installs it); every method moves the same bytes over the same loopback, so the ratio is what
+featstore's per-shard requests and checks cost over one big GET. Target: featstore within 2x
+of np.load.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from featstore.data.manifest import build_manifest
-from featstore.store import EmbeddingKey, FeatureStore
+sys.path.insert(0, str(Path(__file__).parent))
+from _synthetic import MotoServer, manifest, write_set  # noqa: E402
+
+from featstore.store import FeatureStore  # noqa: E402
 
 
 def timed(fn, runs: int) -> tuple[list[float], np.ndarray]:
-    out = fn()  # warm-up: page cache, imports
+    out = fn()  # warm-up: page cache, imports, connections
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -32,45 +41,67 @@ def timed(fn, runs: int) -> tuple[list[float], np.ndarray]:
     return times, out
 
 
+def table(title: str, results: dict, ref_name: str, X: np.ndarray) -> None:
+    ref = statistics.median(results[ref_name][0])
+    mb = X.nbytes / 2**20
+    print(title)
+    print(f"{'method':34s} {'s':>7s} {'MiB/s':>8s} {'vs ' + ref_name:>24s}  identical")
+    for name, (times, out) in results.items():
+        med = statistics.median(times)
+        print(f"{name:34s} {med:7.3f} {mb / med:8,.0f} {med / ref:23.2f}x  "
+              f"{np.array_equal(out, X)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-s3", action="store_true", help="local disk only")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     X = rng.normal(size=(args.rows, args.dim)).astype(args.dtype)
     n = args.rows
-    manifest = build_manifest("bench", {
-        "id": [f"r{i:07d}" for i in range(n)],
-        "split": ["test" if i % 10 == 0 else "train" for i in range(n)],
-        "path": [f"{i}.png" for i in range(n)],
-        "label": [str(i % 2) for i in range(n)]}, task="binary")
+    mb = X.nbytes / 2**20
     with tempfile.TemporaryDirectory() as tmp:
+        m = manifest(Path(tmp) / "data", n)
         fs = FeatureStore(Path(tmp) / "store")
-        ds = fs.dataset(manifest, create=True)
-        es = ds.create_embedding_set(EmbeddingKey({"bench": 1}), dim=args.dim, dtype=args.dtype,
-                                     alias="bench", provenance={})
-        for shard in range(es.n_shards):
-            start, stop = es.shard_bounds(shard)
-            es.write_shard(shard, X[start:stop])
+        es = write_set(fs, m, X, {"bench": 1}, "bench")
         npy = Path(tmp) / "X.npy"
         np.save(npy, X)
-        results = {
+        local = {
             "np.load (.npy)": timed(lambda: np.load(npy), args.runs),
             "featstore read, verified": timed(lambda: es.read(), args.runs),
             "featstore read, --no-verify": timed(lambda: es.read(verify=False), args.runs),
         }
-    ref = statistics.median(results["np.load (.npy)"][0])
-    mb = X.nbytes / 2**20
-    print(f"read {n:,} x {args.dim} {args.dtype} ({mb:,.0f} MiB) into memory, local disk, "
-          f"warm cache, median of {args.runs}")
-    print(f"{'method':30s} {'s':>7s} {'MiB/s':>8s} {'vs np.load':>11s}  identical")
-    for name, (times, out) in results.items():
-        med = statistics.median(times)
-        print(f"{name:30s} {med:7.3f} {mb / med:8,.0f} {med / ref:10.2f}x  "
-              f"{np.array_equal(out, X)}")
+        table(f"read {n:,} x {args.dim} {args.dtype} ({mb:,.0f} MiB) into memory, local "
+              f"disk, warm cache, median of {args.runs}", local, "np.load (.npy)", X)
+        if args.no_s3:
+            return
+        with MotoServer():
+            import s3fs
+
+            s3 = s3fs.S3FileSystem(skip_instance_cache=True)
+            s3.mkdir("bench")
+            s3.put(str(Path(tmp) / "store"), "bench/", recursive=True)
+            s3.put(str(npy), "bench/X.npy")
+            remote = FeatureStore("s3://bench/store")
+
+            def get_npy() -> np.ndarray:
+                return np.load(io.BytesIO(s3.cat_file("bench/X.npy")))
+
+            def read(verify: bool) -> np.ndarray:  # a fresh handle: nothing cached
+                return remote.dataset(m).embedding_set("bench").read(verify=verify)
+
+            results = {
+                "one GET of the .npy + np.load": timed(get_npy, args.runs),
+                "featstore read, verified": timed(lambda: read(True), args.runs),
+                "featstore read, --no-verify": timed(lambda: read(False), args.runs),
+            }
+        print()
+        table(f"the same from moto's S3 server on 127.0.0.1, median of {args.runs}", results,
+              "one GET of the .npy + np.load", X)
     print("target: featstore within 2x of np.load")
 
 

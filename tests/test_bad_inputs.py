@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -191,12 +192,11 @@ def test_the_alias_ls_prints_is_accepted_by_probe_and_fuse(capsys, cached):
     assert code == 0 and {r["method"] for r in json.loads(out)} == {"dvme-uniform"}
 
 
-def test_a_missing_object_store_driver_names_the_extra(capsys):
-    pytest.importorskip("zarr")
-    try:
-        import s3fs  # noqa: F401
-        pytest.skip("s3fs is installed")
-    except ImportError:
-        pass
+def test_a_missing_object_store_driver_names_the_extra(capsys, monkeypatch):
+    import fsspec  # noqa: F401
+
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # as if not installed: import fails
+    registry = sys.modules["fsspec.registry"]  # (fsspec.registry is a mapping, not it)
+    monkeypatch.setattr(registry, "_registry", {})  # no class already imported
     code, _, err = cli(capsys, "ls", "--store", "s3://bucket/prefix")
     assert code == 1 and "pip install 'featstore[s3]'" in err

@@ -14,6 +14,7 @@ import pytest
 
 from featstore.data import load_dataset
 from featstore.store import FeatureStore
+from featstore.store.listing import list_sets
 from tests.conftest import SIZE, TINY, TINY_VIT, cli
 from tests.test_extract_scale import KILLER, SLOW, env, extract_args, one_thread, run, same
 
@@ -33,6 +34,8 @@ def test_every_verb_on_an_s3_store(capsys, npz_file, s3_store, tmp_path):
     code, out, _ = cli(capsys, "ls", *store, "--json")
     rows = json.loads(out)
     assert code == 0 and [r["status"] for r in rows] == ["complete", "complete"]
+    fs = FeatureStore(s3_store)
+    assert list_sets(fs) == list_sets(fs, use_catalog=False)  # the catalog tells the truth
     code, out, _ = cli(capsys, "info", *store, rows[0]["key"][:12])
     assert code == 0 and rows[0]["key"][:12] in out
     code, out, _ = cli(capsys, "verify", *store)

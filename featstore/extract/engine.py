@@ -144,6 +144,16 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def _user() -> str | None:
+    """Who ran the extract (the login name), recorded with the host; never credentials."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container with an unnamed uid)
+        return None
+
+
 def provenance(loaded: LoadedBackbone, manifest: Manifest, *, batch_size: int,
                device: torch.device, precision: str = "fp32", batch_size_auto: bool = False,
                world: int = 1, on_error: str = "fail", compiled: bool = False) -> dict:
@@ -170,6 +180,7 @@ def provenance(loaded: LoadedBackbone, manifest: Manifest, *, batch_size: int,
         "on_error": on_error,
         "versions": {p: version(p) for p in ("featstore", "torch", "timm", "zarr")},
         "host": platform.node(),
+        "user": _user(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

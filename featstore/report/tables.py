@@ -178,15 +178,29 @@ def skipped_lines(results: Sequence[Any]) -> list[str]:
     return out
 
 
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
 def store_table(rows: Sequence[dict[str, Any]], store: str) -> Table:
-    """``featstore ls``: dataset x embedding set, size, shards done, status."""
+    """``featstore ls``: dataset x embedding set, size, shards done, status, who and when."""
     table = Table(title=f"featstore {store}")
-    for col in ("dataset", "backbone", "key", "rows x dim", "shards", "status"):
+    for col in ("dataset", "backbone", "key", "rows x dim", "size", "shards", "status",
+                "extracted by"):
         table.add_column(col)
     for r in rows:
+        who = "@".join(x for x in (r.get("user"), r.get("host")) if x) or "?"
+        when = (r.get("finished") or r.get("started") or "")[:16].replace("T", " ")
         table.add_row(r["dataset"], r["backbone"], r["key"][:20], f"{r['rows']} x {r['dim']}",
-                      f"{r['shards_done']}/{r['shards']}",
-                      r["status"] + (f", {r['missing']} missing" if r["missing"] else ""))
+                      _size(r.get("bytes")), f"{r['shards_done']}/{r['shards']}",
+                      r["status"] + (f", {r['missing']} missing" if r["missing"] else ""),
+                      f"{who} {when}".strip())
     return table
 
 

@@ -5,25 +5,33 @@ from __future__ import annotations
 from typing import Any
 
 from featstore.errors import NotExtractedError, StoreError
-from featstore.store.zarr_store import EmbeddingSet, FeatureStore
+from featstore.store.catalog import publish, read_catalog, set_summary
+from featstore.store.zarr_store import FeatureStore
 
 
-def set_summary(es: EmbeddingSet) -> dict[str, Any]:
-    """One embedding set: dataset, alias, key, size, shards done, status, missing rows."""
-    done = int(es.done_mask().sum())
-    return {
-        "dataset": es.dataset.name, "backbone": es.alias, "key": es.key,
-        "rows": es.rows, "dim": es.dim, "dtype": es.dtype,
-        "shards_done": done, "shards": es.n_shards,
-        "status": "complete" if done == es.n_shards else "incomplete",
-        "missing": int(es.missing_mask().sum()),
-        "random_weights": bool(es.attrs.get("provenance", {}).get("random_weights")),
-    }
+def list_sets(store: FeatureStore, *, use_catalog: bool = True) -> list[dict[str, Any]]:
+    """A summary of every embedding set of every dataset in the store (reads no embeddings).
 
-
-def list_sets(store: FeatureStore) -> list[dict[str, Any]]:
-    """A summary of every embedding set of every dataset in the store (reads no embeddings)."""
-    return [set_summary(es) for ds in store.datasets() for es in ds.embedding_sets()]
+    Complete sets are read from the catalog (one concurrent fetch); sets it lacks or holds
+    as incomplete are opened, and a complete one's entry is written for the next time.
+    ``use_catalog=False`` opens every set (what ``ls`` did before the catalog).
+    """
+    entries = read_catalog(store) if use_catalog else {}
+    rows = []
+    for ds in store.datasets():
+        for name in ds.set_names():
+            row = entries.get((ds.name, name))
+            if row is not None and row["status"] == "complete":
+                rows.append(row)
+                continue
+            es = ds.open_set(name)
+            if es is None:
+                continue
+            row = set_summary(es)
+            if use_catalog and row["status"] == "complete":
+                publish(es)  # a set made before the catalog, or completed by a killed run
+            rows.append(row)
+    return sorted(rows, key=lambda r: (r["dataset"], r["backbone"], r["key"]))
 
 
 def find_sets(store: FeatureStore, target: str) -> list[dict[str, Any]]:

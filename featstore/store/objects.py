@@ -119,18 +119,36 @@ class StoreObjects:
 
     def list(self, prefix: str) -> list[str]:
         """Keys of the objects under ``prefix/`` (recursively), relative to the root."""
+        return sorted(self.versions(prefix))
+
+    def versions(self, prefix: str) -> dict[str, str]:
+        """Keys under ``prefix/`` with a version tag that changes whenever the object is
+        rewritten (ETag or generation on object stores; mtime and size on a file system),
+        from one listing."""
         if self.local is not None:
             base = self.local / prefix
             if not base.is_dir():
-                return []
-            return sorted(p.relative_to(self.local).as_posix() for p in base.rglob("*")
-                          if p.is_file() and not p.name.endswith(".tmp"))
+                return {}
+            out = {}
+            for p in base.rglob("*"):
+                if p.name.endswith(".tmp"):
+                    continue
+                try:
+                    st = p.stat()
+                except FileNotFoundError:  # removed while listing
+                    continue
+                if p.is_file():
+                    out[p.relative_to(self.local).as_posix()] = f"{st.st_mtime_ns}-{st.st_size}"
+            return out
         try:
-            found = _sync(self.fs._find(self._full(prefix)))
+            found = _sync(self.fs._find(self._full(prefix), detail=True))
         except FileNotFoundError:
-            return []
+            return {}
         cut = len(self.prefix) + 1 if self.prefix else 0
-        return sorted(p[cut:] for p in found)
+        return {path[cut:]: str(info.get("ETag") or info.get("generation")
+                                or f"{info.get('LastModified') or info.get('mtime')}-"
+                                   f"{info.get('size')}")
+                for path, info in found.items() if info.get("type", "file") == "file"}
 
     def age(self, key: str) -> float | None:
         """Seconds since ``key`` was last written, or None when it does not exist."""

@@ -20,6 +20,8 @@ directory or an fsspec URL (``s3://bucket/prefix``).
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ import zarr.storage
 from featstore._hashing import array_sha256, sha256_json
 from featstore.data.manifest import Manifest
 from featstore.errors import CorruptShardError, NotExtractedError, StoreError
+from featstore.store.catalog import CATALOG_GROUP, publish
 from featstore.store.objects import StoreObjects
 
 STORE_FORMAT_VERSION = 1
@@ -200,7 +203,7 @@ class FeatureStore:
             return []
         groups = []
         for name in _children(root):
-            if name == CLAIMS_GROUP:
+            if name in (CLAIMS_GROUP, CATALOG_GROUP):
                 continue
             try:
                 g = _open_child(root, name, self.root)
@@ -395,20 +398,27 @@ class DatasetGroup:
         runs = self.group.get(FUSION_GROUP)
         return [] if runs is None else [dict(g.attrs) for _, g in sorted(runs.groups())]
 
+    def set_names(self) -> list[str]:
+        """Names of the members that may be embedding sets (one listing, no metadata read)."""
+        return [n for n in _children(self.group)
+                if n not in (FUSION_GROUP, "ids", "split", "labels", "group")]
+
+    def open_set(self, name: str) -> EmbeddingSet | None:
+        """The embedding set ``name``; None when it is not one, or when its metadata cannot
+        be read (then recorded in the store's ``unreadable``)."""
+        where = f"{self.store.root}/{self.name}"
+        try:
+            g = _open_child(self.group, name, where)
+            if g is not None and "key" in g.attrs:
+                return EmbeddingSet(self, name, g)
+        except (StoreError, KeyError, ValueError, TypeError) as e:
+            self.store._note_unreadable(f"{where}/{name}", e)
+        return None
+
     def embedding_sets(self) -> list[EmbeddingSet]:
         """All readable embedding sets of this dataset, by alias then key; a set whose
         metadata cannot be read is left out and recorded in the store's ``unreadable``."""
-        sets = []
-        where = f"{self.store.root}/{self.name}"
-        for name in _children(self.group):
-            if name in (FUSION_GROUP, "ids", "split", "labels", "group"):
-                continue
-            try:
-                g = _open_child(self.group, name, where)
-                if g is not None and "key" in g.attrs:
-                    sets.append(EmbeddingSet(self, name, g))
-            except (StoreError, KeyError, ValueError, TypeError) as e:
-                self.store._note_unreadable(f"{where}/{name}", e)
+        sets = [es for name in self.set_names() if (es := self.open_set(name)) is not None]
         return sorted(sets, key=lambda s: (s.alias, s.key))
 
     def embedding_set(self, key_or_alias: str) -> EmbeddingSet:
@@ -482,7 +492,9 @@ class DatasetGroup:
             "status": "incomplete",
             "provenance": provenance,
         })
-        return EmbeddingSet(self, name, g)
+        es = EmbeddingSet(self, name, g)
+        publish(es)
+        return es
 
 
 class EmbeddingSet:
@@ -597,6 +609,7 @@ class EmbeddingSet:
         if not self.complete:
             raise StoreError(f"{self}: {len(self.pending_shards())} shards are not done")
         self.group.attrs.update({"status": "complete", **(extra or {})})
+        publish(self)
 
     def read(self, rows: slice | np.ndarray | None = None, *,
              verify: bool = True) -> np.ndarray:
@@ -622,14 +635,19 @@ class EmbeddingSet:
             )
         out = np.empty((self.rows, self.dim), dtype=self.dtype)
         sums = self.group["checksums"][...] if verify else None
-        bad = []
-        for shard, data in self.iter_shards(errors=bad, done=done):
+
+        def load(shard: int) -> tuple[int, str] | None:
             start, stop = self.shard_bounds(shard)
-            if sums is not None and array_sha256(data) != sums[shard].tobytes():
-                bad.append((shard, "fails its checksum"))
-            out[start:stop] = data
+            error = self._load_shard(shard, out[start:stop])
+            if error:
+                return shard, error
+            if sums is not None and array_sha256(out[start:stop]) != sums[shard].tobytes():
+                return shard, "fails its checksum"
+            return None
+
+        bad = [b for b in _parallel(load, range(self.n_shards)) if b is not None]
         if bad:
-            raise CorruptShardError(self._corrupt_message(bad))
+            raise CorruptShardError(self._corrupt_message(sorted(bad)))
         return out if rows is None else out[rows]
 
     def _corrupt_message(self, bad: list[tuple[int, str]]) -> str:
@@ -670,20 +688,99 @@ class EmbeddingSet:
             return []
         return [dict(g.attrs) for _, g in sorted(probes.groups())]
 
+    @cached_property
+    def _embeddings(self) -> zarr.Array:
+        """The embeddings array, opened once (its metadata read once) per set object."""
+        return self.group["embeddings"]
+
+    @cached_property
+    def _direct(self) -> tuple[int, int] | None:
+        """(chunk rows, index bytes) when shards can be read as plain bytes: zarr's sharding
+        codec with uncompressed little-endian chunks and its index at the end (how featstore
+        writes every set); None for any other encoding (then zarr decodes)."""
+        meta = self._embeddings.metadata.to_dict()
+        codecs = meta.get("codecs") or []
+        if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
+            return None
+        conf = codecs[0].get("configuration", {})
+        inner = [c.get("name") for c in conf.get("codecs", [])]
+        index = [c.get("name") for c in conf.get("index_codecs", [])]
+        chunk = tuple(conf.get("chunk_shape", ()))
+        if (inner != ["bytes"] or index != ["bytes", "crc32c"] or sys.byteorder != "little"
+                or conf.get("index_location", "end") != "end" or len(chunk) != 2
+                or chunk[1] != self.dim or self.shard_rows % chunk[0]
+                or any(c.get("configuration", {}).get("endian", "little") != "little"
+                       for c in conf.get("codecs", []))):
+            return None
+        return chunk[0], (self.shard_rows // chunk[0]) * 16 + 4
+
+    def _load_shard(self, shard: int, out: np.ndarray) -> str | None:
+        """Read one shard's rows into ``out``; the reason when it cannot be read.
+
+        Shards written by featstore are read as bytes straight into ``out`` (one read or one
+        GET per shard, no per-chunk decoding); the shard index is checked first (every chunk
+        present, in order, whole), and anything unexpected goes through zarr instead.
+        """
+        arr = self._embeddings
+        start, stop = self.shard_bounds(shard)
+        if self._direct is not None:
+            chunk_rows, index_bytes = self._direct
+            key = f"{arr.path}/{arr.metadata.encode_chunk_key((shard, 0))}"
+            try:
+                if self._read_direct(key, out, chunk_rows, index_bytes):
+                    return None
+            except FileNotFoundError:
+                return "is missing (its shard file was deleted)"
+        try:
+            out[...] = arr[start:stop]
+        except Exception as e:  # zarr/numcodecs raise assorted errors on damaged bytes
+            return f"cannot be read ({e.__class__.__name__})"
+        return None
+
+    def _read_direct(self, key: str, out: np.ndarray, chunk_rows: int,
+                     index_bytes: int) -> bool:
+        """Fill ``out`` from the shard object ``key`` when its index is the plain layout."""
+        rows = len(out)
+        n_chunks = -(-rows // chunk_rows)
+        chunk_bytes = chunk_rows * self.dim * out.itemsize
+        data_bytes = n_chunks * chunk_bytes
+        target = out.reshape(-1).view(np.uint8)
+        zstore = self.dataset.store._zstore
+        if isinstance(zstore, zarr.storage.LocalStore):
+            with open(Path(zstore.root) / key, "rb") as f:
+                size = f.seek(0, 2)
+                if size != data_bytes + index_bytes:
+                    return False
+                f.seek(size - index_bytes)
+                if not _plain_index(f.read(index_bytes), n_chunks, chunk_bytes):
+                    return False
+                f.seek(0)
+                return f.readinto(target) == target.nbytes
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        buf = sync(zstore.get(key, prototype=default_buffer_prototype()))
+        if buf is None:
+            raise FileNotFoundError(key)
+        raw = buf.as_numpy_array()
+        if len(raw) != data_bytes + index_bytes or not _plain_index(
+                raw[data_bytes:].tobytes(), n_chunks, chunk_bytes):
+            return False
+        target[...] = raw[:target.nbytes]
+        return True
+
     def iter_shards(self, errors: list[tuple[int, str]] | None = None,
                     done: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """(shard, data) for each done shard. A shard that cannot be read (a truncated file,
-        a damaged shard index) raises CorruptShardError naming it, or, with ``errors``, is
-        appended there as (shard, reason) and skipped."""
-        arr = self.group["embeddings"]
+        a damaged shard index, a deleted file) raises CorruptShardError naming it, or, with
+        ``errors``, is appended there as (shard, reason) and skipped."""
         for i in np.flatnonzero(self.done_mask() if done is None else done):
             start, stop = self.shard_bounds(int(i))
-            try:
-                data = np.ascontiguousarray(arr[start:stop])
-            except Exception as e:  # zarr/numcodecs raise assorted errors on damaged bytes
-                reason = f"cannot be read ({e.__class__.__name__})"
+            data = np.empty((stop - start, self.dim), dtype=self.dtype)
+            reason = self._load_shard(int(i), data)
+            if reason:
                 if errors is None:
-                    raise CorruptShardError(self._corrupt_message([(int(i), reason)])) from None
+                    raise CorruptShardError(self._corrupt_message([(int(i), reason)]))
                 errors.append((int(i), reason))
                 continue
             yield int(i), data
@@ -703,6 +800,27 @@ class EmbeddingSet:
             self.group["done"][shard] = 0
         if shards:
             self.group.attrs.update({"status": "incomplete"})
+            publish(self)
+
+
+def _plain_index(index: bytes, n_chunks: int, chunk_bytes: int) -> bool:
+    """Whether a shard index (uint64 offset, nbytes per chunk, then a crc32c) says the first
+    ``n_chunks`` chunks are stored whole, in order, back to back from offset 0."""
+    pairs = np.frombuffer(index[:-4], dtype="<u8").reshape(-1, 2)
+    want = np.arange(n_chunks, dtype=np.uint64) * np.uint64(chunk_bytes)
+    return bool((pairs[:n_chunks, 0] == want).all() and (pairs[:n_chunks, 1] == chunk_bytes).all())
+
+
+def _parallel(fn: Any, items: Any) -> list[Any]:
+    """``fn`` over ``items`` in a few threads (file reads and sha256 release the GIL)."""
+    items = list(items)
+    workers = min(len(items), os.cpu_count() or 1, 8)
+    if workers <= 1:
+        return [fn(i) for i in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
 
 
 def _to_json(obj: Any) -> Any:
