@@ -56,6 +56,14 @@ def main(argv: list[str] | None = None) -> None:
             raise
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(1)
+    except PermissionError as e:  # a read-only store, mount or credentials
+        if debug:
+            raise
+        what = f": {e.filename}" if e.filename else ""
+        err.print(f"[red]error:[/] permission denied{escape(what)} ({escape(e.strerror or str(e))})"
+                  "; this needs write access there (probe, fuse and results work on a "
+                  "read-only store; their runs go to --results-store)", highlight=False)
+        sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted: finished shards are kept; re-run the same command to resume")
         sys.exit(130)

@@ -55,6 +55,19 @@ DEFAULT_STORE = "./featstore-data"
 StoreOpt = Annotated[str, typer.Option(
     "--store", envvar="FEATSTORE_STORE",
     help="Store root: a folder or an fsspec URL (s3://bucket/prefix).")]
+def default_results_store() -> str:
+    """``$FEATSTORE_RESULTS_STORE``, else ``$XDG_CACHE_HOME/featstore/results``."""
+    import os
+
+    cache = os.path.expanduser(os.getenv("XDG_CACHE_HOME", "~/.cache"))
+    return os.path.join(cache, "featstore", "results")
+
+
+ResultsStoreOpt = Annotated[str | None, typer.Option(
+    "--results-store", envvar="FEATSTORE_RESULTS_STORE", show_default="~/.cache/featstore/"
+    "results",
+    help="Where runs go when --store cannot be written (read-only credentials or mount); "
+    "runs found there are read back too.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 DataOpt = Annotated[str, typer.Option(
     "--data", help="A manifest .csv/.parquet, a MedMNIST .npz, a release folder (PCam, NIH, "
@@ -112,13 +125,15 @@ def load_data(data: str, root: str | None = None, task: Task | None = None):
 
 
 def embedding_sets(manifest, store: str, backbones: list[str] | None, image_size: int | None,
-          dtype: Dtype, precision: Precision):
+          dtype: Dtype, precision: Precision, results_store: str | None = None):
+    """The resolved sets of ``--backbone`` in ``--store`` (runs that cannot be written there
+    go to the results store)."""
     from featstore.extract import resolve_embedding_sets
     from featstore.store import FeatureStore
 
-    return resolve_embedding_sets(FeatureStore(store), manifest, backbones,
-                                  image_size=image_size, dtype=dtype.value,
-                                  precision=precision.value)
+    fs = FeatureStore(store, results_store=results_store or default_results_store())
+    return resolve_embedding_sets(fs, manifest, backbones, image_size=image_size,
+                                  dtype=dtype.value, precision=precision.value)
 
 
 def print_probe_records(records, as_json: bool) -> None:

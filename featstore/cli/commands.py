@@ -24,6 +24,7 @@ from featstore.cli._shared import (
     Precision,
     PrecisionOpt,
     RecomputeOpt,
+    ResultsStoreOpt,
     RootOpt,
     SeedsOpt,
     StoreOpt,
@@ -138,6 +139,7 @@ def probe(
     recompute: RecomputeOpt = False,
     verify: VerifyOpt = True,
     device: Annotated[str, typer.Option(help="Torch device for the solver.")] = "cpu",
+    results_store: ResultsStoreOpt = None,
     root: RootOpt = None,
     task: TaskOpt = None,
     as_json: JsonOpt = False,
@@ -149,7 +151,8 @@ def probe(
     from featstore.probe import DEFAULT_L2_GRID, ProbeConfig, probe_grid
 
     manifest = load_data(data, root, task)
-    sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision)
+    sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision,
+                          results_store)
     config = ProbeConfig(task=manifest.task, n_bootstrap=bootstrap,
                          ordinal_decode=ordinal_decode.value,
                          l2_grid=tuple(split_option(l2_grid, "--l2-grid")) if l2_grid
@@ -158,6 +161,7 @@ def probe(
                          fractions=split_option(fractions, "--fractions"), seeds=seeds,
                          recompute=recompute, device=device, verify=verify)
     print_probe_records(records, as_json)
+    print_notes(sets[0].dataset.store.notes)
 
 
 @app.command()
@@ -169,6 +173,7 @@ def results(
     image_size: ImageSizeOpt = None,
     dtype: DtypeOpt = Dtype.float32,
     precision: PrecisionOpt = Precision.fp32,
+    results_store: ResultsStoreOpt = None,
     root: RootOpt = None,
     task: TaskOpt = None,
     as_json: JsonOpt = False,
@@ -178,7 +183,8 @@ def results(
     from featstore.probe import stored_records
 
     manifest = load_data(data, root, task)
-    sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision)
+    sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision,
+                          results_store)
     probes = stored_records(sets)
     fusions = stored_fusion_records([sets[0].dataset],
                                     keys=[s.key for s in sets] if backbone else None)
@@ -216,6 +222,7 @@ def fuse(
     recompute: RecomputeOpt = False,
     verify: VerifyOpt = True,
     device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
+    results_store: ResultsStoreOpt = None,
     root: RootOpt = None,
     task: TaskOpt = None,
     as_json: JsonOpt = False,
@@ -227,13 +234,15 @@ def fuse(
     from featstore.fusion import fuse_grid
 
     manifest = load_data(data, root, task)
-    sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision)
+    sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision,
+                          results_store)
     records = fuse_grid(sets, task=manifest.task, fractions=split_option(fractions, "--fractions"),
                         seeds=seeds, attentions=split_option(attention, "--attention", str),
                         dim=dim, n_bootstrap=bootstrap, baselines=baselines,
                         heads_dir=heads_dir, recompute=recompute, device=device,
                         verify=verify)
     print_fusion_records(records, as_json)
+    print_notes(sets[0].dataset.store.notes)
 
 
 @app.command()

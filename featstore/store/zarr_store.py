@@ -168,14 +168,40 @@ def _check_bucket(store: zarr.storage.FsspecStore, text: str) -> None:
 class FeatureStore:
     """A feature store rooted at a local folder or an object-store prefix."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, results_store: str | Path | None = None) -> None:
         self.root = str(root)
         self._zstore = open_zarr_store(root)
+        # where runs go when this store cannot be written (read-only credentials or mount)
+        self.results_root = None if results_store is None else str(results_store)
+        self.notes: list[str] = []  # one-line notes for the user (runs saved elsewhere)
         # members whose metadata could not be read: (path, error), found while listing
         self.unreadable: list[tuple[str, str]] = []
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.root!r})"
+
+    @cached_property
+    def results(self) -> FeatureStore | None:
+        """The local results store that holds runs this store could not take, or None."""
+        if self.results_root is None or self.results_root == self.root:
+            return None
+        return FeatureStore(self.results_root)
+
+    def _results_group(self, path: str, *, create: bool) -> zarr.Group | None:
+        """The group mirroring ``path`` (dataset or dataset/set) in the results store."""
+        if self.results is None:
+            return None
+        root = self.results._root_group(create=create)
+        if root is None:
+            return None
+        try:
+            return root.require_group(path) if create else root[path]
+        except KeyError:
+            return None
+
+    def _note(self, line: str) -> None:
+        if line not in self.notes:
+            self.notes.append(line)
 
     @cached_property
     def objects(self) -> StoreObjects:
@@ -383,20 +409,15 @@ class DatasetGroup:
 
     def save_fusion_run(self, run_id: str, payload: dict[str, Any]) -> None:
         """Persist a fusion run (config + records) under ``fusion/<run_id>``."""
-        runs = self.group.require_group(FUSION_GROUP)
-        runs.require_group(run_id).attrs.update(_to_json(payload))
+        _save_run(self.store, self.group, self.name, FUSION_GROUP, run_id, payload)
 
     def fusion_run(self, run_id: str) -> dict[str, Any] | None:
         """A persisted fusion run (its config and records), or None."""
-        runs = self.group.get(FUSION_GROUP)
-        if runs is None or run_id not in runs:
-            return None
-        return dict(runs[run_id].attrs)
+        return _run(self.store, self.group, self.name, FUSION_GROUP, run_id)
 
     def fusion_runs(self) -> list[dict[str, Any]]:
         """Every persisted fusion run of this dataset."""
-        runs = self.group.get(FUSION_GROUP)
-        return [] if runs is None else [dict(g.attrs) for _, g in sorted(runs.groups())]
+        return _runs(self.store, self.group, self.name, FUSION_GROUP)
 
     def set_names(self) -> list[str]:
         """Names of the members that may be embedding sets (one listing, no metadata read)."""
@@ -671,22 +692,19 @@ class EmbeddingSet:
 
     def probe_run(self, run_id: str) -> dict[str, Any] | None:
         """A persisted probe run (its config and records), or None."""
-        probes = self.group.get(PROBES_GROUP)
-        if probes is None or run_id not in probes:
-            return None
-        return dict(probes[run_id].attrs)
+        return _run(self.dataset.store, self.group, self._path, PROBES_GROUP, run_id)
 
     def save_probe_run(self, run_id: str, payload: dict[str, Any]) -> None:
         """Persist a probe run under ``probes/<run_id>`` (its attrs), next to the embeddings."""
-        probes = self.group.require_group(PROBES_GROUP)
-        probes.require_group(run_id).attrs.update(_to_json(payload))
+        _save_run(self.dataset.store, self.group, self._path, PROBES_GROUP, run_id, payload)
 
     def probe_runs(self) -> list[dict[str, Any]]:
         """Every persisted probe run of this embedding set."""
-        probes = self.group.get(PROBES_GROUP)
-        if probes is None:
-            return []
-        return [dict(g.attrs) for _, g in sorted(probes.groups())]
+        return _runs(self.dataset.store, self.group, self._path, PROBES_GROUP)
+
+    @property
+    def _path(self) -> str:
+        return f"{self.dataset.name}/{self.name}"
 
     @cached_property
     def _embeddings(self) -> zarr.Array:
@@ -801,6 +819,56 @@ class EmbeddingSet:
         if shards:
             self.group.attrs.update({"status": "incomplete"})
             publish(self)
+
+
+READ_ONLY_ERRORS = (PermissionError, OSError)  # read-only mount, denied PUT (s3fs: PermissionError)
+
+
+def _save_run(store: FeatureStore, group: zarr.Group, path: str, kind: str, run_id: str,
+              payload: dict[str, Any]) -> None:
+    """Write a run under ``<group>/<kind>/<run_id>``; when the store cannot be written
+    (read-only credentials, a read-only mount), write it to the same path in the results
+    store instead and note it once.
+
+    Raises
+    ------
+    StoreError
+        The store is read-only and there is no results store.
+    """
+    payload = _to_json(payload)
+    try:
+        group.require_group(kind).require_group(run_id).attrs.update(payload)
+        return
+    except READ_ONLY_ERRORS as e:
+        error = e
+    mirror = store._results_group(path, create=True)
+    if mirror is None:
+        raise StoreError(f"store {store.root} cannot be written ({error.__class__.__name__}: "
+                         f"{error}); pass --results-store DIR to keep runs elsewhere") from None
+    mirror.require_group(kind).require_group(run_id).attrs.update(payload)
+    store._note(f"store {store.root} cannot be written ({error.__class__.__name__}): runs "
+                f"are saved to the results store {store.results_root}")
+
+
+def _run(store: FeatureStore, group: zarr.Group, path: str, kind: str,
+         run_id: str) -> dict[str, Any] | None:
+    """A persisted run: from the store, else from the results store."""
+    for g in (group, store._results_group(path, create=False)):
+        runs = None if g is None else g.get(kind)
+        if runs is not None and run_id in runs:
+            return dict(runs[run_id].attrs)
+    return None
+
+
+def _runs(store: FeatureStore, group: zarr.Group, path: str, kind: str) -> list[dict[str, Any]]:
+    """Every persisted run: the store's, then the results store's it does not have."""
+    seen: dict[str, dict[str, Any]] = {}
+    for g in (group, store._results_group(path, create=False)):
+        runs = None if g is None else g.get(kind)
+        if runs is not None:
+            for name, run in sorted(runs.groups()):
+                seen.setdefault(name, dict(run.attrs))
+    return list(seen.values())
 
 
 def _plain_index(index: bytes, n_chunks: int, chunk_bytes: int) -> bool:
