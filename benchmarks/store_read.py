@@ -9,8 +9,10 @@ The set is written through the store's own writer (1024-row shards). Local: the 
 is warm for every method (each is run once before timing), so this measures decoding and
 checking, not the disk. S3: moto's server on 127.0.0.1 in its own process (the dev extra
 installs it); every method moves the same bytes over the same loopback, so the ratio is what
-featstore's per-shard requests and checks cost over one big GET. Target: featstore within 2x
-of np.load.
+featstore's per-shard requests and checks cost over one big GET; --cache rows: the first
+read fills a new cache, the next ones read it (a new store handle each time, so every featstore
+row includes opening the dataset: its index arrays come from the server). Target: featstore
+within 2x of np.load.
 """
 
 from __future__ import annotations
@@ -45,10 +47,10 @@ def table(title: str, results: dict, ref_name: str, X: np.ndarray) -> None:
     ref = statistics.median(results[ref_name][0])
     mb = X.nbytes / 2**20
     print(title)
-    print(f"{'method':34s} {'s':>7s} {'MiB/s':>8s} {'vs ' + ref_name:>24s}  identical")
+    print(f"{'method':38s} {'s':>7s} {'MiB/s':>8s} {'vs ' + ref_name:>24s}  identical")
     for name, (times, out) in results.items():
         med = statistics.median(times)
-        print(f"{name:34s} {med:7.3f} {mb / med:8,.0f} {med / ref:23.2f}x  "
+        print(f"{name:38s} {med:7.3f} {mb / med:8,.0f} {med / ref:23.2f}x  "
               f"{np.array_equal(out, X)}")
 
 
@@ -86,18 +88,28 @@ def main() -> None:
             s3.mkdir("bench")
             s3.put(str(Path(tmp) / "store"), "bench/", recursive=True)
             s3.put(str(npy), "bench/X.npy")
-            remote = FeatureStore("s3://bench/store")
 
             def get_npy() -> np.ndarray:
                 return np.load(io.BytesIO(s3.cat_file("bench/X.npy")))
 
-            def read(verify: bool) -> np.ndarray:  # a fresh handle: nothing cached
-                return remote.dataset(m).embedding_set("bench").read(verify=verify)
+            def read(verify: bool, cache: Path | None = None) -> np.ndarray:
+                fs = FeatureStore("s3://bench/store", cache=cache)  # a fresh handle
+                return fs.dataset(m).embedding_set("bench").read(verify=verify)
 
+            caches = iter(range(1000))
+
+            def fill_cache() -> np.ndarray:  # a new, empty cache folder each time
+                return read(True, Path(tmp) / f"cache{next(caches)}")
+
+            warm = Path(tmp) / "warm-cache"
+            read(True, warm)
             results = {
                 "one GET of the .npy + np.load": timed(get_npy, args.runs),
                 "featstore read, verified": timed(lambda: read(True), args.runs),
                 "featstore read, --no-verify": timed(lambda: read(False), args.runs),
+                "featstore read, --cache, first read": timed(fill_cache, args.runs),
+                "featstore read, --cache, next reads": timed(lambda: read(True, warm),
+                                                             args.runs),
             }
         print()
         table(f"the same from moto's S3 server on 127.0.0.1, median of {args.runs}", results,

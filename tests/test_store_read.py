@@ -68,3 +68,36 @@ def test_a_deleted_shard_file_is_named_not_read_as_zeros(tmp_path):
     with pytest.raises(CorruptShardError, match="shard 2 .*is missing"):
         fs.dataset(m).embedding_set("t").read(verify=False)
     assert fs.dataset(m).embedding_set("t").verify() == [2]
+
+
+def test_a_remote_set_is_read_from_the_local_cache_the_second_time(tmp_path, s3_store,
+                                                                   monkeypatch):
+    from featstore.store.zarr_store import EmbeddingSet
+
+    _, m, es, X = make_set(tmp_path, store=s3_store)
+    cache = tmp_path / "cache"
+    first = FeatureStore(s3_store, cache=cache).dataset(m).embedding_set("t")
+    assert np.array_equal(first.read(), X)
+    files = sorted(cache.rglob("*.bin"))
+    assert len(files) == es.n_shards  # every shard, verified on arrival
+
+    def offline(self, shard, out):
+        raise AssertionError("read a shard from the store")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(EmbeddingSet, "_load_shard", offline)
+        for verify in (True, False):
+            again = FeatureStore(s3_store, cache=cache).dataset(m).embedding_set("t")
+            assert np.array_equal(again.read(verify=verify), X)
+    files[0].write_bytes(b"\0" * files[0].stat().st_size)  # a damaged cache file
+    healed = FeatureStore(s3_store, cache=cache).dataset(m).embedding_set("t")
+    assert np.array_equal(healed.read(), X)  # refetched, not believed
+    assert files[0].read_bytes() != b"\0" * files[0].stat().st_size
+
+
+def test_a_cache_is_ignored_for_a_local_store(tmp_path):
+    _, m, es, X = make_set(tmp_path)
+    local = FeatureStore(tmp_path / "store", cache=tmp_path / "cache")
+    assert local.cache is None
+    assert np.array_equal(local.dataset(m).embedding_set("t").read(), X)
+    assert not (tmp_path / "cache").exists()

@@ -68,6 +68,10 @@ ResultsStoreOpt = Annotated[str | None, typer.Option(
     "results",
     help="Where runs go when --store cannot be written (read-only credentials or mount); "
     "runs found there are read back too.")]
+CacheOpt = Annotated[str | None, typer.Option(
+    "--cache", envvar="FEATSTORE_CACHE", metavar="DIR",
+    help="Keep whole shards of a remote store's sets in DIR (checked against their checksums "
+    "on arrival), so the next read of the same set comes from local disk.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 DataOpt = Annotated[str, typer.Option(
     "--data", help="A manifest .csv/.parquet, a MedMNIST .npz, a release folder (PCam, NIH, "
@@ -125,13 +129,15 @@ def load_data(data: str, root: str | None = None, task: Task | None = None):
 
 
 def embedding_sets(manifest, store: str, backbones: list[str] | None, image_size: int | None,
-          dtype: Dtype, precision: Precision, results_store: str | None = None):
+          dtype: Dtype, precision: Precision, results_store: str | None = None,
+          cache: str | None = None):
     """The resolved sets of ``--backbone`` in ``--store`` (runs that cannot be written there
     go to the results store)."""
     from featstore.extract import resolve_embedding_sets
     from featstore.store import FeatureStore
 
-    fs = FeatureStore(store, results_store=results_store or default_results_store())
+    fs = FeatureStore(store, results_store=results_store or default_results_store(),
+                      cache=cache)
     return resolve_embedding_sets(fs, manifest, backbones, image_size=image_size,
                                   dtype=dtype.value, precision=precision.value)
 

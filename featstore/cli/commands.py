@@ -13,6 +13,7 @@ from rich.markup import escape
 from featstore.cli._shared import (
     DEFAULT_STORE,
     BootstrapOpt,
+    CacheOpt,
     DataOpt,
     Dtype,
     DtypeOpt,
@@ -140,6 +141,7 @@ def probe(
     verify: VerifyOpt = True,
     device: Annotated[str, typer.Option(help="Torch device for the solver.")] = "cpu",
     results_store: ResultsStoreOpt = None,
+    cache: CacheOpt = None,
     root: RootOpt = None,
     task: TaskOpt = None,
     as_json: JsonOpt = False,
@@ -152,7 +154,7 @@ def probe(
 
     manifest = load_data(data, root, task)
     sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision,
-                          results_store)
+                          results_store, cache)
     config = ProbeConfig(task=manifest.task, n_bootstrap=bootstrap,
                          ordinal_decode=ordinal_decode.value,
                          l2_grid=tuple(split_option(l2_grid, "--l2-grid")) if l2_grid
@@ -223,6 +225,7 @@ def fuse(
     verify: VerifyOpt = True,
     device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
     results_store: ResultsStoreOpt = None,
+    cache: CacheOpt = None,
     root: RootOpt = None,
     task: TaskOpt = None,
     as_json: JsonOpt = False,
@@ -235,7 +238,7 @@ def fuse(
 
     manifest = load_data(data, root, task)
     sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision,
-                          results_store)
+                          results_store, cache)
     records = fuse_grid(sets, task=manifest.task, fractions=split_option(fractions, "--fractions"),
                         seeds=seeds, attentions=split_option(attention, "--attention", str),
                         dim=dim, n_bootstrap=bootstrap, baselines=baselines,

@@ -36,6 +36,7 @@ import zarr.storage
 from featstore._hashing import array_sha256, sha256_json
 from featstore.data.manifest import Manifest
 from featstore.errors import CorruptShardError, NotExtractedError, StoreError
+from featstore.store.cache import ShardCache
 from featstore.store.catalog import CATALOG_GROUP, publish
 from featstore.store.objects import StoreObjects
 
@@ -168,9 +169,13 @@ def _check_bucket(store: zarr.storage.FsspecStore, text: str) -> None:
 class FeatureStore:
     """A feature store rooted at a local folder or an object-store prefix."""
 
-    def __init__(self, root: str | Path, *, results_store: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path, *, results_store: str | Path | None = None,
+                 cache: str | Path | None = None) -> None:
         self.root = str(root)
         self._zstore = open_zarr_store(root)
+        # a local cache of whole shards, for stores that are not local folders
+        self.cache = (ShardCache(cache) if cache is not None
+                      and not isinstance(self._zstore, zarr.storage.LocalStore) else None)
         # where runs go when this store cannot be written (read-only credentials or mount)
         self.results_root = None if results_store is None else str(results_store)
         self.notes: list[str] = []  # one-line notes for the user (runs saved elsewhere)
@@ -655,15 +660,27 @@ class EmbeddingSet:
                 "'featstore extract' to resume"
             )
         out = np.empty((self.rows, self.dim), dtype=self.dtype)
-        sums = self.group["checksums"][...] if verify else None
+        cache = self.dataset.store.cache
+        sums = self.group["checksums"][...] if verify or cache else None
 
         def load(shard: int) -> tuple[int, str] | None:
             start, stop = self.shard_bounds(shard)
-            error = self._load_shard(shard, out[start:stop])
+            view = out[start:stop]
+            want = None if sums is None else sums[shard].tobytes()
+            cached = cache is not None and cache.read_into(want, view)
+            if cached and not verify:  # checked when it entered the cache
+                return None
+            if cached and array_sha256(view) == want:
+                return None
+            if cached:  # a damaged cache file: fetch the shard again
+                cache.drop(want)
+            error = self._load_shard(shard, view)
             if error:
                 return shard, error
-            if sums is not None and array_sha256(out[start:stop]) != sums[shard].tobytes():
+            if want is not None and array_sha256(view) != want:
                 return shard, "fails its checksum"
+            if cache is not None:
+                cache.put(want, view)
             return None
 
         bad = [b for b in _parallel(load, range(self.n_shards)) if b is not None]
