@@ -61,3 +61,19 @@ def test_waiting_for_a_live_claim_says_who_holds_it(tmp_path):
     assert "ds/key/000001.json" in said[0] and "30s" in said[0]
     holder.close()
     waiter.close()
+
+
+def test_an_owner_stale_twice_on_one_shard_is_taken_over_twice(tmp_path):
+    """A stalled process whose claim was taken over may claim the shard again later (after
+    the new owner released it) and stall again: that claim must not be stuck forever."""
+    import json
+
+    path = ClaimBoard.path("ds", "key", 2)
+    for attempt in range(2):
+        stale = {"owner": "stalled", "host": "elsewhere", "pid": 1,
+                 "heartbeat": time.time() - 60 - attempt}
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(json.dumps(stale))
+        taker = ClaimBoard(str(tmp_path), timeout=5)
+        assert taker.try_claim(path), attempt
+        taker.close()  # releases: the claim file is gone, the takeover marker stays

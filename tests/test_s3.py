@@ -130,3 +130,38 @@ def test_sigkill_on_s3_then_resume(image_csv, tmp_path, s3_store, one_thread):
     [res] = run(m, fs)
     assert res.status == "resumed" and res.shards_written == int((~done).sum())
     assert same(fs.load(m, full.key).X, ref.load(m, full.key).X)
+
+
+def test_a_dead_hosts_claim_on_s3_is_taken_over_after_the_timeout_by_one(image_csv, tmp_path,
+                                                                         s3_store):
+    import threading
+    import time
+
+    from featstore.extract.claims import ClaimBoard
+
+    m = load_dataset(image_csv)
+    ref = FeatureStore(tmp_path / "ref")
+    [full] = run(m, ref)
+    fs = FeatureStore(s3_store)
+    name = fs.dataset(m, create=True).name
+    path = ClaimBoard.path(name, full.key[:20], 1)
+    record = {"owner": "far", "host": "elsewhere", "pid": 1, "heartbeat": time.time()}
+    fs.objects.put(path, json.dumps(record).encode())
+    boards = [ClaimBoard(fs, timeout=0.5) for _ in range(3)]
+    assert not boards[0].try_claim(path)  # fresh heartbeat: not stale yet
+    time.sleep(0.8)
+    wins = []
+    threads = [threading.Thread(target=lambda b=b: wins.append(b.try_claim(path)))
+               for b in boards]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [False, False, True]  # exactly one takes it over
+    for b in boards:
+        b.close()
+    fs.objects.put(path, json.dumps({**record, "heartbeat": time.time()}).encode())
+    t0 = time.perf_counter()
+    [res] = run(m, fs, claim_timeout=1.0)
+    assert res.shards_written == 4 and time.perf_counter() - t0 >= 1.0
+    assert same(fs.load(m, full.key).X, ref.load(m, full.key).X)

@@ -4,7 +4,8 @@ Each command parses its options, makes one call into its stage's public function
 call is the Python API), and prints what :mod:`featstore.report.tables` renders. Heavy
 libraries (torch, timm, zarr, scikit-learn) are imported inside the commands, so
 ``featstore --help`` is instant. Commands: :mod:`featstore.cli.commands` and
-:mod:`featstore.cli.manifest`; what they share: :mod:`featstore.cli._shared`.
+:mod:`featstore.cli.manifest` and :mod:`featstore.cli.team` (copy, export); what they
+share: :mod:`featstore.cli._shared`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from featstore.cli import commands, manifest  # noqa: F401  (registers the commands)
+from featstore.cli import commands, manifest, team  # noqa: F401  (registers the commands)
 from featstore.cli._shared import app, err
 from featstore.errors import FeatstoreError
 

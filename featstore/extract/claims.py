@@ -9,7 +9,9 @@ heartbeat time that a background thread refreshes. Only the claim's owner writes
 so two writers never touch one zarr shard. A claim is stale when its heartbeat is older than
 the timeout, or at once when its owner ran on this host and its pid is gone (a SIGKILLed
 extract); a stale claim is taken over by whoever first creates its exclusive takeover marker
-(``<shard>.json.takeover-<old owner>``), so exactly one process inherits it. A claim that
+(``<shard>.json.takeover-<old owner>-<its last heartbeat>``: one marker per stale claim, so
+an owner whose claim was taken over and that claims the shard again later can be taken over
+again), so exactly one process inherits it. A claim that
 cannot be read (what an older featstore killed between create and write left) is stale once
 its file is older than the timeout. A process waiting for a live claim says so on stderr:
 who holds it, since when, and after how long it takes over.
@@ -137,7 +139,8 @@ class ClaimBoard:
             self._tell_waiting(path, record)
             return False
         # exactly one process inherits a stale claim: the first to create its takeover marker
-        if not self.files.create(f"{path}.takeover-{record.get('owner')}", self._record()):
+        marker = f"{path}.takeover-{record.get('owner')}-{record.get('heartbeat', 0)}"
+        if not self.files.create(marker, self._record()):
             return False
         self.files.put(path, self._record())
         self._hold(path)

@@ -204,6 +204,19 @@ def store_table(rows: Sequence[dict[str, Any]], store: str) -> Table:
     return table
 
 
+def copy_table(rows: Sequence[dict[str, Any]], src: str, dst: str) -> Table:
+    """``featstore copy``: each set, the shards copied and already there, its status."""
+    table = Table(title=f"featstore copy {src} -> {dst}")
+    for col in ("dataset", "backbone", "key", "copied", "already there", "probe runs",
+                "status"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["dataset"], r["backbone"], r["key"][:20], str(r["shards_copied"]),
+                      f"{r['shards_already_there']}/{r['shards']}", str(r["probe_runs_copied"]),
+                      r["status"])
+    return table
+
+
 def info_tables(records: Sequence[dict[str, Any]]) -> list[Table]:
     """``featstore info``: one field/value table per embedding set."""
     tables = []

@@ -2,7 +2,8 @@
 
 Layout::
 
-    <root>/<dataset name>-<manifest sha[:12]>/
+    <root>/<dataset name>-<identity[:12]>/   found by its ``identity`` attribute (what the
+                                             data is; older groups: <name>-<path hash>)
         ids, split, labels, group            index arrays, rows in manifest (id) order
         <key[:20]>/
             embeddings  (N, D)   sharded by rows; a writer only writes whole shards
@@ -13,6 +14,7 @@ Layout::
             done        (S,)     1 once the shard's data and checksum are written
             attrs: key, key_fields, alias, provenance, status
     _claims/<dataset>/<key[:20]>/   claim markers of running extracts (see extract.claims)
+    _catalog/<dataset>/<key[:20]>.json   one entry per set for ``ls`` (see store.catalog)
 
 The store is reached through zarr's store abstraction, so the same code runs on a local
 directory or an fsspec URL (``s3://bucket/prefix``).
@@ -354,8 +356,12 @@ def _index_arrays(manifest: Manifest) -> dict[str, np.ndarray]:
 
 
 def _write_index(g: zarr.Group, manifest: Manifest) -> None:
-    chunk = max(min(len(manifest), 65536), 1)
-    for name, values in _index_arrays(manifest).items():
+    _write_index_arrays(g, _index_arrays(manifest))
+
+
+def _write_index_arrays(g: zarr.Group, arrays: dict[str, np.ndarray]) -> None:
+    chunk = max(min(len(arrays["ids"]), 65536), 1)
+    for name, values in arrays.items():
         dtype = "int64" if values.dtype.kind == "i" else str
         a = g.create_array(name, shape=values.shape, dtype=dtype,
                            chunks=(chunk,) + values.shape[1:], overwrite=True)
@@ -422,6 +428,10 @@ class DatasetGroup:
 
     def fusion_runs(self) -> list[dict[str, Any]]:
         """Every persisted fusion run of this dataset."""
+        return list(self.fusion_runs_by_id().values())
+
+    def fusion_runs_by_id(self) -> dict[str, dict[str, Any]]:
+        """Every persisted fusion run of this dataset, by run id."""
         return _runs(self.store, self.group, self.name, FUSION_GROUP)
 
     def set_names(self) -> list[str]:
@@ -717,6 +727,10 @@ class EmbeddingSet:
 
     def probe_runs(self) -> list[dict[str, Any]]:
         """Every persisted probe run of this embedding set."""
+        return list(self.probe_runs_by_id().values())
+
+    def probe_runs_by_id(self) -> dict[str, dict[str, Any]]:
+        """Every persisted probe run of this embedding set, by run id."""
         return _runs(self.dataset.store, self.group, self._path, PROBES_GROUP)
 
     @property
@@ -877,15 +891,16 @@ def _run(store: FeatureStore, group: zarr.Group, path: str, kind: str,
     return None
 
 
-def _runs(store: FeatureStore, group: zarr.Group, path: str, kind: str) -> list[dict[str, Any]]:
-    """Every persisted run: the store's, then the results store's it does not have."""
+def _runs(store: FeatureStore, group: zarr.Group, path: str,
+          kind: str) -> dict[str, dict[str, Any]]:
+    """Every persisted run by id: the store's, then the results store's it does not have."""
     seen: dict[str, dict[str, Any]] = {}
     for g in (group, store._results_group(path, create=False)):
         runs = None if g is None else g.get(kind)
         if runs is not None:
             for name, run in sorted(runs.groups()):
                 seen.setdefault(name, dict(run.attrs))
-    return list(seen.values())
+    return seen
 
 
 def _plain_index(index: bytes, n_chunks: int, chunk_bytes: int) -> bool:
