@@ -196,7 +196,8 @@ def test_a_missing_object_store_driver_names_the_extra(capsys, monkeypatch):
     import fsspec  # noqa: F401
 
     monkeypatch.setitem(sys.modules, "s3fs", None)  # as if not installed: import fails
-    registry = sys.modules["fsspec.registry"]  # (fsspec.registry is a mapping, not it)
-    monkeypatch.setattr(registry, "_registry", {})  # no class already imported
+    registry = sys.modules["fsspec.registry"]._registry  # (fsspec.registry is a mapping)
+    for protocol in ("s3", "s3a"):  # no class already imported by an earlier test
+        monkeypatch.delitem(registry, protocol, raising=False)
     code, _, err = cli(capsys, "ls", "--store", "s3://bucket/prefix")
     assert code == 1 and "pip install 'featstore[s3]'" in err

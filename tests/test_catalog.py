@@ -34,6 +34,11 @@ def test_ls_from_the_catalog_equals_opening_every_set(capsys, npz_file, store_di
     assert list_sets(fs) == list_sets(fs, use_catalog=False)
     code, out, _ = cli(capsys, "ls", "--store", str(store_dir))
     assert code == 0 and "KiB" in out and row["host"] in out
+    code, out, _ = cli(capsys, "info", "--store", str(store_dir), results[0]["key"][:12],
+                       "--json")
+    [info] = json.loads(out)
+    assert info["bytes"] == info["rows"] * info["dim"] * 4
+    assert info["provenance"]["host"] and "user" in info["provenance"] and info["finished"]
 
 
 def test_a_repaired_set_is_listed_incomplete(capsys, npz_file, store_dir):

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import TINY, TINY_VIT, cli
@@ -42,6 +43,14 @@ def test_specs_resolve_to_the_keys_written_before(capsys, old):
     results = json.loads(out)
     assert code == 0 and [r["status"] for r in results] == ["cached", "cached"]
     assert {r["key"][:20] for r in results} == OLD_KEYS
+    # the cache hit seals the old sets: their checksums now sit in their attrs
+    from featstore.store import FeatureStore
+
+    for ds in FeatureStore(store).datasets():
+        for es in ds.embedding_sets():
+            if es.key[:20] in OLD_KEYS and ds.name.startswith("tiny"):
+                assert es._sealed is not None
+                assert np.array_equal(es.checksums(), es.group["checksums"][...])
 
 
 def test_an_old_group_is_adopted_and_found_from_a_copy_of_the_data(capsys, old, tmp_path):

@@ -101,3 +101,30 @@ def test_a_cache_is_ignored_for_a_local_store(tmp_path):
     assert local.cache is None
     assert np.array_equal(local.dataset(m).embedding_set("t").read(), X)
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_complete_set_is_read_without_its_per_shard_arrays(tmp_path, monkeypatch):
+    """Sealed at completion: done marks, checksums and missing rows are in the set's attrs,
+    so a read costs no request per shard for them (on S3 each would be a GET)."""
+    fs, m, es, X = make_set(tmp_path)
+    es.mark_complete()
+    real = zarr.Array.__getitem__
+
+    def no_per_shard_arrays(self, sel):
+        if self.path.rsplit("/", 1)[-1] in ("done", "checksums", "missing"):
+            raise AssertionError(f"read {self.path}")
+        return real(self, sel)
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", no_per_shard_arrays)
+    again = fs.dataset(m).embedding_set("t")
+    assert np.array_equal(again.load().X, X)
+    monkeypatch.setattr(zarr.Array, "__getitem__", real)
+    arr = zarr.open_array(tmp_path / "store" / es.dataset.name / es.name / "embeddings",
+                          mode="r+")
+    arr[40, 0] = arr[40, 0] + 1
+    with pytest.raises(CorruptShardError, match="shard 1 "):  # the sealed checksums check it
+        fs.dataset(m).embedding_set("t").read()
+    assert again.verify() == [1]
+    again.invalidate([1])  # repair unseals: the set is read from its arrays again
+    fresh = fs.dataset(m).embedding_set("t")
+    assert fresh._sealed is None and fresh.pending_shards() == [1]

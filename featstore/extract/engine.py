@@ -419,6 +419,8 @@ def extract_embeddings(
                                 "reasons": skipped},
                 })
                 board.clear(j.es.dataset.name, j.key.short)
+            elif dist.rank == 0:
+                j.es.seal()  # a set completed before sealing: read faster from now on
             seconds = time.perf_counter() - t0
             status = ("cached" if not j.pending_at_start else
                       "resumed" if len(j.pending_at_start) < j.es.n_shards else "extracted")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from featstore.errors import NotExtractedError, StoreError
 from featstore.store.catalog import publish, read_catalog, set_summary
 from featstore.store.zarr_store import FeatureStore
@@ -47,6 +49,7 @@ def find_sets(store: FeatureStore, target: str) -> list[dict[str, Any]]:
     if not hits:
         raise NotExtractedError(f"store {store.root}: no embedding set matches {target!r}")
     return [{"dataset": es.dataset.name, "shards_done": int(es.done_mask().sum()),
+             "rows": es.rows, "bytes": es.rows * es.dim * np.dtype(es.dtype).itemsize,
              **es.attrs} for es in hits]
 
 

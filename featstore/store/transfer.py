@@ -62,7 +62,7 @@ def copy_set(es: EmbeddingSet, dst_ds: DatasetGroup, *,
     if target.shard_rows != es.shard_rows:
         raise StoreError(f"{dst_ds.store.root}: {target} has {target.shard_rows}-row shards, "
                          f"the source {es.shard_rows}: cannot copy shard by shard")
-    sums = es.group["checksums"][...]
+    sums = es.checksums()
     missing = es.missing_mask()
     skipped = es.skipped()
     have = target.done_mask()

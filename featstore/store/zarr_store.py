@@ -564,9 +564,29 @@ class EmbeddingSet:
         start = shard * self.shard_rows
         return start, min(start + self.shard_rows, self.rows)
 
+    @property
+    def _sealed(self) -> dict[str, Any] | None:
+        """A complete set's attrs when they carry its shard checksums and missing rows
+        (written by :meth:`mark_complete`): then reading the set needs no request per shard
+        for its done marks, checksums and missing mask (on S3, one GET each)."""
+        a = self.group.attrs
+        if a.get("status") != "complete" or len(a.get("shard_checksums") or ()) != self.n_shards:
+            return None
+        return dict(a)
+
     def done_mask(self) -> np.ndarray:
         """Boolean (n_shards,): which shards are finished."""
+        if self._sealed is not None:
+            return np.ones(self.n_shards, dtype=bool)
         return self.group["done"][...].astype(bool)
+
+    def checksums(self) -> np.ndarray:
+        """uint8 (n_shards, 32): each shard's sha256 (zeros for shards not done)."""
+        sealed = self._sealed
+        if sealed is not None:
+            return np.frombuffer(bytes.fromhex("".join(sealed["shard_checksums"])),
+                                 dtype=np.uint8).reshape(self.n_shards, 32)
+        return self.group["checksums"][...]
 
     def pending_shards(self) -> list[int]:
         """Shards not yet done, in order."""
@@ -595,6 +615,8 @@ class EmbeddingSet:
             pass is never cached).
         """
         start, stop = self.shard_bounds(shard)
+        if self._sealed is not None:  # rewriting a shard of a finished set: drop the seal
+            self.group.attrs.update({"shard_checksums": None, "missing_rows": None})
         data = np.array(data, dtype=self.dtype, order="C")
         if data.shape != (stop - start, self.dim):
             raise StoreError(f"{self}: shard {shard} needs shape {(stop - start, self.dim)}, "
@@ -624,6 +646,11 @@ class EmbeddingSet:
 
     def missing_mask(self) -> np.ndarray:
         """Boolean (N,): rows whose image was skipped at extraction (stored as NaN)."""
+        sealed = self._sealed
+        if sealed is not None and "missing_rows" in sealed:
+            mask = np.zeros(self.rows, dtype=bool)
+            mask[np.asarray(sealed["missing_rows"], dtype=np.int64)] = True
+            return mask
         if "missing" not in self.group:
             return np.zeros(self.rows, dtype=bool)
         return self.group["missing"][...].astype(bool)
@@ -644,8 +671,20 @@ class EmbeddingSet:
         """Record status ``complete`` (and any extra provenance) once every shard is done."""
         if not self.complete:
             raise StoreError(f"{self}: {len(self.pending_shards())} shards are not done")
-        self.group.attrs.update({"status": "complete", **(extra or {})})
+        self.group.attrs.update({"status": "complete", **(extra or {}), **self._seal()})
         publish(self)
+
+    def seal(self) -> None:
+        """Write a complete set's shard checksums and missing rows into its attrs (sets
+        completed before sealing existed); nothing for an incomplete or sealed set."""
+        if self._sealed is None and self.attrs.get("status") == "complete" and self.complete:
+            self.group.attrs.update(self._seal())
+
+    def _seal(self) -> dict[str, Any]:
+        """What reading the set needs, for the attrs it opens anyway."""
+        sums = self.group["checksums"][...]
+        return {"shard_checksums": [bytes(row).hex() for row in sums],
+                "missing_rows": [int(i) for i in np.flatnonzero(self.missing_mask())]}
 
     def read(self, rows: slice | np.ndarray | None = None, *,
              verify: bool = True) -> np.ndarray:
@@ -671,7 +710,7 @@ class EmbeddingSet:
             )
         out = np.empty((self.rows, self.dim), dtype=self.dtype)
         cache = self.dataset.store.cache
-        sums = self.group["checksums"][...] if verify or cache else None
+        sums = self.checksums() if verify or cache else None
 
         def load(shard: int) -> tuple[int, str] | None:
             start, stop = self.shard_bounds(shard)
@@ -845,11 +884,13 @@ class EmbeddingSet:
 
     def invalidate(self, shards: list[int]) -> None:
         """Mark shards not done (and the set incomplete), so the next extract recomputes them."""
+        if not shards:
+            return
+        self.group.attrs.update({"status": "incomplete", "shard_checksums": None,
+                                 "missing_rows": None})  # unsealed first, then the marks
         for shard in shards:
             self.group["done"][shard] = 0
-        if shards:
-            self.group.attrs.update({"status": "incomplete"})
-            publish(self)
+        publish(self)
 
 
 READ_ONLY_ERRORS = (PermissionError, OSError)  # read-only mount, denied PUT (s3fs: PermissionError)
