@@ -47,3 +47,7 @@ class ProbeError(FeatstoreError, ValueError):
 class FusionError(ProbeError):
     """Embedding sets cannot be fused (different datasets, rows that do not align), or the
     DVME head got invalid arguments or data."""
+
+
+class FinetuneError(FeatstoreError, ValueError):
+    """A finetuning run cannot start or continue (bad option, unknown or unfinished run)."""

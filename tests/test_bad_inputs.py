@@ -73,6 +73,7 @@ def image_folder_with_non_utf8_name(tmp: Path) -> Path:
 
 # (case, argv built from (tmp, data, store), the message that names the culprit)
 EXTRACT = ["extract", "-b", TINY, "--image-size", str(SIZE)]
+FINETUNE = ["finetune", "-b", TINY, "--image-size", str(SIZE), "--batch-size", "8"]
 CATALOGUE = [
     ("batch-size negative", lambda t, d, s: [*EXTRACT, "--data", d, "--store", s,
                                              "--batch-size", "-4"], "--batch-size -4"),
@@ -134,6 +135,21 @@ CATALOGUE = [
                                            "--image-size", str(SIZE)], "2 to 8"),
     ("unknown backbone", lambda t, d, s: ["probe", "--data", d, "--store", s, "-b", "nope"],
      "no embeddings for 'nope'"),
+    ("finetune epochs 0", lambda t, d, s: [*FINETUNE, "--data", d, "--store", s,
+                                           "--epochs", "0"], "--epochs 0"),
+    ("finetune lr 0", lambda t, d, s: [*FINETUNE, "--data", d, "--store", s, "--lr", "0"],
+     "--lr 0.0"),
+    ("finetune unknown optimizer", lambda t, d, s: [*FINETUNE, "--data", d, "--store", s,
+                                                    "--optimizer", "lamb"],
+     "unknown optimizer 'lamb'"),
+    ("finetune warmup >= epochs", lambda t, d, s: [*FINETUNE, "--data", d, "--store", s,
+                                                   "--epochs", "2", "--warmup-epochs", "2"],
+     "--warmup-epochs 2"),
+    ("finetune freeze unknown module", lambda t, d, s: [*FINETUNE, "--data", d, "--store", s,
+                                                        "--freeze-until", "layer9"],
+     "--freeze-until 'layer9'"),
+    ("finetune cuda without a GPU", lambda t, d, s: [*FINETUNE, "--data", d, "--store", s,
+                                                     "--device", "cuda"], "no CUDA GPU"),
 ]
 
 

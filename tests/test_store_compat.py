@@ -104,7 +104,7 @@ def test_runs_with_the_old_val_carve_are_superseded(capsys, old):
     store = ["--store", str(old / "store")]
     data = ["--data", str(old / "noval" / "demo.csv")]
     code, out, err = cli(capsys, "results", *data, *store)
-    assert code == 0 and "no probe or fusion results" in err
+    assert code == 0 and "no probe, finetuning or fusion results" in err
     code, out, _ = cli(capsys, "probe", *data, *store, "-b", TINY, "--image-size", "32",
                        "--bootstrap", "20", "--json")
     records = json.loads(out)

@@ -16,7 +16,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from featstore.cli import commands, manifest, team  # noqa: F401  (registers the commands)
+from featstore.cli import commands, finetune, manifest, team  # noqa: F401  (registers them)
 from featstore.cli._shared import app, err
 from featstore.errors import FeatstoreError
 

@@ -34,6 +34,7 @@ from featstore.cli._shared import (
     app,
     choices,
     choices_metavar,
+    default_results_store,
     embedding_sets,
     err,
     load_data,
@@ -180,22 +181,30 @@ def results(
     task: TaskOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the probe and fusion runs persisted in the store, without recomputing anything."""
+    """List the probe, finetuning and fusion runs persisted in the store, recomputing
+    nothing."""
+    from featstore.finetune import stored_finetune_records
     from featstore.fusion import stored_fusion_records
     from featstore.probe import stored_records
+    from featstore.store import FeatureStore
 
     manifest = load_data(data, root, task)
-    sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision,
-                          results_store)
-    probes = stored_records(sets)
-    fusions = stored_fusion_records([sets[0].dataset],
-                                    keys=[s.key for s in sets] if backbone else None)
+    if backbone:
+        sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision,
+                              results_store)
+        ds = sets[0].dataset
+    else:  # every set, and the finetuning runs of a dataset that has none
+        fs = FeatureStore(store, results_store=results_store or default_results_store())
+        ds = fs.dataset(manifest)
+        sets = [s for s in ds.embedding_sets() if s.complete]
+    probes = stored_records(sets) + stored_finetune_records(ds)
+    fusions = stored_fusion_records([ds], keys=[s.key for s in sets] if backbone else None)
     if as_json:
         print_json([*probes, *fusions])  # fusion records carry "method" and "backbones"
         return
     if not probes and not fusions:
-        err.print("no probe or fusion results stored yet: run 'featstore probe' or "
-                  "'featstore fuse'")
+        err.print("no probe, finetuning or fusion results stored yet: run 'featstore "
+                  "probe', 'featstore finetune' or 'featstore fuse'")
         return
     print_probe_records(probes, False)
     print_fusion_records(fusions, False)

@@ -146,3 +146,41 @@ def _fill_empty_splits(group_split: np.ndarray, group_label: np.ndarray,
         labels, counts = np.unique(group_label[train], return_counts=True)
         pool = train[group_label[train] == labels[counts.argmax()]]
         group_split[rng.choice(pool)] = name
+
+
+VAL_CARVE_FRACTION = 0.2
+VAL_SPLIT = "val split"
+
+
+def training_splits(split: np.ndarray, y: np.ndarray, group: np.ndarray | None,
+                    exclude: np.ndarray | None = None, *, name: str = "dataset",
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(train, val, test, val source) row positions: the protocol every stage trains by
+    (probes, fusion, finetuning), so a (fraction, seed) means the same rows everywhere.
+
+    A missing val split is carved from train: whole patients (``group``), stratified by
+    label, seed 0, :data:`VAL_CARVE_FRACTION` of them (:func:`split_by_group`). Rows flagged
+    in ``exclude`` are left out of every split.
+
+    Raises
+    ------
+    ManifestError
+        No train or test rows, or no val split and a train too small to carve one from.
+    """
+    keep = ~exclude if exclude is not None else np.ones(len(split), bool)
+    tr = np.flatnonzero((split == "train") & keep)
+    va = np.flatnonzero((split == "val") & keep)
+    te = np.flatnonzero((split == "test") & keep)
+    for which, rows in (("train", tr), ("test", te)):
+        if len(rows) == 0:
+            raise ManifestError(f"{name}: no rows in split {which!r}")
+    if len(va):
+        return tr, va, te, VAL_SPLIT
+    try:
+        carved = split_by_group(y[tr], None if group is None else group[tr],
+                                val=VAL_CARVE_FRACTION, test=0.0, seed=0)
+    except ManifestError as e:  # one patient in train: nothing to carve
+        raise ManifestError(f"{name}: no val split, and train is too small to carve one "
+                            f"({e})") from None
+    return (tr[carved == "train"], tr[carved == "val"], te,
+            f"{VAL_CARVE_FRACTION:.0%} of train patients (seed 0)")

@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from featstore.choices import ORDINAL_DECODES, PROBES
-from featstore.data.fractions import ids_sha256, select_fraction, split_by_group
+from featstore.data.fractions import (
+    VAL_CARVE_FRACTION,  # noqa: F401  (re-exported: it lived here)
+    VAL_SPLIT,
+    ids_sha256,
+    select_fraction,
+    training_splits,
+)
 from featstore.errors import ManifestError, ProbeError
 from featstore.probe.knn import DEFAULT_KS, knn_with_validation
 from featstore.probe.linear import DEFAULT_L2_GRID, DEFAULT_TOL, fit_with_validation
@@ -24,8 +30,6 @@ from featstore.store.zarr_store import Embeddings, EmbeddingSet
 from featstore.task import run_id as run_key
 from featstore.task import scored_metrics
 
-VAL_CARVE_FRACTION = 0.2
-VAL_SPLIT = "val split"
 # How a missing val split is carved from train; part of a run's id whenever val was carved,
 # so runs persisted by the old, group-unaware carve are never read back as current.
 VAL_CARVE = "whole patients, stratified (split_by_group), seed 0"
@@ -93,32 +97,15 @@ class ProbeRecord:
 
 def split_rows(emb: Embeddings, y: np.ndarray, task: str,
                exclude: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    """(train, val, test, val source) rows; a missing val is carved from train.
-
-    The carve moves whole patients (``group``), stratified by label, seed 0 (the same for
-    every run): :func:`featstore.data.fractions.split_by_group`, the splitter every carve
-    uses. Rows flagged in ``exclude`` (default: the rows skipped at extraction) are left out
-    of every split.
-    """
-    keep = ~exclude if exclude is not None else (
-        ~emb.missing if emb.missing is not None else np.ones(len(emb.split), bool))
-    tr = np.flatnonzero((emb.split == "train") & keep)
-    va = np.flatnonzero((emb.split == "val") & keep)
-    te = np.flatnonzero((emb.split == "test") & keep)
-    for name, rows in (("train", tr), ("test", te)):
-        if len(rows) == 0:
-            raise ProbeError(f"{emb.dataset}: no rows in split {name!r}")
-    val_source = VAL_SPLIT
-    if len(va) == 0:
-        try:
-            carved = split_by_group(y[tr], emb.group[tr], val=VAL_CARVE_FRACTION, test=0.0,
-                                    seed=0)
-        except ManifestError as e:  # one patient in train: nothing to carve
-            raise ProbeError(f"{emb.dataset}: no val split, and train is too small to carve "
-                             f"one ({e})") from None
-        tr, va = tr[carved == "train"], tr[carved == "val"]
-        val_source = f"{VAL_CARVE_FRACTION:.0%} of train patients (seed 0)"
-    return tr, va, te, val_source
+    """(train, val, test, val source) rows by :func:`featstore.data.fractions.training_splits`
+    (a missing val carved from train by whole patients); rows flagged in ``exclude``
+    (default: the rows skipped at extraction) are left out of every split."""
+    if exclude is None:
+        exclude = emb.missing
+    try:
+        return training_splits(emb.split, y, emb.group, exclude, name=emb.dataset)
+    except ManifestError as e:
+        raise ProbeError(str(e)) from None
 
 
 def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,

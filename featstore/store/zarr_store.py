@@ -50,6 +50,8 @@ PROBES_GROUP = "probes"
 SKIPPED_GROUP = "skipped"
 CLAIMS_GROUP = "_claims"
 FUSION_GROUP = "fusion"
+FINETUNE_GROUP = "finetune"
+CHECKPOINTS_GROUP = "_checkpoints"  # finetuning checkpoints and weights (whole objects)
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,7 @@ class FeatureStore:
             return []
         groups = []
         for name in _children(root):
-            if name in (CLAIMS_GROUP, CATALOG_GROUP):
+            if name in (CLAIMS_GROUP, CATALOG_GROUP, CHECKPOINTS_GROUP):
                 continue
             try:
                 g = _open_child(root, name, self.root)
@@ -434,10 +436,25 @@ class DatasetGroup:
         """Every persisted fusion run of this dataset, by run id."""
         return _runs(self.store, self.group, self.name, FUSION_GROUP)
 
+    def save_finetune_run(self, run_id: str, payload: dict[str, Any]) -> None:
+        """Persist a finetuning run (status, config, records) under ``finetune/<run_id>``."""
+        _save_run(self.store, self.group, self.name, FINETUNE_GROUP, run_id, payload)
+
+    def finetune_run(self, run_id: str) -> dict[str, Any] | None:
+        """A persisted finetuning run, or None."""
+        return _run(self.store, self.group, self.name, FINETUNE_GROUP, run_id)
+
+    def finetune_runs_by_id(self) -> dict[str, dict[str, Any]]:
+        """Every persisted finetuning run of this dataset (finished or not), by run id."""
+        return _runs(self.store, self.group, self.name, FINETUNE_GROUP)
+
+    def finetune_runs(self) -> list[dict[str, Any]]:
+        return list(self.finetune_runs_by_id().values())
+
     def set_names(self) -> list[str]:
         """Names of the members that may be embedding sets (one listing, no metadata read)."""
         return [n for n in _children(self.group)
-                if n not in (FUSION_GROUP, "ids", "split", "labels", "group")]
+                if n not in (FUSION_GROUP, FINETUNE_GROUP, "ids", "split", "labels", "group")]
 
     def open_set(self, name: str) -> EmbeddingSet | None:
         """The embedding set ``name``; None when it is not one, or when its metadata cannot

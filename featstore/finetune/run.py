@@ -1,0 +1,493 @@
+"""Finetuning: the study's second protocol, the whole network trained on the images.
+
+The same protocol as the probes, run for run: the same manifest rows, the same train subset
+for a (fraction, seed) (:func:`featstore.data.fractions.select_fraction`, so the training-id
+hash equals the probe's), model selection on val only (the best epoch by the task's primary
+metric), the same metrics and bootstrap CI on test (:func:`featstore.task.scored_metrics`).
+Runs are persisted in the store's dataset group (``finetune/<run id>``) and listed by
+``featstore results`` beside the probes (``probe`` = ``finetune``).
+
+The recipe is timm's: ``create_optimizer_v2`` (AdamW or SGD, weight decay off for norms and
+biases, optional layer decay), ``create_scheduler_v2`` (cosine with warmup, stepped per
+optimiser update), ``create_transform`` for training augmentation (RandomResizedCrop,
+horizontal flip unless ``hflip=False``); evaluation uses the backbone spec's own transform.
+After every epoch a checkpoint (model, optimiser, scheduler, scaler, RNG states, epoch, best
+so far) is written atomically to ``_checkpoints/<dataset>/<run id>/checkpoint.pt`` in the
+store; a killed run resumes from it and ends with the same best epoch and metrics (each
+epoch's data order and augmentation are seeded by (seed, epoch), so they do not depend on
+where a run stopped). The best weights are kept as ``best.pt`` with their sha256.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from typing import Any
+
+import numpy as np
+import torch
+
+from featstore._hashing import sha256_bytes, sha256_json
+from featstore.choices import PRECISIONS
+from featstore.data.fractions import ids_sha256, select_fraction, training_splits
+from featstore.data.images import RowDataset
+from featstore.data.manifest import Manifest
+from featstore.errors import FinetuneError, ImageReadError, ManifestError
+from featstore.models.registry import BackboneSpec
+from featstore.probe import ProbeRecord
+from featstore.store.zarr_store import CHECKPOINTS_GROUP, DatasetGroup, FeatureStore
+from featstore.task import check_task, logits_to_proba, scored_metrics
+from featstore.task import run_id as run_key
+
+OPTIMIZERS = ("adamw", "sgd")
+CHECKPOINTS = CHECKPOINTS_GROUP
+FINETUNE = "finetune"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything that determines a finetuning run's numbers besides the backbone and data.
+
+    ``lr`` is the peak learning rate (after ``warmup_epochs``), for the effective batch
+    ``batch_size * accum_steps``; ``layer_decay`` scales each ViT block's rate by
+    ``layer_decay ** depth-from-top`` (timm); ``freeze_until`` freezes every parameter up to
+    and including the named module (``layer2``, ``blocks.5``) for partial finetuning.
+    """
+
+    task: str = "binary"
+    fraction: float = 1.0
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 32
+    accum_steps: int = 1
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    layer_decay: float | None = None
+    freeze_until: str | None = None
+    hflip: bool = True
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    precision: str = "fp32"
+    n_bootstrap: int = 1000
+
+    def check(self) -> None:
+        """Raise FinetuneError naming the first bad value."""
+        check_task(self.task)
+        problems = [
+            (not 0 < self.fraction <= 1, f"fraction {self.fraction} is outside (0, 1]"),
+            (self.epochs < 1, f"--epochs {self.epochs}: expected at least 1"),
+            (self.batch_size < 1, f"--batch-size {self.batch_size}: expected at least 1"),
+            (self.accum_steps < 1, f"--accum-steps {self.accum_steps}: expected at least 1"),
+            (not self.lr > 0, f"--lr {self.lr}: expected a positive rate"),
+            (self.weight_decay < 0, f"--weight-decay {self.weight_decay}: expected >= 0"),
+            (not 0 <= self.warmup_epochs < self.epochs,
+             f"--warmup-epochs {self.warmup_epochs}: expected 0 to epochs - 1"),
+            (self.layer_decay is not None and not 0 < self.layer_decay <= 1,
+             f"--layer-decay {self.layer_decay}: expected a factor in (0, 1]"),
+            (self.optimizer not in OPTIMIZERS,
+             f"unknown optimizer {self.optimizer!r} (expected one of {', '.join(OPTIMIZERS)})"),
+            (self.precision not in PRECISIONS, f"unknown precision {self.precision!r}"),
+            (not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+             f"crop scale {self.crop_scale}: expected 0 < min <= max <= 1"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise FinetuneError(message)
+
+    def run_id(self, model_key: str, val_source: str) -> str:
+        return run_key({"finetune": asdict(self), "model": model_key, "val": val_source})
+
+
+@dataclass
+class _State:
+    """What a checkpoint holds beyond the torch states."""
+
+    epoch: int = 0  # epochs finished
+    best_epoch: int = 0
+    best_val: float = -np.inf
+    history: list[dict[str, float]] | None = None
+
+
+class Classifier(torch.nn.Module):
+    """The backbone's pooled pre-logits features and a fresh linear head."""
+
+    def __init__(self, backbone: torch.nn.Module, dim: int, n_out: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = torch.nn.Linear(dim, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def model_key(spec: BackboneSpec, weights_sha256: str, preprocessing: dict[str, Any]) -> str:
+    """What the starting network is: architecture, the weights' sha256, preprocessing."""
+    return sha256_json({"architecture": spec.architecture, "weights_sha256": weights_sha256,
+                        "preprocessing": preprocessing, "layer": spec.layer})
+
+
+def _labels(manifest: Manifest) -> np.ndarray:
+    return manifest.labels if manifest.task == "multilabel" else manifest.labels[:, 0]
+
+
+def _n_out(manifest: Manifest) -> int:
+    if manifest.task == "multilabel":
+        return manifest.labels.shape[1]
+    return 1 if manifest.task == "binary" else manifest.num_classes
+
+
+def _loss(task: str) -> torch.nn.Module:
+    return (torch.nn.BCEWithLogitsLoss() if task in ("binary", "multilabel")
+            else torch.nn.CrossEntropyLoss())
+
+
+def _target(task: str, y: np.ndarray) -> torch.Tensor:
+    if task == "binary":
+        return torch.as_tensor(y, dtype=torch.float32).view(-1, 1)
+    if task == "multilabel":
+        return torch.as_tensor(y, dtype=torch.float32)
+    return torch.as_tensor(y, dtype=torch.long)
+
+
+def _freeze(model: Classifier, until: str | None) -> None:
+    """Freeze the backbone's parameters up to and including those of module ``until``
+    (registration order: the stem and the first stages of a CNN, the first blocks of a
+    ViT)."""
+    if until is None:
+        return
+    params = list(model.backbone.named_parameters())
+    inside = [i for i, (n, _) in enumerate(params) if n.startswith(until + ".")]
+    if not inside:
+        tops = list(dict.fromkeys(n.split(".")[0] for n, _ in params))
+        raise FinetuneError(f"--freeze-until {until!r}: no module with parameters of that "
+                            f"name in the backbone (top-level: {', '.join(tops[:12])})")
+    for i, (_, p) in enumerate(params):
+        p.requires_grad = i > inside[-1]
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        import contextlib
+
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_states() -> dict[str, Any]:
+    """The RNG states as tensors and plain values (loadable with ``weights_only=True``: a
+    checkpoint read from a shared store never unpickles code)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    version_, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss],
+            "python": [version_, list(internal), gauss_next]}
+
+
+def _set_rng_states(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    kind, key, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version_, internal, gauss_next = rng["python"]
+    random.setstate((version_, tuple(internal), gauss_next))
+
+
+def _epoch_seed(config: FinetuneConfig, epoch: int) -> int:
+    return config.seed * 100_003 + epoch
+
+
+def _worker_init(worker_id: int) -> None:  # augmentation in workers: seeded from the loader
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
+def _loader(manifest: Manifest, rows: np.ndarray, transform, size: int, batch_size: int, *,
+            shuffle_seed: int | None, num_workers: int, pin: bool):
+    dataset = RowDataset(manifest, transform, (3, size, size))
+    subset = torch.utils.data.Subset(dataset, rows.tolist())
+    generator = None
+    if shuffle_seed is not None:
+        generator = torch.Generator().manual_seed(shuffle_seed)
+    return torch.utils.data.DataLoader(
+        subset, batch_size=batch_size, shuffle=shuffle_seed is not None, generator=generator,
+        num_workers=num_workers, pin_memory=pin, worker_init_fn=_worker_init,
+        drop_last=False, persistent_workers=False)
+
+
+def _check_errors(errors: Sequence[str]) -> None:
+    bad = [e for e in errors if e]
+    if bad:
+        raise ImageReadError(bad[0] + (f" (and {len(bad) - 1} more in this batch)"
+                                       if len(bad) > 1 else ""))
+
+
+def predict(model: torch.nn.Module, loader, device: torch.device, precision: str,
+            task: str) -> np.ndarray:
+    """Probabilities of every row the loader yields, in its order (each row once)."""
+    model.eval()
+    out = []
+    with torch.inference_mode(), _autocast(device, precision):
+        for x, _, errors in loader:
+            _check_errors(errors)
+            out.append(model(x.to(device, non_blocking=True)).float())
+    return logits_to_proba(task, torch.cat(out))
+
+
+class FinetuneProgress:
+    """What the loop reports: one bar per epoch (img/s, train loss) and the val metric."""
+
+    def start(self, epoch: int, epochs: int, total: int) -> None: ...
+    def advance(self, n: int, loss: float) -> None: ...
+    def end(self, epoch: int, train_loss: float, val_metric: float, img_s: float) -> None: ...
+
+
+def _checkpoint_keys(ds: DatasetGroup, run_id: str) -> tuple[str, str]:
+    base = f"{CHECKPOINTS}/{ds.name}/{run_id}"
+    return f"{base}/checkpoint.pt", f"{base}/best.pt"
+
+
+def _save(objects, key: str, payload: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    objects.put(key, data)  # whole-object put: atomic (temp + rename, or one S3 PUT)
+    return data
+
+
+def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig, *,
+                 store: FeatureStore, device: str = "cpu", num_workers: int = 0,
+                 recompute: bool = False, progress: FinetuneProgress | None = None,
+                 ) -> list[ProbeRecord]:
+    """Finetune ``spec`` on ``manifest`` for one (fraction, seed); records on test.
+
+    A run persisted under the same id is read back (``recompute`` trains again); a run
+    killed midway resumes from its last epoch's checkpoint.
+
+    Raises
+    ------
+    FinetuneError
+        A bad option, or a train subset with one class.
+    ImageReadError
+        An image that cannot be read (named).
+    """
+    from featstore.models.build import build_backbone
+
+    config.check()
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FinetuneError(f"--device {device}: no CUDA GPU on this machine")
+    task = config.task
+    y = _labels(manifest)
+    # as the store's index holds them (a dataset without patients: empty strings), so the
+    # subsets are the probes' to the row
+    groups = (manifest.group if manifest.group is not None
+              else np.full(len(manifest), "", dtype=object))
+    try:
+        tr, va, te, val_source = training_splits(manifest.split, y, groups,
+                                                 name=manifest.name)
+    except ManifestError as e:
+        raise FinetuneError(str(e)) from None
+    tr = select_fraction(tr, manifest.labels, groups, config.fraction, config.seed)
+    if task != "multilabel" and len(np.unique(y[tr])) < 2:
+        raise FinetuneError(f"{manifest.name}: the train subset (fraction {config.fraction}, "
+                            f"seed {config.seed}) holds one class only")
+    loaded = build_backbone(spec)
+    prep = loaded.preprocessing
+    model = Classifier(loaded.model, loaded.dim, _n_out(manifest))
+    _seed_everything(config.seed)  # the head's initialisation
+    torch.nn.init.zeros_(model.head.bias)
+    torch.nn.init.normal_(model.head.weight, std=0.01)
+    _freeze(model, config.freeze_until)  # a bad module name fails before the store is touched
+    mkey = model_key(spec, loaded.weights_sha256, prep.to_dict())
+    run_id = config.run_id(mkey, val_source)
+    ds = store.dataset(manifest, create=True)
+    saved = ds.finetune_run(run_id)
+    if saved is not None and saved.get("status") == "complete" and not recompute:
+        return [stored_finetune_record(r) for r in saved["records"]]
+
+    import timm.data
+    import timm.optim
+    import timm.scheduler
+
+    channels_last = dev.type == "cuda" and not hasattr(loaded.model, "patch_embed")
+    model = model.to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise FinetuneError(f"--freeze-until {config.freeze_until}: nothing left to train")
+    optimizer = timm.optim.create_optimizer_v2(
+        model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+        momentum=0.9, layer_decay=config.layer_decay)
+    train_tf = timm.data.create_transform(
+        input_size=(3, prep.input_size, prep.input_size), is_training=True,
+        scale=config.crop_scale, hflip=0.5 if config.hflip else 0.0, color_jitter=None,
+        interpolation=prep.interpolation, mean=prep.mean, std=prep.std)
+    eval_tf = prep.transform()
+    pin = dev.type == "cuda"
+    steps_per_epoch = -(-len(tr) // config.batch_size)
+    updates_per_epoch = -(-steps_per_epoch // config.accum_steps)
+    scheduler, _ = timm.scheduler.create_scheduler_v2(
+        optimizer, sched="cosine", num_epochs=config.epochs,
+        warmup_epochs=config.warmup_epochs, warmup_lr=config.lr * 1e-3, min_lr=0.0,
+        step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    scaler = torch.amp.GradScaler(dev.type, enabled=config.precision == "fp16")
+    loss_fn = _loss(task)
+    val_loader = _loader(manifest, va, eval_tf, prep.input_size, config.batch_size * 2,
+                         shuffle_seed=None, num_workers=num_workers, pin=pin)
+    ckpt_key, best_key = _checkpoint_keys(ds, run_id)
+    objects = store.objects
+    state = _State(history=[])
+    raw = objects.get(ckpt_key) if not recompute else None
+    if raw is not None:  # resume: every state as the last finished epoch left it
+        ck = torch.load(io.BytesIO(raw), map_location=dev, weights_only=True)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        state = _State(**ck["state"])
+        _set_rng_states(ck["rng"])
+    record_config = {**asdict(config), "backbone": spec.alias, "model_key": mkey,
+                     "weights_sha256": loaded.weights_sha256, "preprocessing": prep.to_dict(),
+                     "device": str(dev), "val_source": val_source,
+                     "versions": {p: version(p) for p in ("featstore", "torch", "timm")}}
+    ds.save_finetune_run(run_id, {"status": "running", "config": record_config})
+    n_out = _n_out(manifest)
+    while state.epoch < config.epochs:
+        epoch = state.epoch
+        _seed_everything(_epoch_seed(config, epoch))
+        loader = _loader(manifest, tr, train_tf, prep.input_size, config.batch_size,
+                         shuffle_seed=_epoch_seed(config, epoch), num_workers=num_workers,
+                         pin=pin)
+        model.train()
+        if progress:
+            progress.start(epoch + 1, config.epochs, len(tr))
+        t0, seen, total_loss = time.perf_counter(), 0, 0.0
+        optimizer.zero_grad(set_to_none=True)
+        updates = epoch * updates_per_epoch
+        for step, (x, rows, errors) in enumerate(loader):
+            _check_errors(errors)
+            x = x.to(dev, non_blocking=True)
+            if channels_last:
+                x = x.to(memory_format=torch.channels_last)
+            target = _target(task, y[rows.numpy()]).to(dev)
+            with _autocast(dev, config.precision):
+                loss = loss_fn(model(x).float(), target)
+            scaler.scale(loss / config.accum_steps).backward()
+            last = step + 1 == steps_per_epoch
+            if (step + 1) % config.accum_steps == 0 or last:
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                updates += 1
+                scheduler.step_update(num_updates=updates)
+            batch_loss = float(loss.detach())
+            total_loss += batch_loss * len(rows)
+            seen += len(rows)
+            if progress:
+                progress.advance(len(rows), batch_loss)
+        img_s = seen / max(time.perf_counter() - t0, 1e-9)
+        proba = predict(model, val_loader, dev, config.precision, task)
+        primary = next(m for m in scored_metrics(task, y[va], proba, n_bootstrap=0)
+                       if m["primary"])
+        val = float(primary["value"]) if np.isfinite(primary["value"]) else -np.inf
+        state.history.append({"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
+                              "val": val, "img_s": img_s})
+        state.epoch = epoch + 1
+        if val > state.best_val:
+            state.best_val, state.best_epoch = val, epoch + 1
+            _save(objects, best_key, {"model": model.state_dict(), "n_out": n_out,
+                                      "epoch": epoch + 1})
+        _save(objects, ckpt_key, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "state": asdict(state),
+            "rng": _rng_states()})
+        if progress:
+            progress.end(epoch + 1, total_loss / max(seen, 1), val, img_s)
+
+    best = torch.load(io.BytesIO(objects.get(best_key)), map_location=dev, weights_only=True)
+    model.load_state_dict(best["model"])
+    test_loader = _loader(manifest, te, eval_tf, prep.input_size, config.batch_size * 2,
+                          shuffle_seed=None, num_workers=num_workers, pin=pin)
+    proba = predict(model, test_loader, dev, config.precision, task)
+    backbone_bytes = _backbone_bytes(model)
+    best_sha = sha256_bytes(backbone_bytes)
+    objects.put(f"{CHECKPOINTS}/{ds.name}/{run_id}/backbone.pt", backbone_bytes)
+    hyper = f"lr={config.lr:g}, best epoch {state.best_epoch}/{config.epochs}"
+    records = [
+        ProbeRecord(dataset=ds.name, backbone=spec.alias, key=mkey, task=task,
+                    probe=FINETUNE, **scored, fraction=config.fraction, seed=config.seed,
+                    hyperparameter=hyper, n_train=len(tr), n_val=len(va), n_test=len(te),
+                    val_source=val_source, random_weights=spec.is_random,
+                    train_ids_sha256=ids_sha256(manifest.ids[tr]), run_id=run_id,
+                    config={**record_config, "best_epoch": state.best_epoch,
+                            "history": state.history, "finetuned_sha256": best_sha})
+        for scored in scored_metrics(task, y[te], proba, n_bootstrap=config.n_bootstrap,
+                                     seed=config.seed, label_names=manifest.label_names)
+    ]
+    ds.save_finetune_run(run_id, {
+        "status": "complete", "config": record_config, "best_epoch": state.best_epoch,
+        "history": state.history, "finetuned_sha256": best_sha,
+        "architecture": spec.architecture, "spec": spec.name,
+        "records": [r.to_dict() for r in records]})
+    objects.delete(ckpt_key)  # the run is finished: its resume state is not needed
+    return records
+
+
+def _backbone_bytes(model: Classifier) -> bytes:
+    """The finetuned backbone's state dict (no head), as torch.save bytes."""
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+def stored_finetune_record(r: dict[str, Any]) -> ProbeRecord:
+    nan = float("nan")
+    return ProbeRecord(**{**r, "cached": True,
+                          **{k: nan if r[k] is None else float(r[k])
+                             for k in ("value", "ci_low", "ci_high")}})
+
+
+def finetune_grid(manifest: Manifest, specs: Sequence[BackboneSpec], config: FinetuneConfig, *,
+                  store: FeatureStore, fractions: Sequence[float] = (1.0,),
+                  seeds: int | Sequence[int] = 1, device: str = "cpu", num_workers: int = 0,
+                  recompute: bool = False, progress: FinetuneProgress | None = None,
+                  on_run: Callable[[list[ProbeRecord]], None] | None = None,
+                  ) -> list[ProbeRecord]:
+    """Every (backbone, fraction, seed) of the grid; finished runs are read back."""
+    from dataclasses import replace
+
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise FinetuneError("expected at least one seed")
+    out: list[ProbeRecord] = []
+    for spec in specs:
+        for fraction in fractions:
+            for seed in seed_list:
+                recs = finetune_run(manifest, spec, replace(config, fraction=fraction,
+                                                            seed=seed),
+                                    store=store, device=device, num_workers=num_workers,
+                                    recompute=recompute, progress=progress)
+                if on_run:
+                    on_run(recs)
+                out.extend(recs)
+    return out
+
+
+def stored_finetune_records(ds: DatasetGroup) -> list[ProbeRecord]:
+    """Every finished finetuning run's records in a dataset group (no computation)."""
+    return [stored_finetune_record(r) for run in ds.finetune_runs()
+            if run.get("status") == "complete" for r in run.get("records", [])]

@@ -1,0 +1,127 @@
+"""Finetuning: the probes' protocol run for run (same train subset, val-only selection, same
+metrics), persisted and listed beside the probes, and resumable after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from featstore.data import load_dataset
+from featstore.finetune import Classifier
+from featstore.finetune.run import _freeze
+from featstore.store import FeatureStore
+from tests.conftest import SIZE, TINY, cli
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = ["-b", TINY, "--image-size", str(SIZE), "--epochs", "3", "--batch-size", "8",
+          "--lr", "0.01", "--bootstrap", "20"]
+
+
+def test_same_train_rows_as_the_probe_and_listed_beside_it(capsys, npz_file, store_dir):
+    data = ["--data", str(npz_file), "--store", str(store_dir)]
+    grid = ["--fractions", "0.5,1", "--seeds", "2"]
+    code, _, err = cli(capsys, "extract", *data, "-b", TINY, "--image-size", str(SIZE))
+    assert code == 0, err
+    code, out, err = cli(capsys, "probe", *data, *grid, "--bootstrap", "20", "--json")
+    assert code == 0, err
+    probe = {(r["fraction"], r["seed"]): r["train_ids_sha256"] for r in json.loads(out)}
+    code, out, err = cli(capsys, "finetune", *data, *grid, *RECIPE, "--json")
+    assert code == 0, err
+    tuned = json.loads(out)
+    assert {(r["fraction"], r["seed"]): r["train_ids_sha256"] for r in tuned} == probe
+    assert {r["probe"] for r in tuned} == {"finetune"} and not any(r["cached"] for r in tuned)
+    best = tuned[0]["config"]["best_epoch"]
+    assert 1 <= best <= 3 and tuned[0]["hyperparameter"].endswith(f"best epoch {best}/3")
+    code, out, _ = cli(capsys, "finetune", *data, *grid, *RECIPE, "--json")
+    assert all(r["cached"] for r in json.loads(out))  # persisted: read back
+    code, out, _ = cli(capsys, "results", *data, "--json")
+    listed = json.loads(out)
+    assert {r["probe"] for r in listed} == {"linear", "finetune"}
+    code, out, _ = cli(capsys, "results", *data)
+    assert "finetune" in out and "linear" in out
+
+
+def test_a_dataset_only_finetuned_is_listed(capsys, npz_file, store_dir):
+    data = ["--data", str(npz_file), "--store", str(store_dir)]
+    code, _, err = cli(capsys, "finetune", *data, *RECIPE, "--epochs", "1", "--warmup-epochs",
+                       "0")
+    assert code == 0, err
+    code, out, _ = cli(capsys, "results", *data, "--json")
+    assert code == 0 and {r["probe"] for r in json.loads(out)} == {"finetune"}
+
+
+KILL_AT_CHECKPOINT = """
+import os, signal, sys
+from featstore.store.objects import StoreObjects
+real = StoreObjects.put
+seen = [0]
+def put(self, key, data):
+    real(self, key, data)
+    if key.endswith("/checkpoint.pt"):
+        seen[0] += 1
+        if seen[0] == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)  # right after epoch N's checkpoint
+StoreObjects.put = put
+from featstore.cli import main
+main(sys.argv[2:])
+"""
+
+
+def _featstore(*args: str, kill_after: int | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = ([sys.executable, "-c", KILL_AT_CHECKPOINT, str(kill_after)] if kill_after
+           else [sys.executable, "-m", "featstore"])
+    return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_sigkilled_run_resumes_to_the_uninterrupted_result(npz_file, tmp_path):
+    args = ["finetune", "--data", str(npz_file), *RECIPE, "--epochs", "4", "--json"]
+    ref = _featstore(*args, "--store", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    store = str(tmp_path / "store")
+    killed = _featstore(*args, "--store", store, kill_after=2)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    ds = FeatureStore(store).dataset(load_dataset(npz_file))
+    [run] = ds.finetune_runs()
+    assert run["status"] == "running"
+    resumed = _featstore(*args, "--store", store)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "epoch 1:" not in resumed.stderr and "epoch 3:" in resumed.stderr  # from epoch 3
+    want, got = json.loads(ref.stdout), json.loads(resumed.stdout)
+    assert [(r["metric"], r["value"], r["ci_low"]) for r in got] == [
+        (r["metric"], r["value"], r["ci_low"]) for r in want]
+    assert got[0]["config"]["best_epoch"] == want[0]["config"]["best_epoch"]
+    losses = [[(h["epoch"], h["train_loss"], h["val"]) for h in r[0]["config"]["history"]]
+              for r in (want, got)]
+    assert losses[0] == losses[1]  # epochs 3 and 4 trained exactly as without the kill
+    assert not any(k.endswith("checkpoint.pt") for k in FeatureStore(store).objects.list(
+        "_checkpoints"))  # a finished run keeps its best weights, not its resume state
+
+
+def test_freeze_until_freezes_the_stem_and_first_stages(tmp_path):
+    import timm
+
+    model = Classifier(timm.create_model("test_resnet", num_classes=0), 8, 1)
+    _freeze(model, "layer2")
+    frozen = {n.split(".")[0] for n, p in model.backbone.named_parameters()
+              if not p.requires_grad}
+    trained = {n.split(".")[0] for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert frozen == {"conv1", "bn1", "layer1", "layer2"}
+    assert trained == {"layer3", "layer4"} and model.head.weight.requires_grad
+    with pytest.raises(Exception, match="--freeze-until 'layer9'.*top-level: conv1"):
+        _freeze(model, "layer9")
+
+
+def test_model_and_head_shapes_follow_the_task(tmp_path):
+    import timm
+
+    backbone = timm.create_model("test_resnet", num_classes=0)
+    x = torch.zeros(2, 3, SIZE, SIZE)
+    assert Classifier(backbone, backbone.num_features, 5)(x).shape == (2, 5)
+    assert torch.isfinite(Classifier(backbone, backbone.num_features, 1)(x)).all()
