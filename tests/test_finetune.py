@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -125,3 +126,40 @@ def test_model_and_head_shapes_follow_the_task(tmp_path):
     x = torch.zeros(2, 3, SIZE, SIZE)
     assert Classifier(backbone, backbone.num_features, 5)(x).shape == (2, 5)
     assert torch.isfinite(Classifier(backbone, backbone.num_features, 1)(x)).all()
+
+
+def test_a_finetuned_network_is_a_backbone(capsys, npz_file, store_dir):
+    data = ["--data", str(npz_file), "--store", str(store_dir)]
+    code, out, err = cli(capsys, "finetune", *data, *RECIPE, "--epochs", "2", "--json")
+    assert code == 0, err
+    run_id = json.loads(out)[0]["run_id"]
+    tuned = f"finetuned:{run_id[:10]}"
+    code, out, err = cli(capsys, "extract", *data, "-b", tuned, "-b", TINY, "--image-size",
+                         str(SIZE), "--json")
+    assert code == 0, err
+    finetuned, base = json.loads(out)
+    assert finetuned["key"] != base["key"]  # its own weights, its own key
+    m = load_dataset(npz_file)
+    ds = FeatureStore(store_dir).dataset(m)
+    a, b = (ds.embedding_set(r["key"]).read() for r in (finetuned, base))
+    assert a.shape == b.shape and not np.allclose(a, b)
+    prov = ds.embedding_set(finetuned["key"]).attrs["provenance"]
+    assert prov["weights_sha256"] == FeatureStore(store_dir).dataset(m).finetune_runs()[0][
+        "finetuned_sha256"]
+    code, out, err = cli(capsys, "probe", *data, "-b", tuned, "--bootstrap", "10", "--json")
+    assert code == 0 and json.loads(out)[0]["key"] == finetuned["key"], err
+    code, _, err = cli(capsys, "extract", *data, "-b", "finetuned:ffff0000", "--image-size",
+                       str(SIZE))
+    assert code == 1 and "no finetuning run 'ffff0000'" in err
+
+
+def test_an_unfinished_run_is_not_a_backbone(npz_file, tmp_path):
+    store = str(tmp_path / "store")
+    args = ["finetune", "--data", str(npz_file), *RECIPE, "--json", "--store", store]
+    killed = _featstore(*args, kill_after=1)
+    assert killed.returncode == -9
+    ds = FeatureStore(store).dataset(load_dataset(npz_file))
+    [run_id] = ds.finetune_runs_by_id()
+    out = _featstore("extract", "--data", str(npz_file), "--store", store, "-b",
+                     f"finetuned:{run_id[:12]}")
+    assert out.returncode == 1 and "has not finished" in out.stderr

@@ -89,15 +89,16 @@ def extract(
     concurrent extracts of the same key share the work.
     """
     from featstore.extract import extract_embeddings
-    from featstore.models import parse_backbone
+    from featstore.finetune.backbone import backbone_spec
     from featstore.report.tables import extract_lines, notes, skipped_lines
     from featstore.store import FeatureStore
 
     manifest = load_data(data, root, task)
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    fs = FeatureStore(store)
     results = extract_embeddings(
-        manifest, [parse_backbone(b, input_size=image_size) for b in backbone],
-        FeatureStore(store), batch_size=batch_size, num_workers=workers, device=device,
+        manifest, [backbone_spec(fs, b, input_size=image_size) for b in backbone],
+        fs, batch_size=batch_size, num_workers=workers, device=device,
         dtype=dtype.value, precision=precision.value, shard_rows=shard_rows,
         on_error=on_error.value, compile=compile_model, claim_timeout=claim_timeout,
         max_pixels=max_pixels,

@@ -68,20 +68,21 @@ def finetune(
     """Finetune backbones on the images over fractions x seeds: best epoch on val, scored on
     test (+CI), persisted beside the probes; a killed run resumes from its last epoch."""
     from featstore.finetune import FinetuneConfig, finetune_grid
-    from featstore.models import parse_backbone
+    from featstore.finetune.backbone import backbone_spec
     from featstore.report.progress import RichFinetuneProgress
     from featstore.store import FeatureStore
 
     if workers < 0:
         raise typer.BadParameter(f"--workers {workers}: expected 0 or more")
     manifest = load_data(data, root, task)
-    specs = [parse_backbone(b, input_size=image_size) for b in backbone]
+    fs = FeatureStore(store)
+    specs = [backbone_spec(fs, b, input_size=image_size) for b in backbone]
     config = FinetuneConfig(task=manifest.task, epochs=epochs, batch_size=batch_size,
                             accum_steps=accum_steps, lr=lr, optimizer=optimizer,
                             weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                             layer_decay=layer_decay, freeze_until=freeze_until, hflip=hflip,
                             precision=precision.value, n_bootstrap=bootstrap)
-    records = finetune_grid(manifest, specs, config, store=FeatureStore(store),
+    records = finetune_grid(manifest, specs, config, store=fs,
                             fractions=split_option(fractions, "--fractions"), seeds=seeds,
                             device=device, num_workers=workers, recompute=recompute,
                             progress=RichFinetuneProgress(err, "finetune"))

@@ -99,10 +99,10 @@ def resolve_embedding_set(ds: DatasetGroup, text: str, *, image_size: int | None
     BackboneError
         ``text`` is a spec that cannot be built (e.g. its weights are missing).
     """
-    from featstore.models.registry import parse_backbone
+    from featstore.finetune.backbone import backbone_spec
 
     try:
-        spec = parse_backbone(text, input_size=image_size)
+        spec = backbone_spec(ds.store, text, input_size=image_size)
     except BackboneError as not_a_spec:
         try:  # an alias as listed by `featstore ls`, or a key prefix
             return ds.embedding_set(text)

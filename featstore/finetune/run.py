@@ -360,6 +360,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         state = _State(**ck["state"])
         _set_rng_states(ck["rng"])
     record_config = {**asdict(config), "backbone": spec.alias, "model_key": mkey,
+                     "layer": spec.layer,
                      "weights_sha256": loaded.weights_sha256, "preprocessing": prep.to_dict(),
                      "device": str(dev), "val_source": val_source,
                      "versions": {p: version(p) for p in ("featstore", "torch", "timm")}}

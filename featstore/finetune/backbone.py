@@ -1,0 +1,79 @@
+"""A finetuned network as a backbone: ``finetuned:<run id>`` works wherever a spec does
+(extract, probe, fuse, finetune), with an embedding key of its own (its weights' sha256)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from featstore._hashing import sha256_bytes
+from featstore.errors import FinetuneError
+from featstore.models.preprocessing import Preprocessing
+from featstore.models.registry import EMBEDDING_LAYER, BackboneSpec, parse_backbone
+from featstore.store.zarr_store import CHECKPOINTS_GROUP, FeatureStore
+
+PREFIX = "finetuned:"
+
+
+def weights_cache() -> Path:
+    """Where finetuned weights fetched from a store are kept: ``$XDG_CACHE_HOME/featstore/
+    finetuned/<sha256>.pt`` (named by content, so a file there is the weights)."""
+    base = os.path.expanduser(os.getenv("XDG_CACHE_HOME", "~/.cache"))
+    return Path(base) / "featstore" / "finetuned"
+
+
+def finetuned_spec(store: FeatureStore, text: str) -> BackboneSpec:
+    """The spec of a finished finetuning run's best weights, ``finetuned:<run id prefix>``.
+
+    Raises
+    ------
+    FinetuneError
+        No run or several runs match, the run has not finished, or its weights are missing
+        or do not match their recorded sha256.
+    """
+    prefix = text.removeprefix(PREFIX)
+    hits = [(ds, rid, run) for ds in store.datasets()
+            for rid, run in ds.finetune_runs_by_id().items() if rid.startswith(prefix)]
+    if not prefix or not hits:
+        have = ", ".join(rid[:12] for ds in store.datasets() for rid in
+                         ds.finetune_runs_by_id()) or "none"
+        raise FinetuneError(f"--backbone {text}: no finetuning run {prefix!r} in store "
+                            f"{store.root} (runs: {have})")
+    if len(hits) > 1:
+        raise FinetuneError(f"--backbone {text}: {len(hits)} runs match: "
+                            f"{', '.join(rid[:16] for _, rid, _ in hits)}; give more of the id")
+    ds, rid, run = hits[0]
+    if run.get("status") != "complete":
+        raise FinetuneError(f"--backbone {text}: run {rid[:12]} has not finished; resume it "
+                            "with the same 'featstore finetune' command")
+    config = run["config"]
+    if config.get("layer", EMBEDDING_LAYER) != EMBEDDING_LAYER:
+        raise FinetuneError(f"--backbone {text}: runs of {config['layer']} specs are not "
+                            "backbones yet")
+    want = run["finetuned_sha256"]
+    path = weights_cache() / f"{want}.pt"
+    if not path.is_file():
+        data = store.objects.get(f"{CHECKPOINTS_GROUP}/{ds.name}/{rid}/backbone.pt")
+        if data is None or sha256_bytes(data) != want:
+            raise FinetuneError(f"--backbone {text}: the weights of run {rid[:12]} are "
+                                f"{'missing' if data is None else 'damaged'} in {store.root}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    prep = Preprocessing(**{**config["preprocessing"],
+                            "mean": tuple(config["preprocessing"]["mean"]),
+                            "std": tuple(config["preprocessing"]["std"])})
+    return BackboneSpec(name=f"{PREFIX}{rid[:12]}", architecture=run["architecture"],
+                        weights=str(path), preprocessing=prep, input_size=prep.input_size,
+                        source=f"finetuned by featstore, run {rid} of {config['backbone']} "
+                               f"on {ds.name}")
+
+
+def backbone_spec(store: FeatureStore, text: str, *,
+                  input_size: int | None = None) -> BackboneSpec:
+    """``--backbone`` as a spec: ``finetuned:<run id>`` from the store, else
+    :func:`featstore.models.parse_backbone`."""
+    if text.startswith(PREFIX):
+        return finetuned_spec(store, text)
+    return parse_backbone(text, input_size=input_size)
