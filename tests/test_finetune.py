@@ -163,3 +163,26 @@ def test_an_unfinished_run_is_not_a_backbone(npz_file, tmp_path):
     out = _featstore("extract", "--data", str(npz_file), "--store", store, "-b",
                      f"finetuned:{run_id[:12]}")
     assert out.returncode == 1 and "has not finished" in out.stderr
+
+
+def test_torchrun_two_cpu_ranks_equal_one_process(npz_file, tmp_path):
+    """DDP over 2 gloo ranks: each batch split, the loss weighted to the whole batch, val and
+    test evaluated once per row: the same run as one process, within float tolerance (a
+    LayerNorm ViT: no batch statistics that a split batch would change)."""
+    args = ["finetune", "--data", str(npz_file), "-b", "timm:test_vit@random", "--image-size",
+            str(SIZE), "--epochs", "2", "--batch-size", "8", "--lr", "0.003",
+            "--bootstrap", "20", "--json"]
+    one = _featstore(*args, "--store", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node=2", "-m", "featstore", *args, "--store",
+                          str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    want, got = json.loads(one.stdout), json.loads(two.stdout)  # rank 0 reports
+    assert [r["metric"] for r in got] == [r["metric"] for r in want]
+    assert [r["value"] for r in got] == pytest.approx([r["value"] for r in want], abs=1e-6)
+    assert got[0]["n_test"] == want[0]["n_test"] and got[0]["config"]["world_size"] == 2
+    losses = [[h["train_loss"] for h in r[0]["config"]["history"]] for r in (want, got)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)

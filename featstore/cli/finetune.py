@@ -3,6 +3,7 @@ protocol."""
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -86,4 +87,6 @@ def finetune(
                             fractions=split_option(fractions, "--fractions"), seeds=seeds,
                             device=device, num_workers=workers, recompute=recompute,
                             progress=RichFinetuneProgress(err, "finetune"))
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for the job
+        return
     print_probe_records(records, as_json)

@@ -142,8 +142,9 @@ def _n_out(manifest: Manifest) -> int:
 
 
 def _loss(task: str) -> torch.nn.Module:
-    return (torch.nn.BCEWithLogitsLoss() if task in ("binary", "multilabel")
-            else torch.nn.CrossEntropyLoss())
+    """Per-element loss (reduced by the loop: weighted over rows, see finetune_run)."""
+    return (torch.nn.BCEWithLogitsLoss(reduction="none") if task in ("binary", "multilabel")
+            else torch.nn.CrossEntropyLoss(reduction="none"))
 
 
 def _target(task: str, y: np.ndarray) -> torch.Tensor:
@@ -207,23 +208,97 @@ def _epoch_seed(config: FinetuneConfig, epoch: int) -> int:
     return config.seed * 100_003 + epoch
 
 
-def _worker_init(worker_id: int) -> None:  # augmentation in workers: seeded from the loader
-    s = torch.initial_seed() % 2**32
-    random.seed(s)
-    np.random.seed(s)
+class _Dist:
+    """This process's place in a torchrun job (rank 0 of 1 without one)."""
+
+    def __init__(self, device: torch.device) -> None:
+        import os
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = device
+        if self.world > 1:
+            import torch.distributed as tdist
+
+            if device.type == "cuda":
+                self.device = torch.device("cuda", self.local)
+                torch.cuda.set_device(self.device)
+            if not tdist.is_initialized():
+                tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def gather(self, part: np.ndarray) -> np.ndarray:
+        """The ranks' parts, concatenated in rank order, on every rank."""
+        if self.world == 1:
+            return part
+        parts: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(parts, part)
+        return np.concatenate(parts)
+
+    def total(self, *values: float) -> list[float]:
+        """Sums over the ranks."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+
+class _SeededRows(torch.utils.data.Dataset):
+    """Training rows whose augmentation is seeded by (epoch seed, row): the same crops and
+    flips whatever the number of workers or ranks, and wherever a run resumed. An item is
+    requested as (row, weight); weight 0 marks a padding row of a rank's share of a batch."""
+
+    def __init__(self, base: RowDataset) -> None:
+        self.base = base
+        self.seed = 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item: tuple[int, float]):
+        row, weight = item
+        state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            s = (self.seed * 1_000_003 + row) % 2**62
+            torch.manual_seed(s)
+            random.seed(s)
+            x, r, error = self.base[row]
+        random.setstate(state)
+        return x, r, error, weight
+
+
+def _epoch_batches(rows: np.ndarray, batch_size: int, seed: int,
+                   dist: _Dist) -> list[tuple[list[tuple[int, float]], int]]:
+    """This rank's share of each batch of the epoch (the order drawn from ``seed``), padded
+    with weight-0 rows to the same size on every rank, and the batch's real row count."""
+    order = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+                 .numpy()]
+    out = []
+    for b in range(0, len(order), batch_size):
+        batch = order[b:b + batch_size].tolist()
+        k = -(-len(batch) // dist.world)
+        mine = [(r, 1.0) for r in batch[dist.rank * k:(dist.rank + 1) * k]]
+        mine += [(batch[0], 0.0)] * (k - len(mine))
+        out.append((mine, len(batch)))
+    return out
 
 
 def _loader(manifest: Manifest, rows: np.ndarray, transform, size: int, batch_size: int, *,
-            shuffle_seed: int | None, num_workers: int, pin: bool):
+            num_workers: int, pin: bool):
+    """Evaluation rows in order, each once."""
     dataset = RowDataset(manifest, transform, (3, size, size))
-    subset = torch.utils.data.Subset(dataset, rows.tolist())
-    generator = None
-    if shuffle_seed is not None:
-        generator = torch.Generator().manual_seed(shuffle_seed)
     return torch.utils.data.DataLoader(
-        subset, batch_size=batch_size, shuffle=shuffle_seed is not None, generator=generator,
-        num_workers=num_workers, pin_memory=pin, worker_init_fn=_worker_init,
-        drop_last=False, persistent_workers=False)
+        torch.utils.data.Subset(dataset, rows.tolist()), batch_size=batch_size,
+        num_workers=num_workers, pin_memory=pin)
 
 
 def _check_errors(errors: Sequence[str]) -> None:
@@ -233,16 +308,30 @@ def _check_errors(errors: Sequence[str]) -> None:
                                        if len(bad) > 1 else ""))
 
 
-def predict(model: torch.nn.Module, loader, device: torch.device, precision: str,
-            task: str) -> np.ndarray:
-    """Probabilities of every row the loader yields, in its order (each row once)."""
+def predict(model: torch.nn.Module, manifest: Manifest, rows: np.ndarray, transform,
+            size: int, batch_size: int, *, device: torch.device, precision: str, task: str,
+            num_workers: int = 0, dist: _Dist | None = None) -> np.ndarray:
+    """Probabilities of ``rows``, in order, each row evaluated exactly once: under torchrun
+    each rank takes a contiguous part (no padding) and the parts are gathered."""
+    dist = dist or _Dist(device)
+    k = -(-len(rows) // dist.world)
+    mine = rows[dist.rank * k:(dist.rank + 1) * k]
     model.eval()
     out = []
+    loader = _loader(manifest, mine, transform, size, batch_size, num_workers=num_workers,
+                     pin=device.type == "cuda")
     with torch.inference_mode(), _autocast(device, precision):
         for x, _, errors in loader:
             _check_errors(errors)
             out.append(model(x.to(device, non_blocking=True)).float())
-    return logits_to_proba(task, torch.cat(out))
+    width = _width(model)
+    z = torch.cat(out) if out else torch.zeros(0, width, device=device)
+    return dist.gather(logits_to_proba(task, z))
+
+
+def _width(model: torch.nn.Module) -> int:
+    inner = getattr(model, "module", model)
+    return inner.head.out_features
 
 
 class FinetuneProgress:
@@ -273,7 +362,11 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     """Finetune ``spec`` on ``manifest`` for one (fraction, seed); records on test.
 
     A run persisted under the same id is read back (``recompute`` trains again); a run
-    killed midway resumes from its last epoch's checkpoint.
+    killed midway resumes from its last epoch's checkpoint. Under torchrun
+    (``torchrun --nproc-per-node=N -m featstore finetune ...``) the ranks split each batch
+    (DistributedDataParallel; the loss is weighted so the update equals one process's on the
+    whole batch), evaluate disjoint parts of val and test once each, and rank 0 writes the
+    checkpoints and the run; the other ranks return no records.
 
     Raises
     ------
@@ -312,10 +405,16 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     _freeze(model, config.freeze_until)  # a bad module name fails before the store is touched
     mkey = model_key(spec, loaded.weights_sha256, prep.to_dict())
     run_id = config.run_id(mkey, val_source)
-    ds = store.dataset(manifest, create=True)
+    dist = _Dist(dev)
+    dev = dist.device
+    if dist.main:
+        ds = store.dataset(manifest, create=True)
+    dist.barrier()
+    if not dist.main:
+        ds = store.dataset(manifest)
     saved = ds.finetune_run(run_id)
     if saved is not None and saved.get("status") == "complete" and not recompute:
-        return [stored_finetune_record(r) for r in saved["records"]]
+        return [stored_finetune_record(r) for r in saved["records"]] if dist.main else []
 
     import timm.data
     import timm.optim
@@ -325,8 +424,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     model = model.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
+    if not any(p.requires_grad for p in model.parameters()):
         raise FinetuneError(f"--freeze-until {config.freeze_until}: nothing left to train")
     optimizer = timm.optim.create_optimizer_v2(
         model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
@@ -345,8 +443,6 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     scaler = torch.amp.GradScaler(dev.type, enabled=config.precision == "fp16")
     loss_fn = _loss(task)
-    val_loader = _loader(manifest, va, eval_tf, prep.input_size, config.batch_size * 2,
-                         shuffle_seed=None, num_workers=num_workers, pin=pin)
     ckpt_key, best_key = _checkpoint_keys(ds, run_id)
     objects = store.objects
     state = _State(history=[])
@@ -359,33 +455,53 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         scaler.load_state_dict(ck["scaler"])
         state = _State(**ck["state"])
         _set_rng_states(ck["rng"])
+    net = model
+    if dist.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None)
     record_config = {**asdict(config), "backbone": spec.alias, "model_key": mkey,
                      "layer": spec.layer,
                      "weights_sha256": loaded.weights_sha256, "preprocessing": prep.to_dict(),
-                     "device": str(dev), "val_source": val_source,
+                     "device": str(dev), "world_size": dist.world, "val_source": val_source,
                      "versions": {p: version(p) for p in ("featstore", "torch", "timm")}}
-    ds.save_finetune_run(run_id, {"status": "running", "config": record_config})
+    if dist.main:
+        ds.save_finetune_run(run_id, {"status": "running", "config": record_config})
     n_out = _n_out(manifest)
+    train_rows = _SeededRows(RowDataset(manifest, train_tf, (3, prep.input_size,
+                                                             prep.input_size)))
+    evaluate = {"manifest": manifest, "transform": eval_tf, "size": prep.input_size,
+                "batch_size": config.batch_size * 2, "device": dev,
+                "precision": config.precision, "task": task, "num_workers": num_workers,
+                "dist": dist}
     while state.epoch < config.epochs:
         epoch = state.epoch
-        _seed_everything(_epoch_seed(config, epoch))
-        loader = _loader(manifest, tr, train_tf, prep.input_size, config.batch_size,
-                         shuffle_seed=_epoch_seed(config, epoch), num_workers=num_workers,
-                         pin=pin)
-        model.train()
-        if progress:
+        seed = _epoch_seed(config, epoch)
+        train_rows.seed = seed
+        batches = _epoch_batches(tr, config.batch_size, seed, dist)
+        loader = torch.utils.data.DataLoader(
+            train_rows, batch_sampler=[b for b, _ in batches], num_workers=num_workers,
+            pin_memory=pin)
+        net.train()
+        if progress and dist.main:
             progress.start(epoch + 1, config.epochs, len(tr))
         t0, seen, total_loss = time.perf_counter(), 0, 0.0
         optimizer.zero_grad(set_to_none=True)
         updates = epoch * updates_per_epoch
-        for step, (x, rows, errors) in enumerate(loader):
+        for step, ((x, rows, errors, weight), (_, n_batch)) in enumerate(
+                zip(loader, batches, strict=True)):
             _check_errors(errors)
             x = x.to(dev, non_blocking=True)
             if channels_last:
                 x = x.to(memory_format=torch.channels_last)
             target = _target(task, y[rows.numpy()]).to(dev)
+            w = weight.to(dev, dtype=torch.float32)
             with _autocast(dev, config.precision):
-                loss = loss_fn(model(x).float(), target)
+                per_row = loss_fn(net(x).float(), target)
+            per_row = per_row.reshape(len(w), -1).mean(1)
+            real = float((per_row.detach() * w).sum())
+            # summed over this rank's real rows, scaled so that DDP's mean over the ranks is
+            # the mean over the whole batch (one process: the plain batch mean)
+            loss = (per_row * w).sum() * dist.world / n_batch
             scaler.scale(loss / config.accum_steps).backward()
             last = step + 1 == steps_per_epoch
             if (step + 1) % config.accum_steps == 0 or last:
@@ -394,36 +510,40 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
                 optimizer.zero_grad(set_to_none=True)
                 updates += 1
                 scheduler.step_update(num_updates=updates)
-            batch_loss = float(loss.detach())
-            total_loss += batch_loss * len(rows)
-            seen += len(rows)
-            if progress:
-                progress.advance(len(rows), batch_loss)
-        img_s = seen / max(time.perf_counter() - t0, 1e-9)
-        proba = predict(model, val_loader, dev, config.precision, task)
+            total_loss += real
+            seen += int(w.sum())
+            if progress and dist.main:
+                progress.advance(n_batch, real / max(float(w.sum()), 1.0))
+        total_loss, seen_all = dist.total(total_loss, seen)
+        img_s = seen_all / max(time.perf_counter() - t0, 1e-9)
+        proba = predict(net, rows=va, **evaluate)
         primary = next(m for m in scored_metrics(task, y[va], proba, n_bootstrap=0)
                        if m["primary"])
         val = float(primary["value"]) if np.isfinite(primary["value"]) else -np.inf
-        state.history.append({"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
+        state.history.append({"epoch": epoch + 1, "train_loss": total_loss / max(seen_all, 1),
                               "val": val, "img_s": img_s})
         state.epoch = epoch + 1
-        if val > state.best_val:
+        improved = val > state.best_val
+        if improved:
             state.best_val, state.best_epoch = val, epoch + 1
-            _save(objects, best_key, {"model": model.state_dict(), "n_out": n_out,
-                                      "epoch": epoch + 1})
-        _save(objects, ckpt_key, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "state": asdict(state),
-            "rng": _rng_states()})
-        if progress:
-            progress.end(epoch + 1, total_loss / max(seen, 1), val, img_s)
+        if dist.main:
+            if improved:
+                _save(objects, best_key, {"model": model.state_dict(), "n_out": n_out,
+                                          "epoch": epoch + 1})
+            _save(objects, ckpt_key, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "state": asdict(state), "rng": _rng_states()})
+        dist.barrier()  # the checkpoint is written before any rank goes on
+        if progress and dist.main:
+            progress.end(epoch + 1, total_loss / max(seen_all, 1), val, img_s)
 
     best = torch.load(io.BytesIO(objects.get(best_key)), map_location=dev, weights_only=True)
     model.load_state_dict(best["model"])
-    test_loader = _loader(manifest, te, eval_tf, prep.input_size, config.batch_size * 2,
-                          shuffle_seed=None, num_workers=num_workers, pin=pin)
-    proba = predict(model, test_loader, dev, config.precision, task)
+    proba = predict(net, rows=te, **evaluate)
+    if not dist.main:
+        dist.barrier()
+        return []
     backbone_bytes = _backbone_bytes(model)
     best_sha = sha256_bytes(backbone_bytes)
     objects.put(f"{CHECKPOINTS}/{ds.name}/{run_id}/backbone.pt", backbone_bytes)
@@ -445,6 +565,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         "architecture": spec.architecture, "spec": spec.name,
         "records": [r.to_dict() for r in records]})
     objects.delete(ckpt_key)  # the run is finished: its resume state is not needed
+    dist.barrier()
     return records
 
 
