@@ -148,6 +148,8 @@ CATALOGUE = [
     ("finetune freeze unknown module", lambda t, d, s: [*FINETUNE, "--data", d, "--store", s,
                                                         "--freeze-until", "layer9"],
      "--freeze-until 'layer9'"),
+    ("finetune unknown head start", lambda t, d, s: [*FINETUNE, "--data", d, "--store", s,
+                                                     "--init-head", "lp"], "--init-head 'lp'"),
     ("finetune cuda without a GPU", lambda t, d, s: [*FINETUNE, "--data", d, "--store", s,
                                                      "--device", "cuda"], "no CUDA GPU"),
 ]

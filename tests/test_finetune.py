@@ -186,3 +186,31 @@ def test_torchrun_two_cpu_ranks_equal_one_process(npz_file, tmp_path):
     assert got[0]["n_test"] == want[0]["n_test"] and got[0]["config"]["world_size"] == 2
     losses = [[h["train_loss"] for h in r[0]["config"]["history"]] for r in (want, got)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_lp_ft_starts_the_head_from_the_cached_linear_probe(capsys, npz_file, store_dir):
+    """With (almost) no learning, a run started from the probe predicts as the probe does:
+    the head is the probe, its standardisation folded in (a LayerNorm ViT, so training mode
+    changes no running statistics)."""
+    data = ["--data", str(npz_file), "--store", str(store_dir)]
+    vit = ["-b", "timm:test_vit@random", "--image-size", str(SIZE)]
+    lpft = ["finetune", *data, *vit, "--init-head", "probe", "--epochs", "1",
+            "--warmup-epochs", "0", "--lr", "1e-12", "--bootstrap", "20", "--json"]
+    code, _, err = cli(capsys, *lpft)
+    assert code == 1 and "--init-head probe: no linear probe" in err
+    code, _, err = cli(capsys, "extract", *data, *vit)
+    assert code == 0, err
+    code, out, err = cli(capsys, "probe", *data, *vit, "--bootstrap", "20", "--json")
+    assert code == 0, err
+    probe = {r["metric"]: r["value"] for r in json.loads(out)}
+    code, out, err = cli(capsys, *lpft)
+    assert code == 0, err
+    tuned = {r["metric"]: r["value"] for r in json.loads(out)}
+    assert tuned["auc"] == pytest.approx(probe["auc"], abs=1e-6)
+    assert tuned["accuracy"] == pytest.approx(probe["accuracy"])
+    lpft_run = json.loads(out)[0]["run_id"]
+    code, out, _ = cli(capsys, "finetune", *data, *vit, "--epochs", "1", "--warmup-epochs",
+                       "0", "--lr", "1e-12", "--bootstrap", "20", "--json")
+    fresh = json.loads(out)
+    assert fresh[0]["run_id"] != lpft_run  # the head's start is part of the run's identity
+    assert fresh[0]["config"]["init_head"] == "fresh"

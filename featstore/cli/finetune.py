@@ -56,6 +56,9 @@ def finetune(
         "(layer2, blocks.5): partial finetuning.")] = None,
     hflip: Annotated[bool, typer.Option(
         help="Random horizontal flips (--no-hflip where side matters).")] = True,
+    init_head: Annotated[str, typer.Option(
+        metavar="[fresh|probe]", help="probe: start the head from the linear probe cached "
+        "for the same backbone, fraction and seed (LP-FT).")] = "fresh",
     image_size: ImageSizeOpt = None,
     precision: PrecisionOpt = Precision.fp32,
     bootstrap: BootstrapOpt = 1000,
@@ -82,6 +85,7 @@ def finetune(
                             accum_steps=accum_steps, lr=lr, optimizer=optimizer,
                             weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                             layer_decay=layer_decay, freeze_until=freeze_until, hflip=hflip,
+                            init_head=init_head,
                             precision=precision.value, n_bootstrap=bootstrap)
     records = finetune_grid(manifest, specs, config, store=fs,
                             fractions=split_option(fractions, "--fractions"), seeds=seeds,

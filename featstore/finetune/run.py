@@ -44,6 +44,7 @@ from featstore.task import check_task, logits_to_proba, scored_metrics
 from featstore.task import run_id as run_key
 
 OPTIMIZERS = ("adamw", "sgd")
+INIT_HEADS = ("fresh", "probe")
 CHECKPOINTS = CHECKPOINTS_GROUP
 FINETUNE = "finetune"
 
@@ -55,7 +56,9 @@ class FinetuneConfig:
     ``lr`` is the peak learning rate (after ``warmup_epochs``), for the effective batch
     ``batch_size * accum_steps``; ``layer_decay`` scales each ViT block's rate by
     ``layer_decay ** depth-from-top`` (timm); ``freeze_until`` freezes every parameter up to
-    and including the named module (``layer2``, ``blocks.5``) for partial finetuning.
+    and including the named module (``layer2``, ``blocks.5``) for partial finetuning;
+    ``init_head="probe"`` starts the head from the linear probe cached in the store for the
+    same backbone, fraction and seed (LP-FT, Kumar et al., ICLR 2022).
     """
 
     task: str = "binary"
@@ -72,6 +75,7 @@ class FinetuneConfig:
     freeze_until: str | None = None
     hflip: bool = True
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    init_head: str = "fresh"
     precision: str = "fp32"
     n_bootstrap: int = 1000
 
@@ -92,6 +96,8 @@ class FinetuneConfig:
             (self.optimizer not in OPTIMIZERS,
              f"unknown optimizer {self.optimizer!r} (expected one of {', '.join(OPTIMIZERS)})"),
             (self.precision not in PRECISIONS, f"unknown precision {self.precision!r}"),
+            (self.init_head not in INIT_HEADS,
+             f"--init-head {self.init_head!r}: expected one of {', '.join(INIT_HEADS)}"),
             (not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
              f"crop scale {self.crop_scale}: expected 0 < min <= max <= 1"),
         ]
@@ -455,6 +461,8 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         scaler.load_state_dict(ck["scaler"])
         state = _State(**ck["state"])
         _set_rng_states(ck["rng"])
+    if raw is None and config.init_head == "probe":
+        _init_from_probe(model, ds, spec, loaded, config, ids_sha256(manifest.ids[tr]))
     net = model
     if dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -567,6 +575,47 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     objects.delete(ckpt_key)  # the run is finished: its resume state is not needed
     dist.barrier()
     return records
+
+
+def _init_from_probe(model: Classifier, ds: DatasetGroup, spec: BackboneSpec, loaded: Any,
+                     config: FinetuneConfig, train_ids: str) -> None:
+    """Set the head to the cached linear probe of the same network (weights, preprocessing,
+    layer; float32, fp32 embeddings) trained on the same rows (its training-id hash), with
+    its standardisation folded in: ``((f - mean) / scale) W + b = f W' + b'``.
+
+    Raises
+    ------
+    FinetuneError
+        No such probe is cached (the command that makes it is named).
+    """
+    want = loaded.preprocessing.to_dict()
+    for es in ds.embedding_sets():
+        prov = es.attrs.get("provenance", {})
+        if (prov.get("weights_sha256") != loaded.weights_sha256 or es.dtype != "float32"
+                or prov.get("preprocessing") != want or prov.get("layer") != spec.layer
+                or prov.get("precision", "fp32") != "fp32"):
+            continue
+        for run_id, run in es.probe_runs_by_id().items():
+            cfg, recs = run.get("config", {}), run.get("records") or []
+            if (cfg.get("probe") == "linear" and recs
+                    and recs[0].get("train_ids_sha256") == train_ids):
+                head = es.probe_head(run_id)
+                if head is None:
+                    continue
+                coef, scale = head["coef"], head["scale"]
+                weight = (coef / scale[:, None]).T  # (outputs, D)
+                bias = head["intercept"] - (head["mean"] / scale) @ coef
+                n = min(len(bias), model.head.out_features)
+                with torch.no_grad():
+                    model.head.weight[:n] = torch.as_tensor(weight[:n], dtype=torch.float32)
+                    model.head.bias[:n] = torch.as_tensor(bias[:n], dtype=torch.float32)
+                return
+    raise FinetuneError(
+        f"--init-head probe: no linear probe of {spec.alias} on these train rows (fraction "
+        f"{config.fraction}, seed {config.seed}) is cached in {ds.store.root}; run 'featstore "
+        f"extract' and 'featstore probe --fractions {config.fraction:g} --seeds "
+        f"{config.seed + 1}' with the same backbone first (runs made before probe heads were "
+        "kept need --recompute)")
 
 
 def _backbone_bytes(model: Classifier) -> bytes:

@@ -175,6 +175,10 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
                                      label_names=emb.label_names)
     ]
     if store_set is not None:
+        if cfg.probe == "linear":  # the head a finetuning run may start from (LP-FT)
+            store_set.save_probe_head(run_id, {
+                "coef": model.coef_, "intercept": model.intercept_, "mean": model.mean_,
+                "scale": model.scale_, "classes": np.asarray(model.classes_)})
         store_set.save_probe_run(run_id, {"config": asdict(cfg), "embedding_key": emb.key,
                                           "records": [r.to_dict() for r in records]})
     return records

@@ -781,6 +781,31 @@ class EmbeddingSet:
         """Persist a probe run under ``probes/<run_id>`` (its attrs), next to the embeddings."""
         _save_run(self.dataset.store, self.group, self._path, PROBES_GROUP, run_id, payload)
 
+    def save_probe_head(self, run_id: str, arrays: dict[str, np.ndarray]) -> None:
+        """Keep a linear probe's weights (``_checkpoints/<dataset>/probe-heads/<run id>.npz``),
+        so finetuning can start its head from them (LP-FT); a read-only store skips it."""
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        try:
+            self.dataset.store.objects.put(self._head_key(run_id), buf.getvalue())
+        except (OSError, PermissionError):
+            pass
+
+    def probe_head(self, run_id: str) -> dict[str, np.ndarray] | None:
+        """A linear probe's weights kept by :meth:`save_probe_head`, or None."""
+        import io
+
+        raw = self.dataset.store.objects.get(self._head_key(run_id))
+        if raw is None:
+            return None
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+
+    def _head_key(self, run_id: str) -> str:
+        return f"{CHECKPOINTS_GROUP}/{self.dataset.name}/probe-heads/{run_id}.npz"
+
     def probe_runs(self) -> list[dict[str, Any]]:
         """Every persisted probe run of this embedding set."""
         return list(self.probe_runs_by_id().values())
