@@ -214,3 +214,25 @@ def test_lp_ft_starts_the_head_from_the_cached_linear_probe(capsys, npz_file, st
     fresh = json.loads(out)
     assert fresh[0]["run_id"] != lpft_run  # the head's start is part of the run's identity
     assert fresh[0]["config"]["init_head"] == "fresh"
+
+
+def test_a_probe_head_that_does_not_fit_is_refused():
+    import timm
+
+    from featstore.errors import FinetuneError
+    from featstore.finetune.run import fold_probe_head
+
+    backbone = timm.create_model("test_resnet", num_classes=0)
+    d = backbone.num_features
+    model = Classifier(backbone, d, 3)
+    rng = np.random.default_rng(0)
+    head = {"coef": rng.normal(size=(d, 2)), "intercept": np.zeros(2), "mean": np.ones(d),
+            "scale": np.full(d, 2.0)}
+    fold_probe_head(model, head, "p")  # 2 of 3 classes seen in the probe's train rows
+    f = torch.as_tensor(rng.normal(size=(4, d)), dtype=torch.float32)
+    want = ((f.numpy() - 1) / 2) @ head["coef"]
+    got = model.head(f).detach().numpy()
+    assert np.allclose(got[:, :2], want, atol=1e-4) and np.allclose(got[:, 2], 0)
+    for bad in ({**head, "coef": rng.normal(size=(d, 4))}, {**head, "coef": np.zeros((d + 1, 1))}):
+        with pytest.raises(FinetuneError, match="does not fit|network gives"):
+            fold_probe_head(model, bad, "p")

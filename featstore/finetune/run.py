@@ -600,22 +600,41 @@ def _init_from_probe(model: Classifier, ds: DatasetGroup, spec: BackboneSpec, lo
             if (cfg.get("probe") == "linear" and recs
                     and recs[0].get("train_ids_sha256") == train_ids):
                 head = es.probe_head(run_id)
-                if head is None:
-                    continue
-                coef, scale = head["coef"], head["scale"]
-                weight = (coef / scale[:, None]).T  # (outputs, D)
-                bias = head["intercept"] - (head["mean"] / scale) @ coef
-                n = min(len(bias), model.head.out_features)
-                with torch.no_grad():
-                    model.head.weight[:n] = torch.as_tensor(weight[:n], dtype=torch.float32)
-                    model.head.bias[:n] = torch.as_tensor(bias[:n], dtype=torch.float32)
-                return
+                if head is not None:
+                    fold_probe_head(model, head, f"probe run {run_id[:12]}")
+                    return
     raise FinetuneError(
         f"--init-head probe: no linear probe of {spec.alias} on these train rows (fraction "
         f"{config.fraction}, seed {config.seed}) is cached in {ds.store.root}; run 'featstore "
         f"extract' and 'featstore probe --fractions {config.fraction:g} --seeds "
         f"{config.seed + 1}' with the same backbone first (runs made before probe heads were "
         "kept need --recompute)")
+
+
+def fold_probe_head(model: Classifier, head: dict[str, np.ndarray], label: str) -> None:
+    """Set ``model``'s head to a linear probe's ``coef`` (D, outputs), ``intercept``,
+    ``mean`` and ``scale``: ``((f - mean) / scale) W + b = f (W / scale) + (b - mean/scale W)``.
+    A multiclass probe whose train rows lacked the top classes has fewer outputs; those
+    classes keep a zero start.
+
+    Raises
+    ------
+    FinetuneError
+        The probe's width does not fit the head (other features or more outputs).
+    """
+    coef, scale = head["coef"], head["scale"]
+    outputs, dim = model.head.out_features, model.head.in_features
+    if coef.ndim != 2 or coef.shape[0] != dim or coef.shape[1] > outputs:
+        raise FinetuneError(f"--init-head probe: {label} has a {tuple(coef.shape)} head, the "
+                            f"network gives {dim} features for {outputs} outputs")
+    weight = (coef / scale[:, None]).T
+    bias = head["intercept"] - (head["mean"] / scale) @ coef
+    n = coef.shape[1]
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        model.head.weight[:n] = torch.as_tensor(weight, dtype=torch.float32)
+        model.head.bias[:n] = torch.as_tensor(bias, dtype=torch.float32)
 
 
 def _backbone_bytes(model: Classifier) -> bytes:
