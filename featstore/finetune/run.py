@@ -272,13 +272,16 @@ class _SeededRows(torch.utils.data.Dataset):
 
     def __getitem__(self, item: tuple[int, float]):
         row, weight = item
-        state = random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            s = (self.seed * 1_000_003 + row) % 2**62
-            torch.manual_seed(s)
-            random.seed(s)
+        gen = torch.default_generator  # the CPU generator only (torch.manual_seed also seeds
+        saved_torch, saved_py = gen.get_state(), random.getstate()  # accelerators: slow)
+        s = (self.seed * 1_000_003 + row) % 2**62
+        gen.manual_seed(s)
+        random.seed(s)
+        try:
             x, r, error = self.base[row]
-        random.setstate(state)
+        finally:
+            gen.set_state(saved_torch)
+            random.setstate(saved_py)
         return x, r, error, weight
 
 
