@@ -150,6 +150,11 @@ CATALOGUE = [
      "--freeze-until 'layer9'"),
     ("finetune unknown head start", lambda t, d, s: [*FINETUNE, "--data", d, "--store", s,
                                                      "--init-head", "lp"], "--init-head 'lp'"),
+    ("finetune not a device", lambda t, d, s: [*FINETUNE, "--data", d, "--store", s,
+                                               "--device", "foo"], "--device 'foo'"),
+    ("finetuned: text is not an emoji", lambda t, d, s: ["extract", "--data", d, "--store", s,
+                                                         "-b", "finetuned:zzz"],
+     "--backbone finetuned:zzz: no finetuning run 'zzz'"),
     ("finetune cuda without a GPU", lambda t, d, s: [*FINETUNE, "--data", d, "--store", s,
                                                      "--device", "cuda"], "no CUDA GPU"),
 ]

@@ -236,3 +236,66 @@ def test_a_probe_head_that_does_not_fit_is_refused():
     for bad in ({**head, "coef": rng.normal(size=(d, 4))}, {**head, "coef": np.zeros((d + 1, 1))}):
         with pytest.raises(FinetuneError, match="does not fit|network gives"):
             fold_probe_head(model, bad, "p")
+
+
+def test_layer_decay_gives_each_layer_its_own_rate():
+    import timm
+
+    from featstore.finetune import FinetuneConfig
+    from featstore.finetune.run import _param_groups
+
+    backbone = timm.create_model("test_vit", num_classes=0)
+    model = Classifier(backbone, backbone.num_features, 1)
+    groups = _param_groups(model, FinetuneConfig(layer_decay=0.5))
+    scales = sorted({g["lr_scale"] for g in groups})
+    assert len(scales) > 3 and scales[-1] == 1.0 and scales[0] < 0.05
+    head = {id(p) for p in model.head.parameters()}
+    assert all(g["lr_scale"] == 1.0 for g in groups if {id(p) for p in g["params"]} & head)
+    n = sum(p.numel() for g in groups for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters())  # every parameter, once
+
+
+def _tiny_npz(tmp_path, val_one_class=False):
+    from tests.conftest import make_medmnist
+
+    path = make_medmnist(tmp_path / "t.npz", n=(40, 12, 12))
+    if val_one_class:
+        arrays = dict(np.load(path))
+        arrays["val_labels"][:] = 0
+        np.savez(path, **arrays)
+    return path
+
+
+def test_a_single_class_val_still_finishes(capsys, tmp_path):
+    data = _tiny_npz(tmp_path, val_one_class=True)
+    code, out, err = cli(capsys, "finetune", "--data", str(data), "--store",
+                         str(tmp_path / "s"), *RECIPE, "--epochs", "2", "--json")
+    assert code == 0, err
+    assert json.loads(out)[0]["config"]["best_epoch"] == 1  # no finite val: the first
+
+
+def test_accumulated_micro_batches_equal_one_big_batch(capsys, tmp_path):
+    data = _tiny_npz(tmp_path)  # 40 train rows
+    base = ["finetune", "--data", str(data), "-b", "timm:test_vit@random", "--image-size",
+            str(SIZE), "--optimizer", "sgd", "--lr", "0.5", "--warmup-epochs", "0",
+            "--epochs", "2", "--bootstrap", "10", "--json"]
+    losses = []
+    for i, (bs, acc) in enumerate(((40, 1), (8, 5), (8, 10))):
+        code, out, err = cli(capsys, *base, "--batch-size", str(bs), "--accum-steps", str(acc),
+                             "--store", str(tmp_path / f"s{i}"))
+        assert code == 0, err
+        losses.append([h["train_loss"] for h in json.loads(out)[0]["config"]["history"]])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    assert losses[2] == pytest.approx(losses[0], rel=1e-4)  # a short group is not scaled down
+
+
+def test_runs_of_different_recipes_are_different_rows(capsys, tmp_path):
+    data = _tiny_npz(tmp_path)
+    args = ["finetune", "--data", str(data), "--store", str(tmp_path / "s"), *RECIPE,
+            "--epochs", "1"]
+    for lr in ("0.001", "0.05"):
+        code, _, err = cli(capsys, *args, "--lr", lr)
+        assert code == 0, err
+    code, out, _ = cli(capsys, "results", "--data", str(data), "--store", str(tmp_path / "s"))
+    rows = [line for line in out.splitlines() if "finetune" in line]
+    assert len(rows) == 2, out  # two recipes, not one row of two "seeds"

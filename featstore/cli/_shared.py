@@ -19,10 +19,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="featstore: cache frozen embeddings of pretrained backbones and probe them.",
 )
-out = Console(soft_wrap=True)
+out = Console(soft_wrap=True, emoji=False)
 if not out.is_terminal:  # pipes and files get whole tables, not 80-column truncation
-    out = Console(soft_wrap=True, width=200)
-err = Console(stderr=True, soft_wrap=True)
+    out = Console(soft_wrap=True, width=200, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 def _enum(name: str, values: tuple[str, ...]) -> type[StrEnum]:

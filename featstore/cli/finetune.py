@@ -48,7 +48,8 @@ def finetune(
                                            help="timm optimizer.")] = "adamw",
     weight_decay: Annotated[float, typer.Option(help="Not applied to norms and biases.")]
     = 0.05,
-    warmup_epochs: Annotated[int, typer.Option(help="Linear warmup, then cosine.")] = 1,
+    warmup_epochs: Annotated[int | None, typer.Option(
+        help="Linear warmup, then cosine (default: 1, or 0 for a 1-epoch run).")] = None,
     layer_decay: Annotated[float | None, typer.Option(
         help="ViT: scale each block's rate by this per block from the top.")] = None,
     freeze_until: Annotated[str | None, typer.Option(
@@ -83,7 +84,9 @@ def finetune(
     specs = [backbone_spec(fs, b, input_size=image_size) for b in backbone]
     config = FinetuneConfig(task=manifest.task, epochs=epochs, batch_size=batch_size,
                             accum_steps=accum_steps, lr=lr, optimizer=optimizer,
-                            weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+                            weight_decay=weight_decay,
+                            warmup_epochs=warmup_epochs if warmup_epochs is not None
+                            else min(1, epochs - 1),
                             layer_decay=layer_decay, freeze_until=freeze_until, hflip=hflip,
                             init_head=init_head,
                             precision=precision.value, n_bootstrap=bootstrap)

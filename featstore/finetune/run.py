@@ -105,6 +105,12 @@ class FinetuneConfig:
             if bad:
                 raise FinetuneError(message)
 
+    def recipe(self) -> str:
+        """What distinguishes this run's training from another's beside fraction and seed
+        (runs of one recipe are the seeds of one table row)."""
+        skip = ("fraction", "seed", "n_bootstrap")
+        return sha256_json({k: v for k, v in asdict(self).items() if k not in skip})[:8]
+
     def run_id(self, model_key: str, val_source: str) -> str:
         return run_key({"finetune": asdict(self), "model": model_key, "val": val_source})
 
@@ -175,6 +181,29 @@ def _freeze(model: Classifier, until: str | None) -> None:
                             f"name in the backbone (top-level: {', '.join(tops[:12])})")
     for i, (_, p) in enumerate(params):
         p.requires_grad = i > inside[-1]
+
+
+def _param_groups(model: Classifier, config: FinetuneConfig) -> list[dict[str, Any]]:
+    """timm's parameter groups: no weight decay on norms and biases, and with
+    ``layer_decay`` each backbone layer's ``lr_scale`` from the backbone's own group matcher
+    (the head is the top layer, scale 1); timm's schedulers apply ``lr_scale``."""
+    from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
+
+    head = [p for p in model.head.parameters() if p.requires_grad]
+    if config.layer_decay is None:
+        return param_groups_weight_decay(model, config.weight_decay)
+    if not hasattr(model.backbone, "group_matcher"):
+        raise FinetuneError("--layer-decay: this backbone has no layer grouping in timm")
+    groups = param_groups_layer_decay(model.backbone, config.weight_decay,
+                                      layer_decay=config.layer_decay)
+    groups = [g for g in groups if g["params"]]
+    if len({g.get("lr_scale", 1.0) for g in groups}) < 2:
+        raise FinetuneError("--layer-decay: timm puts every parameter of this backbone in "
+                            "one layer, so it would change nothing")
+    decay = [p for p in head if p.ndim > 1]
+    no_decay = [p for p in head if p.ndim <= 1]
+    return groups + [{"params": decay, "weight_decay": config.weight_decay, "lr_scale": 1.0},
+                     {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
 
 
 def _autocast(device: torch.device, precision: str):
@@ -387,7 +416,11 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     from featstore.models.build import build_backbone
 
     config.check()
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise FinetuneError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1)") \
+            from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FinetuneError(f"--device {device}: no CUDA GPU on this machine")
     task = config.task
@@ -436,8 +469,8 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     if not any(p.requires_grad for p in model.parameters()):
         raise FinetuneError(f"--freeze-until {config.freeze_until}: nothing left to train")
     optimizer = timm.optim.create_optimizer_v2(
-        model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
-        momentum=0.9, layer_decay=config.layer_decay)
+        _param_groups(model, config), opt=config.optimizer, lr=config.lr,
+        weight_decay=config.weight_decay, momentum=0.9)
     train_tf = timm.data.create_transform(
         input_size=(3, prep.input_size, prep.input_size), is_training=True,
         scale=config.crop_scale, hflip=0.5 if config.hflip else 0.0, color_jitter=None,
@@ -513,7 +546,9 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
             # summed over this rank's real rows, scaled so that DDP's mean over the ranks is
             # the mean over the whole batch (one process: the plain batch mean)
             loss = (per_row * w).sum() * dist.world / n_batch
-            scaler.scale(loss / config.accum_steps).backward()
+            group_start = step - step % config.accum_steps
+            in_group = min(config.accum_steps, steps_per_epoch - group_start)
+            scaler.scale(loss / in_group).backward()  # a short last group is not scaled down
             last = step + 1 == steps_per_epoch
             if (step + 1) % config.accum_steps == 0 or last:
                 scaler.step(optimizer)
@@ -528,13 +563,16 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         total_loss, seen_all = dist.total(total_loss, seen)
         img_s = seen_all / max(time.perf_counter() - t0, 1e-9)
         proba = predict(net, rows=va, **evaluate)
+        if not np.isfinite(proba).all():
+            raise FinetuneError(f"{manifest.name}: training diverged at epoch {epoch + 1} "
+                                "(non-finite outputs on val); lower --lr")
         primary = next(m for m in scored_metrics(task, y[va], proba, n_bootstrap=0)
                        if m["primary"])
         val = float(primary["value"]) if np.isfinite(primary["value"]) else -np.inf
         state.history.append({"epoch": epoch + 1, "train_loss": total_loss / max(seen_all, 1),
                               "val": val, "img_s": img_s})
         state.epoch = epoch + 1
-        improved = val > state.best_val
+        improved = val > state.best_val or state.best_epoch == 0  # (no finite val yet)
         if improved:
             state.best_val, state.best_epoch = val, epoch + 1
         if dist.main:
@@ -549,7 +587,11 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         if progress and dist.main:
             progress.end(epoch + 1, total_loss / max(seen_all, 1), val, img_s)
 
-    best = torch.load(io.BytesIO(objects.get(best_key)), map_location=dev, weights_only=True)
+    best_raw = objects.get(best_key)
+    if best_raw is None:
+        raise FinetuneError(f"run {run_id[:12]}: its best weights are missing from "
+                            f"{store.root}; run again with --recompute")
+    best = torch.load(io.BytesIO(best_raw), map_location=dev, weights_only=True)
     model.load_state_dict(best["model"])
     proba = predict(net, rows=te, **evaluate)
     if not dist.main:
@@ -565,7 +607,8 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
                     hyperparameter=hyper, n_train=len(tr), n_val=len(va), n_test=len(te),
                     val_source=val_source, random_weights=spec.is_random,
                     train_ids_sha256=ids_sha256(manifest.ids[tr]), run_id=run_id,
-                    config={**record_config, "best_epoch": state.best_epoch,
+                    config={**record_config, "recipe": config.recipe(),
+                            "best_epoch": state.best_epoch,
                             "history": state.history, "finetuned_sha256": best_sha})
         for scored in scored_metrics(task, y[te], proba, n_bootstrap=config.n_bootstrap,
                                      seed=config.seed, label_names=manifest.label_names)

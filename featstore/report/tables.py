@@ -67,8 +67,10 @@ def probe_tables(records: Sequence[Any]) -> list[Table]:
                          else "right")
     cells: dict[tuple, list] = {}
     for r in records:
-        cells.setdefault((r.backbone, r.key, r.probe, r.fraction), []).append(r)
-    for (backbone, _, kind, fraction), rs in cells.items():
+        recipe = (getattr(r, "config", None) or {}).get("recipe")  # finetuning settings
+        cells.setdefault((r.backbone, r.key, r.probe, r.fraction, recipe), []).append(r)
+    for (backbone, _, kind, fraction, recipe), rs in cells.items():
+        kind = f"{kind} {recipe}" if recipe else kind
         by_metric: dict[str, list[float]] = {}
         for r in rs:
             by_metric.setdefault(r.metric, []).append(r.value)
