@@ -60,13 +60,18 @@ class StoreObjects:
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _temp(self, key: str, data: bytes) -> tuple[Path, Path]:
+        """(the local path of ``key``, a temporary file beside it holding ``data``)."""
+        p = self.local / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f"{p.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        return p, tmp
+
     def create(self, key: str, data: bytes) -> bool:
         """Write ``key`` only if it does not exist: True when this call created it."""
         if self.local is not None:
-            p = self.local / key
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(f"{p.name}.{uuid.uuid4().hex}.tmp")
-            tmp.write_bytes(data)
+            p, tmp = self._temp(key, data)
             try:
                 os.link(tmp, p)
             except FileExistsError:
@@ -88,10 +93,7 @@ class StoreObjects:
     def put(self, key: str, data: bytes) -> None:
         """Write ``key`` whole (readers see the old or the new object, never half of one)."""
         if self.local is not None:
-            p = self.local / key
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(f"{p.name}.{uuid.uuid4().hex}.tmp")
-            tmp.write_bytes(data)
+            p, tmp = self._temp(key, data)
             os.replace(tmp, p)
         else:
             _sync(self.fs._pipe_file(self._full(key), data))
