@@ -16,7 +16,13 @@ import sys
 import typer
 from rich.markup import escape
 
-from featstore.cli import commands, finetune, manifest, team  # noqa: F401  (registers them)
+from featstore.cli import (  # noqa: F401  (registers them)
+    commands,
+    finetune,
+    manifest,
+    pipeline,
+    team,
+)
 from featstore.cli._shared import app, err
 from featstore.errors import FeatstoreError
 

@@ -182,5 +182,13 @@ def training_splits(split: np.ndarray, y: np.ndarray, group: np.ndarray | None,
     except ManifestError as e:  # one patient in train: nothing to carve
         raise ManifestError(f"{name}: no val split, and train is too small to carve one "
                             f"({e})") from None
-    return (tr[carved == "train"], tr[carved == "val"], te,
-            f"{VAL_CARVE_FRACTION:.0%} of train patients (seed 0)")
+    return tr[carved == "train"], tr[carved == "val"], te, CARVED_VAL
+
+
+CARVED_VAL = f"{VAL_CARVE_FRACTION:.0%} of train patients (seed 0)"
+
+
+def val_source(split: np.ndarray) -> str:
+    """How val is made for a dataset with these splits (as :func:`training_splits` says it),
+    without drawing anything: what a planner needs to name a run before it runs."""
+    return VAL_SPLIT if bool((np.asarray(split) == "val").any()) else CARVED_VAL

@@ -7,6 +7,7 @@ from featstore.finetune.run import (
     FinetuneProgress,
     finetune_grid,
     finetune_run,
+    finetune_run_ids,
     stored_finetune_records,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "FinetuneProgress",
     "finetune_grid",
     "finetune_run",
+    "finetune_run_ids",
     "stored_finetune_records",
 ]

@@ -32,7 +32,8 @@ def finetuned_spec(store: FeatureStore, text: str) -> BackboneSpec:
         or do not match their recorded sha256.
     """
     prefix = text.removeprefix(PREFIX)
-    hits = [(ds, rid, run) for ds in store.datasets()
+    group, _, prefix = prefix.rpartition("/")  # finetuned:<dataset group>/<run id>
+    hits = [(ds, rid, run) for ds in store.datasets() if not group or ds.name == group
             for rid, run in ds.finetune_runs_by_id().items() if rid.startswith(prefix)]
     if not prefix or not hits:
         have = ", ".join(rid[:12] for ds in store.datasets() for rid in
@@ -40,6 +41,11 @@ def finetuned_spec(store: FeatureStore, text: str) -> BackboneSpec:
         raise FinetuneError(f"--backbone {text}: no finetuning run {prefix!r} in store "
                             f"{store.root} (runs: {have})")
     if len(hits) > 1:
+        if len({rid for _, rid, _ in hits}) == 1:  # one recipe run on several datasets
+            raise FinetuneError(
+                f"--backbone {text}: run {hits[0][1][:12]} exists in {len(hits)} datasets; "
+                "name one: " + ", ".join(f"finetuned:{ds.name}/{rid[:12]}"
+                                         for ds, rid, _ in hits))
         raise FinetuneError(f"--backbone {text}: {len(hits)} runs match: "
                             f"{', '.join(rid[:16] for _, rid, _ in hits)}; give more of the id")
     ds, rid, run = hits[0]

@@ -723,6 +723,22 @@ def finetune_grid(manifest: Manifest, specs: Sequence[BackboneSpec], config: Fin
     return out
 
 
+def finetune_run_ids(spec: BackboneSpec, weights_sha256: str, preprocessing: dict[str, Any],
+                     val_source: str, config: FinetuneConfig, *,
+                     fractions: Sequence[float] = (1.0,),
+                     seeds: int | Sequence[int] = 1) -> list[str]:
+    """The ids the runs of a :func:`finetune_grid` of one backbone are persisted under,
+    training nothing (a planner asks the store which are there). ``weights_sha256`` and
+    ``preprocessing``: the loaded backbone's; ``val_source``: as
+    :func:`featstore.data.fractions.val_source` says for the dataset."""
+    from dataclasses import replace
+
+    mkey = model_key(spec, weights_sha256, preprocessing)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    return [replace(config, fraction=f, seed=s).run_id(mkey, val_source)
+            for f in fractions for s in seed_list]
+
+
 def stored_finetune_records(ds: DatasetGroup) -> list[ProbeRecord]:
     """Every finished finetuning run's records in a dataset group (no computation)."""
     return [stored_finetune_record(r) for run in ds.finetune_runs()

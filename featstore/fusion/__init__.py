@@ -6,6 +6,7 @@ from featstore.fusion.run import (
     check_aligned,
     fuse_embeddings,
     fuse_grid,
+    fusion_run_ids,
     stored_fusion_records,
 )
 
@@ -16,5 +17,6 @@ __all__ = [
     "check_aligned",
     "fuse_embeddings",
     "fuse_grid",
+    "fusion_run_ids",
     "stored_fusion_records",
 ]

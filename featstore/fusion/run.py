@@ -120,9 +120,8 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
             missing |= e.missing
     tr, va, te, val_source = split_rows(ref, y, task, exclude=missing)
     tr = select_fraction(tr, ref.labels, ref.group, fraction, seed)
-    cfg = {"task": task, "fraction": fraction, "seed": seed, "dim": dim,
-           "n_bootstrap": n_bootstrap, "keys": [e.key for e in embs], "val": val_source,
-           **dvme_options}
+    cfg = _run_config([e.key for e in embs], task=task, fraction=fraction, seed=seed, dim=dim,
+                      n_bootstrap=n_bootstrap, val_source=val_source, **dvme_options)
     names = _display_names(embs)
     base = {"dataset": ref.dataset, "backbones": names,
             "keys": [e.key for e in embs], "task": task, "fraction": fraction, "seed": seed,
@@ -188,15 +187,47 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
                         hyperparameter=f"l2={sweep.l2:g}")
 
     records: list[FuseRecord] = []
-    for attention in attentions:  # the head's version is part of what a DVME run is
+    for attention in attentions:
         records += method_run(f"dvme-{attention}", partial(dvme, attention),
-                              identity=f"dvme-{attention}@head-v{HEAD_VERSION}", legacy=False)
+                              identity=_dvme_identity(attention), legacy=False)
     if baselines:
         records += method_run("concat", partial(linear, "concat", embs))
         for e, name in zip(embs, names, strict=True):
             records += method_run(f"single:{name}", partial(linear, f"single:{name}", [e]),
                                   identity=f"single:{e.key}")
     return records
+
+
+def _run_config(keys: Sequence[str], *, task: str, fraction: float, seed: int, dim: int,
+                n_bootstrap: int, val_source: str, **dvme_options) -> dict[str, Any]:
+    """What a fusion run of one (fraction, seed) is, beside its method."""
+    return {"task": task, "fraction": fraction, "seed": seed, "dim": dim,
+            "n_bootstrap": n_bootstrap, "keys": list(keys), "val": val_source, **dvme_options}
+
+
+def _dvme_identity(attention: str) -> str:
+    return f"dvme-{attention}@head-v{HEAD_VERSION}"  # the head's version is part of a run
+
+
+def fusion_run_ids(keys: Sequence[str], val_source: str, *, task: str,
+                   fractions: Sequence[float] = (1.0,), seeds: int | Sequence[int] = 1,
+                   attentions: Sequence[str] = ("softmax",), dim: int = 256,
+                   n_bootstrap: int = 1000, baselines: bool = True,
+                   **dvme_options) -> list[str]:
+    """The ids the runs of a :func:`fuse_grid` are persisted under (one per method, fraction
+    and seed), computing nothing: a planner asks the store which are there. ``val_source``:
+    as :func:`featstore.data.fractions.val_source` says for the dataset."""
+    methods = [_dvme_identity(a) for a in attentions]
+    if baselines:
+        methods += ["concat", *[f"single:{k}" for k in keys]]
+    try:
+        seed_list = check_grid(fractions, seeds)
+    except ProbeError as e:
+        raise FusionError(str(e)) from None
+    return [run_key({**_run_config(keys, task=task, fraction=float(f), seed=s, dim=dim,
+                                   n_bootstrap=n_bootstrap, val_source=val_source,
+                                   **dvme_options), "method": m})
+            for f in fractions for s in seed_list for m in methods]
 
 
 def _display_names(embs: Sequence[Embeddings]) -> list[str]:

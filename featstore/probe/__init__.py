@@ -8,6 +8,7 @@ from featstore.probe.run import (
     ProbeRecord,
     probe_embeddings,
     probe_grid,
+    probe_run_ids,
     stored_records,
 )
 
@@ -26,6 +27,7 @@ __all__ = [
     "primary_score",
     "probe_embeddings",
     "probe_grid",
+    "probe_run_ids",
     "stored_records",
     "task_metrics",
 ]

@@ -8,7 +8,7 @@ next to the embeddings, so a run is reproducible alone and is never computed twi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from typing import Any
 
@@ -225,6 +225,17 @@ def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, 
                     if on_run is not None:
                         on_run(run)
     return records
+
+
+def probe_run_ids(embedding_key: str, val_source: str, config: ProbeConfig, *,
+                  probes: Sequence[str], fractions: Sequence[float],
+                  seeds: int | Sequence[int]) -> list[str]:
+    """The ids the runs of a probe grid are persisted under, computing nothing (a planner
+    asks the store which of them are there). ``val_source``: as
+    :func:`featstore.data.fractions.val_source` says for the dataset."""
+    carve = None if val_source == VAL_SPLIT else VAL_CARVE
+    return [replace(config, probe=p, fraction=float(f), seed=s).run_id(embedding_key, carve)
+            for p in probes for f in fractions for s in check_grid(fractions, seeds)]
 
 
 def check_grid(fractions: Sequence[float], seeds: int | Sequence[int]) -> list[int]:

@@ -263,3 +263,29 @@ def manifest_line(summary: dict[str, Any]) -> str:
     written = summary.get("written")
     return (f"{summary['name']}: {summary['rows']} rows ({splits}), task {summary['task']}, "
             f"manifest {summary['sha256'][:12]}" + (f" -> {written}" if written else ": valid"))
+
+
+def plan_table(plan: Any) -> Table:
+    """A pipeline's steps: cached or to run, what each needs, rows and work."""
+    table = Table(title=f"plan of {plan.pipeline.name} ({len(plan.steps)} steps)")
+    for col in ("step", "status", "needs", "rows", "work", "note"):
+        table.add_column(col, justify="right" if col == "rows" else "left")
+    for s in plan.steps:
+        table.add_row(s.id, "[dim]cached[/]" if s.cached else "[bold]to run[/]",
+                      ", ".join(s.deps) or "-", str(s.rows), s.work, s.note)
+    return table
+
+
+def outcome_table(outcomes: Sequence[Any]) -> Table:
+    """What became of each step of a pipeline run."""
+    table = Table(title="pipeline run")
+    for col in ("step", "outcome", "seconds", "runs", "computed", "error"):
+        table.add_column(col, justify="right" if col in ("seconds", "runs", "computed")
+                         else "left")
+    colours = {"failed": "red", "skipped": "yellow", "cached": "dim", "done": "green"}
+    for o in outcomes:
+        table.add_row(o.step, f"[{colours[o.status]}]{o.status}[/]",
+                      f"{o.seconds:.1f}" if o.seconds else "-",
+                      str(o.runs) if o.status == "done" else "-",
+                      str(o.computed) if o.status == "done" else "-", o.error)
+    return table

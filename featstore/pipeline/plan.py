@@ -1,0 +1,320 @@
+"""A pipeline expanded into steps with dependencies, each asked of the store: done or not.
+
+One extract step per dataset (every backbone in one pass over the images: one decode per
+image), one probe step per dataset and backbone (every probe x fraction x seed), one fusion
+step per dataset, one finetuning step per dataset and backbone, and, with ``embed``, an
+extract and a probe step per finetuned model. A step is *cached* when the store already holds
+all of it: every set complete, every run persisted under the id the stage would give it
+(the stages' own ``*_run_ids``, so plan and stage can never disagree on what a run is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from featstore.errors import FeatstoreError, NotExtractedError
+from featstore.pipeline.spec import BackboneEntry, DatasetEntry, Pipeline
+
+
+@dataclass
+class Step:
+    """One unit of work: what it is, what it waits for, and whether the store has it."""
+
+    id: str
+    stage: str
+    dataset: str
+    args: dict[str, Any]  # plain data: all :func:`featstore.pipeline.run_step` needs
+    deps: list[str] = field(default_factory=list)
+    cached: bool = False
+    rows: int = 0
+    work: str = ""
+    gpu: bool = False
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("args")
+        return d
+
+
+@dataclass
+class Plan:
+    pipeline: Pipeline
+    steps: list[Step]
+
+    def step(self, step_id: str) -> Step:
+        return next(s for s in self.steps if s.id == step_id)
+
+
+@dataclass
+class _Key:
+    """A backbone's embedding key (None where it cannot be computed yet, with why)."""
+
+    digest: str | None
+    loaded: Any = None
+    note: str = ""
+
+
+def _dataset_args(entry: DatasetEntry, store: str) -> dict[str, Any]:
+    return {"store": store, "data": entry.data, "root": entry.root, "task": entry.task,
+            "dataset": entry.name}
+
+
+def _backbone_args(b: BackboneEntry) -> dict[str, Any]:
+    return {"spec": b.spec, "image_size": b.image_size, "precision": b.precision,
+            "dtype": b.dtype, "name": b.name}
+
+
+def plan_pipeline(pipe: Pipeline) -> Plan:
+    """Expand ``pipe`` into steps and mark those the store already holds.
+
+    Datasets are read (manifests, content identity) and each backbone is built once to
+    compute its key from the weights on disk; a backbone that cannot be built (missing
+    weights) gives steps that will fail with that reason, which the plan notes.
+
+    Raises
+    ------
+    ManifestError
+        A dataset cannot be read.
+    """
+    from featstore.finetune.backbone import backbone_spec
+    from featstore.store import FeatureStore
+
+    fs = FeatureStore(pipe.store)
+    keys: dict[tuple, _Key] = {}
+
+    def key_of(b: BackboneEntry) -> _Key:
+        which = (b.spec, b.image_size, b.precision, b.dtype)
+        if which not in keys:
+            from featstore.extract import resolve_key
+
+            try:
+                spec = backbone_spec(fs, b.spec, input_size=b.image_size)
+                loaded, key = resolve_key(spec, b.dtype, b.precision)
+                keys[which] = _Key(key.digest, loaded)
+            except FeatstoreError as e:
+                keys[which] = _Key(None, note=str(e))
+        return keys[which]
+
+    steps: list[Step] = []
+    for entry in pipe.datasets:
+        steps += _dataset_steps(pipe, entry, fs, key_of)
+    return Plan(pipeline=pipe, steps=steps)
+
+
+
+def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step]:
+    """The steps of one dataset of ``pipe``."""
+    from featstore.data import load_dataset
+    from featstore.data.fractions import val_source
+
+    steps: list[Step] = []
+    probe = pipe.stage("probe")
+    fuse = pipe.stage("fuse")
+    finetune = pipe.stage("finetune")
+    extract = pipe.stage("extract") or {}
+    manifest = load_dataset(entry.data, root=entry.root, task=entry.task)
+    try:
+        ds = fs.dataset(manifest)
+    except NotExtractedError:
+        ds = None
+    vsrc = val_source(manifest.split)
+    base = _dataset_args(entry, pipe.store)
+    rows = len(manifest)
+    n_train = int((manifest.split == "train").sum())
+
+    by_key = {es.key: es for es in ds.embedding_sets()} if ds is not None else {}
+
+    def embedded(digest: str | None):
+        """The complete set of a key in this dataset's group, or None."""
+        es = by_key.get(digest) if digest is not None else None
+        return es if es is not None and es.complete else None
+
+    used = list(dict.fromkeys([*(probe or {}).get("backbones", []),
+                               *(fuse or {}).get("backbones", [])]))
+    extract_ids: dict[str, str] = {}
+    groups: dict[tuple[str, str], list[BackboneEntry]] = {}
+    for name in used:
+        b = pipe.backbones[name]
+        groups.setdefault((b.precision, b.dtype), []).append(b)
+    for (precision, dtype), members in groups.items():
+        sid = f"extract {entry.name}" + (f" [{precision}, {dtype}]" if len(groups) > 1
+                                          else "")
+        done = [b for b in members if embedded(key_of(b).digest) is not None]
+        notes = [f"{b.name}: {key_of(b).note}" for b in members if key_of(b).note]
+        steps.append(Step(
+            id=sid, stage="extract", dataset=entry.name, rows=rows,
+            cached=len(done) == len(members), gpu=True,
+            work=f"{rows} images x {len(members) - len(done)} of {len(members)} backbones",
+            note="; ".join(notes),
+            args={**base, **{k: v for k, v in extract.items()}, "stage": "extract",
+                  "precision": precision, "dtype": dtype,
+                  "backbones": [_backbone_args(b) for b in members]}))
+        for b in members:
+            extract_ids[b.name] = sid
+
+    def probe_step(b: BackboneEntry, deps: list[str], digest: str | None,
+                   label: str) -> Step:
+        from featstore.probe import probe_run_ids
+
+        assert probe is not None
+        cfg = _probe_config(probe, manifest.task)
+        n_runs = len(probe["probes"]) * len(probe["fractions"]) * len(probe["seeds"])
+        es = embedded(digest)
+        have = 0
+        if es is not None:
+            ids = probe_run_ids(digest, vsrc, cfg, probes=probe["probes"],
+                                fractions=probe["fractions"], seeds=probe["seeds"])
+            stored = es.probe_runs_by_id()
+            have = sum(i in stored for i in ids)
+        return Step(
+            id=f"probe {entry.name} {label}", stage="probe", dataset=entry.name,
+            deps=deps, rows=rows, cached=have == n_runs,
+            work=f"{n_runs} runs ({'+'.join(probe['probes'])} x "
+                 f"{len(probe['fractions'])} fractions x {len(probe['seeds'])} seeds)"
+                 + (f", {have} stored" if 0 < have < n_runs else ""),
+            args={**base, **_probe_args(probe), "stage": "probe",
+                  "backbone": _backbone_args(b)})
+
+    if probe is not None:
+        for name in probe["backbones"]:
+            b = pipe.backbones[name]
+            steps.append(probe_step(b, [extract_ids[name]], key_of(b).digest, name))
+    if fuse is not None:
+        from featstore.fusion import fusion_run_ids
+
+        members = [pipe.backbones[n] for n in fuse["backbones"]]
+        digests = [key_of(b).digest for b in members]
+        n_methods = len(fuse["attentions"]) + (
+            1 + len(members) if fuse.get("baselines", True) else 0)
+        n_runs = n_methods * len(fuse["fractions"]) * len(fuse["seeds"])
+        have = 0
+        if ds is not None and all(embedded(d) is not None for d in digests):
+            ids = fusion_run_ids(digests, vsrc, task=manifest.task, **_fuse_grid(fuse))
+            stored = ds.fusion_runs_by_id()
+            have = sum(i in stored for i in ids)
+        steps.append(Step(
+            id=f"fuse {entry.name}", stage="fuse", dataset=entry.name, rows=rows,
+            deps=list(dict.fromkeys(extract_ids[n] for n in fuse["backbones"])),
+            cached=have == n_runs,
+            work=f"{n_runs} runs ({len(members)} backbones: "
+                 f"{'+'.join(fuse['attentions'])} DVME"
+                 + (", concat, singles" if fuse.get("baselines", True) else "")
+                 + f" x {len(fuse['fractions'])} fractions x {len(fuse['seeds'])} seeds)"
+                 + (f", {have} stored" if 0 < have < n_runs else ""),
+            args={**base, "stage": "fuse", **_fuse_grid(fuse),
+                  "device": fuse.get("device", "cpu"),
+                  "backbones": [_backbone_args(b) for b in members]}))
+    if finetune is not None:
+        from featstore.finetune import finetune_run_ids
+
+        for name in finetune["backbones"]:
+            b = pipe.backbones[name]
+            k = key_of(b)
+            cfg = _finetune_config(finetune, manifest.task, b.precision)
+            sid = f"finetune {entry.name} {name}"
+            ids: list[str] = []
+            stored = ds.finetune_runs_by_id() if ds is not None else {}
+            if k.loaded is not None:
+                ids = finetune_run_ids(k.loaded.spec, k.loaded.weights_sha256,
+                                       k.loaded.preprocessing.to_dict(), vsrc, cfg,
+                                       fractions=finetune["fractions"],
+                                       seeds=finetune["seeds"])
+            done = [i for i in ids if stored.get(i, {}).get("status") == "complete"]
+            n_runs = len(finetune["fractions"]) * len(finetune["seeds"])
+            deps = [f"probe {entry.name} {name}"] if cfg.init_head == "probe" else []
+            images = n_train * cfg.epochs * sum(finetune["fractions"]) * len(finetune["seeds"])
+            if deps and (probe is None or name not in probe["backbones"]):
+                raise FeatstoreError(
+                    f"pipeline {pipe.path}: [finetune] init_head = \"probe\" needs "
+                    f"{name} in [probe] backbones (LP-FT starts from its linear probe)")
+            steps.append(Step(
+                id=sid, stage="finetune", dataset=entry.name, rows=rows, deps=deps,
+                cached=bool(ids) and len(done) == n_runs, gpu=True, note=k.note,
+                work=f"{n_runs} runs x {cfg.epochs} epochs, ~"
+                     f"{_human(images)} train images"
+                     + (f", {len(done)} stored" if 0 < len(done) < n_runs else ""),
+                args={**base, "stage": "finetune", "backbone": _backbone_args(b),
+                      "config": _finetune_settings(finetune), "device":
+                      finetune.get("device", "cpu"), "workers": finetune.get("workers", 0),
+                      "fractions": finetune["fractions"], "seeds": finetune["seeds"]}))
+            if not finetune.get("embed", False):
+                continue
+            for i, f in enumerate(finetune["fractions"]):
+                for j, s in enumerate(finetune["seeds"]):
+                    rid = ids[i * len(finetune["seeds"]) + j] if ids else None
+                    label = (f"{name}-ft" + (f" f{f:g}" if len(finetune["fractions"]) > 1
+                                              else "")
+                             + (f" s{s}" if len(finetune["seeds"]) > 1 else ""))
+                    group = ds.name if ds is not None else manifest.group_name
+                    fb = BackboneEntry(name=label,
+                                       spec=f"finetuned:{group}/{rid}" if rid else "",
+                                       image_size=None, precision=b.precision,
+                                       dtype=b.dtype)
+                    digest = None
+                    if rid and rid in done:
+                        digest = key_of(fb).digest
+                    xid = f"extract {entry.name} {label}"
+                    steps.append(Step(
+                        id=xid, stage="extract", dataset=entry.name, rows=rows,
+                        deps=[sid], cached=embedded(digest) is not None, gpu=True,
+                        work=f"{rows} images x 1 backbone (finetuned)",
+                        args={**base, **extract, "stage": "extract",
+                              "precision": b.precision, "dtype": b.dtype,
+                              "backbones": [_backbone_args(fb)]}))
+                    if probe is not None:
+                        steps.append(probe_step(fb, [xid], digest, label))
+    return steps
+
+def _human(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{int(n)}"
+
+
+def _probe_args(probe: dict[str, Any]) -> dict[str, Any]:
+    keep = ("probes", "fractions", "seeds", "bootstrap", "ks", "l2_grid", "ordinal_decode",
+            "device")
+    return {k: probe[k] for k in keep if k in probe}
+
+
+def _probe_config(probe: dict[str, Any], task: str):
+    from featstore.probe import DEFAULT_KS, DEFAULT_L2_GRID, ProbeConfig
+
+    return ProbeConfig(task=task, n_bootstrap=probe["bootstrap"],
+                       ordinal_decode=probe.get("ordinal_decode", "argmax"),
+                       l2_grid=tuple(float(v) for v in probe.get("l2_grid", DEFAULT_L2_GRID)),
+                       ks=tuple(int(k) for k in probe.get("ks", DEFAULT_KS)))
+
+
+def _fuse_grid(fuse: dict[str, Any]) -> dict[str, Any]:
+    return {"fractions": fuse["fractions"], "seeds": fuse["seeds"],
+            "attentions": fuse["attentions"], "dim": fuse.get("dim", 256),
+            "n_bootstrap": fuse["bootstrap"], "baselines": fuse.get("baselines", True)}
+
+
+_FINETUNE_FIELDS = ("epochs", "batch_size", "accum_steps", "lr", "optimizer", "weight_decay",
+                    "warmup_epochs", "layer_decay", "freeze_until", "hflip", "init_head")
+
+
+def _finetune_settings(finetune: dict[str, Any]) -> dict[str, Any]:
+    return {k: finetune[k] for k in (*_FINETUNE_FIELDS, "bootstrap") if k in finetune}
+
+
+def _finetune_config(settings: dict[str, Any], task: str, precision: str):
+    """The :class:`FinetuneConfig` of a stage's settings (``featstore finetune``'s defaults
+    where the file is silent)."""
+    from featstore.finetune import FinetuneConfig
+
+    values = {k: settings[k] for k in _FINETUNE_FIELDS if k in settings}
+    epochs = values.get("epochs", 10)
+    values.setdefault("warmup_epochs", min(1, epochs - 1))
+    for k in ("lr", "weight_decay", "layer_decay"):  # 1 and 1.0 are one run
+        if values.get(k) is not None:
+            values[k] = float(values[k])
+    config = FinetuneConfig(task=task, precision=precision,
+                            n_bootstrap=settings.get("bootstrap", 1000), **values)
+    config.check()
+    return config

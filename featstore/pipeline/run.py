@@ -1,0 +1,332 @@
+"""Running a plan: each step by the same public call its verb makes, on an executor.
+
+:func:`run_step` runs one step from plain data (so a process pool or a Slurm job can run it);
+:func:`run_plan` hands ready steps to an executor as their dependencies finish, and records
+each step's outcome. A failed step is named; the steps that need it are skipped; every other
+step still runs. Killing a run and starting it again continues where it stopped: the plan
+marks what the store holds, and the stages resume their own half-done work (an extract from
+its finished shards, a finetuning run from its last epoch).
+
+Executors: ``local`` (heavy steps, extract and finetune, one at a time in this process;
+probes and fusion in a process pool of ``jobs`` workers), and submitit's (``slurm``, or
+``submitit-local``, which runs each step as a submitit job on this machine).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from featstore.pipeline.plan import Plan, Step
+
+EXECUTORS = ("local", "slurm", "submitit-local")
+
+
+@dataclass
+class Outcome:
+    """What became of one step."""
+
+    step: str
+    stage: str
+    dataset: str
+    status: str  # cached (nothing to do), done, failed, skipped (a step it needs failed)
+    seconds: float = 0.0
+    runs: int = 0  # sets extracted, or runs persisted (computed + read back)
+    computed: int = 0  # of which computed now
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _manifest(args: dict[str, Any]):
+    from featstore.data import load_dataset
+
+    return load_dataset(args["data"], root=args.get("root"), task=args.get("task"))
+
+
+def _store(args: dict[str, Any]):
+    from featstore.store import FeatureStore
+
+    return FeatureStore(args["store"])
+
+
+def _embedding_set(fs, manifest, b: dict[str, Any]):
+    from featstore.extract import resolve_embedding_set
+
+    return resolve_embedding_set(fs.dataset(manifest), b["spec"], image_size=b["image_size"],
+                                 dtype=b["dtype"], precision=b["precision"])
+
+
+def run_step(args: dict[str, Any]) -> dict[str, Any]:
+    """Run one step of a plan (``Step.args``) by its stage's public call; returns
+    ``{"runs": n, "computed": m, "seconds": s}``. Raises what the stage raises."""
+    t0 = time.perf_counter()
+    counts = _run_step(args)
+    return {**counts, "seconds": time.perf_counter() - t0}
+
+
+def _run_step(args: dict[str, Any]) -> dict[str, int]:
+    from featstore.finetune.backbone import backbone_spec
+
+    stage = args["stage"]
+    manifest = _manifest(args)
+    fs = _store(args)
+    if stage == "extract":
+        from featstore.extract import extract_embeddings
+
+        specs = [backbone_spec(fs, b["spec"], input_size=b["image_size"])
+                 for b in args["backbones"]]
+        results = extract_embeddings(
+            manifest, specs, fs, batch_size=args.get("batch_size"),
+            num_workers=args.get("workers"), device=args.get("device", "auto"),
+            dtype=args["dtype"], precision=args["precision"],
+            shard_rows=args.get("shard_rows", 1024), on_error=args.get("on_error", "fail"))
+        return {"runs": len(results),
+                "computed": sum(r.status != "cached" for r in results)}
+    if stage == "probe":
+        from featstore.pipeline.plan import _probe_config
+        from featstore.probe import probe_grid
+
+        es = _embedding_set(fs, manifest, args["backbone"])
+        records = probe_grid([es], _probe_config(args, manifest.task), probes=args["probes"],
+                             fractions=args["fractions"], seeds=args["seeds"],
+                             device=args.get("device", "cpu"))
+        return _counted(records)
+    if stage == "fuse":
+        from featstore.fusion import fuse_grid
+
+        sets = [_embedding_set(fs, manifest, b) for b in args["backbones"]]
+        records = fuse_grid(sets, task=manifest.task, fractions=args["fractions"],
+                            seeds=args["seeds"], attentions=args["attentions"],
+                            dim=args["dim"], n_bootstrap=args["n_bootstrap"],
+                            baselines=args["baselines"], device=args.get("device", "cpu"))
+        return _counted(records)
+    if stage == "finetune":
+        from featstore.finetune import finetune_grid
+        from featstore.pipeline.plan import _finetune_config
+
+        b = args["backbone"]
+        spec = backbone_spec(fs, b["spec"], input_size=b["image_size"])
+        config = _finetune_config(args["config"], manifest.task, b["precision"])
+        records = finetune_grid(manifest, [spec], config, store=fs,
+                                fractions=args["fractions"], seeds=args["seeds"],
+                                device=args.get("device", "cpu"),
+                                num_workers=args.get("workers", 0))
+        return _counted(records)
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def _counted(records) -> dict[str, int]:
+    runs = {r.run_id: r.cached for r in records}
+    return {"runs": len(runs), "computed": sum(not c for c in runs.values())}
+
+
+def extract_argv(args: dict[str, Any]) -> list[str]:
+    """``featstore extract`` arguments of an extract step (what torchrun runs on a
+    multi-GPU Slurm job)."""
+    argv = ["extract", "--data", args["data"], "--store", args["store"],
+            "--precision", args["precision"], "--dtype", args["dtype"]]
+    for b in args["backbones"]:
+        argv += ["--backbone", b["spec"]]
+    sizes = {b["image_size"] for b in args["backbones"]}
+    if len(sizes) == 1 and None not in sizes:
+        argv += ["--image-size", str(sizes.pop())]
+    for opt, key in (("--root", "root"), ("--task", "task"), ("--batch-size", "batch_size"),
+                     ("--workers", "workers"), ("--device", "device"),
+                     ("--shard-rows", "shard_rows"), ("--on-error", "on_error")):
+        if args.get(key) is not None:
+            argv += [opt, str(args[key])]
+    return argv
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, n))
+
+
+class LocalExecutor:
+    """Heavy steps (extract, finetune: they use every core or the GPU) one at a time in a
+    thread of this process; probes and fusion in a pool of ``jobs`` processes (spawned:
+    torch's thread pools do not survive a fork), each with its share of the cores."""
+
+    def __init__(self, jobs: int = 1) -> None:
+        self.jobs = max(1, jobs)
+        self._heavy = cf.ThreadPoolExecutor(max_workers=1)
+        self._pool: cf.Executor | None = None
+
+    def submit(self, step: Step) -> cf.Future:
+        if self.jobs == 1 or step.gpu:
+            return self._heavy.submit(run_step, step.args)
+        if self._pool is None:
+            import multiprocessing
+
+            threads = max(1, (os.cpu_count() or 1) // self.jobs)
+            self._pool = cf.ProcessPoolExecutor(
+                max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_set_threads, initargs=(threads,))
+        return self._pool.submit(run_step, step.args)
+
+    def shutdown(self, cancel: bool = False) -> None:
+        self._heavy.shutdown(wait=not cancel, cancel_futures=cancel)
+        if self._pool is not None:
+            self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+class SubmititExecutor:
+    """Each step as a submitit job: Slurm (``cluster="slurm"``) or this machine
+    (``cluster="local"``, submitit's LocalExecutor: the same seam without Slurm). GPU steps
+    ask for ``gpus_per_node`` GPUs; an extract step with more than one runs ``torchrun``
+    inside its job (the ranks split the shards)."""
+
+    def __init__(self, folder: str, cluster: str = "slurm",
+                 slurm: dict[str, Any] | None = None) -> None:
+        import submitit
+
+        self.slurm = dict(slurm or {})
+        self.cluster = cluster
+        self.folder = folder
+        self._make = (lambda: submitit.AutoExecutor(folder=folder, cluster="slurm")
+                      ) if cluster == "slurm" else (lambda: submitit.LocalExecutor(folder=folder))
+        self._waiters = cf.ThreadPoolExecutor(max_workers=32)
+        self.jobs: dict[str, str] = {}  # step id -> job id
+
+    def _parameters(self, step: Step) -> dict[str, Any]:
+        s = self.slurm
+        params: dict[str, Any] = {"timeout_min": s.get("timeout_min", 240)}
+        if self.cluster != "slurm":
+            return params
+        gpus = s.get("gpus_per_node", 1) if step.gpu else 0
+        params.update({"name": f"featstore-{step.stage}", "nodes": 1,
+                       "tasks_per_node": 1, "cpus_per_task": s.get("cpus_per_task", 8),
+                       "gpus_per_node": gpus})
+        for k in ("mem_gb",):
+            if k in s:
+                params[k] = s[k]
+        for k in ("partition", "account", "qos"):
+            if k in s:
+                params[f"slurm_{k}"] = s[k]
+        if s.get("additional"):
+            params["slurm_additional_parameters"] = s["additional"]
+        return params
+
+    def submit(self, step: Step) -> cf.Future:
+        import submitit
+
+        ex = self._make()
+        ex.update_parameters(**self._parameters(step))
+        gpus = self.slurm.get("gpus_per_node", 1)
+        if self.cluster == "slurm" and step.stage == "extract" and gpus > 1:
+            fn: Callable = submitit.helpers.CommandFunction(
+                ["torchrun", f"--nproc-per-node={gpus}", "-m", "featstore",
+                 *extract_argv(step.args)])
+            job = ex.submit(fn)
+        else:
+            job = ex.submit(run_step, step.args)
+        self.jobs[step.id] = str(job.job_id)
+
+        def wait() -> dict[str, int]:
+            try:
+                result = job.result()
+            except submitit.core.utils.FailedJobError as e:
+                raise RuntimeError(_last_error(str(e))) from None
+            return result if isinstance(result, dict) else {}
+        return self._waiters.submit(wait)
+
+    def shutdown(self, cancel: bool = False) -> None:
+        self._waiters.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+def _last_error(text: str) -> str:
+    """The exception line of a job's traceback (what the step itself raised)."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith(("featstore.", "RuntimeError", "ValueError")) or "Error:" in ln:
+            return ln
+    return lines[-1] if lines else text
+
+
+def make_executor(kind: str, *, jobs: int = 1, folder: str = "featstore-jobs",
+                  slurm: dict[str, Any] | None = None):
+    if kind == "local":
+        return LocalExecutor(jobs)
+    if kind in ("slurm", "submitit-local"):
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            from featstore.errors import FeatstoreError
+
+            raise FeatstoreError(f"--executor {kind} needs submitit: pip install "
+                                 "'featstore[slurm]'") from None
+        return SubmititExecutor(folder, "slurm" if kind == "slurm" else "local", slurm)
+    raise ValueError(f"unknown executor {kind!r} (expected {', '.join(EXECUTORS)})")
+
+
+def _message(e: BaseException) -> str:
+    from featstore.errors import FeatstoreError
+
+    if isinstance(e, FeatstoreError | RuntimeError):
+        return str(e)
+    return f"{e.__class__.__name__}: {e}"
+
+
+def run_plan(plan: Plan, executor, *, on_outcome: Callable[[Outcome], None] | None = None,
+             on_start: Callable[[Step], None] | None = None) -> list[Outcome]:
+    """Run every step not cached, each once its dependencies are done, on ``executor``.
+
+    A step whose dependency failed is skipped (named); all other steps still run. Returns
+    the outcomes in plan order.
+    """
+    pending = {s.id: s for s in plan.steps}
+    outcomes: dict[str, Outcome] = {}
+    running: dict[cf.Future, Step] = {}
+
+    def record(o: Outcome) -> None:
+        outcomes[o.step] = o
+        if on_outcome is not None:
+            on_outcome(o)
+
+    try:
+        while pending or running:
+            for s in list(pending.values()):
+                deps = [outcomes.get(d) for d in s.deps]
+                bad = [d for d, o in zip(s.deps, deps, strict=True)
+                       if o is not None and o.status in ("failed", "skipped")]
+                if bad:
+                    del pending[s.id]
+                    record(Outcome(s.id, s.stage, s.dataset, "skipped",
+                                   error=f"needs {bad[0]}, which did not finish"))
+                elif all(o is not None for o in deps):
+                    del pending[s.id]
+                    if s.cached:
+                        record(Outcome(s.id, s.stage, s.dataset, "cached"))
+                        continue
+                    if on_start is not None:
+                        on_start(s)
+                    running[executor.submit(s)] = s
+            if not running:
+                if pending:  # a dependency that is not a step of the plan
+                    raise RuntimeError(f"steps wait on unknown steps: {sorted(pending)}")
+                continue
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for f in done:
+                s = running.pop(f)
+                try:
+                    counts = f.result()
+                except Exception as e:  # named; the others go on
+                    if os.environ.get("FEATSTORE_DEBUG") == "1":
+                        traceback.print_exc()
+                    record(Outcome(s.id, s.stage, s.dataset, "failed", error=_message(e)))
+                    continue
+                record(Outcome(s.id, s.stage, s.dataset, "done", **counts))
+    except BaseException:
+        executor.shutdown(cancel=True)
+        raise
+    executor.shutdown()
+    return [outcomes[s.id] for s in plan.steps]

@@ -1,0 +1,414 @@
+"""Pipeline files: one TOML file holds a whole experiment grid (datasets x backbones x stages x
+fractions x seeds), validated before anything runs.
+
+The layout (``pipelines/medmnist-quick.toml`` is a complete example)::
+
+    name = "study"
+    store = "./featstore-data"            # --store or --set store=... override it
+    fractions = [0.01, 0.1, 1.0]          # defaults of every stage's grid
+    seeds = 5
+    bootstrap = 1000
+
+    [vars]                                # ${data_root} in any string below
+    data_root = "/data"                   # --set data_root=... or $FEATSTORE_DATA_ROOT
+
+    [datasets]                            # name = any --data form, or a table
+    pcam = "pcam:${data_root}/pcam"
+    chest = { data = "${data_root}/nih", task = "multilabel" }
+
+    [backbones]                           # name = spec, or a table with its size/precision
+    simclr = "simclr-rn50"
+    dino_vits = { spec = "dino-vits16", image_size = 224, precision = "bf16" }
+
+    [extract]   ...                       # the stages: a table each, present = run
+    [probe]     probes = ["linear", "knn"]
+    [fuse]      backbones = ["simclr", "dino_vits"]
+    [finetune]  backbones = ["simclr"], epochs = 10, embed = true
+    [slurm]     partition = "gpu"         # --executor slurm only
+
+Values given on the command line (``--set key=value``, ``--store``) and the environment
+(``FEATSTORE_<VAR>`` for a variable of ``[vars]``) override the file; values are TOML
+(``--set seeds=2``, ``--set 'fractions=[0.1, 1.0]'``) or else plain strings. Relative paths
+are relative to the directory ``featstore run`` is started in, as on the command line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featstore.choices import (
+    ATTENTIONS,
+    DTYPES,
+    ON_ERROR,
+    ORDINAL_DECODES,
+    PRECISIONS,
+    PROBES,
+    TASKS,
+)
+from featstore.errors import FeatstoreError
+
+STAGES = ("extract", "probe", "fuse", "finetune")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NUMBER = (int, float)
+
+
+class PipelineError(FeatstoreError):
+    """A pipeline file that cannot run: names the file, the key and what is wrong."""
+
+
+# key -> (types accepted, what the error says is expected); each stage's keys
+_GRID = {
+    "fractions": (list, "a list of fractions in (0, 1]"),
+    "seeds": ((int, list), "a number of seeds, or a list of them"),
+    "bootstrap": (int, "bootstrap resamples (0: no CI)"),
+    "device": (str, "a torch device (cpu, cuda, auto)"),
+}
+SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
+    "": {
+        "name": (str, "a name"), "description": (str, "text"), "store": (str, "a store root"),
+        "fractions": _GRID["fractions"], "seeds": _GRID["seeds"],
+        "bootstrap": _GRID["bootstrap"],
+    },
+    "extract": {
+        "precision": (str, "one of " + ", ".join(PRECISIONS)),
+        "dtype": (str, "one of " + ", ".join(DTYPES)),
+        "batch_size": (int, "images per forward pass"),
+        "workers": (int, "DataLoader workers"),
+        "device": _GRID["device"],
+        "shard_rows": (int, "rows per shard"),
+        "on_error": (str, "one of " + ", ".join(ON_ERROR)),
+    },
+    "probe": {
+        "probes": (list, "a list of " + ", ".join(PROBES)),
+        "backbones": (list, "names from [backbones]"),
+        "ks": (list, "k values for kNN"), "l2_grid": (list, "L2 values"),
+        "ordinal_decode": (str, "one of " + ", ".join(ORDINAL_DECODES)), **_GRID,
+    },
+    "fuse": {
+        "backbones": (list, "2 to 8 names from [backbones]"),
+        "attentions": (list, "a list of " + ", ".join(ATTENTIONS)),
+        "dim": (int, "the projection dimension"), "baselines": (bool, "true or false"),
+        **_GRID,
+    },
+    "finetune": {
+        "backbones": (list, "names from [backbones]"),
+        "embed": (bool, "true: extract (and probe) each finetuned model too"),
+        "epochs": (int, "epochs"), "batch_size": (int, "images per step"),
+        "accum_steps": (int, "steps per update"), "lr": (_NUMBER, "a learning rate"),
+        "optimizer": (str, "adamw or sgd"), "weight_decay": (_NUMBER, "a decay"),
+        "warmup_epochs": (int, "epochs"), "layer_decay": (_NUMBER, "a factor in (0, 1]"),
+        "freeze_until": (str, "a module name"), "hflip": (bool, "true or false"),
+        "init_head": (str, "fresh or probe"), "workers": (int, "DataLoader workers"),
+        **_GRID,
+    },
+    "slurm": {
+        "partition": (str, "a partition"), "account": (str, "an account"),
+        "qos": (str, "a QOS"), "timeout_min": (int, "minutes per job"),
+        "gpus_per_node": (int, "GPUs per GPU job (torchrun inside when > 1)"),
+        "cpus_per_task": (int, "CPUs per job"), "mem_gb": (int, "memory per job in GB"),
+        "folder": (str, "where submitit keeps job logs"),
+        "additional": (dict, "more sbatch parameters"),
+    },
+}
+DATASET_KEYS = {"data": str, "task": str, "root": str}
+BACKBONE_KEYS = {"spec": str, "image_size": int, "precision": str, "dtype": str}
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    data: str
+    task: str | None = None
+    root: str | None = None
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    name: str
+    spec: str
+    image_size: int | None = None
+    precision: str = "fp32"
+    dtype: str = "float32"
+
+
+@dataclass
+class Pipeline:
+    """A validated pipeline: what :func:`featstore.pipeline.plan_pipeline` expands."""
+
+    path: str
+    name: str
+    store: str
+    datasets: list[DatasetEntry]
+    backbones: dict[str, BackboneEntry]
+    stages: dict[str, dict[str, Any]]  # stage -> its settings, grid defaults filled in
+    slurm: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def stage(self, name: str) -> dict[str, Any] | None:
+        return self.stages.get(name)
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` items as a mapping; values are TOML, else plain strings."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise PipelineError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        out[key.strip()] = value
+    return out
+
+
+def load_pipeline(path: str | Path, *, sets: dict[str, Any] | None = None,
+                  store: str | None = None, environ: dict[str, str] | None = None,
+                  check_paths: bool = True) -> Pipeline:
+    """Read, override and validate a pipeline file.
+
+    ``sets``: ``--set`` values (a variable of ``[vars]``, a top-level key, or
+    ``stage.key``); ``store``: ``--store``; ``environ``: where ``FEATSTORE_<VAR>`` is looked
+    up (default ``os.environ``). With ``check_paths``, a dataset whose path does not exist
+    is an error.
+
+    Raises
+    ------
+    PipelineError
+        A missing or unparsable file; an unknown key, stage, backbone or variable; a bad
+        value (a fraction outside (0, 1], an unknown probe or attention); a dataset path
+        that does not exist. The message names the file and the key.
+    """
+    p = Path(path)
+    where = str(path)
+    try:
+        doc = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"pipeline {where}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise PipelineError(f"pipeline {where}: not valid TOML ({e})") from None
+    env = os.environ if environ is None else environ
+
+    def fail(msg: str) -> PipelineError:
+        return PipelineError(f"pipeline {where}: {msg}")
+
+    variables = doc.pop("vars", {})
+    if not isinstance(variables, dict):
+        raise fail("[vars] must be a table of name = value")
+    variables = {k: str(v) for k, v in variables.items()}
+    for k in variables:
+        if f"FEATSTORE_{k.upper()}" in env:
+            variables[k] = env[f"FEATSTORE_{k.upper()}"]
+    for key, value in (sets or {}).items():
+        if key in variables:
+            variables[key] = str(value)
+            continue
+        *tables, leaf = key.split(".")
+        node = doc
+        for t in tables:
+            node = node.setdefault(t, {})
+            if not isinstance(node, dict):
+                raise fail(f"--set {key}: {t} is not a table")
+        node[leaf] = value
+    if store is not None:
+        doc["store"] = store
+    doc = _substitute(doc, variables, fail)
+
+    for key, value in doc.items():
+        if isinstance(value, dict) and key not in ("datasets", "backbones"):
+            if key not in SCHEMA:
+                raise fail(f"unknown stage or table [{key}] (stages: {', '.join(STAGES)}; "
+                           "tables: vars, datasets, backbones, slurm)")
+        elif key not in SCHEMA[""] and key not in ("datasets", "backbones"):
+            raise fail(f"unknown key {key!r} (expected one of {', '.join(SCHEMA[''])}, or a "
+                       "table)")
+    _check_keys(doc, "", fail)
+
+    datasets = _datasets(doc.get("datasets"), fail, check_paths)
+    backbones = _backbones(doc.get("backbones"), doc.get("extract", {}), fail)
+    stages: dict[str, dict[str, Any]] = {}
+    for stage in STAGES:
+        if stage not in doc:
+            continue
+        settings = doc[stage]
+        _check_keys(settings, stage, fail)
+        if stage != "extract":
+            for k in ("fractions", "seeds", "bootstrap"):
+                settings.setdefault(k, doc.get(k, {"fractions": [1.0], "seeds": 1,
+                                                   "bootstrap": 1000}[k]))
+            _check_grid(settings, stage, fail)
+        stages[stage] = settings
+    if not stages:
+        raise fail(f"no stages: add at least one of [{'], ['.join(STAGES)}]")
+    if any(s in stages for s in ("probe", "fuse")) and "extract" not in stages:
+        stages["extract"] = {}  # probes and fusion need their embeddings
+    _check_stage_values(stages, backbones, fail)
+    slurm = doc.get("slurm", {})
+    _check_keys(slurm, "slurm", fail)
+    return Pipeline(path=where, name=str(doc.get("name", p.stem)),
+                    store=str(doc.get("store", "./featstore-data")), datasets=datasets,
+                    backbones=backbones, stages=stages, slurm=slurm,
+                    description=str(doc.get("description", "")))
+
+
+def _substitute(value: Any, variables: dict[str, str], fail) -> Any:
+    if isinstance(value, str):
+        def one(m: re.Match) -> str:
+            name = m.group(1)
+            if name not in variables:
+                raise fail(f"${{{name}}} is not a variable of [vars] (declare it there, then "
+                           f"set it with --set {name}=... or $FEATSTORE_{name.upper()})")
+            return variables[name]
+        return _VAR.sub(one, value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables, fail) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, variables, fail) for v in value]
+    return value
+
+
+def _check_keys(table: dict[str, Any], section: str, fail) -> None:
+    schema = SCHEMA[section]
+    label = f"[{section}] " if section else ""
+    for key, value in table.items():
+        if section == "" and (isinstance(value, dict) or key in ("datasets", "backbones")):
+            continue
+        if key not in schema:
+            raise fail(f"{label}unknown key {key!r} (expected one of {', '.join(schema)})")
+        types, expected = schema[key]
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple)
+                                                    else (types,)):
+            raise fail(f"{label}{key} = {value!r}: expected {expected}")
+        if not isinstance(value, types):
+            raise fail(f"{label}{key} = {value!r}: expected {expected}")
+
+
+def _check_grid(settings: dict[str, Any], stage: str, fail) -> None:
+    fractions = settings["fractions"]
+    if not fractions:
+        raise fail(f"[{stage}] fractions: expected at least one")
+    for f in fractions:
+        if isinstance(f, bool) or not isinstance(f, _NUMBER) or not 0 < f <= 1:
+            raise fail(f"[{stage}] fraction {f!r} is outside (0, 1]")
+    settings["fractions"] = [float(f) for f in fractions]
+    seeds = settings["seeds"]
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else seeds
+    if not seed_list or any(not isinstance(s, int) or s < 0 for s in seed_list):
+        raise fail(f"[{stage}] seeds = {seeds!r}: expected a count >= 1 or seeds >= 0")
+    settings["seeds"] = seed_list
+    if settings["bootstrap"] < 0:
+        raise fail(f"[{stage}] bootstrap = {settings['bootstrap']}: expected 0 or more")
+
+
+def _datasets(table: Any, fail, check_paths: bool) -> list[DatasetEntry]:
+    if not isinstance(table, dict) or not table:
+        raise fail("[datasets] is missing: name = \"any --data form\", one per dataset")
+    out = []
+    for name, entry in table.items():
+        if isinstance(entry, str):
+            entry = {"data": entry}
+        if not isinstance(entry, dict) or "data" not in entry:
+            raise fail(f"[datasets] {name}: expected a --data string or a table with data = ")
+        for k, v in entry.items():
+            if k not in DATASET_KEYS or not isinstance(v, DATASET_KEYS[k]):
+                raise fail(f"[datasets] {name}: unknown or bad key {k!r} (expected "
+                           f"{', '.join(DATASET_KEYS)}, strings)")
+        if entry.get("task") is not None and entry["task"] not in TASKS:
+            raise fail(f"[datasets] {name}: task {entry['task']!r}: expected one of "
+                       f"{', '.join(TASKS)}")
+        if check_paths:
+            _check_path(name, entry["data"], fail)
+        out.append(DatasetEntry(name=name, **entry))
+    return out
+
+
+def _check_path(name: str, data: str, fail) -> None:
+    from featstore.data.readers import LAYOUTS
+
+    kind, sep, rest = data.partition(":")
+    path = rest if sep and kind in LAYOUTS else data
+    if not Path(path).exists():
+        raise fail(f"[datasets] {name}: {path} does not exist"
+                   + (" (is a variable such as data_root set? --set data_root=...)"
+                      if "/" in path else ""))
+
+
+def _backbones(table: Any, extract: dict[str, Any], fail) -> dict[str, BackboneEntry]:
+    from featstore.errors import BackboneError
+    from featstore.models.registry import parse_backbone
+
+    if not isinstance(table, dict) or not table:
+        raise fail("[backbones] is missing: name = \"a backbone spec\", one per backbone")
+    out = {}
+    for name, entry in table.items():
+        if isinstance(entry, str):
+            entry = {"spec": entry}
+        if not isinstance(entry, dict) or "spec" not in entry:
+            raise fail(f"[backbones] {name}: expected a spec string or a table with spec = ")
+        for k, v in entry.items():
+            if k not in BACKBONE_KEYS or isinstance(v, bool) or not isinstance(
+                    v, BACKBONE_KEYS[k]):
+                raise fail(f"[backbones] {name}: unknown or bad key {k!r} = {v!r} (expected "
+                           "spec, image_size, precision, dtype)")
+        entry = {"precision": extract.get("precision", "fp32"),
+                 "dtype": extract.get("dtype", "float32"), **entry}
+        if entry["precision"] not in PRECISIONS:
+            raise fail(f"[backbones] {name}: precision {entry['precision']!r}: expected one "
+                       f"of {', '.join(PRECISIONS)}")
+        if entry["dtype"] not in DTYPES:
+            raise fail(f"[backbones] {name}: dtype {entry['dtype']!r}: expected one of "
+                       f"{', '.join(DTYPES)}")
+        if not entry["spec"].startswith("finetuned:"):
+            try:
+                parse_backbone(entry["spec"], input_size=entry.get("image_size"))
+            except BackboneError as e:
+                raise fail(f"[backbones] {name}: {e}") from None
+        out[name] = BackboneEntry(name=name, **entry)
+    return out
+
+
+def _check_stage_values(stages: dict[str, dict[str, Any]],
+                        backbones: dict[str, BackboneEntry], fail) -> None:
+    def names(stage: str, default_all: bool) -> None:
+        settings = stages[stage]
+        chosen = settings.get("backbones", list(backbones) if default_all else None)
+        if chosen is None:
+            raise fail(f"[{stage}] backbones: name the backbones (from [backbones])")
+        for b in chosen:
+            if b not in backbones:
+                raise fail(f"[{stage}] backbones: unknown backbone {b!r} (the file's: "
+                           f"{', '.join(backbones)})")
+        settings["backbones"] = list(chosen)
+
+    def among(stage: str, key: str, allowed: tuple[str, ...], default: list[str]) -> None:
+        values = stages[stage].setdefault(key, default)
+        for v in values:
+            if v not in allowed:
+                raise fail(f"[{stage}] {key}: unknown {v!r} (expected {', '.join(allowed)})")
+
+    ex = stages["extract"] if "extract" in stages else {}
+    for key, allowed in (("precision", PRECISIONS), ("dtype", DTYPES), ("on_error", ON_ERROR)):
+        if key in ex and ex[key] not in allowed:
+            raise fail(f"[extract] {key} = {ex[key]!r}: expected one of {', '.join(allowed)}")
+    if "probe" in stages:
+        names("probe", True)
+        among("probe", "probes", PROBES, ["linear"])
+    if "fuse" in stages:
+        names("fuse", False)
+        among("fuse", "attentions", ATTENTIONS, ["softmax"])
+        n = len(stages["fuse"]["backbones"])
+        if not 2 <= n <= 8:
+            raise fail(f"[fuse] backbones: fusion takes 2 to 8 backbones, got {n}")
+    if "finetune" in stages:
+        names("finetune", False)
+        ft = stages["finetune"]
+        if ft.get("optimizer", "adamw") not in ("adamw", "sgd"):
+            raise fail(f"[finetune] optimizer = {ft['optimizer']!r}: expected adamw or sgd")
+        if ft.get("init_head", "fresh") not in ("fresh", "probe"):
+            raise fail(f"[finetune] init_head = {ft['init_head']!r}: expected fresh or probe")

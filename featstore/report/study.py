@@ -1,0 +1,582 @@
+"""``featstore report``: the study's tables and figures from a store's persisted runs.
+
+Reads what the stages persisted (probe, finetuning and fusion runs, each set's provenance)
+and writes one folder: ``report.html`` (a single file, the figures embedded), ``report.md``
+(the figures beside it as PNG) and the PNGs. Computes no run: a run that is not in the
+store is not in the report. Figures are drawn with matplotlib's Agg backend (no display).
+
+- per dataset, backbone x method x fraction: mean +- sd over seeds, the bootstrap 95% CI on
+  test (averaged over seeds), the best mean per fraction marked;
+- ``fractions.png``: the study's main figure, metric against the labelled fraction (log x),
+  one line per backbone and method, error bars +- sd over seeds, a panel per dataset;
+- ``attention.png``: DVME's mean attention per backbone on test, overall and per class;
+- ``map.png``: t-SNE of a sample of one embedding set per dataset, coloured by label;
+- provenance of every set: weights file and sha256, preprocessing, versions, who and where;
+  random weights flagged.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featstore.errors import FeatstoreError, ManifestError
+
+# every panel is framed in this colour, and nothing else is drawn in it: a test counts the
+# frames in a PNG to check its panels
+FRAME = "#262626"
+STYLE = {"axes.edgecolor": FRAME, "axes.linewidth": 1.4, "xtick.color": "#000000",
+         "ytick.color": "#000000", "axes.grid": True, "grid.color": "#e0e0e0",
+         "font.size": 9, "legend.fontsize": 7, "figure.dpi": 110}
+
+
+@dataclass
+class Row:
+    """One line of a dataset's table: a backbone (or a fusion) and a method."""
+
+    backbone: str
+    method: str
+    metric: str
+    random: bool
+    values: dict[float, list[float]] = field(default_factory=dict)  # fraction -> per seed
+    ci: dict[float, list[tuple[float, float]]] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backbone} / {self.method}"
+
+
+@dataclass
+class DatasetReport:
+    name: str
+    group: Any
+    task: str
+    rows: list[Row]
+    attention: dict[str, Any] | None
+    sets: list[Any]
+
+
+def short(alias: str) -> str:
+    """A set's alias without a long weights file name (``x@<sha>.pt`` -> ``x``)."""
+    head, at, tail = alias.partition("@")
+    return head if at and len(tail) > 24 else alias
+
+
+def display_names(sets: Sequence[Any]) -> dict[str, str]:
+    """Short names for a dataset's sets in tables and legends: the architecture or
+    registered name without its ``timm:`` prefix, size and weights
+    (``timm:resnet18/64px@random`` -> ``resnet18``), a finetuned model as ``<arch>
+    finetuned <run>``; the short alias wherever two sets would share a name."""
+    names = {}
+    for es in sets:
+        p = es.attrs.get("provenance", {})
+        alias = short(es.alias)
+        if str(p.get("backbone", "")).startswith("finetuned:"):
+            run = p["backbone"].removeprefix("finetuned:")[:8]
+            names[alias] = f"{p.get('architecture', '?')} finetuned {run}"
+        else:
+            names[alias] = alias.removeprefix("timm:").split("/")[0].split("@")[0]
+    counts: dict[str, int] = {}
+    for n in names.values():
+        counts[n] = counts.get(n, 0) + 1
+    return {a: (n if counts[n] == 1 else a) for a, n in names.items()}
+
+
+def _groups(store, datasets: Sequence[str] | None) -> list[Any]:
+    from featstore.data import load_dataset
+
+    if datasets is None:
+        groups = store.datasets()
+        if not groups:
+            raise FeatstoreError(f"store {store.root}: no datasets (run 'featstore extract' "
+                                 "or 'featstore run' first)")
+        return groups
+    out = []
+    for data in datasets:
+        try:
+            out.append(store.dataset(load_dataset(data)))
+        except ManifestError:
+            if Path(data).exists():
+                raise
+            out.append(store.find_dataset(data))  # a group name, for a store without data
+    return out
+
+
+def collect(store, datasets: Sequence[str] | None = None,
+            grid: dict[str, dict[str, Any]] | None = None) -> list[DatasetReport]:
+    """The persisted runs of ``store`` (every dataset, or those ``datasets`` name), grouped
+    into table rows. ``grid``: per stage (probe, fuse, finetune), the fractions, seeds (and
+    probes) to keep, as a pipeline's stages give them; a stage absent from it is left out."""
+
+    def wanted(stage: str, r: Any, kind: str | None = None) -> bool:
+        if not r.primary:
+            return False
+        if grid is None:
+            return True
+        g = grid.get(stage)
+        return g is not None and r.fraction in g["fractions"] and r.seed in g["seeds"] and (
+            kind is None or kind in g.get("probes", [kind]))
+
+    return [_dataset_report(ds, wanted) for ds in _groups(store, datasets)]
+
+
+
+def _dataset_report(ds, wanted) -> DatasetReport:
+    from featstore.finetune import stored_finetune_records
+    from featstore.fusion import stored_fusion_records
+    from featstore.probe import stored_records
+
+    sets = [s for s in ds.embedding_sets() if s.complete]
+    names = display_names(sets)
+    from_random = {short(s.alias) for s in sets if _random(s)} | _finetuned_from_random(
+        ds, sets)
+    rows: dict[tuple[str, str], Row] = {}
+    finetunes = [r for r in stored_finetune_records(ds) if wanted("finetune", r)]
+    recipes = {(r.config or {}).get("recipe") for r in finetunes}
+
+    def add(backbone: str, method: str, r: Any, random: bool) -> None:
+        row = rows.setdefault((backbone, method), Row(backbone, method, r.metric, random))
+        row.values.setdefault(r.fraction, []).append(r.value)
+        row.ci.setdefault(r.fraction, []).append((r.ci_low, r.ci_high))
+
+    def name(alias: str) -> str:
+        return names.get(short(alias), short(alias))
+
+    for r in stored_records(sets):
+        if wanted("probe", r, r.probe):
+            add(name(r.backbone), r.probe, r, short(r.backbone) in from_random
+                or bool(r.random_weights))
+    for r in finetunes:
+        recipe = (r.config or {}).get("recipe")
+        add(name(r.backbone), "finetune" + (f" {recipe}" if len(recipes) > 1 else ""), r,
+            bool(r.random_weights))
+    attention: dict[str, Any] | None = None
+    fusions = [r for r in stored_fusion_records([ds]) if wanted("fuse", r)]
+    for r in fusions:
+        if not r.method.startswith("single:"):
+            add(" + ".join(name(b) for b in r.backbones), r.method, r,
+                bool(r.random_weights))
+    dvme = [r for r in fusions if r.method.startswith("dvme")]
+    if dvme:
+        top = max(r.fraction for r in dvme)
+        at = [r for r in dvme if r.fraction == top and r.method == dvme[0].method]
+        attention = {"method": at[0].method, "fraction": top, "seeds": len(at),
+                     "overall": _mean_maps([r.attention for r in at], name),
+                     "per_class": {c: _mean_maps([r.attention_per_class[c] for r in at
+                                                  if c in r.attention_per_class], name)
+                                   for c in sorted(at[0].attention_per_class or {})}}
+    ordered = sorted(rows.values(), key=lambda r: (" + " in r.backbone, r.backbone,
+                                                    r.method))  # fusions last
+    return DatasetReport(ds.attrs.get("name", ds.name), ds, str(ds.attrs.get("task", "")),
+                         ordered, attention, sets)
+
+
+def _mean_maps(maps: Sequence[dict[str, float]], name) -> dict[str, float]:
+    keys = list(maps[0]) if maps else []
+    return {name(k): float(np.mean([m[k] for m in maps])) for k in keys}
+
+
+def _finetuned_from_random(ds, sets: Sequence[Any]) -> set[str]:
+    """Short aliases of the sets embedded by a model finetuned from random weights."""
+    tuned = [s for s in sets if str(s.attrs.get("provenance", {}).get("backbone", ""))
+             .startswith("finetuned:")]
+    if not tuned:
+        return set()
+    runs = ds.finetune_runs_by_id()
+    out = set()
+    for es in tuned:
+        prefix = es.attrs["provenance"]["backbone"].removeprefix("finetuned:")
+        run = next((r for rid, r in runs.items() if rid.startswith(prefix)), {})
+        if any(rec.get("random_weights") for rec in run.get("records", [])):
+            out.add(short(es.alias))
+    return out
+
+
+def _fmt(values: list[float]) -> str:
+    v = np.asarray(values, float)
+    if np.isnan(v).all():
+        return "undefined"
+    if len(v) == 1:
+        return f"{v[0]:.3f}"
+    return f"{np.nanmean(v):.3f} ± {np.nanstd(v, ddof=1):.3f}"
+
+
+def _ci(pairs: list[tuple[float, float]]) -> str:
+    lo = np.asarray([p[0] for p in pairs], float)
+    hi = np.asarray([p[1] for p in pairs], float)
+    if np.isnan(lo).all():
+        return ""
+    return f"[{np.nanmean(lo):.3f}, {np.nanmean(hi):.3f}]"
+
+
+def table_cells(rep: DatasetReport) -> tuple[list[float], list[list[str]], list[list[bool]]]:
+    """The fractions (columns), the cells (``mean ± sd (n) [CI]``) and which cell is the
+    best mean of its column."""
+    fractions = sorted({f for row in rep.rows for f in row.values})
+    means = np.full((len(rep.rows), len(fractions)), np.nan)
+    cells = []
+    for i, row in enumerate(rep.rows):
+        line = []
+        for j, f in enumerate(fractions):
+            if f not in row.values:
+                line.append("")
+                continue
+            vals = row.values[f]
+            means[i, j] = np.nanmean(vals) if not np.isnan(vals).all() else np.nan
+            line.append(f"{_fmt(vals)} (n={len(vals)}) {_ci(row.ci[f])}".strip())
+        cells.append(line)
+    best = np.zeros_like(means, bool)
+    for j in range(len(fractions)):
+        col = means[:, j]
+        if not np.isnan(col).all():
+            best[:, j] = col == np.nanmax(col)
+    return fractions, cells, best.tolist()
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(STYLE)
+    return plt
+
+
+def _grid(n: int, max_cols: int = 2) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return math.ceil(n / cols), cols
+
+
+def fraction_figure(reports: Sequence[DatasetReport], path: Path) -> int:
+    """Metric against labelled fraction, a panel per dataset; returns the panel count."""
+    plt = _plt()
+    reps = [r for r in reports if r.rows]
+    if not reps:
+        return 0
+    nr, nc = _grid(len(reps))
+    fig, axes = plt.subplots(nr, nc, figsize=(5.4 * nc + 3.2, 4.2 * nr), squeeze=False)
+    for ax in axes.flat[len(reps):]:
+        ax.remove()
+    backbones = list(dict.fromkeys(r.backbone for rep in reps for r in rep.rows))
+    cmap = plt.get_cmap("tab10" if len(backbones) <= 10 else "tab20")
+    colour = {b: cmap(i % cmap.N) for i, b in enumerate(backbones)}
+    styles = {"linear": ("-", "o"), "knn": (":", "s"), "concat": ("-.", "^")}
+    handles: dict[str, Any] = {}
+    for ax, rep in zip(axes.flat, reps, strict=False):
+        for row in sorted(rep.rows, key=lambda r: (r.backbone, r.method)):
+            fr = sorted(row.values)
+            mean = [np.nanmean(row.values[f]) for f in fr]
+            sd = [np.nanstd(row.values[f], ddof=1) if len(row.values[f]) > 1 else 0.0
+                  for f in fr]
+            ls, marker = styles.get(row.method, ("--", "D" if "dvme" in row.method else "*"))
+            h = ax.errorbar(fr, mean, yerr=sd, marker=marker, ms=4, capsize=3, lw=1.4, ls=ls,
+                            color=colour[row.backbone], label=row.label)
+            handles.setdefault(row.label, h)
+        ax.set_xscale("log")
+        fr_all = sorted({f for row in rep.rows for f in row.values})
+        ax.set_xticks(fr_all, [f"{f:g}" for f in fr_all])
+        ax.minorticks_off()
+        ax.set_xlabel("fraction of train labels (log scale)")
+        ax.set_ylabel(f"{rep.rows[0].metric} on test (mean ± sd over seeds)")
+        ax.set_title(f"{rep.name} ({rep.task})")
+    fig.tight_layout(rect=(0, 0, 1 - 3.3 / (5.4 * nc + 3.2), 1))
+    fig.legend(list(handles.values()), list(handles), loc="center right", fontsize=7,
+               title="backbone / method", title_fontsize=8, frameon=False)
+    fig.savefig(path)
+    plt.close(fig)
+    return len(reps)
+
+
+def attention_figure(reports: Sequence[DatasetReport], path: Path) -> int:
+    """DVME mean attention per backbone: overall, and per class where the task has
+    classes; returns the panel count."""
+    plt = _plt()
+    reps = [r for r in reports if r.attention]
+    if not reps:
+        return 0
+    cols = 2 if any(r.attention["per_class"] for r in reps) else 1
+    fig, axes = plt.subplots(len(reps), cols, figsize=(5.6 * cols, 3.6 * len(reps)),
+                             squeeze=False)
+    panels = 0
+    for (ax_all, *ax_cls), rep in zip(axes, reps, strict=True):
+        att = rep.attention
+        names = list(att["overall"])
+        ax_all.bar(range(len(names)), [att["overall"][n] for n in names],
+                   color=[plt.get_cmap("tab10")(i) for i in range(len(names))])
+        ax_all.axhline(1 / len(names), color="#888888", ls="--", lw=1,
+                       label="uniform (1 / backbones)")
+        ax_all.set_xticks(range(len(names)), names, rotation=15, ha="right")
+        ax_all.set_ylabel("mean attention on test")
+        ax_all.set_title(f"{rep.name}: {att['method']} overall (fraction {att['fraction']:g}, "
+                         f"{att['seeds']} seeds)")
+        ax_all.legend(loc="lower right")
+        panels += 1
+        if not ax_cls:
+            continue
+        ax = ax_cls[0]
+        classes = list(att["per_class"])
+        if not classes:  # multi-label: no per-class split
+            ax.remove()
+            continue
+        width = 0.8 / len(names)
+        for i, n in enumerate(names):
+            ax.bar(np.arange(len(classes)) + i * width, [att["per_class"][c].get(n, np.nan)
+                                                         for c in classes],
+                   width, label=n, color=plt.get_cmap("tab10")(i))
+        ax.set_xticks(np.arange(len(classes)) + width * (len(names) - 1) / 2,
+                      [f"class {c}" for c in classes])
+        ax.set_ylabel("mean attention on test")
+        ax.set_title(f"{rep.name}: per class")
+        ax.legend(loc="lower right")
+        panels += 1
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return panels
+
+
+def _map_set(rep: DatasetReport):
+    """The set the 2-D map shows: the best linear probe at the largest fraction (else the
+    first set)."""
+    if not rep.sets:
+        return None
+    names = display_names(rep.sets)
+    by_alias = {names[short(s.alias)]: s for s in rep.sets}
+    linear = [r for r in rep.rows if r.method == "linear" and r.backbone in by_alias]
+    if linear:
+        top = max(max(r.values) for r in linear)
+        best = max((r for r in linear if top in r.values),
+                   key=lambda r: np.nanmean(r.values[top]))
+        return by_alias[best.backbone]
+    return rep.sets[0]
+
+
+def map_figure(reports: Sequence[DatasetReport], path: Path, *, rows: int = 1000,
+               seed: int = 0) -> int:
+    """t-SNE of a sample of one set per dataset, coloured by label; the panel count."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    plt = _plt()
+    chosen = [(rep, es) for rep in reports if (es := _map_set(rep)) is not None]
+    if not chosen:
+        return 0
+    nr, nc = _grid(len(chosen))
+    fig, axes = plt.subplots(nr, nc, figsize=(5.2 * nc, 4.6 * nr), squeeze=False)
+    for ax in axes.flat[len(chosen):]:
+        ax.remove()
+    for ax, (rep, es) in zip(axes.flat, chosen, strict=False):
+        emb = es.load()
+        keep = np.flatnonzero(~emb.missing) if emb.missing is not None else np.arange(
+            len(emb.ids))
+        rng = np.random.default_rng(seed)
+        take = np.sort(rng.choice(keep, size=min(rows, len(keep)), replace=False))
+        X = np.asarray(emb.X[take], np.float32)
+        X = (X - X.mean(0)) / (X.std(0) + 1e-6)
+        X = PCA(n_components=min(50, X.shape[1], len(X) - 1), random_state=seed).fit_transform(X)
+        xy = TSNE(n_components=2, perplexity=min(30, (len(X) - 1) / 3), init="pca",
+                  random_state=seed).fit_transform(X)
+        labels = emb.labels[take, 0]
+        names = list(emb.label_names)
+        for i, c in enumerate(np.unique(labels)):
+            m = labels == c
+            name = (f"{names[0]}={c}" if rep.task == "multilabel" and names else f"class {c}")
+            ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.7, color=plt.get_cmap("tab10")(i),
+                       label=name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        flag = " [random weights]" if _random(es) or short(es.alias) in (
+            _finetuned_from_random(rep.group, [es])) else ""
+        ax.set_title(f"{rep.name}: {display_names(rep.sets)[short(es.alias)]}{flag}\n"
+                     f"t-SNE of {len(take)} rows", fontsize=9)
+        ax.legend(loc="best", markerscale=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return len(chosen)
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def _random(es) -> bool:
+    return bool(es.attrs.get("provenance", {}).get("random_weights"))
+
+
+def provenance_rows(rep: DatasetReport) -> list[dict[str, str]]:
+    """Where every set of a dataset came from; ``random`` says why its numbers are not
+    about pretraining (random weights, or finetuned from them)."""
+    tuned_random = _finetuned_from_random(rep.group, rep.sets)
+    names = display_names(rep.sets)
+    out = []
+    for es in rep.sets:
+        p = es.attrs.get("provenance", {})
+        prep = p.get("preprocessing", {})
+        random = "RANDOM WEIGHTS" if p.get("random_weights") else ""
+        if short(es.alias) in tuned_random:
+            random = "FINETUNED FROM RANDOM WEIGHTS"
+        versions = p.get("versions", {})
+        out.append({
+            "set": names[short(es.alias)], "alias": short(es.alias), "key": es.key[:12],
+            "architecture": str(p.get("architecture", "")),
+            "weights": str(p.get("weights", "")),
+            "weights sha256": str(p.get("weights_sha256", ""))[:16],
+            "preprocessing": (f"{prep.get('input_size')}px, crop {prep.get('crop_pct')}, "
+                              f"{prep.get('interpolation')}, mean {prep.get('mean')}, std "
+                              f"{prep.get('std')}") if prep else "",
+            "compute": f"{p.get('precision', '')} on {p.get('device', '')}, stored "
+                       f"{es.attrs.get('dtype', '')}",
+            "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
+            "made": f"{p.get('user') or '?'}@{p.get('host', '?')} {p.get('started', '')}",
+            "random": random})
+    return out
+
+
+# ----------------------------------------------------------------------------- documents
+
+
+def _png(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def build_report(store, output: str | Path, *, datasets: Sequence[str] | None = None,
+                 grid: dict[str, dict[str, Any]] | None = None,
+                 title: str = "featstore report", tsne_rows: int = 1000) -> list[Path]:
+    """Write ``report.html``, ``report.md`` and the figures of ``store``'s persisted runs
+    into ``output`` (``datasets`` and ``grid`` narrow them, as for :func:`collect`);
+    returns the files written.
+
+    Raises
+    ------
+    FeatstoreError
+        The store has no datasets, or one of ``datasets`` is not in it.
+    """
+    import time
+    from importlib.metadata import version
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    reports = collect(store, datasets, grid)
+    figures: list[tuple[str, Path, str, int]] = []
+    for name, draw, caption in (
+        ("fractions.png", fraction_figure, "Metric on test against the fraction of train "
+         "labels (log scale), mean ± sd over seeds: the study's main figure."),
+        ("attention.png", attention_figure, "DVME: mean attention weight per backbone on "
+         "test, overall and per class (uniform = 1 / backbones)."),
+        ("map.png", lambda r, p: map_figure(r, p, rows=tsne_rows), "t-SNE of a sample of "
+         "one embedding set per dataset (the best linear probe at the largest fraction), "
+         "coloured by label."),
+    ):
+        path = out / name
+        panels = draw(reports, path)
+        if panels:
+            figures.append((name, path, caption, panels))
+        elif path.exists():
+            path.unlink()  # a figure of an earlier report that has nothing to show now
+    any_random = any(row.random for rep in reports for row in rep.rows) or any(
+        _random(s) for rep in reports for s in rep.sets)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    meta = f"store {store.root}; featstore {version('featstore')}; written {stamp}"
+    md = _markdown(title, meta, reports, figures, any_random)
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(_html(title, meta, reports, figures, any_random))
+    return [out / "report.html", out / "report.md", *[f[1] for f in figures]]
+
+
+RANDOM_BANNER = ("Some backbones have RANDOM (untrained) weights: their numbers test the "
+                 "pipeline, not transfer from pretraining.")
+LEGEND = ("Cells: primary metric on test, mean ± sd over seeds (n = seeds), then the "
+          "bootstrap 95% CI on test averaged over seeds. The best mean of each fraction is "
+          "marked.")
+
+
+def _markdown(title, meta, reports, figures, any_random) -> str:
+    lines = [f"# {title}", "", meta, ""]
+    if any_random:
+        lines += [f"> **Warning:** {RANDOM_BANNER}", ""]
+    lines += [LEGEND, ""]
+    for rep in reports:
+        lines += [f"## {rep.name} ({rep.task})", ""]
+        if not rep.rows:
+            lines += ["No probe, finetuning or fusion runs stored yet.", ""]
+        else:
+            fractions, cells, best = table_cells(rep)
+            lines.append("| backbone | method | " + " | ".join(f"fraction {f:g}"
+                                                            for f in fractions) + " |")
+            lines.append("|---|---|" + "---|" * len(fractions))
+            for row, line, b in zip(rep.rows, cells, best, strict=True):
+                name = row.backbone + (" (random)" if row.random else "")
+                vals = [f"**{c}** (best)" if bb and c else c for c, bb in zip(line, b,
+                                                                                strict=True)]
+                lines.append(f"| {name} | {row.method} | " + " | ".join(vals) + " |")
+            lines.append("")
+        prov = provenance_rows(rep)
+        if prov:
+            lines += [f"### Provenance of {rep.name}'s embedding sets", "",
+                      "| " + " | ".join(prov[0]) + " |", "|" + "---|" * len(prov[0])]
+            for p in prov:
+                vals = [f"**{v}**" if k == "random" and v else v for k, v in p.items()]
+                lines.append("| " + " | ".join(v.replace("|", "/") for v in vals) + " |")
+            lines.append("")
+    for name, _, caption, _ in figures:
+        lines += [f"![{caption}]({name})", "", f"*{caption}*", ""]
+    return "\n".join(lines)
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
+table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f2f2f2}td.best{font-weight:bold;background:#e8f5e9}
+.random{color:#b00020;font-weight:bold}.banner{background:#fdecea;border:1px solid #b00020;
+padding:.6em 1em;color:#b00020;font-weight:bold}img{max-width:100%}.meta{color:#666}"""
+
+
+def _html(title, meta, reports, figures, any_random) -> str:
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{e(title)}</h1>",
+             f"<p class='meta'>{e(meta)}</p>"]
+    if any_random:
+        parts.append(f"<p class='banner'>{e(RANDOM_BANNER)}</p>")
+    parts.append(f"<p>{e(LEGEND)}</p>")
+    for rep in reports:
+        parts.append(f"<h2>{e(rep.name)} ({e(rep.task)})</h2>")
+        if not rep.rows:
+            parts.append("<p>No probe, finetuning or fusion runs stored yet.</p>")
+        else:
+            fractions, cells, best = table_cells(rep)
+            parts.append("<table><tr><th>backbone</th><th>method</th>" + "".join(
+                f"<th>fraction {f:g}</th>" for f in fractions) + "</tr>")
+            for row, line, b in zip(rep.rows, cells, best, strict=True):
+                flag = " <span class='random'>random</span>" if row.random else ""
+                parts.append(f"<tr><td>{e(row.backbone)}{flag}</td><td>{e(row.method)}</td>"
+                             + "".join(f"<td class='best'>{e(c)}</td>" if bb and c else
+                                       f"<td>{e(c)}</td>" for c, bb in zip(line, b,
+                                                                          strict=True))
+                             + "</tr>")
+            parts.append("</table>")
+        prov = provenance_rows(rep)
+        if prov:
+            parts.append(f"<h3>Provenance of {e(rep.name)}'s embedding sets</h3><table><tr>"
+                         + "".join(f"<th>{e(k)}</th>" for k in prov[0]) + "</tr>")
+            for p in prov:
+                parts.append("<tr>" + "".join(
+                    f"<td class='random'>{e(v)}</td>" if k == "random" and v else
+                    f"<td>{e(v)}</td>" for k, v in p.items()) + "</tr>")
+            parts.append("</table>")
+    for name, path, caption, _ in figures:
+        parts.append(f"<figure><img alt='{e(name)}' src='data:image/png;base64,{_png(path)}'>"
+                     f"<figcaption>{e(caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
