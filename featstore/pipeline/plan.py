@@ -134,13 +134,17 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
     used = list(dict.fromkeys([*(probe or {}).get("backbones", []),
                                *(fuse or {}).get("backbones", [])]))
     extract_ids: dict[str, str] = {}
-    groups: dict[tuple[str, str], list[BackboneEntry]] = {}
+    # one pass per (precision, dtype); a backbone that cannot be built gets a step of its
+    # own, so its failure (named) stops only what needs it
+    groups: dict[tuple[str, str, str], list[BackboneEntry]] = {}
     for name in used:
         b = pipe.backbones[name]
-        groups.setdefault((b.precision, b.dtype), []).append(b)
-    for (precision, dtype), members in groups.items():
-        sid = f"extract {entry.name}" + (f" [{precision}, {dtype}]" if len(groups) > 1
-                                          else "")
+        groups.setdefault((b.precision, b.dtype, name if key_of(b).note else ""),
+                          []).append(b)
+    sound = {g[:2] for g in groups if not g[2]}
+    for (precision, dtype, alone), members in groups.items():
+        sid = f"extract {entry.name}" + (f" [{precision}, {dtype}]" if len(sound) > 1
+                                          else "") + (f" {alone}" if alone else "")
         done = [b for b in members if embedded(key_of(b).digest) is not None]
         notes = [f"{b.name}: {key_of(b).note}" for b in members if key_of(b).note]
         steps.append(Step(

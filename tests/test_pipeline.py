@@ -1,0 +1,293 @@
+"""Pipelines: a TOML grid validated with named errors, expanded into steps that skip what the
+store holds, run end to end (local pool and submitit's executor), a failure isolated and
+named; and the report written from the store, its figures decoded and their panels counted."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from featstore.pipeline import PipelineError, load_pipeline
+from featstore.report.study import FRAME
+from tests.conftest import cli, make_medmnist
+
+REPO = Path(__file__).resolve().parents[1]
+
+GRID = """
+name = "tiny"
+store = "{store}"
+fractions = [0.5, 1.0]
+seeds = 2
+bootstrap = 20
+
+[vars]
+root = "{root}"
+
+[datasets]
+alpha = "${{root}}/alpha.npz"
+beta = {{ data = "${{root}}/beta.npz", task = "binary" }}
+
+[backbones]
+resnet = {{ spec = "timm:test_resnet@random", image_size = 32 }}
+convnext = {{ spec = "timm:test_convnext@random", image_size = 32 }}
+
+[extract]
+device = "cpu"
+workers = 0
+batch_size = 32
+"""
+PROBE = """
+[probe]
+probes = ["linear", "knn"]
+"""
+FUSE = """
+[fuse]
+backbones = ["resnet", "convnext"]
+dim = 16
+fractions = [1.0]
+"""
+FINETUNE = """
+[finetune]
+backbones = ["resnet"]
+fractions = [1.0]
+seeds = 1
+epochs = 1
+batch_size = 16
+embed = true
+"""
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    root.mkdir()
+    make_medmnist(root / "alpha.npz", n=(48, 16, 24), seed=1)
+    make_medmnist(root / "beta.npz", n=(40, 12, 20), seed=2)
+    return root
+
+
+def write(tmp_path: Path, data_root: Path, *parts: str, name: str = "grid.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(GRID.format(store=tmp_path / "store", root=data_root) + "".join(parts))
+    return path
+
+
+def frames(png: Path) -> int:
+    """Panels in a figure: connected outlines drawn in the report's frame colour (every
+    panel is framed in it, nothing else is drawn in it), larger than 40 pixels a side."""
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    target = np.array([int(FRAME[i:i + 2], 16) for i in (1, 3, 5)])
+    mask = (np.abs(rgb - target).sum(-1) <= 6)
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    boxes = ndimage.find_objects(labels)
+    return sum((b[0].stop - b[0].start) > 40 and (b[1].stop - b[1].start) > 40
+               for b in boxes)
+
+
+# ------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("patch, message", [
+    (("seeds = 2", "seeds = 2\nsedes = 3"), "unknown key 'sedes'"),
+    (("[extract]", "[fusion]\ndim = 3\n[extract]"), "unknown stage or table [fusion]"),
+    (("[extract]", "[extract]\nbatchsize = 3"), "[extract] unknown key 'batchsize'"),
+    (("fractions = [0.5, 1.0]", "fractions = [0.5, 1.5]"), "fraction 1.5 is outside (0, 1]"),
+    (("fractions = [0.5, 1.0]", "fractions = [0.0]"), "fraction 0.0 is outside (0, 1]"),
+    (("timm:test_convnext@random", "timm:no_such_net@random"),
+     "[backbones] convnext: backbone 'timm:no_such_net@random': timm has no model"),
+    (("timm:test_convnext@random", "resnet-9000"), "unknown backbone 'resnet-9000'"),
+    (("/beta.npz", "/gamma.npz"), "[datasets] beta:"),
+    (("${root}/alpha.npz", "${rooot}/alpha.npz"), "${rooot} is not a variable of [vars]"),
+    (("seeds = 2", "seeds = 0"), "[probe] seeds = 0: expected a count >= 1"),
+    (("image_size = 32 }", "image_size = \"big\" }"), "[backbones] resnet: unknown or bad key"),
+])
+def test_a_bad_pipeline_file_is_one_error_naming_the_file_and_key(tmp_path, data_root, patch,
+                                                                   message):
+    path = write(tmp_path, data_root, PROBE)
+    text = path.read_text()
+    assert patch[0] in text
+    path.write_text(text.replace(patch[0], patch[1], 1))
+    with pytest.raises(PipelineError) as e:
+        load_pipeline(path)
+    assert str(path) in str(e.value) and message in str(e.value), str(e.value)
+
+
+def test_stage_lists_name_only_declared_backbones_and_fusion_needs_two(tmp_path, data_root):
+    path = write(tmp_path, data_root, PROBE.replace('probes = ["linear", "knn"]',
+                                                   'backbones = ["resnet", "vit"]'))
+    with pytest.raises(PipelineError, match=r"\[probe\] backbones: unknown backbone 'vit'"):
+        load_pipeline(path)
+    path = write(tmp_path, data_root, FUSE.replace('["resnet", "convnext"]', '["resnet"]'))
+    with pytest.raises(PipelineError, match="fusion takes 2 to 8 backbones, got 1"):
+        load_pipeline(path)
+    path = write(tmp_path, data_root, PROBE.replace('"knn"]', '"svm"]'))
+    with pytest.raises(PipelineError, match=r"\[probe\] probes: unknown 'svm'"):
+        load_pipeline(path)
+
+
+def test_set_store_and_environment_override_the_file(tmp_path, data_root, monkeypatch):
+    path = write(tmp_path, data_root, PROBE, FUSE)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    make_medmnist(other / "alpha.npz")
+    make_medmnist(other / "beta.npz")
+    monkeypatch.setenv("FEATSTORE_ROOT", str(other))
+    pipe = load_pipeline(path, store="s3://bucket/team", sets={
+        "seeds": 3, "probe.probes": ["knn"], "fuse.fractions": [0.25, 1]})
+    assert pipe.store == "s3://bucket/team"
+    assert [d.data for d in pipe.datasets] == [f"{other}/alpha.npz", f"{other}/beta.npz"]
+    assert pipe.stages["probe"]["seeds"] == [0, 1, 2]  # the file's top level, overridden
+    assert pipe.stages["probe"]["probes"] == ["knn"]
+    assert pipe.stages["fuse"]["fractions"] == [0.25, 1.0]
+    assert pipe.stages["fuse"]["seeds"] == [0, 1, 2]
+    pipe = load_pipeline(path, sets={"root": str(data_root)})  # --set beats the environment
+    assert pipe.datasets[0].data == f"{data_root}/alpha.npz"
+
+
+# ------------------------------------------------------------------------- run + report
+
+
+def test_run_does_the_grid_once_then_nothing_and_report_draws_it(tmp_path, data_root, capsys):
+    path = write(tmp_path, data_root, PROBE, FUSE, FINETUNE)
+    code, out, err = cli(capsys, "run", str(path), "--dry-run", "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    ids = [s["id"] for s in plan]
+    assert ids[:7] == ["extract alpha", "probe alpha resnet", "probe alpha convnext",
+                       "fuse alpha", "finetune alpha resnet", "extract alpha resnet-ft",
+                       "probe alpha resnet-ft"]
+    assert len(ids) == 14 and not any(s["cached"] for s in plan)
+    assert plan[1]["deps"] == ["extract alpha"] and plan[5]["deps"] == ["finetune alpha resnet"]
+
+    code, out, err = cli(capsys, "run", str(path), "--json", "--jobs", "2")
+    assert code == 0, err
+    outcomes = {o["step"]: o for o in json.loads(out)}
+    assert {o["status"] for o in outcomes.values()} == {"done"}, outcomes
+    assert outcomes["probe alpha resnet"]["runs"] == 8  # 2 probes x 2 fractions x 2 seeds
+    assert outcomes["fuse beta"]["runs"] == 2 * 4  # 2 seeds x (dvme, concat, 2 singles)
+    assert outcomes["extract alpha"]["runs"] == 2
+
+    code, out, err = cli(capsys, "run", str(path), "--json")  # warm: nothing to do
+    assert code == 0, err
+    assert {o["status"] for o in json.loads(out)} == {"cached"}
+
+    code, out, err = cli(capsys, "results", "--data", str(data_root / "alpha.npz"),
+                         "--store", str(tmp_path / "store"), "--json")
+    records = json.loads(out)
+    assert {r.get("probe", r.get("method")) for r in records} >= {
+        "linear", "knn", "finetune", "dvme-softmax", "concat"}
+
+    report = tmp_path / "report"
+    code, out, err = cli(capsys, "report", str(path), "-o", str(report))
+    assert code == 0, err
+    names = sorted(p.name for p in report.iterdir())
+    assert names == ["attention.png", "fractions.png", "map.png", "report.html", "report.md"]
+    assert frames(report / "fractions.png") == 2  # a panel per dataset
+    assert frames(report / "attention.png") == 4  # per dataset: overall, per class
+    assert frames(report / "map.png") == 2
+    md = (report / "report.md").read_text()
+    html = (report / "report.html").read_text()
+    assert "## alpha (binary)" in md and "## beta (binary)" in md
+    # rows: 2 backbones x 2 probes + finetune + finetuned model x 2 probes + dvme + concat
+    alpha = md.split("## alpha")[1].split("### Provenance")[0]
+    rows = [ln for ln in alpha.splitlines() if ln.startswith("| ") and "method" not in ln]
+    assert len(rows) == 9, alpha
+    assert sum("(best)" in ln for ln in rows) >= 2  # one per fraction column at least
+    assert re.search(r"\| test_resnet \(random\) \| linear \| (\*\*)?[0-9.]+ ± [0-9.]+ "
+                     r"\(n=2\) \[[0-9.]+, [0-9.]+\]", alpha), alpha
+    assert "RANDOM WEIGHTS" in md and "FINETUNED FROM RANDOM WEIGHTS" in md
+    assert html.count("data:image/png;base64,") == 3 and "<img" in html
+    assert "src='fractions.png'" not in html  # one self-contained file
+
+    # one dataset only, by --data: one panel
+    code, out, err = cli(capsys, "report", "--store", str(tmp_path / "store"), "--data",
+                         str(data_root / "beta.npz"), "-o", str(tmp_path / "beta"))
+    assert code == 0, err
+    assert frames(tmp_path / "beta" / "fractions.png") == 1
+    assert "## alpha" not in (tmp_path / "beta" / "report.md").read_text()
+
+
+def test_a_growing_grid_runs_only_what_is_new(tmp_path, data_root, capsys):
+    path = write(tmp_path, data_root, PROBE.replace('"linear", "knn"', '"linear"'))
+    code, out, err = cli(capsys, "run", str(path), "--json", "--set", "fractions=[1.0]")
+    assert code == 0, err
+    code, out, err = cli(capsys, "run", str(path), "--dry-run", "--json")
+    plan = {s["id"]: s for s in json.loads(out)}
+    assert plan["extract alpha"]["cached"] and not plan["probe alpha resnet"]["cached"]
+    assert "2 stored" in plan["probe alpha resnet"]["work"]  # of 4: fraction 1.0, 2 seeds
+    code, out, err = cli(capsys, "run", str(path), "--json")
+    outcomes = {o["step"]: o for o in json.loads(out)}
+    assert outcomes["extract beta"]["status"] == "cached"
+    assert (outcomes["probe beta resnet"]["runs"], outcomes["probe beta resnet"]["computed"]) \
+        == (4, 2)
+
+
+def test_a_failing_step_is_named_its_dependents_skipped_and_the_rest_runs(tmp_path, data_root,
+                                                                         capsys):
+    path = write(tmp_path, data_root, PROBE.replace('"linear", "knn"', '"linear"'))
+    text = path.read_text().replace(
+        'convnext = { spec = "timm:test_convnext@random", image_size = 32 }',
+        f'convnext = "timm:test_convnext@{tmp_path}/missing.pth"')
+    path.write_text(text)
+    code, out, err = cli(capsys, "run", str(path), "--json")
+    assert code == 1
+    outcomes = {o["step"]: o for o in json.loads(out)}
+    assert outcomes["extract alpha"]["status"] == "done"
+    assert outcomes["probe alpha resnet"]["status"] == "done"
+    assert outcomes["extract alpha convnext"]["status"] == "failed"
+    assert "missing.pth" in outcomes["extract alpha convnext"]["error"]
+    assert outcomes["probe alpha convnext"]["status"] == "skipped"
+    assert "extract alpha convnext" in outcomes["probe alpha convnext"]["error"]
+    assert "missing.pth" in err
+
+
+def test_submitit_executor_runs_the_steps_as_jobs(tmp_path, data_root, capsys):
+    pytest.importorskip("submitit")
+    path = write(tmp_path, data_root, PROBE.replace('"linear", "knn"', '"linear"'))
+    path.write_text(path.read_text().replace('alpha = "${root}/alpha.npz"\n', ""))
+    jobs = tmp_path / "jobs"
+    code, out, err = cli(capsys, "run", str(path), "--json", "--executor", "submitit-local",
+                         "--jobs-dir", str(jobs))
+    assert code == 0, err
+    outcomes = json.loads(out)
+    assert [o["status"] for o in outcomes] == ["done"] * 3
+    assert outcomes[1]["runs"] == 4
+    assert len(list(jobs.glob("*_result.pkl"))) == 3  # each step was a submitit job
+
+
+def test_study_pipeline_plans_the_paper_grid(tmp_path, capsys):
+    from tests.test_datasets import make_dr, make_nih, make_pcam, make_pneumonia
+
+    root = tmp_path / "data"
+    make_pcam(root / "pcam")
+    make_dr(root / "eyepacs", "eyepacs")
+    make_pneumonia(root / "chest_xray_release")
+    (root / "chest_xray_release" / "chest_xray").rename(root / "chest_xray")
+    make_nih(root / "nih")
+    code, out, err = cli(capsys, "run", str(REPO / "pipelines" / "study.toml"), "--set",
+                         f"data_root={root}", "--store", str(tmp_path / "s"), "--dry-run",
+                         "--json")
+    assert code == 0, err
+    steps = json.loads(out)
+    stages = [s["stage"] for s in steps]
+    # 4 datasets x 5 backbones x (extract + probe + finetune) + a fusion per dataset: no
+    # weights on this machine, so each backbone's extract is a step of its own that will
+    # fail alone, and the plan says which file is missing
+    assert len(steps) == 64 and stages.count("probe") == 20 and stages.count("fuse") == 4
+    assert stages.count("extract") == 20 and stages.count("finetune") == 20
+    probe = next(s for s in steps if s["stage"] == "probe")
+    assert "30 runs (linear+knn x 3 fractions x 5 seeds)" in probe["work"]
+    assert all(not s["cached"] for s in steps)
+    by_id = {s["id"]: s for s in steps}
+    assert "resnet50-1x.pth" in by_id["extract pcam simclr"]["note"]
+    assert by_id["fuse chestxray14"]["deps"] == [
+        "extract chestxray14 simclr", "extract chestxray14 swav",
+        "extract chestxray14 dino_rn50", "extract chestxray14 dino_vits"]
+    code, out, err = cli(capsys, "run", str(REPO / "pipelines" / "study.toml"), "--dry-run")
+    assert code == 1 and "does not exist" in err and "data_root" in err
