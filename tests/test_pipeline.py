@@ -291,3 +291,29 @@ def test_study_pipeline_plans_the_paper_grid(tmp_path, capsys):
         "extract chestxray14 dino_rn50", "extract chestxray14 dino_vits"]
     code, out, err = cli(capsys, "run", str(REPO / "pipelines" / "study.toml"), "--dry-run")
     assert code == 1 and "does not exist" in err and "data_root" in err
+
+
+def test_a_killed_run_continues_where_it_stopped(tmp_path, data_root):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = write(tmp_path, data_root, PROBE.replace('"linear", "knn"', '"linear"'))
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "featstore", "run", str(path)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=env)
+    for line in proc.stderr:  # killed as soon as the first step has finished
+        if line.startswith("done extract alpha"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    again = subprocess.run([sys.executable, "-m", "featstore", "run", str(path), "--json"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    outcomes = {o["step"]: o["status"] for o in json.loads(again.stdout)}
+    assert outcomes["extract alpha"] == "cached"
+    assert outcomes["probe beta convnext"] == "done"  # the last step: never reached before
+    assert set(outcomes.values()) <= {"cached", "done"}

@@ -15,7 +15,7 @@ Executor = _enum("Executor", ("local", "slurm", "submitit-local"))
 PipelineArg = Annotated[Path, typer.Argument(
     metavar="PIPELINE", help="A pipeline file (pipelines/*.toml).")]
 SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", metavar="KEY=VALUE", help="Override the file: a variable of [vars] "
+    "--set", metavar="KEY=VALUE", help="Override the file: a variable of \\[vars] "
     "(data_root=/data), a top-level key (seeds=2) or STAGE.KEY (probe.probes=[\"knn\"]); "
     "values are TOML, else strings. Repeat for several.")]
 PipelineStoreOpt = Annotated[str | None, typer.Option(
@@ -56,7 +56,7 @@ def run(
     import time
 
     from featstore.pipeline import make_executor, plan_pipeline, run_plan
-    from featstore.report.tables import outcome_table, plan_table
+    from featstore.report.tables import outcome_table, plan_notes, plan_table
 
     if jobs < 1:
         raise typer.BadParameter(f"--jobs {jobs}: expected 1 or more")
@@ -68,6 +68,8 @@ def run(
             print_json([s.to_dict() for s in plan.steps])
             return
         out.print(plan_table(plan))
+        for note in plan_notes(plan):
+            err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
         todo = sum(not s.cached for s in plan.steps)
         err.print(f"{len(plan.steps)} steps, {todo} to run, {len(plan.steps) - todo} cached "
                   f"(store {escape(pipe.store)}; planned in {time.perf_counter() - t0:.1f} s)")

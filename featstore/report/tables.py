@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
 PER_LABEL_PREFIX = "auc["
@@ -271,9 +272,15 @@ def plan_table(plan: Any) -> Table:
     for col in ("step", "status", "needs", "rows", "work", "note"):
         table.add_column(col, justify="right" if col == "rows" else "left")
     for s in plan.steps:
+        note = s.note if len(s.note) <= 60 else s.note[:57].rstrip() + "..."
         table.add_row(s.id, "[dim]cached[/]" if s.cached else "[bold]to run[/]",
-                      ", ".join(s.deps) or "-", str(s.rows), s.work, s.note)
+                      ", ".join(s.deps) or "-", str(s.rows), s.work, escape(note))
     return table
+
+
+def plan_notes(plan: Any) -> list[str]:
+    """Each distinct note of a plan's steps, whole (the table cuts them)."""
+    return list(dict.fromkeys(s.note for s in plan.steps if s.note))
 
 
 def outcome_table(outcomes: Sequence[Any]) -> Table:
