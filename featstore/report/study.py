@@ -280,12 +280,15 @@ def fraction_figure(reports: Sequence[DatasetReport], path: Path) -> int:
             sd = [np.nanstd(row.values[f], ddof=1) if len(row.values[f]) > 1 else 0.0
                   for f in fr]
             ls, marker = styles.get(row.method, ("--", "D" if "dvme" in row.method else "*"))
-            h = ax.errorbar(fr, mean, yerr=sd, marker=marker, ms=4, capsize=3, lw=1.4, ls=ls,
-                            color=colour[row.backbone], label=row.label)
+            tuned = row.method.startswith("finetune")  # often one point: drawn on top
+            h = ax.errorbar(fr, mean, yerr=sd, marker=marker, ms=10 if tuned else 4,
+                            capsize=3, lw=1.4, ls=ls, color=colour[row.backbone],
+                            label=row.label, zorder=5 if tuned else 2)
             handles.setdefault(row.label, h)
         ax.set_xscale("log")
         fr_all = sorted({f for row in rep.rows for f in row.values})
         ax.set_xticks(fr_all, [f"{f:g}" for f in fr_all])
+        ax.set_xlim(min(fr_all) / 1.25, max(fr_all) * 1.25)  # end markers stay whole
         ax.minorticks_off()
         ax.set_xlabel("fraction of train labels (log scale)")
         ax.set_ylabel(f"{rep.rows[0].metric} on test (mean ± sd over seeds)")
