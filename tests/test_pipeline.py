@@ -106,6 +106,11 @@ def frames(png: Path) -> int:
     (("${root}/alpha.npz", "${rooot}/alpha.npz"), "${rooot} is not a variable of [vars]"),
     (("seeds = 2", "seeds = 0"), "[probe] seeds = 0: expected a count >= 1"),
     (("image_size = 32 }", "image_size = \"big\" }"), "[backbones] resnet: unknown or bad key"),
+    (("batch_size = 32", "batch_size = 0"), "[extract] batch_size = 0: expected 1 or more"),
+    (("fractions = [0.5, 1.0]", "fractions = [0.5, 0.5]"), "a value is repeated"),
+    (('probes = ["linear", "knn"]', 'probes = ["linear"]\nks = [0, 5]'),
+     "[probe] ks: 0 is not positive"),
+    (('probes = ["linear", "knn"]', 'probes = "linear"'), "[probe] probes = 'linear'"),
 ])
 def test_a_bad_pipeline_file_is_one_error_naming_the_file_and_key(tmp_path, data_root, patch,
                                                                    message):
@@ -129,6 +134,25 @@ def test_stage_lists_name_only_declared_backbones_and_fusion_needs_two(tmp_path,
     path = write(tmp_path, data_root, PROBE.replace('"knn"]', '"svm"]'))
     with pytest.raises(PipelineError, match=r"\[probe\] probes: unknown 'svm'"):
         load_pipeline(path)
+
+
+def test_set_changes_a_stage_but_never_adds_one(tmp_path, data_root):
+    path = write(tmp_path, data_root, PROBE)
+    with pytest.raises(PipelineError, match=r"--set fuse.dim: the file has no \[fuse\]"):
+        load_pipeline(path, sets={"fuse.dim": 8})
+
+
+def test_lp_ft_needs_the_linear_probes_it_starts_from(tmp_path, data_root):
+    lpft = FINETUNE.replace("embed = true", 'init_head = "probe"')
+    with pytest.raises(PipelineError, match="needs a linear probe of resnet"):
+        load_pipeline(write(tmp_path, data_root, lpft))
+    knn_only = PROBE.replace('"linear", "knn"', '"knn"')
+    with pytest.raises(PipelineError, match="needs a linear probe of resnet"):
+        load_pipeline(write(tmp_path, data_root, knn_only, lpft))
+    with pytest.raises(PipelineError, match="fractions and seeds must be among"):
+        load_pipeline(write(tmp_path, data_root, PROBE, lpft.replace(
+            "fractions = [1.0]", "fractions = [0.25]")))
+    assert load_pipeline(write(tmp_path, data_root, PROBE, lpft)).stages["finetune"]
 
 
 def test_set_store_and_environment_override_the_file(tmp_path, data_root, monkeypatch):
@@ -317,3 +341,28 @@ def test_a_killed_run_continues_where_it_stopped(tmp_path, data_root):
     assert outcomes["extract alpha"] == "cached"
     assert outcomes["probe beta convnext"] == "done"  # the last step: never reached before
     assert set(outcomes.values()) <= {"cached", "done"}
+
+
+def test_report_keeps_sets_of_one_backbone_apart_and_waits_for_missing_datasets(
+        tmp_path, data_root, capsys):
+    """One spec stored at two dtypes is two sets: two rows, two bars, never one row with
+    twice the seeds; a pipeline dataset the store does not hold yet is said, not fatal."""
+    path = write(tmp_path, data_root, PROBE.replace('"linear", "knn"', '"linear"'), FUSE.replace(
+        '["resnet", "convnext"]', '["resnet", "resnet16"]'))
+    text = path.read_text().replace('alpha = "${root}/alpha.npz"\n', "").replace(
+        "[extract]", '[backbones.resnet16]\nspec = "timm:test_resnet@random"\nimage_size = 32'
+        '\ndtype = "float16"\n\n[extract]')
+    path.write_text(text)
+    code, out, err = cli(capsys, "run", str(path), "--json")
+    assert code == 0, err
+    make_medmnist(data_root / "gamma.npz", seed=3)
+    path.write_text(text.replace("[backbones]", 'gamma = "${root}/gamma.npz"\n\n[backbones]'))
+    code, out, err = cli(capsys, "report", str(path), "-o", str(tmp_path / "r"))
+    assert code == 0, err
+    md = (tmp_path / "r" / "report.md").read_text()
+    beta = md.split("## beta")[1].split("###")[0]
+    assert "| test_resnet [fp32/float32] (random) | linear | " in beta
+    assert "| test_resnet [fp32/float16] (random) | linear | " in beta
+    assert beta.count("(n=2)") == 3 * 2 + 2  # 3 sets x 2 fractions; dvme, concat at 1.0
+    assert "## gamma" in md and "Not in the store yet" in md
+    assert frames(tmp_path / "r" / "attention.png") == 2

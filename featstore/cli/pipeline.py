@@ -130,11 +130,14 @@ def report(
     from featstore.report.study import build_report
     from featstore.store import FeatureStore
 
+    if tsne_rows < 10:
+        raise typer.BadParameter(f"--tsne-rows {tsne_rows}: expected 10 or more")
+
     datasets = grid = None
     if pipeline is not None:
-        pipe = _load(pipeline, sets, store)
+        pipe = _load(pipeline, sets, store, check_paths=False)
         root = store or pipe.store
-        datasets = [d.data for d in pipe.datasets]
+        datasets = [(d.data, d.root, d.task) for d in pipe.datasets]
         grid = pipe.stages
         title = pipe.name
     else:

@@ -100,6 +100,12 @@ def plan_pipeline(pipe: Pipeline) -> Plan:
     steps: list[Step] = []
     for entry in pipe.datasets:
         steps += _dataset_steps(pipe, entry, fs, key_of)
+    seen: set[str] = set()
+    for s in steps:
+        if s.id in seen:
+            raise FeatstoreError(f"pipeline {pipe.path}: two steps would be named {s.id!r} "
+                                 "(rename a backbone: '<name>-ft' names finetuned models)")
+        seen.add(s.id)
     return Plan(pipeline=pipe, steps=steps)
 
 

@@ -135,7 +135,9 @@ def extract_argv(args: dict[str, Any]) -> list[str]:
     for b in args["backbones"]:
         argv += ["--backbone", b["spec"]]
     sizes = {b["image_size"] for b in args["backbones"]}
-    if len(sizes) == 1 and None not in sizes:
+    if len(sizes) > 1:
+        raise ValueError(f"one extract command takes one --image-size, not {sorted(sizes)}")
+    if None not in sizes:
         argv += ["--image-size", str(sizes.pop())]
     for opt, key in (("--root", "root"), ("--task", "task"), ("--batch-size", "batch_size"),
                      ("--workers", "workers"), ("--device", "device"),
@@ -151,32 +153,57 @@ def _set_threads(n: int) -> None:
     torch.set_num_threads(max(1, n))
 
 
+def _spawn_pool(workers: int, threads: int | None = None) -> cf.ProcessPoolExecutor:
+    """Worker processes, spawned (torch's thread pools do not survive a fork) and not
+    daemonic (a step's DataLoader may start its own workers)."""
+    import multiprocessing
+
+    return cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_set_threads if threads else None, initargs=(threads,) if threads else ())
+
+
+def _kill(pool: cf.ProcessPoolExecutor) -> None:
+    """Stop a pool now, its running steps included (shutdown alone waits for them)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 class LocalExecutor:
-    """Heavy steps (extract, finetune: they use every core or the GPU) one at a time in a
-    thread of this process; probes and fusion in a pool of ``jobs`` processes (spawned:
-    torch's thread pools do not survive a fork), each with its share of the cores."""
+    """Heavy steps (extract, finetune: they use every core or the GPU) one at a time in one
+    worker process; with ``jobs`` > 1, probes and fusion beside them in a pool of ``jobs``
+    processes, each with its share of the cores. Steps run in worker processes so that an
+    interrupt stops them at once (a thread cannot be stopped) and a crash (out of memory)
+    costs the step, not the run; a broken pool is replaced for the next step."""
 
     def __init__(self, jobs: int = 1) -> None:
         self.jobs = max(1, jobs)
-        self._heavy = cf.ThreadPoolExecutor(max_workers=1)
-        self._pool: cf.Executor | None = None
+        self._heavy: cf.ProcessPoolExecutor | None = None
+        self._pool: cf.ProcessPoolExecutor | None = None
 
     def submit(self, step: Step) -> cf.Future:
-        if self.jobs == 1 or step.gpu:
-            return self._heavy.submit(run_step, step.args)
-        if self._pool is None:
-            import multiprocessing
+        from concurrent.futures.process import BrokenProcessPool
 
-            threads = max(1, (os.cpu_count() or 1) // self.jobs)
-            self._pool = cf.ProcessPoolExecutor(
-                max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_set_threads, initargs=(threads,))
-        return self._pool.submit(run_step, step.args)
+        heavy = self.jobs == 1 or step.gpu
+        for _ in range(2):  # a pool broken by a crashed step is replaced once
+            if heavy and self._heavy is None:
+                self._heavy = _spawn_pool(1)
+            if not heavy and self._pool is None:
+                self._pool = _spawn_pool(self.jobs, max(1, (os.cpu_count() or 1) // self.jobs))
+            try:
+                return (self._heavy if heavy else self._pool).submit(run_step, step.args)
+            except BrokenProcessPool:
+                if heavy:
+                    self._heavy = None
+                else:
+                    self._pool = None
+        raise RuntimeError("the worker processes keep dying; see the log above")
 
     def shutdown(self, cancel: bool = False) -> None:
-        self._heavy.shutdown(wait=not cancel, cancel_futures=cancel)
-        if self._pool is not None:
-            self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        for pool in (self._heavy, self._pool):
+            if pool is not None:
+                _kill(pool) if cancel else pool.shutdown(wait=True)
 
 
 class SubmititExecutor:
@@ -195,7 +222,7 @@ class SubmititExecutor:
         self._make = (lambda: submitit.AutoExecutor(folder=folder, cluster="slurm")
                       ) if cluster == "slurm" else (lambda: submitit.LocalExecutor(folder=folder))
         self._waiters = cf.ThreadPoolExecutor(max_workers=32)
-        self.jobs: dict[str, str] = {}  # step id -> job id
+        self.jobs: dict[str, Any] = {}  # step id -> submitit job
 
     def _parameters(self, step: Step) -> dict[str, Any]:
         s = self.slurm
@@ -223,13 +250,10 @@ class SubmititExecutor:
         ex.update_parameters(**self._parameters(step))
         gpus = self.slurm.get("gpus_per_node", 1)
         if self.cluster == "slurm" and step.stage == "extract" and gpus > 1:
-            fn: Callable = submitit.helpers.CommandFunction(
-                ["torchrun", f"--nproc-per-node={gpus}", "-m", "featstore",
-                 *extract_argv(step.args)])
-            job = ex.submit(fn)
+            job = ex.submit(torchrun_extract, step.args, gpus)
         else:
             job = ex.submit(run_step, step.args)
-        self.jobs[step.id] = str(job.job_id)
+        self.jobs[step.id] = job
 
         def wait() -> dict[str, int]:
             try:
@@ -240,7 +264,29 @@ class SubmititExecutor:
         return self._waiters.submit(wait)
 
     def shutdown(self, cancel: bool = False) -> None:
+        if cancel:  # interrupted: the jobs it started are cancelled, not left running
+            for job in self.jobs.values():
+                if not job.done():
+                    job.cancel(check=False)
         self._waiters.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+def torchrun_extract(args: dict[str, Any], gpus: int) -> dict[str, Any]:
+    """An extract step as ``torchrun --nproc-per-node=GPUS -m featstore extract ...``, once
+    per image size among its backbones (``--image-size`` applies to all of a command's)."""
+    import subprocess
+    import sys
+
+    t0 = time.perf_counter()
+    sizes: dict[Any, list[dict[str, Any]]] = {}
+    for b in args["backbones"]:
+        sizes.setdefault(b["image_size"], []).append(b)
+    for members in sizes.values():
+        subprocess.run([sys.executable, "-m", "torch.distributed.run",
+                        f"--nproc-per-node={gpus}", "-m", "featstore",
+                        *extract_argv({**args, "backbones": members})], check=True)
+    return {"runs": len(args["backbones"]), "computed": len(args["backbones"]),
+            "seconds": time.perf_counter() - t0}
 
 
 def _last_error(text: str) -> str:
@@ -294,24 +340,31 @@ def run_plan(plan: Plan, executor, *, on_outcome: Callable[[Outcome], None] | No
 
     try:
         while pending or running:
+            progressed = False
             for s in list(pending.values()):
                 deps = [outcomes.get(d) for d in s.deps]
                 bad = [d for d, o in zip(s.deps, deps, strict=True)
                        if o is not None and o.status in ("failed", "skipped")]
                 if bad:
+                    progressed = True
                     del pending[s.id]
                     record(Outcome(s.id, s.stage, s.dataset, "skipped",
                                    error=f"needs {bad[0]}, which did not finish"))
                 elif all(o is not None for o in deps):
+                    progressed = True
                     del pending[s.id]
                     if s.cached:
                         record(Outcome(s.id, s.stage, s.dataset, "cached"))
                         continue
                     if on_start is not None:
                         on_start(s)
-                    running[executor.submit(s)] = s
+                    try:
+                        running[executor.submit(s)] = s
+                    except Exception as e:  # the executor refused it (sbatch, dead pool)
+                        record(Outcome(s.id, s.stage, s.dataset, "failed",
+                                       error=f"could not be started: {_message(e)}"))
             if not running:
-                if pending:  # a dependency that is not a step of the plan
+                if pending and not progressed:  # a dependency that is not a step of the plan
                     raise RuntimeError(f"steps wait on unknown steps: {sorted(pending)}")
                 continue
             done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)

@@ -210,6 +210,9 @@ def load_pipeline(path: str | Path, *, sets: dict[str, Any] | None = None,
             variables[key] = str(value)
             continue
         *tables, leaf = key.split(".")
+        if tables and tables[0] in STAGES and tables[0] not in doc:
+            raise fail(f"--set {key}: the file has no [{tables[0]}] stage (--set changes a "
+                       "stage's settings; it does not add the stage)")
         node = doc
         for t in tables:
             node = node.setdefault(t, {})
@@ -273,6 +276,14 @@ def _substitute(value: Any, variables: dict[str, str], fail) -> Any:
     return value
 
 
+# integer keys and their smallest value; list keys and the type of their items
+MINIMUM = {"batch_size": 1, "workers": 0, "shard_rows": 1, "dim": 1, "epochs": 1,
+           "accum_steps": 1, "warmup_epochs": 0, "bootstrap": 0, "timeout_min": 1,
+           "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1}
+ITEMS = {"fractions": _NUMBER, "ks": int, "l2_grid": _NUMBER, "probes": str,
+         "backbones": str, "attentions": str}
+
+
 def _check_keys(table: dict[str, Any], section: str, fail) -> None:
     schema = SCHEMA[section]
     label = f"[{section}] " if section else ""
@@ -287,6 +298,20 @@ def _check_keys(table: dict[str, Any], section: str, fail) -> None:
             raise fail(f"{label}{key} = {value!r}: expected {expected}")
         if not isinstance(value, types):
             raise fail(f"{label}{key} = {value!r}: expected {expected}")
+        if isinstance(value, int) and not isinstance(value, bool) and value < MINIMUM.get(
+                key, value):
+            raise fail(f"{label}{key} = {value}: expected {MINIMUM[key]} or more")
+        if isinstance(value, list):
+            item = ITEMS.get(key, int if key == "seeds" else None)
+            for v in value:
+                if item is not None and (isinstance(v, bool) or not isinstance(v, item)):
+                    raise fail(f"{label}{key}: {v!r} is not {expected}")
+                if key in ("ks", "l2_grid") and not v > 0:
+                    raise fail(f"{label}{key}: {v!r} is not positive")
+            if len(set(map(str, value))) < len(value):
+                raise fail(f"{label}{key} = {value!r}: a value is repeated")
+        if key == "additional" and any(isinstance(v, dict | list) for v in value.values()):
+            raise fail(f"{label}additional: expected name = value pairs (sbatch parameters)")
 
 
 def _check_grid(settings: dict[str, Any], stage: str, fail) -> None:
@@ -408,7 +433,30 @@ def _check_stage_values(stages: dict[str, dict[str, Any]],
     if "finetune" in stages:
         names("finetune", False)
         ft = stages["finetune"]
+        if ft.get("init_head") == "probe":
+            _check_lp_ft(stages, backbones, fail)
         if ft.get("optimizer", "adamw") not in ("adamw", "sgd"):
             raise fail(f"[finetune] optimizer = {ft['optimizer']!r}: expected adamw or sgd")
         if ft.get("init_head", "fresh") not in ("fresh", "probe"):
             raise fail(f"[finetune] init_head = {ft['init_head']!r}: expected fresh or probe")
+
+
+def _check_lp_ft(stages: dict[str, dict[str, Any]], backbones: dict[str, BackboneEntry],
+                 fail) -> None:
+    """``init_head = "probe"`` (LP-FT) starts each run from the linear probe of the same
+    backbone, fraction and seed on fp32 / float32 embeddings: the grid must hold them."""
+    ft, probe = stages["finetune"], stages.get("probe")
+    for name in ft["backbones"]:
+        b = backbones[name]
+        if probe is None or name not in probe["backbones"] or "linear" not in probe["probes"]:
+            raise fail(f"[finetune] init_head = \"probe\" needs a linear probe of {name} "
+                       "([probe] with linear, and the backbone in its backbones)")
+        if b.precision != "fp32" or b.dtype != "float32":
+            raise fail(f"[finetune] init_head = \"probe\": {name} is embedded at "
+                       f"{b.precision} / {b.dtype}; LP-FT starts from probes of fp32 / "
+                       "float32 embeddings")
+        if not set(ft["fractions"]) <= set(probe["fractions"]) or not set(
+                ft["seeds"]) <= set(probe["seeds"]):
+            raise fail("[finetune] init_head = \"probe\": its fractions and seeds must be "
+                       "among [probe]'s (each run starts from the probe of its fraction and "
+                       "seed)")

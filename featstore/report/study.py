@@ -69,43 +69,67 @@ def short(alias: str) -> str:
     return head if at and len(tail) > 24 else alias
 
 
+def _base(alias: str) -> str:
+    """``timm:resnet18/64px@random`` -> ``resnet18``."""
+    return alias.removeprefix("timm:").split("/")[0].split("@")[0]
+
+
 def display_names(sets: Sequence[Any]) -> dict[str, str]:
-    """Short names for a dataset's sets in tables and legends: the architecture or
-    registered name without its ``timm:`` prefix, size and weights
+    """Short names for a dataset's sets in tables and legends, by set key: the architecture
+    or registered name without its ``timm:`` prefix, size and weights
     (``timm:resnet18/64px@random`` -> ``resnet18``), a finetuned model as ``<arch>
-    finetuned <run>``; the short alias wherever two sets would share a name."""
-    names = {}
+    finetuned <run>``; where two sets would share a name, their precision and dtype, else
+    their key prefix, tell them apart."""
+    names, detail = {}, {}
     for es in sets:
         p = es.attrs.get("provenance", {})
-        alias = short(es.alias)
         if str(p.get("backbone", "")).startswith("finetuned:"):
             run = p["backbone"].removeprefix("finetuned:")[:8]
-            names[alias] = f"{p.get('architecture', '?')} finetuned {run}"
+            names[es.key] = f"{p.get('architecture', '?')} finetuned {run}"
         else:
-            names[alias] = alias.removeprefix("timm:").split("/")[0].split("@")[0]
-    counts: dict[str, int] = {}
-    for n in names.values():
-        counts[n] = counts.get(n, 0) + 1
-    return {a: (n if counts[n] == 1 else a) for a, n in names.items()}
+            names[es.key] = _base(short(es.alias))
+        detail[es.key] = f"{p.get('precision', 'fp32')}/{es.attrs.get('dtype', '?')}"
+    out = {}
+    for key, n in names.items():
+        twins = [k for k, m in names.items() if m == n]
+        if len(twins) == 1:
+            out[key] = n
+        elif len({detail[k] for k in twins}) == len(twins):
+            out[key] = f"{n} [{detail[key]}]"
+        else:
+            out[key] = f"{n} #{key[:6]}"
+    return out
 
 
-def _groups(store, datasets: Sequence[str] | None) -> list[Any]:
+def _groups(store, datasets: Sequence[Any] | None) -> list[tuple[str, Any]]:
+    """(name, dataset group or None when the store does not hold it yet) of each dataset:
+    every one of the store, or those named (a ``--data`` value, a group name, or a
+    ``(data, root, task)`` triple as a pipeline gives it)."""
     from featstore.data import load_dataset
+    from featstore.errors import NotExtractedError
 
     if datasets is None:
         groups = store.datasets()
         if not groups:
             raise FeatstoreError(f"store {store.root}: no datasets (run 'featstore extract' "
                                  "or 'featstore run' first)")
-        return groups
+        return [(g.attrs.get("name", g.name), g) for g in groups]
     out = []
-    for data in datasets:
+    for item in datasets:
+        data, root, task = item if isinstance(item, tuple) else (item, None, None)
         try:
-            out.append(store.dataset(load_dataset(data)))
+            manifest = load_dataset(data, root=root, task=task)
         except ManifestError:
-            if Path(data).exists():
+            if Path(data).exists() or isinstance(item, tuple):
                 raise
-            out.append(store.find_dataset(data))  # a group name, for a store without data
+            out.append((data, store.find_dataset(data)))  # a group name, without the data
+            continue
+        try:
+            out.append((manifest.name, store.dataset(manifest)))
+        except NotExtractedError:
+            if not isinstance(item, tuple):
+                raise
+            out.append((manifest.name, None))  # a pipeline's dataset not run yet
     return out
 
 
@@ -124,67 +148,103 @@ def collect(store, datasets: Sequence[str] | None = None,
         return g is not None and r.fraction in g["fractions"] and r.seed in g["seeds"] and (
             kind is None or kind in g.get("probes", [kind]))
 
-    return [_dataset_report(ds, wanted) for ds in _groups(store, datasets)]
+    return [_dataset_report(ds, wanted) if ds is not None else
+            DatasetReport(name, None, "", [], None, []) for name, ds in _groups(store, datasets)]
 
 
 
 def _dataset_report(ds, wanted) -> DatasetReport:
+    """One dataset's rows: a row per embedding set (by key, never by alias alone) or fusion
+    and method, and per probe configuration where several were run; a seed counts once per
+    row and fraction."""
     from featstore.finetune import stored_finetune_records
     from featstore.fusion import stored_fusion_records
     from featstore.probe import stored_records
 
     sets = [s for s in ds.embedding_sets() if s.complete]
     names = display_names(sets)
-    from_random = {short(s.alias) for s in sets if _random(s)} | _finetuned_from_random(
-        ds, sets)
-    rows: dict[tuple[str, str], Row] = {}
-    finetunes = [r for r in stored_finetune_records(ds) if wanted("finetune", r)]
-    recipes = {(r.config or {}).get("recipe") for r in finetunes}
+    random_keys = {s.key for s in sets if _random(s)} | _finetuned_from_random(ds, sets)
+    rows: dict[tuple[str, str, str], Row] = {}
+    seen: dict[tuple[str, str, str], set[tuple[float, int]]] = {}
 
-    def add(backbone: str, method: str, r: Any, random: bool) -> None:
-        row = rows.setdefault((backbone, method), Row(backbone, method, r.metric, random))
+    def add(backbone: str, method: str, r: Any, random: bool, variant: str = "") -> None:
+        which = (backbone, method, variant)
+        if (r.fraction, r.seed) in seen.setdefault(which, set()):
+            return  # the same seed again (e.g. another bootstrap count): counted once
+        seen[which].add((r.fraction, r.seed))
+        row = rows.setdefault(which, Row(backbone, method, r.metric, random))
         row.values.setdefault(r.fraction, []).append(r.value)
         row.ci.setdefault(r.fraction, []).append((r.ci_low, r.ci_high))
 
-    def name(alias: str) -> str:
-        return names.get(short(alias), short(alias))
+    def name(key: str, alias: str) -> str:
+        return names.get(key, _base(short(alias)))
 
-    for r in stored_records(sets):
-        if wanted("probe", r, r.probe):
-            add(name(r.backbone), r.probe, r, short(r.backbone) in from_random
-                or bool(r.random_weights))
+    probes = [r for r in stored_records(sets) if wanted("probe", r, r.probe)]
+    variants: dict[tuple[str, str], set[str]] = {}
+    for r in probes:
+        variants.setdefault((r.key, r.probe), set()).add(_variant(r.config))
+    for r in probes:
+        v = _variant(r.config)
+        label = r.probe + (f" ~{v}" if len(variants[(r.key, r.probe)]) > 1 else "")
+        add(name(r.key, r.backbone), label, r, r.key in random_keys or r.random_weights, v)
+    finetunes = [r for r in stored_finetune_records(ds) if wanted("finetune", r)]
+    recipes = {(r.config or {}).get("recipe") for r in finetunes}
     for r in finetunes:
         recipe = (r.config or {}).get("recipe")
-        add(name(r.backbone), "finetune" + (f" {recipe}" if len(recipes) > 1 else ""), r,
-            bool(r.random_weights))
-    attention: dict[str, Any] | None = None
+        add(_base(short(r.backbone)), "finetune" + (f" {recipe}" if len(recipes) > 1 else ""),
+            r, bool(r.random_weights), str(recipe))
     fusions = [r for r in stored_fusion_records([ds]) if wanted("fuse", r)]
     for r in fusions:
         if not r.method.startswith("single:"):
-            add(" + ".join(name(b) for b in r.backbones), r.method, r,
-                bool(r.random_weights))
-    dvme = [r for r in fusions if r.method.startswith("dvme")]
-    if dvme:
-        top = max(r.fraction for r in dvme)
-        at = [r for r in dvme if r.fraction == top and r.method == dvme[0].method]
-        attention = {"method": at[0].method, "fraction": top, "seeds": len(at),
-                     "overall": _mean_maps([r.attention for r in at], name),
-                     "per_class": {c: _mean_maps([r.attention_per_class[c] for r in at
-                                                  if c in r.attention_per_class], name)
-                                   for c in sorted(at[0].attention_per_class or {})}}
+            fused = " + ".join(name(k, b) for k, b in zip(r.keys, r.backbones, strict=False))
+            add(fused, r.method, r, bool(r.random_weights))
+    attention = _attention(fusions, name)
     ordered = sorted(rows.values(), key=lambda r: (" + " in r.backbone, r.backbone,
                                                     r.method))  # fusions last
     return DatasetReport(ds.attrs.get("name", ds.name), ds, str(ds.attrs.get("task", "")),
                          ordered, attention, sets)
 
 
-def _mean_maps(maps: Sequence[dict[str, float]], name) -> dict[str, float]:
+def _variant(config: dict[str, Any]) -> str:
+    """What distinguishes a probe's configuration beside fraction, seed and bootstrap."""
+    from featstore._hashing import sha256_json
+
+    skip = ("fraction", "seed", "n_bootstrap", "versions", "probe")
+    return sha256_json({k: v for k, v in (config or {}).items() if k not in skip})[:6]
+
+
+def _attention(fusions: Sequence[Any], name) -> dict[str, Any] | None:
+    """DVME's attention on test at the largest fraction, averaged over seeds, for the
+    fusion (method and sets) with the most runs there."""
+    groups: dict[tuple, list[Any]] = {}
+    for r in fusions:
+        if r.method.startswith("dvme") and r.attention:
+            groups.setdefault((r.method, tuple(r.keys)), []).append(r)
+    if not groups:
+        return None
+
+    def at_top(rs: list[Any]) -> list[Any]:
+        top = max(r.fraction for r in rs)
+        return [r for r in rs if r.fraction == top]
+
+    at = max((at_top(rs) for rs in groups.values()), key=len)
+    names = {b: name(k, b) for k, b in zip(at[0].keys, at[0].backbones, strict=False)}
+    classes = sorted({c for r in at for c in (r.attention_per_class or {})},
+                     key=lambda c: (len(c), c))  # 2 before 10
+    return {"method": at[0].method, "fraction": at[0].fraction, "seeds": len(at),
+            "overall": _mean_maps([r.attention for r in at], names),
+            "per_class": {c: _mean_maps([r.attention_per_class[c] for r in at
+                                         if c in (r.attention_per_class or {})], names)
+                          for c in classes}}
+
+
+def _mean_maps(maps: Sequence[dict[str, float]], names: dict[str, str]) -> dict[str, float]:
     keys = list(maps[0]) if maps else []
-    return {name(k): float(np.mean([m[k] for m in maps])) for k in keys}
+    return {names.get(k, k): float(np.mean([m[k] for m in maps if k in m])) for k in keys}
 
 
 def _finetuned_from_random(ds, sets: Sequence[Any]) -> set[str]:
-    """Short aliases of the sets embedded by a model finetuned from random weights."""
+    """Keys of the sets embedded by a model finetuned from random weights."""
     tuned = [s for s in sets if str(s.attrs.get("provenance", {}).get("backbone", ""))
              .startswith("finetuned:")]
     if not tuned:
@@ -195,17 +255,21 @@ def _finetuned_from_random(ds, sets: Sequence[Any]) -> set[str]:
         prefix = es.attrs["provenance"]["backbone"].removeprefix("finetuned:")
         run = next((r for rid, r in runs.items() if rid.startswith(prefix)), {})
         if any(rec.get("random_weights") for rec in run.get("records", [])):
-            out.add(short(es.alias))
+            out.add(es.key)
     return out
 
 
 def _fmt(values: list[float]) -> str:
+    """``mean ± sd (n=seeds)`` of the defined values (a metric undefined on a seed's test,
+    e.g. one class, is left out of n and said)."""
     v = np.asarray(values, float)
-    if np.isnan(v).all():
+    ok = v[~np.isnan(v)]
+    gaps = f", {len(v) - len(ok)} undefined" if len(ok) < len(v) else ""
+    if not len(ok):
         return "undefined"
-    if len(v) == 1:
-        return f"{v[0]:.3f}"
-    return f"{np.nanmean(v):.3f} ± {np.nanstd(v, ddof=1):.3f}"
+    if len(ok) == 1:
+        return f"{ok[0]:.3f} (n=1{gaps})"
+    return f"{ok.mean():.3f} ± {ok.std(ddof=1):.3f} (n={len(ok)}{gaps})"
 
 
 def _ci(pairs: list[tuple[float, float]]) -> str:
@@ -230,7 +294,7 @@ def table_cells(rep: DatasetReport) -> tuple[list[float], list[list[str]], list[
                 continue
             vals = row.values[f]
             means[i, j] = np.nanmean(vals) if not np.isnan(vals).all() else np.nan
-            line.append(f"{_fmt(vals)} (n={len(vals)}) {_ci(row.ci[f])}".strip())
+            line.append(f"{_fmt(vals)} {_ci(row.ci[f])}".strip())
         cells.append(line)
     best = np.zeros_like(means, bool)
     for j in range(len(fractions)):
@@ -355,7 +419,7 @@ def _map_set(rep: DatasetReport):
     if not rep.sets:
         return None
     names = display_names(rep.sets)
-    by_alias = {names[short(s.alias)]: s for s in rep.sets}
+    by_alias = {names[s.key]: s for s in rep.sets}
     linear = [r for r in rep.rows if r.method == "linear" and r.backbone in by_alias]
     if linear:
         top = max(max(r.values) for r in linear)
@@ -399,9 +463,9 @@ def map_figure(reports: Sequence[DatasetReport], path: Path, *, rows: int = 1000
                        label=name)
         ax.set_xticks([])
         ax.set_yticks([])
-        flag = " [random weights]" if _random(es) or short(es.alias) in (
+        flag = " [random weights]" if _random(es) or es.key in (
             _finetuned_from_random(rep.group, [es])) else ""
-        ax.set_title(f"{rep.name}: {display_names(rep.sets)[short(es.alias)]}{flag}\n"
+        ax.set_title(f"{rep.name}: {display_names(rep.sets)[es.key]}{flag}\n"
                      f"t-SNE of {len(take)} rows", fontsize=9)
         ax.legend(loc="best", markerscale=2)
     fig.tight_layout()
@@ -420,6 +484,8 @@ def _random(es) -> bool:
 def provenance_rows(rep: DatasetReport) -> list[dict[str, str]]:
     """Where every set of a dataset came from; ``random`` says why its numbers are not
     about pretraining (random weights, or finetuned from them)."""
+    if rep.group is None:
+        return []
     tuned_random = _finetuned_from_random(rep.group, rep.sets)
     names = display_names(rep.sets)
     out = []
@@ -427,11 +493,11 @@ def provenance_rows(rep: DatasetReport) -> list[dict[str, str]]:
         p = es.attrs.get("provenance", {})
         prep = p.get("preprocessing", {})
         random = "RANDOM WEIGHTS" if p.get("random_weights") else ""
-        if short(es.alias) in tuned_random:
+        if es.key in tuned_random:
             random = "FINETUNED FROM RANDOM WEIGHTS"
         versions = p.get("versions", {})
         out.append({
-            "set": names[short(es.alias)], "alias": short(es.alias), "key": es.key[:12],
+            "set": names[es.key], "alias": short(es.alias), "key": es.key[:12],
             "architecture": str(p.get("architecture", "")),
             "weights": str(p.get("weights", "")),
             "weights sha256": str(p.get("weights_sha256", ""))[:16],
@@ -497,6 +563,8 @@ def build_report(store, output: str | Path, *, datasets: Sequence[str] | None = 
     return [out / "report.html", out / "report.md", *[f[1] for f in figures]]
 
 
+NO_RUNS = "No probe, finetuning or fusion runs stored yet."
+NOT_IN_STORE = "Not in the store yet: run the pipeline first."
 RANDOM_BANNER = ("Some backbones have RANDOM (untrained) weights: their numbers test the "
                  "pipeline, not transfer from pretraining.")
 LEGEND = ("Cells: primary metric on test, mean ± sd over seeds (n = seeds), then the "
@@ -510,9 +578,9 @@ def _markdown(title, meta, reports, figures, any_random) -> str:
         lines += [f"> **Warning:** {RANDOM_BANNER}", ""]
     lines += [LEGEND, ""]
     for rep in reports:
-        lines += [f"## {rep.name} ({rep.task})", ""]
+        lines += [f"## {rep.name}" + (f" ({rep.task})" if rep.task else ""), ""]
         if not rep.rows:
-            lines += ["No probe, finetuning or fusion runs stored yet.", ""]
+            lines += [NO_RUNS if rep.group is not None else NOT_IN_STORE, ""]
         else:
             fractions, cells, best = table_cells(rep)
             lines.append("| backbone | method | " + " | ".join(f"fraction {f:g}"
@@ -554,9 +622,10 @@ def _html(title, meta, reports, figures, any_random) -> str:
         parts.append(f"<p class='banner'>{e(RANDOM_BANNER)}</p>")
     parts.append(f"<p>{e(LEGEND)}</p>")
     for rep in reports:
-        parts.append(f"<h2>{e(rep.name)} ({e(rep.task)})</h2>")
+        parts.append(f"<h2>{e(rep.name)}" + (f" ({e(rep.task)})" if rep.task else "")
+                     + "</h2>")
         if not rep.rows:
-            parts.append("<p>No probe, finetuning or fusion runs stored yet.</p>")
+            parts.append(f"<p>{e(NO_RUNS if rep.group is not None else NOT_IN_STORE)}</p>")
         else:
             fractions, cells, best = table_cells(rep)
             parts.append("<table><tr><th>backbone</th><th>method</th>" + "".join(

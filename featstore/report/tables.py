@@ -273,8 +273,9 @@ def plan_table(plan: Any) -> Table:
         table.add_column(col, justify="right" if col == "rows" else "left")
     for s in plan.steps:
         note = s.note if len(s.note) <= 60 else s.note[:57].rstrip() + "..."
-        table.add_row(s.id, "[dim]cached[/]" if s.cached else "[bold]to run[/]",
-                      ", ".join(s.deps) or "-", str(s.rows), s.work, escape(note))
+        table.add_row(escape(s.id), "[dim]cached[/]" if s.cached else "[bold]to run[/]",
+                      escape(", ".join(s.deps) or "-"), str(s.rows), escape(s.work),
+                      escape(note))
     return table
 
 
@@ -291,8 +292,8 @@ def outcome_table(outcomes: Sequence[Any]) -> Table:
                          else "left")
     colours = {"failed": "red", "skipped": "yellow", "cached": "dim", "done": "green"}
     for o in outcomes:
-        table.add_row(o.step, f"[{colours[o.status]}]{o.status}[/]",
+        table.add_row(escape(o.step), f"[{colours[o.status]}]{o.status}[/]",
                       f"{o.seconds:.1f}" if o.seconds else "-",
                       str(o.runs) if o.status == "done" else "-",
-                      str(o.computed) if o.status == "done" else "-", o.error)
+                      str(o.computed) if o.status == "done" else "-", escape(o.error))
     return table
