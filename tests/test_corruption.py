@@ -66,6 +66,22 @@ def test_a_flipped_byte_is_refused_named_and_recomputed(capsys, extracted, npz_f
     assert code == 0 and "CORRUPT" not in out
 
 
+def test_a_row_selection_reads_and_checks_only_its_shards(extracted, npz_file, store_dir):
+    from featstore import FeatureStore, load_dataset
+
+    _, (key, _) = extracted
+    whole = embeddings(store_dir, npz_file, key)
+    flip_exponent_byte(shard_file(store_dir, key, 1))  # rows 16-31
+    es = FeatureStore(store_dir).dataset(load_dataset(npz_file)).embedding_set(key)
+    rows = np.array([3, 40, 67])  # shards 0, 2 and 4: the damaged one is never read
+    np.testing.assert_array_equal(es.read(rows), whole[rows])
+    np.testing.assert_array_equal(es.read(slice(32, 48)), whole[32:48])
+    from featstore.errors import CorruptShardError
+
+    with pytest.raises(CorruptShardError, match="shard 1 "):
+        es.read(np.array([3, 20]))
+
+
 def test_verify_repair_marks_shards_for_the_next_extract(capsys, extracted, store_dir):
     data, (key, _) = extracted
     flip_exponent_byte(shard_file(store_dir, key, 2))

@@ -444,18 +444,16 @@ def map_figure(reports: Sequence[DatasetReport], path: Path, *, rows: int = 1000
     for ax in axes.flat[len(chosen):]:
         ax.remove()
     for ax, (rep, es) in zip(axes.flat, chosen, strict=False):
-        emb = es.load()
-        keep = np.flatnonzero(~emb.missing) if emb.missing is not None else np.arange(
-            len(emb.ids))
+        keep = np.flatnonzero(~es.missing_mask())
         rng = np.random.default_rng(seed)
         take = np.sort(rng.choice(keep, size=min(rows, len(keep)), replace=False))
-        X = np.asarray(emb.X[take], np.float32)
+        X = np.asarray(es.read(take), np.float32)  # the sample's shards only
         X = (X - X.mean(0)) / (X.std(0) + 1e-6)
         X = PCA(n_components=min(50, X.shape[1], len(X) - 1), random_state=seed).fit_transform(X)
         xy = TSNE(n_components=2, perplexity=min(30, (len(X) - 1) / 3), init="pca",
                   random_state=seed).fit_transform(X)
-        labels = emb.labels[take, 0]
-        names = list(emb.label_names)
+        labels = rep.group.index["labels"][take, 0]
+        names = list(rep.group.attrs.get("label_names") or [])
         for i, c in enumerate(np.unique(labels)):
             m = labels == c
             name = (f"{names[0]}={c}" if rep.task == "multilabel" and names else f"class {c}")

@@ -707,8 +707,9 @@ class EmbeddingSet:
              verify: bool = True) -> np.ndarray:
         """Embeddings (N, D) or a row selection, in the stored dtype.
 
-        Read shard by shard; with ``verify`` (the default) every shard is checked against its
-        checksum before its numbers are returned.
+        Read shard by shard (a selection: only the shards it touches); with ``verify`` (the
+        default) every shard read is checked against its checksum before its numbers are
+        returned.
 
         Raises
         ------
@@ -749,7 +750,9 @@ class EmbeddingSet:
                 cache.put(want, view)
             return None
 
-        bad = [b for b in _parallel(load, range(self.n_shards)) if b is not None]
+        needed = range(self.n_shards) if rows is None else np.unique(
+            np.arange(self.rows)[rows] // self.shard_rows)  # a selection reads its shards only
+        bad = [b for b in _parallel(load, [int(s) for s in needed]) if b is not None]
         if bad:
             raise CorruptShardError(self._corrupt_message(sorted(bad)))
         return out if rows is None else out[rows]
