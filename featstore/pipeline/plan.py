@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from featstore.errors import FeatstoreError, NotExtractedError
 from featstore.pipeline.spec import BackboneEntry, DatasetEntry, Pipeline
 
@@ -174,7 +176,9 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
         es = embedded(digest)
         have = 0
         if es is not None:
-            ids = probe_run_ids(digest, vsrc, cfg, probes=probe["probes"],
+            # val as the stage makes it: without the rows skipped at extraction
+            ids = probe_run_ids(digest, val_source(manifest.split[~es.missing_mask()]), cfg,
+                                probes=probe["probes"],
                                 fractions=probe["fractions"], seeds=probe["seeds"])
             stored = es.probe_runs_by_id()
             have = sum(i in stored for i in ids)
@@ -201,7 +205,11 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
         n_runs = n_methods * len(fuse["fractions"]) * len(fuse["seeds"])
         have = 0
         if ds is not None and all(embedded(d) is not None for d in digests):
-            ids = fusion_run_ids(digests, vsrc, task=manifest.task, **_fuse_grid(fuse))
+            missing = np.zeros(len(manifest), bool)
+            for d in digests:  # a row is fused only where every set has it
+                missing |= embedded(d).missing_mask()
+            ids = fusion_run_ids(digests, val_source(manifest.split[~missing]),
+                                 task=manifest.task, **_fuse_grid(fuse))
             stored = ds.fusion_runs_by_id()
             have = sum(i in stored for i in ids)
         steps.append(Step(
