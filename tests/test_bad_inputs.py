@@ -71,6 +71,16 @@ def image_folder_with_non_utf8_name(tmp: Path) -> Path:
     return root
 
 
+def pipeline(tmp: Path, data: str, store: str, extra: str = "",
+             backbone: str = TINY) -> str:
+    """A pipeline file over the cached dataset and store (an extract of one backbone)."""
+    path = tmp / "p.toml"
+    path.write_text(f'store = "{store}"\nfractions = [1.0]\n{extra}\n[datasets]\nd = "{data}"\n'
+                    f'[backbones]\nb = {{ spec = "{backbone}", image_size = {SIZE} }}\n'
+                    '[extract]\ndevice = "cpu"\n')
+    return str(path)
+
+
 # (case, argv built from (tmp, data, store), the message that names the culprit)
 EXTRACT = ["extract", "-b", TINY, "--image-size", str(SIZE)]
 FINETUNE = ["finetune", "-b", TINY, "--image-size", str(SIZE), "--batch-size", "8"]
@@ -157,6 +167,22 @@ CATALOGUE = [
      "--backbone finetuned:zzz: no finetuning run 'zzz'"),
     ("finetune cuda without a GPU", lambda t, d, s: [*FINETUNE, "--data", d, "--store", s,
                                                      "--device", "cuda"], "no CUDA GPU"),
+    ("pipeline unknown stage", lambda t, d, s: [
+        "run", pipeline(t, d, s, "[fusion]\ndim = 8")], "unknown stage or table [fusion]"),
+    ("pipeline fraction above 1", lambda t, d, s: [
+        "run", pipeline(t, d, s), "--set", "fractions=[1.5]"], "fraction 1.5 is outside (0, 1]"),
+    ("pipeline missing dataset", lambda t, d, s: [
+        "run", pipeline(t, f"{t}/gone.npz", s)], "[datasets] d:"),
+    ("pipeline not a file", lambda t, d, s: ["run", f"{t}/none.toml"], "no such file"),
+    ("pipeline step fails: weights missing", lambda t, d, s: [
+        "run", pipeline(t, d, s, backbone=f"{TINY.split('@')[0]}@{t}/missing.pth")],
+     "extract d b: "),
+    ("run jobs zero", lambda t, d, s: ["run", pipeline(t, d, s), "--jobs", "0"], "--jobs 0"),
+    ("report tsne rows zero", lambda t, d, s: [
+        "report", "--store", s, "--tsne-rows", "0", "-o", f"{t}/r"], "--tsne-rows 0"),
+    ("report unknown dataset", lambda t, d, s: [
+        "report", "--store", s, "--data", "nosuch", "-o", f"{t}/r"],
+     "no dataset match 'nosuch'"),
 ]
 
 

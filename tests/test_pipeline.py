@@ -104,7 +104,7 @@ def frames(png: Path) -> int:
     (("timm:test_convnext@random", "resnet-9000"), "unknown backbone 'resnet-9000'"),
     (("/beta.npz", "/gamma.npz"), "[datasets] beta:"),
     (("${root}/alpha.npz", "${rooot}/alpha.npz"), "${rooot} is not a variable of [vars]"),
-    (("seeds = 2", "seeds = 0"), "[probe] seeds = 0: expected a count >= 1"),
+    (("seeds = 2", "seeds = 0"), "seeds = 0: expected a count >= 1"),
     (("image_size = 32 }", "image_size = \"big\" }"), "[backbones] resnet: unknown or bad key"),
     (("batch_size = 32", "batch_size = 0"), "[extract] batch_size = 0: expected 1 or more"),
     (("fractions = [0.5, 1.0]", "fractions = [0.5, 0.5]"), "a value is repeated"),
@@ -366,3 +366,11 @@ def test_report_keeps_sets_of_one_backbone_apart_and_waits_for_missing_datasets(
     assert beta.count("(n=2)") == 3 * 2 + 2  # 3 sets x 2 fractions; dvme, concat at 1.0
     assert "## gamma" in md and "Not in the store yet" in md
     assert frames(tmp_path / "r" / "attention.png") == 2
+
+
+def test_an_extract_only_pipeline_embeds_every_backbone(tmp_path, data_root, capsys):
+    code, out, err = cli(capsys, "run", str(write(tmp_path, data_root)), "--dry-run", "--json")
+    assert code == 0, err
+    steps = json.loads(out)
+    assert [s["id"] for s in steps] == ["extract alpha", "extract beta"]
+    assert all("x 2 of 2 backbones" in s["work"] for s in steps)

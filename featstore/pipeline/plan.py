@@ -140,7 +140,8 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
         return es if es is not None and es.complete else None
 
     used = list(dict.fromkeys([*(probe or {}).get("backbones", []),
-                               *(fuse or {}).get("backbones", [])]))
+                               *(fuse or {}).get("backbones", []),
+                               *(pipe.backbones if pipe.extract_all else [])]))
     extract_ids: dict[str, str] = {}
     # one pass per (precision, dtype); a backbone that cannot be built gets a step of its
     # own, so its failure (named) stops only what needs it

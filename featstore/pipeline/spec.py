@@ -148,6 +148,7 @@ class Pipeline:
     stages: dict[str, dict[str, Any]]  # stage -> its settings, grid defaults filled in
     slurm: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    extract_all: bool = False  # [extract] in the file: every backbone, probed or not
 
     def stage(self, name: str) -> dict[str, Any] | None:
         return self.stages.get(name)
@@ -232,6 +233,8 @@ def load_pipeline(path: str | Path, *, sets: dict[str, Any] | None = None,
             raise fail(f"unknown key {key!r} (expected one of {', '.join(SCHEMA[''])}, or a "
                        "table)")
     _check_keys(doc, "", fail)
+    _check_grid({"fractions": doc.get("fractions", [1.0]), "seeds": doc.get("seeds", 1),
+                 "bootstrap": doc.get("bootstrap", 0)}, "", fail)  # even when no stage uses them
 
     datasets = _datasets(doc.get("datasets"), fail, check_paths)
     backbones = _backbones(doc.get("backbones"), doc.get("extract", {}), fail)
@@ -257,7 +260,8 @@ def load_pipeline(path: str | Path, *, sets: dict[str, Any] | None = None,
     return Pipeline(path=where, name=str(doc.get("name", p.stem)),
                     store=str(doc.get("store", "./featstore-data")), datasets=datasets,
                     backbones=backbones, stages=stages, slurm=slurm,
-                    description=str(doc.get("description", "")))
+                    description=str(doc.get("description", "")),
+                    extract_all="extract" in doc)
 
 
 def _substitute(value: Any, variables: dict[str, str], fail) -> Any:
@@ -315,20 +319,21 @@ def _check_keys(table: dict[str, Any], section: str, fail) -> None:
 
 
 def _check_grid(settings: dict[str, Any], stage: str, fail) -> None:
+    at = f"[{stage}] " if stage else ""
     fractions = settings["fractions"]
     if not fractions:
-        raise fail(f"[{stage}] fractions: expected at least one")
+        raise fail(f"{at}fractions: expected at least one")
     for f in fractions:
         if isinstance(f, bool) or not isinstance(f, _NUMBER) or not 0 < f <= 1:
-            raise fail(f"[{stage}] fraction {f!r} is outside (0, 1]")
+            raise fail(f"{at}fraction {f!r} is outside (0, 1]")
     settings["fractions"] = [float(f) for f in fractions]
     seeds = settings["seeds"]
     seed_list = list(range(seeds)) if isinstance(seeds, int) else seeds
     if not seed_list or any(not isinstance(s, int) or s < 0 for s in seed_list):
-        raise fail(f"[{stage}] seeds = {seeds!r}: expected a count >= 1 or seeds >= 0")
+        raise fail(f"{at}seeds = {seeds!r}: expected a count >= 1 or seeds >= 0")
     settings["seeds"] = seed_list
     if settings["bootstrap"] < 0:
-        raise fail(f"[{stage}] bootstrap = {settings['bootstrap']}: expected 0 or more")
+        raise fail(f"{at}bootstrap = {settings['bootstrap']}: expected 0 or more")
 
 
 def _datasets(table: Any, fail, check_paths: bool) -> list[DatasetEntry]:
