@@ -244,10 +244,6 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
             n_runs = len(finetune["fractions"]) * len(finetune["seeds"])
             deps = [f"probe {entry.name} {name}"] if cfg.init_head == "probe" else []
             images = n_train * cfg.epochs * sum(finetune["fractions"]) * len(finetune["seeds"])
-            if deps and (probe is None or name not in probe["backbones"]):
-                raise FeatstoreError(
-                    f"pipeline {pipe.path}: [finetune] init_head = \"probe\" needs "
-                    f"{name} in [probe] backbones (LP-FT starts from its linear probe)")
             steps.append(Step(
                 id=sid, stage="finetune", dataset=entry.name, rows=rows, deps=deps,
                 cached=bool(ids) and len(done) == n_runs, gpu=True, note=k.note,
