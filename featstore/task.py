@@ -14,17 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import version
 from typing import Any
 
 import numpy as np
 import torch
 
-from featstore._hashing import sha256_json
 from featstore.choices import TASKS
 from featstore.errors import ProbeError
-
-RUN_ID_CHARS = 24
 
 
 def check_task(task: str) -> str:
@@ -146,8 +142,3 @@ def scored_metrics(task: str, y_true: np.ndarray, proba: np.ndarray,
     return [{"metric": m, "value": v, "primary": m == primary,
              "ci_low": lo if m == primary else nan, "ci_high": hi if m == primary else nan}
             for m, v in metrics.items()]
-
-
-def run_id(config: dict[str, Any]) -> str:
-    """Content key of a run: its configuration plus the featstore version."""
-    return sha256_json({**config, "featstore": version("featstore")})[:RUN_ID_CHARS]

@@ -53,7 +53,13 @@ def copy(
     from featstore.extract import resolve_embedding_set
     from featstore.report.tables import copy_table
     from featstore.store import FeatureStore
-    from featstore.store.transfer import copy_fusion_runs, copy_set, import_dataset
+    from featstore.store.transfer import (
+        copy_finetune_runs,
+        copy_fusion_runs,
+        copy_set,
+        finetuned_run_prefixes,
+        import_dataset,
+    )
 
     source, target = FeatureStore(src), FeatureStore(dst)
     if not source.exists():
@@ -65,9 +71,14 @@ def copy(
     for ds in groups:
         sets = ([resolve_embedding_set(ds, b, image_size=image_size) for b in backbone]
                 if backbone else ds.embedding_sets())
-        if not sets:
+        # finetuning runs go along: all of them, or those whose models embedded the sets named
+        prefixes = finetuned_run_prefixes(sets) if backbone else None
+        if not sets and not (prefixes is None and ds.finetune_runs_by_id()):
             continue
         into = import_dataset(target, ds)
+        tuned = copy_finetune_runs(ds, into, prefixes)
+        if tuned and not as_json:
+            err.print(f"{into.name}: {tuned} finetuning runs copied with their weights")
         for es in sets:
             rows.append(copy_set(es, into))
             if not as_json:

@@ -39,9 +39,9 @@ from featstore.data.manifest import Manifest
 from featstore.errors import FinetuneError, ImageReadError, ManifestError
 from featstore.models.registry import BackboneSpec
 from featstore.probe import ProbeRecord
+from featstore.runkeys import run_id as run_key
 from featstore.store.zarr_store import CHECKPOINTS_GROUP, DatasetGroup, FeatureStore
 from featstore.task import check_task, logits_to_proba, scored_metrics
-from featstore.task import run_id as run_key
 
 OPTIMIZERS = ("adamw", "sgd")
 INIT_HEADS = ("fresh", "probe")

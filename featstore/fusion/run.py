@@ -19,8 +19,8 @@ from featstore.errors import FusionError, ProbeError
 from featstore.fusion.dvme import ATTENTIONS, DVME, HEAD_VERSION
 from featstore.probe.linear import fit_with_validation
 from featstore.probe.run import VAL_SPLIT, check_grid, split_rows
+from featstore.runkeys import run_id as run_key
 from featstore.store.zarr_store import DatasetGroup, Embeddings, EmbeddingSet
-from featstore.task import run_id as run_key
 from featstore.task import scored_metrics
 
 MAX_BACKBONES = 8
@@ -55,6 +55,9 @@ class FuseRecord:
     head_path: str | None = None
     epochs: int | None = None
     hyperparameter: str = ""
+    # the run's configuration (what the DVME head was: dim, options; the val source);
+    # runs of two configurations are two rows, never seeds of one
+    config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,18 +144,21 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
         """A method's records: read back when persisted under its id (``identity``: what
         the method is, when its display name does not say it all), else computed and saved;
         ``legacy``: whether an earlier run of the method still gives its numbers."""
-        rid = run_key({**cfg, "method": identity or method})
+        run_config = {**cfg, "method": identity or method}
+        rid = run_key(run_config)
+        shown = record_config(run_config)
         if dataset is not None and not recompute:
             saved = dataset.fusion_run(rid)
             old = [] if saved is not None or not legacy_id or not legacy else [
                 r for r in (dataset.fusion_run(legacy_id) or {}).get("records", [])
                 if r["method"] == method]
             if saved is not None or old:
-                return [replace(stored_fusion_record(r), random_weights=base["random_weights"])
+                return [replace(stored_fusion_record(r), random_weights=base["random_weights"],
+                                config=shown)
                         for r in (saved["records"] if saved is not None else old)]
-        recs = fit(rid)
+        recs = [replace(r, config=shown) for r in fit(rid)]
         if dataset is not None:
-            dataset.save_fusion_run(rid, {"config": {**cfg, "method": identity or method},
+            dataset.save_fusion_run(rid, {"config": run_config,
                                           "records": [r.to_dict() for r in recs]})
         return recs
 
@@ -203,6 +209,18 @@ def _run_config(keys: Sequence[str], *, task: str, fraction: float, seed: int, d
     """What a fusion run of one (fraction, seed) is, beside its method."""
     return {"task": task, "fraction": fraction, "seed": seed, "dim": dim,
             "n_bootstrap": n_bootstrap, "keys": list(keys), "val": val_source, **dvme_options}
+
+
+_HEAD_FREE = ("task", "fraction", "seed", "n_bootstrap", "keys", "val", "method")
+
+
+def record_config(run_config: dict[str, Any]) -> dict[str, Any]:
+    """The configuration a fusion record shows: the whole run's for a DVME head; for the
+    linear baselines (concat, single) without the head's settings (``dim``, DVME options),
+    which do not change their numbers, so their runs at two head widths are one row."""
+    if str(run_config.get("method", "")).startswith("dvme"):
+        return dict(run_config)
+    return {k: v for k, v in run_config.items() if k in _HEAD_FREE}
 
 
 def _dvme_identity(attention: str) -> str:
@@ -307,5 +325,8 @@ def stored_fusion_records(datasets: Sequence[DatasetGroup],
                 if legacy and what(r) in current:
                     continue  # recomputed since, under its own id
                 if wanted is None or wanted & set(r.get("keys", [])):
-                    out.append(stored_fusion_record(r))
+                    rec = stored_fusion_record(r)
+                    if not rec.config and "config" in run:  # saved before records had it
+                        rec.config = record_config(run["config"])
+                    out.append(rec)
     return out

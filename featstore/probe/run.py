@@ -26,8 +26,8 @@ from featstore.errors import ManifestError, ProbeError
 from featstore.probe.knn import DEFAULT_KS, knn_with_validation
 from featstore.probe.linear import DEFAULT_L2_GRID, DEFAULT_TOL, fit_with_validation
 from featstore.probe.ordinal import decode, expected_grade, fit_thresholds
+from featstore.runkeys import run_id as run_key
 from featstore.store.zarr_store import Embeddings, EmbeddingSet
-from featstore.task import run_id as run_key
 from featstore.task import scored_metrics
 
 # How a missing val split is carved from train; part of a run's id whenever val was carved,

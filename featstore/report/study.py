@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from featstore.errors import FeatstoreError, ManifestError
+from featstore.runkeys import config_variant
 
 # every panel is framed in this colour, and nothing else is drawn in it: a test counts the
 # frames in a PNG to check its panels
@@ -182,9 +183,9 @@ def _dataset_report(ds, wanted) -> DatasetReport:
     probes = [r for r in stored_records(sets) if wanted("probe", r, r.probe)]
     variants: dict[tuple[str, str], set[str]] = {}
     for r in probes:
-        variants.setdefault((r.key, r.probe), set()).add(_variant(r.config))
+        variants.setdefault((r.key, r.probe), set()).add(config_variant(r.config))
     for r in probes:
-        v = _variant(r.config)
+        v = config_variant(r.config)
         label = r.probe + (f" ~{v}" if len(variants[(r.key, r.probe)]) > 1 else "")
         add(name(r.key, r.backbone), label, r, r.key in random_keys or r.random_weights, v)
     finetunes = [r for r in stored_finetune_records(ds) if wanted("finetune", r)]
@@ -194,23 +195,21 @@ def _dataset_report(ds, wanted) -> DatasetReport:
         add(_base(short(r.backbone)), "finetune" + (f" {recipe}" if len(recipes) > 1 else ""),
             r, bool(r.random_weights), str(recipe))
     fusions = [r for r in stored_fusion_records([ds]) if wanted("fuse", r)]
+    fusion_variants: dict[tuple, set[str]] = {}
+    for r in fusions:
+        fusion_variants.setdefault((r.method, tuple(r.keys)), set()).add(
+            config_variant(r.config))
     for r in fusions:
         if not r.method.startswith("single:"):
             fused = " + ".join(name(k, b) for k, b in zip(r.keys, r.backbones, strict=False))
-            add(fused, r.method, r, bool(r.random_weights))
+            v = config_variant(r.config)
+            several = len(fusion_variants[(r.method, tuple(r.keys))]) > 1
+            add(fused, r.method + (f" ~{v}" if several else ""), r, bool(r.random_weights), v)
     attention = _attention(fusions, name)
     ordered = sorted(rows.values(), key=lambda r: (" + " in r.backbone, r.backbone,
                                                     r.method))  # fusions last
     return DatasetReport(ds.attrs.get("name", ds.name), ds, str(ds.attrs.get("task", "")),
                          ordered, attention, sets)
-
-
-def _variant(config: dict[str, Any]) -> str:
-    """What distinguishes a probe's configuration beside fraction, seed and bootstrap."""
-    from featstore._hashing import sha256_json
-
-    skip = ("fraction", "seed", "n_bootstrap", "versions", "probe")
-    return sha256_json({k: v for k, v in (config or {}).items() if k not in skip})[:6]
 
 
 def _attention(fusions: Sequence[Any], name) -> dict[str, Any] | None:
@@ -219,7 +218,8 @@ def _attention(fusions: Sequence[Any], name) -> dict[str, Any] | None:
     groups: dict[tuple, list[Any]] = {}
     for r in fusions:
         if r.method.startswith("dvme") and r.attention:
-            groups.setdefault((r.method, tuple(r.keys)), []).append(r)
+            groups.setdefault((r.method, tuple(r.keys), config_variant(r.config)),
+                              []).append(r)
     if not groups:
         return None
 

@@ -52,6 +52,34 @@ def _ci(records: Sequence[Any]) -> str:
     return f"[{np.nanmean(lo):.3f}, {np.nanmean(hi):.3f}]"
 
 
+def _by_configuration(records: Sequence[Any], what) -> dict[tuple, list]:
+    """Records grouped into table cells: ``what(r)`` (the row's subject), the configuration
+    label, and the fraction. Runs of different configurations (:func:`config_variant`) are
+    different rows, labelled ``~<variant>`` where one subject has several (a finetuning run
+    always by its recipe hash); within a cell a seed counts once per metric (the same seed again,
+    e.g. at another bootstrap count, is not another sample)."""
+    from featstore.runkeys import config_variant
+
+    variants: dict[tuple, set[str]] = {}
+    for r in records:
+        variants.setdefault(what(r), set()).add(config_variant(getattr(r, "config", None)))
+    cells: dict[tuple, list] = {}
+    seen: set[tuple] = set()
+    for r in records:
+        config = getattr(r, "config", None) or {}
+        v = config_variant(config)
+        if "recipe" in config:  # finetuning runs are always labelled by their recipe
+            label = v
+        else:
+            label = f"~{v}" if len(variants[what(r)]) > 1 else ""
+        cell = (*what(r), label, r.fraction)
+        if (cell, r.seed, r.metric) in seen:
+            continue
+        seen.add((cell, r.seed, r.metric))
+        cells.setdefault(cell, []).append(r)
+    return cells
+
+
 def probe_tables(records: Sequence[Any]) -> list[Table]:
     """Backbone x probe x fraction: each metric (mean +- sd over seeds), the primary
     metric's bootstrap 95% CI on test, the chosen hyperparameter; then per-label AUCs."""
@@ -66,12 +94,9 @@ def probe_tables(records: Sequence[Any]) -> list[Table]:
                 *[SHORT_NAMES.get(m, m) for m in metrics], "95% CI", "chosen", "seeds"):
         table.add_column(col, justify="left" if col in ("backbone", "probe", "chosen")
                          else "right")
-    cells: dict[tuple, list] = {}
-    for r in records:
-        recipe = (getattr(r, "config", None) or {}).get("recipe")  # finetuning settings
-        cells.setdefault((r.backbone, r.key, r.probe, r.fraction, recipe), []).append(r)
-    for (backbone, _, kind, fraction, recipe), rs in cells.items():
-        kind = f"{kind} {recipe}" if recipe else kind
+    cells = _by_configuration(records, lambda r: (r.backbone, r.key, r.probe))
+    for (backbone, _, kind, label, fraction), rs in cells.items():
+        kind = f"{kind} {label}".rstrip()
         by_metric: dict[str, list[float]] = {}
         for r in rs:
             by_metric.setdefault(r.metric, []).append(r.value)
@@ -87,13 +112,11 @@ def probe_tables(records: Sequence[Any]) -> list[Table]:
         lt = Table(title="per-label AUC (mean +- sd over seeds)")
         for col in ("backbone", "probe", "fraction", "label", "auc"):
             lt.add_column(col)
-        label_cells: dict[tuple, list[float]] = {}
-        for r in per_label:
-            label = r.metric[len(PER_LABEL_PREFIX):-1]
-            label_cells.setdefault((r.backbone, r.probe, r.fraction, label), []).append(
-                r.value)
-        for (backbone, kind, fraction, label), values in label_cells.items():
-            lt.add_row(backbone, kind, f"{fraction:g}", label, mean_sd(values))
+        label_cells = _by_configuration(per_label,
+                                        lambda r: (r.backbone, r.key, r.probe, r.metric))
+        for (backbone, _, kind, metric, variant, fraction), rs in label_cells.items():
+            lt.add_row(backbone, f"{kind} {variant}".rstrip(), f"{fraction:g}",
+                       metric[len(PER_LABEL_PREFIX):-1], mean_sd([r.value for r in rs]))
         tables.append(lt)
     return tables
 
@@ -110,11 +133,10 @@ def fusion_table(records: Sequence[Any]) -> Table | None:
     for col in ("method", "backbones", "fraction", "n_train", primary,
                 "95% CI", "attention", "seeds"):
         table.add_column(col)
-    cells: dict[tuple, list] = {}
-    for r in records:
-        if r.primary:
-            cells.setdefault((r.method, tuple(r.keys), r.fraction), []).append(r)
-    for (method, _, fraction), rs in cells.items():
+    cells = _by_configuration([r for r in records if r.primary],
+                              lambda r: (r.method, tuple(r.keys)))
+    for (method, _, label, fraction), rs in cells.items():
+        method = f"{method} {label}".rstrip()
         att = ""
         if rs[0].attention:
             mean = {k: np.mean([r.attention[k] for r in rs]) for k in rs[0].attention}

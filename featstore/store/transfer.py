@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from featstore._hashing import array_sha256
+from featstore._hashing import array_sha256, sha256_bytes
 from featstore.errors import CorruptShardError, StoreError
 from featstore.store.zarr_store import (
+    CHECKPOINTS_GROUP,
     DatasetGroup,
     EmbeddingKey,
     EmbeddingSet,
@@ -86,6 +87,9 @@ def copy_set(es: EmbeddingSet, dst_ds: DatasetGroup, *,
         target.mark_complete({k: attrs[k] for k in ("finished", "skipped") if k in attrs})
     runs = 0
     for run_id, run in es.probe_runs_by_id().items():
+        head = es.probe_head(run_id)  # a linear probe's weights (LP-FT starts from them)
+        if head is not None and target.probe_head(run_id) is None:
+            target.save_probe_head(run_id, head)
         if target.probe_run(run_id) is None:
             target.save_probe_run(run_id, run)
             runs += 1
@@ -105,6 +109,46 @@ def copy_fusion_runs(src: DatasetGroup, dst: DatasetGroup) -> int:
             dst.save_fusion_run(run_id, payload)
             copied += 1
     return copied
+
+
+def copy_finetune_runs(src: DatasetGroup, dst: DatasetGroup,
+                       prefixes: Sequence[str] | None = None) -> int:
+    """Finished finetuning runs of ``src`` that ``dst`` lacks, with their best weights and
+    the backbone weights ``finetuned:<run>`` embeds with, each checked against its recorded
+    sha256 before it is written; the run record goes last, so a killed copy never leaves a
+    finished run without its weights. ``prefixes``: only runs whose id starts with one.
+    Unfinished runs stay behind (their resume state belongs to the store they run in).
+
+    Raises
+    ------
+    StoreError
+        A finished run's weights are missing or damaged in the source.
+    """
+    s_obj, d_obj = src.store.objects, dst.store.objects
+    copied = 0
+    for run_id, run in src.finetune_runs_by_id().items():
+        if run.get("status") != "complete" or dst.finetune_run(run_id) is not None or (
+                prefixes is not None and not any(run_id.startswith(p) for p in prefixes)):
+            continue
+        for name in ("best.pt", "backbone.pt"):
+            data = s_obj.get(f"{CHECKPOINTS_GROUP}/{src.name}/{run_id}/{name}")
+            damaged = data is None or (name == "backbone.pt" and
+                                       sha256_bytes(data) != run.get("finetuned_sha256"))
+            if damaged:
+                raise StoreError(f"{src.store.root}: finetuning run {run_id[:12]} of "
+                                 f"{src.name}: {name} is "
+                                 f"{'missing' if data is None else 'damaged'}; not copied")
+            d_obj.put(f"{CHECKPOINTS_GROUP}/{dst.name}/{run_id}/{name}", data)
+        dst.save_finetune_run(run_id, run)
+        copied += 1
+    return copied
+
+
+def finetuned_run_prefixes(sets: Sequence[EmbeddingSet]) -> list[str]:
+    """The finetuning runs (id prefixes) whose models embedded these sets."""
+    names = (str(es.attrs.get("provenance", {}).get("backbone", "")) for es in sets)
+    return [n.removeprefix("finetuned:").rpartition("/")[2] for n in names
+            if n.startswith("finetuned:")]
 
 
 def export_set(es: EmbeddingSet, fmt: str, output: str | Path, *,

@@ -1,0 +1,165 @@
+"""Results a team can trust: runs of different configurations are different rows (never
+averaged as seeds), and ``copy`` carries every run a store has (probes with their heads,
+fusion, finetuning with its weights), so ``results`` and ``report`` read the same on both."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from featstore.data import load_dataset
+from featstore.store import FeatureStore
+from tests.conftest import SIZE, TINY, TINY_VIT, cli, make_medmnist
+
+
+def _rows(out: str, word: str) -> list[str]:
+    return [line for line in out.splitlines() if word in line and line.startswith("│")]
+
+
+def _seeds(line: str) -> int:
+    return int(line.rstrip(" │|").split()[-1].strip("│|"))
+
+
+@pytest.fixture
+def extracted(capsys, npz_file, store_dir):
+    data = ["--data", str(npz_file), "--store", str(store_dir)]
+    code, _, err = cli(capsys, "extract", *data, "-b", TINY, "-b", TINY_VIT, "--image-size",
+                       str(SIZE))
+    assert code == 0, err
+    return data
+
+
+def test_probes_with_another_l2_grid_are_another_row_not_a_second_seed(capsys, extracted):
+    for grid in ("0.1,1", "100"):
+        code, _, err = cli(capsys, "probe", *extracted, "-b", TINY, "--image-size", str(SIZE),
+                           "--bootstrap", "10", "--l2-grid", grid)
+        assert code == 0, err
+    code, out, _ = cli(capsys, "results", *extracted, "-b", TINY, "--image-size", str(SIZE))
+    rows = _rows(out, "linear")
+    assert len(rows) == 2, out
+    assert all(_seeds(r) == 1 for r in rows), out
+    assert len({re.search(r"~(\w+)", r).group(1) for r in rows}) == 2
+
+
+def test_the_readme_ordinal_decode_example_is_two_rows_of_one_seed(capsys, tmp_path):
+    data = make_medmnist(tmp_path / "retina.npz", classes=5, n=(50, 20, 20))
+    args = ["--data", str(data), "--store", str(tmp_path / "s"), "--task", "ordinal"]
+    code, _, err = cli(capsys, "extract", *args, "-b", TINY, "--image-size", str(SIZE))
+    assert code == 0, err
+    for decode in ("argmax", "expected"):
+        code, _, err = cli(capsys, "probe", *args, "--bootstrap", "10",
+                           "--ordinal-decode", decode)
+        assert code == 0, err
+    code, out, _ = cli(capsys, "results", *args)
+    rows = _rows(out, "linear")
+    assert len(rows) == 2 and all(_seeds(r) == 1 for r in rows), out
+    assert "+-" not in "".join(rows)  # one seed each: a value, never a spread
+
+
+def test_dvme_at_two_widths_is_two_rows_and_the_baselines_one(capsys, extracted):
+    for dim in ("16", "32"):
+        code, _, err = cli(capsys, "fuse", *extracted, "-b", TINY, "-b", TINY_VIT, "--dim", dim,
+                           "--image-size", str(SIZE),
+                           "--bootstrap", "10", "--heads-dir", str(extracted[3]) + "-heads")
+        assert code == 0, err
+    code, out, _ = cli(capsys, "results", *extracted, "--json")
+    fused = [r for r in json.loads(out) if r.get("method") == "dvme-softmax" and r["primary"]]
+    assert sorted(r["config"]["dim"] for r in fused) == [16, 32]  # the record says its width
+    code, out, _ = cli(capsys, "results", *extracted)
+    dvme, concat = _rows(out, "dvme-softmax"), _rows(out, "concat")
+    assert len(dvme) == 2 and all(_seeds(r) == 1 for r in dvme), out
+    assert len(concat) == 1 and _seeds(concat[0]) == 1, out  # dim does not change concat
+
+
+def test_the_report_keeps_dvme_widths_apart(capsys, extracted, tmp_path):
+    from featstore.report.study import collect
+
+    for dim in ("16", "32"):
+        code, _, err = cli(capsys, "fuse", *extracted, "-b", TINY, "-b", TINY_VIT, "--dim", dim,
+                           "--image-size", str(SIZE),
+                           "--bootstrap", "10", "--heads-dir", str(tmp_path / "h"))
+        assert code == 0, err
+    [report] = collect(FeatureStore(extracted[3]))
+    dvme = [row for row in report.rows if row.method.startswith("dvme-softmax")]
+    assert len(dvme) == 2 and all(len(v) == 1 for row in dvme for v in row.values.values())
+
+
+def test_copy_carries_finetune_runs_weights_and_probe_heads(capsys, npz_file, store_dir,
+                                                           tmp_path):
+    from featstore.report.study import collect
+
+    data = ["--data", str(npz_file), "--store", str(store_dir)]
+    code, _, err = cli(capsys, "extract", *data, "-b", TINY, "--image-size", str(SIZE))
+    assert code == 0, err
+    code, out, err = cli(capsys, "probe", *data, "--bootstrap", "10", "--json")
+    assert code == 0, err
+    probe_run = json.loads(out)[0]["run_id"]
+    code, out, err = cli(capsys, "finetune", *data, "-b", TINY, "--image-size", str(SIZE),
+                         "--epochs", "1", "--batch-size", "8", "--bootstrap", "10", "--json")
+    assert code == 0, err
+    tuned = f"finetuned:{json.loads(out)[0]['run_id'][:10]}"
+    for verb in (["extract"], ["probe", "--bootstrap", "10"]):  # the finetuned model, probed
+        code, _, err = cli(capsys, *verb, *data, "-b", tuned)
+        assert code == 0, err
+    copy = tmp_path / "copy"
+    code, _, err = cli(capsys, "copy", str(store_dir), str(copy))
+    assert code == 0, err
+    assert "1 finetuning runs copied" in err
+
+    def results(store) -> list[tuple]:
+        code, out, _ = cli(capsys, "results", "--data", str(npz_file), "--store", str(store),
+                           "--json")
+        assert code == 0
+        return sorted((r["run_id"], r["metric"], r["value"]) for r in json.loads(out))
+
+    assert results(copy) == results(store_dir)
+    assert any(r[1] == "auc" for r in results(copy))
+
+    def report(store) -> list[tuple]:
+        [rep] = collect(FeatureStore(store))
+        return [(row.backbone, row.method, row.random, row.values) for row in rep.rows]
+
+    assert report(copy) == report(store_dir)
+    assert any("finetuned" in b and random for b, _, random, _ in report(copy))
+    m = load_dataset(npz_file)
+    src_set = FeatureStore(store_dir).dataset(m).embedding_set(f"timm:test_resnet/{SIZE}px@random")
+    dst_set = FeatureStore(copy).dataset(m).embedding_set(f"timm:test_resnet/{SIZE}px@random")
+    head = dst_set.probe_head(probe_run)
+    assert head is not None and (head["coef"] == src_set.probe_head(probe_run)["coef"]).all()
+    # the finetuned model is a backbone on the copy: its weights come from there, checked
+    code, _, err = cli(capsys, "probe", "--data", str(npz_file), "--store", str(copy),
+                       "-b", tuned, "--bootstrap", "10")
+    assert code == 0, err
+
+
+def test_copy_of_a_finetuned_set_alone_brings_its_run(capsys, npz_file, store_dir, tmp_path):
+    data = ["--data", str(npz_file), "--store", str(store_dir)]
+    code, out, err = cli(capsys, "finetune", *data, "-b", TINY, "--image-size", str(SIZE),
+                         "--epochs", "1", "--batch-size", "8", "--bootstrap", "10", "--json")
+    assert code == 0, err
+    run_id = json.loads(out)[0]["run_id"]
+    code, out, err = cli(capsys, "extract", *data, "-b", f"finetuned:{run_id[:10]}", "--json")
+    assert code == 0, err
+    key = json.loads(out)[0]["key"]
+    code, _, err = cli(capsys, "copy", str(store_dir), str(tmp_path / "c"), "--data",
+                       str(npz_file), "-b", key[:12])
+    assert code == 0, err
+    copied = FeatureStore(tmp_path / "c").dataset(load_dataset(npz_file))
+    assert list(copied.finetune_runs_by_id()) == [run_id]
+
+
+def test_copy_refuses_a_finetune_run_whose_weights_are_damaged(capsys, npz_file, store_dir,
+                                                               tmp_path):
+    data = ["--data", str(npz_file), "--store", str(store_dir)]
+    code, out, err = cli(capsys, "finetune", *data, "-b", TINY, "--image-size", str(SIZE),
+                         "--epochs", "1", "--batch-size", "8", "--bootstrap", "10", "--json")
+    assert code == 0, err
+    run_id = json.loads(out)[0]["run_id"]
+    ds = FeatureStore(store_dir).dataset(load_dataset(npz_file))
+    key = f"_checkpoints/{ds.name}/{run_id}/backbone.pt"
+    ds.store.objects.put(key, ds.store.objects.get(key)[:-10])
+    code, _, err = cli(capsys, "copy", str(store_dir), str(tmp_path / "c"))
+    assert code == 1 and f"finetuning run {run_id[:12]}" in err and "damaged" in err
+    assert FeatureStore(tmp_path / "c").dataset(load_dataset(npz_file)).finetune_runs() == []
