@@ -14,3 +14,6 @@ ATTENTIONS = ("softmax", "sigmoid", "uniform")
 # Pixels an image file may declare before it is refused as unreadable (PIL's own
 # decompression-bomb threshold, 2 x 89,478,485).
 DEFAULT_MAX_PIXELS = 178_956_970
+# Where a fixed-size array source (MedMNIST, PCam) is resized: auto = on the GPU when
+# extracting on CUDA, else by PIL in the loader workers.
+RESIZES = ("auto", "cpu", "device")

@@ -56,9 +56,13 @@ def test_a_flipped_byte_is_refused_named_and_recomputed(capsys, extracted, npz_f
     assert code == 0  # the opt-out reads the numbers as they are
     code, out, _ = cli(capsys, "verify", "--store", str(store_dir))
     assert code == 1 and "CORRUPT shards [1]" in out
-    # the next extract is no cache hit: it recomputes exactly that shard
+    # a cache hit reads nothing (the sealed checksums say it is finished) ...
     code, out, _ = cli(capsys, "extract", *data, "-b", TINY, "--image-size", str(SIZE),
                        "--shard-rows", "16")
+    assert code == 0 and "cache hit" in out and "recomputed" not in out
+    # ... and with --verify it checks every shard and recomputes exactly that one
+    code, out, _ = cli(capsys, "extract", *data, "-b", TINY, "--image-size", str(SIZE),
+                       "--shard-rows", "16", "--verify")
     assert code == 0 and "shards [1] failed their checksum and were recomputed" in out
     assert "1/5 shards written" in out
     np.testing.assert_array_equal(embeddings(store_dir, npz_file, key), before)

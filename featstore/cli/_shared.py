@@ -34,6 +34,7 @@ Dtype = _enum("Dtype", choices.DTYPES)
 OnError = _enum("OnError", choices.ON_ERROR)
 Task = _enum("Task", choices.TASKS)
 OrdinalDecode = _enum("OrdinalDecode", choices.ORDINAL_DECODES)
+Resize = _enum("Resize", choices.RESIZES)
 
 
 def split_option(text: str, option: str, kind: Callable = float) -> list:

@@ -25,6 +25,7 @@ from featstore.cli._shared import (
     Precision,
     PrecisionOpt,
     RecomputeOpt,
+    Resize,
     ResultsStoreOpt,
     RootOpt,
     SeedsOpt,
@@ -78,6 +79,13 @@ def extract(
     max_pixels: Annotated[int, typer.Option(
         help="An image file declaring more pixels is unreadable (fails, or is skipped with "
              "--on-error skip).")] = choices.DEFAULT_MAX_PIXELS,
+    resize: Annotated[Resize, typer.Option(
+        help="Where equal-sized uint8 arrays (.npz, HDF5) are resized: device (batched, "
+             "its own key), cpu (PIL per image) or auto (device on CUDA).")] = Resize.auto,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Check every shard of finished sets against its checksum now and "
+        "recompute those that fail (a cache hit otherwise reads nothing; every read checks "
+        "its shards).")] = False,
     root: RootOpt = None,
     task: TaskOpt = None,
     as_json: JsonOpt = False,
@@ -101,7 +109,7 @@ def extract(
         fs, batch_size=batch_size, num_workers=workers, device=device,
         dtype=dtype.value, precision=precision.value, shard_rows=shard_rows,
         on_error=on_error.value, compile=compile_model, claim_timeout=claim_timeout,
-        max_pixels=max_pixels,
+        max_pixels=max_pixels, resize=resize.value, verify=verify,
         progress=None if as_json or not rank0 else progress_bar())
     if not rank0:  # torchrun: rank 0 reports for the job
         return

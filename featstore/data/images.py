@@ -49,6 +49,21 @@ class ArrayFiles:
                     self._arrays[k] = npz[key]
         return self._arrays[k]
 
+    def header(self, path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
+        """(shape, dtype) of array ``key`` without reading its data (an .npz member's
+        header, an HDF5 dataset's metadata)."""
+        if path.suffix.lower() in H5_SUFFIXES:
+            arr = self.get(path, key)
+            return tuple(arr.shape), np.dtype(arr.dtype)
+        import zipfile
+
+        with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if major == 1 else
+                    np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read(f)
+        return tuple(shape), np.dtype(dtype)
+
     def __del__(self) -> None:
         for f in self._files:
             try:
@@ -97,10 +112,7 @@ def read_image_views(manifest: Manifest, i: int, arrays: ArrayFiles | None = Non
             arr = arrays.get(path, manifest.array_keys[i])
             j = int(manifest.index[i])
             if not 0 <= j < len(arr):
-                raise ImageReadError(
-                    f"id {str(manifest.ids[i])!r}: index {j} out of range for "
-                    f"{path.name}[{manifest.array_keys[i]}] with {len(arr)} rows"
-                )
+                raise ImageReadError(_out_of_range(manifest, i, path, len(arr)))
             px = arr[j]
             if px.ndim == 3 and px.shape[-1] == 1:
                 px = px[..., 0]
@@ -132,13 +144,49 @@ def read_image_views(manifest: Manifest, i: int, arrays: ArrayFiles | None = Non
         raise ImageReadError(f"id {str(manifest.ids[i])!r}: cannot read {path}: {e}") from None
 
 
+def _out_of_range(manifest: Manifest, i: int, path: Path, n: int) -> str:
+    return (f"id {str(manifest.ids[i])!r}: index {int(manifest.index[i])} out of range for "
+            f"{path.name}[{manifest.array_keys[i]}] with {n} rows")
+
+
+def uniform_array_shape(manifest: Manifest) -> tuple[int, ...] | None:
+    """The per-row shape, (H, W) or (H, W, 3), when every row of ``manifest`` is a uint8
+    row of an array file (.npz, HDF5) and all share it; else None. Such rows can go to the
+    model as the arrays hold them, resized there in batches. Reads headers only."""
+    keys = manifest.array_keys
+    if keys is None or not len(manifest) or not all(keys):
+        return None
+    arrays, shapes = ArrayFiles(), set()
+    for i in np.unique(np.unique(keys, return_index=True)[1]):  # one row per array key
+        try:
+            shape, dtype = arrays.header(manifest.resolve(int(i)), keys[int(i)])
+        except (OSError, KeyError, ValueError):
+            return None  # unreadable here: the row-by-row path names the rows
+        if dtype != np.uint8:
+            return None
+        row = shape[1:]
+        if len(row) == 3 and row[-1] == 1:
+            row = row[:2]
+        if len(row) not in (2, 3) or (len(row) == 3 and row[-1] != 3):
+            return None
+        shapes.add(row)
+    for p in {str(manifest.resolve(int(i))) for i in range(len(manifest))}:
+        if not Path(p).is_file():
+            return None
+    return shapes.pop() if len(shapes) == 1 else None
+
+
 @dataclass(frozen=True)
 class View:
-    """One way a backbone wants a row: transform to a tensor of ``shape``, JPEG draft size."""
+    """One way a backbone wants a row: ``transform`` to a tensor of ``shape`` and ``dtype``
+    (JPEGs decoded at ``draft`` size); or, ``raw``, the row's array pixels as stored (uint8,
+    ``shape`` (H, W) or (H, W, 3)), for the model's side to resize in batches."""
 
-    transform: Callable[[Image.Image], torch.Tensor]
+    transform: Callable[[Image.Image], torch.Tensor] | None
     shape: tuple[int, ...]
     draft: int | None = None
+    dtype: torch.dtype = torch.float32
+    raw: bool = False
 
 
 class ViewsDataset(torch.utils.data.Dataset):
@@ -166,16 +214,82 @@ class ViewsDataset(torch.utils.data.Dataset):
             self._arrays = ArrayFiles()
         views = [self.views[v] for v in wanted]
         try:
-            imgs = read_image_views(self.manifest, i, self._arrays, [v.draft for v in views],
-                                    self.max_pixels)
-            return tuple(v.transform(imgs[v.draft]) for v in views), wanted, i, ""
+            drafts = [v.draft for v in views if not v.raw]
+            imgs = read_image_views(self.manifest, i, self._arrays, drafts,
+                                    self.max_pixels) if drafts else {}
+            xs = []
+            for w, v in zip(wanted, views, strict=True):
+                if v.raw:
+                    raw, _, errors = self._raw_rows([i], (w,))
+                    if errors[0]:
+                        raise ImageReadError(errors[0])
+                    xs.append(raw[w][0])
+                else:
+                    xs.append(v.transform(imgs[v.draft]))
+            return tuple(xs), wanted, i, ""
         except ImageReadError as e:
-            return tuple(torch.zeros(v.shape) for v in views), wanted, i, str(e)
+            return tuple(torch.zeros(v.shape, dtype=torch.uint8 if v.raw else v.dtype)
+                         for v in views), wanted, i, str(e)
+
+    def __getitems__(self, items):
+        """A whole batch (the DataLoader's batched fetch). Rows wanted as ``raw`` views only
+        are read with one indexed read per array (no per-row work): a collated batch."""
+        wanted = items[0][1] if isinstance(items[0], tuple) else tuple(range(len(self.views)))
+        if not all(self.views[v].raw for v in wanted):
+            return [self[item] for item in items]
+        if self._arrays is None:
+            self._arrays = ArrayFiles()
+        rows = [item[0] if isinstance(item, tuple) else item for item in items]
+        return _Collated(*self._raw_rows(rows, wanted))
+
+    def _raw_rows(self, rows: Sequence[int], wanted: Sequence[int]):
+        """({view: uint8 (B, *shape)}, rows, errors) of array rows read as stored."""
+        if self._arrays is None:
+            self._arrays = ArrayFiles()
+        m = self.manifest
+        shape = self.views[wanted[0]].shape
+        out = np.zeros((len(rows), *shape), dtype=np.uint8)
+        errors = [""] * len(rows)
+        by_array: dict[tuple[str, str], list[int]] = {}
+        for k, i in enumerate(rows):
+            by_array.setdefault((str(m.resolve(i)), m.array_keys[i]), []).append(k)
+        for (path, key), ks in by_array.items():
+            try:
+                arr = self._arrays.get(Path(path), key)
+            except (OSError, KeyError, ValueError) as e:
+                for k in ks:
+                    errors[k] = f"id {str(m.ids[rows[k]])!r}: cannot read {path}: {e}"
+                continue
+            at = np.array([int(m.index[rows[k]]) for k in ks])
+            ok = (at >= 0) & (at < len(arr))
+            for k in np.asarray(ks)[~ok]:
+                errors[k] = _out_of_range(m, rows[k], Path(path), len(arr))
+            if ok.any():
+                unique, inverse = np.unique(at[ok], return_inverse=True)
+                if unique[-1] - unique[0] + 1 == len(unique):  # one contiguous read
+                    px = np.asarray(arr[int(unique[0]):int(unique[-1]) + 1])
+                else:
+                    px = np.asarray(arr[unique.tolist()] if not isinstance(arr, np.ndarray)
+                                    else arr[unique])
+                out[np.asarray(ks)[ok]] = px.reshape(len(unique), *shape)[inverse]
+        x = torch.from_numpy(out)
+        return {v: x for v in wanted}, torch.tensor(list(rows)), errors
+
+
+@dataclass
+class _Collated:
+    """A batch :meth:`ViewsDataset.__getitems__` already assembled."""
+
+    xs: dict[int, torch.Tensor]
+    rows: torch.Tensor
+    errors: list[str]
 
 
 def collate_views(items):
     """Stack a batch of :class:`ViewsDataset` items (one ``views`` tuple per batch):
     ({view: images}, rows, errors)."""
+    if isinstance(items, _Collated):
+        return items.xs, items.rows, items.errors
     xs, wanted, rows, errors = zip(*items, strict=True)
     stacked = {v: torch.stack([x[k] for x in xs]) for k, v in enumerate(wanted[0])}
     return stacked, torch.tensor(rows), list(errors)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import queue
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,11 +25,12 @@ import numpy as np
 import torch
 
 from featstore.choices import DEFAULT_MAX_PIXELS, ON_ERROR
-from featstore.data.images import View, ViewsDataset, collate_views
+from featstore.data.images import ViewsDataset, collate_views
 from featstore.data.manifest import Manifest
 from featstore.errors import FeatstoreError, ImageReadError
 from featstore.extract.claims import ClaimBoard
-from featstore.extract.keys import DECODE, check_dtype, check_precision, resolve_key
+from featstore.extract.keys import DECODE, check_dtype, check_precision, embedding_key
+from featstore.extract.pixels import PixelPath, check_resize, pixel_paths
 from featstore.models.registry import BackboneSpec, LoadedBackbone
 from featstore.store.zarr_store import (
     DEFAULT_SHARD_ROWS,
@@ -40,6 +43,10 @@ AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bf
                                                   "fp16": torch.float16}
 CPU_BATCH_SIZE = 64
 WAIT_POLL_S = 0.5
+# rows a loader worker decodes per hand-over: small, so many workers fill one model batch
+# together (a worker building a whole 1024-row batch alone keeps the model waiting)
+WORKER_BATCH = 32
+WRITE_QUEUE = 2  # finished shards waiting for the writer thread
 
 
 class ExtractProgress(Protocol):
@@ -156,9 +163,13 @@ def _user() -> str | None:
 
 def provenance(loaded: LoadedBackbone, manifest: Manifest, *, batch_size: int,
                device: torch.device, precision: str = "fp32", batch_size_auto: bool = False,
-               world: int = 1, on_error: str = "fail", compiled: bool = False) -> dict:
+               world: int = 1, on_error: str = "fail", compiled: bool = False,
+               pixels: PixelPath | None = None) -> dict:
     """What produced an embedding set, recorded in its attrs."""
     spec = loaded.spec
+    resize = ("batched on the device" + (f" ({pixels.key_resize})" if pixels.keyed else
+                                         ", none needed")
+              if pixels is not None and pixels.batched_resize else "PIL, in the loader")
     return {
         "backbone": spec.name,
         "architecture": spec.architecture,
@@ -167,6 +178,7 @@ def provenance(loaded: LoadedBackbone, manifest: Manifest, *, batch_size: int,
         "weights_sha256": loaded.weights_sha256,
         "preprocessing": loaded.preprocessing.to_dict(),
         "decode": DECODE,
+        "resize": resize,
         "layer": spec.layer,
         "manifest": manifest.name,
         "manifest_sha256": manifest.sha256,
@@ -244,9 +256,12 @@ def _is_cnn(model: torch.nn.Module) -> bool:
 
 
 def _recompute_corrupt(store: FeatureStore, manifest: Manifest,
-                       keys: Sequence[EmbeddingKey]) -> dict[str, list[int]]:
-    """Check every done shard of these keys' sets against its checksum; mark the ones that
-    fail (or cannot be read) not done, so this extract recomputes them. {key: shards}."""
+                       keys: Sequence[EmbeddingKey], *,
+                       complete_too: bool = False) -> dict[str, list[int]]:
+    """Check every done shard of these keys' unfinished sets (with ``complete_too``, of the
+    finished ones as well) against its checksum; mark the ones that fail (or cannot be
+    read) not done, so this extract recomputes them. {key: shards}. A finished set is a
+    cache hit that reads nothing: its shards are checked whenever they are read."""
     try:
         ds = store.dataset(manifest)
     except FeatstoreError:  # no group yet, or a damaged index (rewritten on creation)
@@ -256,6 +271,8 @@ def _recompute_corrupt(store: FeatureStore, manifest: Manifest,
         try:
             es = ds.embedding_set(key.digest)
         except FeatstoreError:
+            continue
+        if es.complete and not complete_too:
             continue
         bad = es.verify()
         if bad:
@@ -282,6 +299,7 @@ class _Job:
     view: int
     model: torch.nn.Module
     pending_at_start: list[int]
+    resize: str | None = None  # the key's resize field (None: PIL's bits)
     channels_last: bool = False
     written: int = 0
     rows_written: int = 0
@@ -306,6 +324,8 @@ def extract_embeddings(
     compile: bool = False,
     claim_timeout: float | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    resize: str = "auto",
+    verify: bool = False,
     progress: ExtractProgress | None = None,
 ) -> list[ExtractResult]:
     """Embed every row of ``manifest`` with each backbone and write the embeddings to ``store``.
@@ -320,6 +340,13 @@ def extract_embeddings(
     An image file declaring more than ``max_pixels`` pixels is unreadable (None: no limit).
     ``on_error="skip"`` stores an unreadable image's row as missing (NaN, flagged in the
     ``missing`` mask, its id and reason recorded) instead of stopping.
+
+    Workers hand over uint8 pixels; normalisation runs batched on ``device`` (see
+    :mod:`featstore.extract.pixels`). ``resize``: where a source of equal-sized uint8
+    arrays is resized, ``device`` (batched; its own key), ``cpu`` (PIL, per image) or
+    ``auto`` (the device on CUDA). A finished set is a cache hit that reads nothing
+    (reads check every shard); ``verify`` checks its shards now and recomputes those
+    that fail.
 
     Raises
     ------
@@ -342,6 +369,7 @@ def extract_embeddings(
         raise FeatstoreError(f"--max-pixels {max_pixels}: expected at least 1")
     if claim_timeout is not None and not claim_timeout > 0:
         raise FeatstoreError(f"--claim-timeout {claim_timeout}: expected seconds > 0")
+    check_resize(resize)
     manifest.check_files()
     dist = distributed_from_env(device)
     dev = resolve_device(device, dist.local_rank)
@@ -349,10 +377,16 @@ def extract_embeddings(
     t0 = time.perf_counter()
     jobs: list[_Job] = []
     try:
-        built = [resolve_key(spec, dtype, precision) for spec in backbones]
-        recomputed = (_recompute_corrupt(store, manifest, [k for _, k in built])
-                      if dist.rank == 0 else {})
-        preps = list(dict.fromkeys(loaded.preprocessing for loaded, _ in built))
+        from featstore.models.registry import build_backbone
+
+        loaded_all = [build_backbone(spec) for spec in backbones]
+        preps = list(dict.fromkeys(loaded.preprocessing for loaded in loaded_all))
+        paths = pixel_paths(manifest, preps, resize=resize, device_type=dev.type)
+        built = [(loaded, embedding_key(loaded, dtype, precision,
+                                        paths[preps.index(loaded.preprocessing)].key_resize))
+                 for loaded in loaded_all]
+        recomputed = (_recompute_corrupt(store, manifest, [k for _, k in built],
+                                         complete_too=verify) if dist.rank == 0 else {})
         cl = dev.type == "cuda"
         todo = [(loaded, key) for loaded, key in built if not _complete(store, manifest, key)]
         if batch_size is None:  # measured only when there is work (a cache hit runs nothing)
@@ -370,7 +404,8 @@ def extract_embeddings(
                 provenance=provenance(loaded, manifest, batch_size=bs, device=dev,
                                       precision=precision, batch_size_auto=batch_size is None,
                                       world=dist.world, on_error=on_error,
-                                      compiled=compile))
+                                      compiled=compile,
+                                      pixels=paths[preps.index(loaded.preprocessing)]))
                 for loaded, key in built]
 
         sets: list[EmbeddingSet] = []
@@ -397,12 +432,11 @@ def extract_embeddings(
                     model = torch.compile(model)
             jobs.append(_Job(loaded, key, es, preps.index(loaded.preprocessing), model,
                              pending, channels_last=is_cnn))
-        views = [View(p.transform(), (3, p.input_size, p.input_size), p.resize) for p in preps]
-        dataset = ViewsDataset(manifest, views, max_pixels=max_pixels)
+        dataset = ViewsDataset(manifest, [p.view for p in paths], max_pixels=max_pixels)
         for rows_per_shard in sorted({j.es.shard_rows for j in jobs}):
             group = [j for j in jobs if j.es.shard_rows == rows_per_shard and j.pending_at_start]
             while group:
-                wrote = _run_pass(group, dataset, board, dist, batch_size=bs,
+                wrote = _run_pass(group, dataset, paths, board, dist, batch_size=bs,
                                   num_workers=num_workers, device=dev, precision=precision,
                                   on_error=on_error, progress=progress)
                 group = [j for j in group if j.es.pending_shards()]
@@ -444,16 +478,19 @@ def extract_embeddings(
 class _ClaimedBatches:
     """Batch sampler that claims each shard just before yielding its rows.
 
-    Batches never cross a shard boundary and follow one layout per shard whichever shards
-    were done before, so a resumed or distributed extract gives the same bits as an
-    uninterrupted one. Rank r visits its own share of the shards (r, r + world, ...) first,
-    then the rest, to take over what others have not claimed. ``owned`` tells the main loop
-    which backbones this process computes for each shard it claimed.
+    Model batches never cross a shard boundary and follow one layout per shard whichever
+    shards were done before, so a resumed or distributed extract gives the same bits as an
+    uninterrupted one. Each model batch is handed to the loader as worker batches of at most
+    ``worker_batch`` rows (the main loop puts them back together). Rank r visits its own
+    share of the shards (r, r + world, ...) first, then the rest, to take over what others
+    have not claimed. ``owned`` tells the main loop which backbones this process computes
+    for each shard it claimed.
     """
 
     def __init__(self, jobs: Sequence[_Job], board: ClaimBoard, dist: Distributed,
-                 batch_size: int) -> None:
+                 batch_size: int, worker_batch: int | None = None) -> None:
         self.jobs, self.board, self.batch_size = jobs, board, batch_size
+        self.worker_batch = min(worker_batch or batch_size, batch_size)
         need: dict[int, list[_Job]] = {}
         for j in jobs:
             for s in j.es.pending_shards():
@@ -478,6 +515,11 @@ class _ClaimedBatches:
             return False
         return True
 
+    def model_batch_end(self, row: int) -> int:
+        """The row after the last of the model batch that ``row`` belongs to."""
+        start, stop = self.jobs[0].es.shard_bounds(row // self.jobs[0].es.shard_rows)
+        return min(start + ((row - start) // self.batch_size + 1) * self.batch_size, stop)
+
     def __iter__(self) -> Iterator[list[tuple[int, tuple[int, ...]]]]:
         es = self.jobs[0].es
         for s in self.order:
@@ -488,31 +530,73 @@ class _ClaimedBatches:
             views = tuple(sorted({j.view for j in owned}))
             start, stop = es.shard_bounds(s)
             for b in range(start, stop, self.batch_size):
-                yield [(r, views) for r in range(b, min(b + self.batch_size, stop))]
+                end = min(b + self.batch_size, stop)
+                for w in range(b, end, self.worker_batch):
+                    yield [(r, views) for r in range(w, min(w + self.worker_batch, end))]
 
 
-def _run_pass(jobs: Sequence[_Job], dataset: ViewsDataset, board: ClaimBoard,
-              dist: Distributed, *, batch_size: int, num_workers: int | None,
-              device: torch.device, precision: str, on_error: str,
+class _ShardWriter:
+    """Writes finished shards on a thread behind a bounded queue, so the model never waits
+    on the store (or on a device-to-host copy: a task waits for its copy's event). The
+    first error stops the writes and is raised in the main thread; shards queued before it
+    are still written, so an interrupted pass keeps every shard it finished."""
+
+    def __init__(self, depth: int = WRITE_QUEUE) -> None:
+        self._tasks: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="featstore-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            if self.error is None:
+                try:
+                    task()
+                except BaseException as e:  # handed to the main thread
+                    self.error = e
+
+    def submit(self, task) -> None:
+        if self.error is not None:
+            raise self.error
+        self._tasks.put(task)
+
+    def close(self) -> None:
+        """Wait for every queued write; raise the first error."""
+        self._tasks.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _run_pass(jobs: Sequence[_Job], dataset: ViewsDataset, paths: Sequence[PixelPath],
+              board: ClaimBoard, dist: Distributed, *, batch_size: int,
+              num_workers: int | None, device: torch.device, precision: str, on_error: str,
               progress: ExtractProgress | None) -> int:
     """One pass over the shards still pending for ``jobs``; returns the shards written."""
-    sampler = _ClaimedBatches(jobs, board, dist, batch_size)
+    raw_only = all(p.view.raw for p in paths)  # one indexed read serves a whole batch
+    sampler = _ClaimedBatches(jobs, board, dist, batch_size,
+                              None if raw_only else WORKER_BATCH)
     if not sampler.order:
         return 0
     workers = (default_workers(sampler.rows, batch_size) if num_workers is None
                else num_workers)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_views,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=max(2, -(-4 * batch_size // (sampler.worker_batch * workers)))
+        if workers else None,
     )
     shard_rows = jobs[0].es.shard_rows
     outs: dict[tuple[int, int], list[torch.Tensor]] = {}
     errors_of: dict[int, dict[int, str]] = {}
+    parts: list[tuple[dict[int, torch.Tensor], torch.Tensor]] = []
+    writer = _ShardWriter()
     wrote = 0
     if progress:
         progress.start(" + ".join(j.loaded.alias for j in jobs), int(sampler.rows))
     try:
-        with torch.inference_mode(), _autocast(device, precision):
+        with torch.inference_mode():
             for xs, rows, errors in loader:
                 r0 = int(rows[0])
                 shard = r0 // shard_rows
@@ -522,43 +606,85 @@ def _run_pass(jobs: Sequence[_Job], dataset: ViewsDataset, board: ClaimBoard,
                     more = f" (and {len(bad) - 1} more in this batch)" if len(bad) > 1 else ""
                     raise ImageReadError(first + more)
                 errors_of.setdefault(shard, {}).update(bad)
-                gpu = {v: x.to(device, non_blocking=True) for v, x in xs.items()}
-                for j in sampler.owned[shard]:
-                    x = gpu[j.view]
-                    if j.channels_last:
-                        x = x.to(memory_format=torch.channels_last)
-                    outs.setdefault((id(j), shard), []).append(j.model(x).float())
+                parts.append(({v: x.to(device, non_blocking=True) for v, x in xs.items()},
+                              rows))
+                last = int(rows[-1]) + 1
                 if progress:
                     progress.advance(len(rows))
+                if last < sampler.model_batch_end(r0):
+                    continue  # more worker batches of this model batch to come
+                _forward(sampler.owned[shard], parts, paths, outs, shard, device, precision)
+                parts = []
                 start, stop = jobs[0].es.shard_bounds(shard)
-                if int(rows[-1]) + 1 == stop:
+                if last == stop:
                     wrote += _finish_shard(sampler.owned.pop(shard), shard, start, stop,
-                                           outs, errors_of.pop(shard, {}), dataset, board)
+                                           outs, errors_of.pop(shard, {}), dataset, board,
+                                           writer, device)
     finally:
-        if progress:
-            progress.finish()
+        try:
+            writer.close()  # every shard finished before an error is still written
+        finally:
+            if progress:
+                progress.finish()
     return wrote
+
+
+def _forward(owned: Sequence[_Job], parts: list, paths: Sequence[PixelPath],
+             outs: dict[tuple[int, int], list[torch.Tensor]], shard: int,
+             device: torch.device, precision: str) -> None:
+    """One model batch (the worker batches in ``parts``) through each backbone that owns
+    the shard: each view's pixels prepared once on the device, in channels_last once for
+    all the CNNs that want it."""
+    ready: dict[tuple[int, bool], torch.Tensor] = {}
+    for j in owned:
+        if (j.view, False) not in ready:
+            x = torch.cat([xs[j.view] for xs, _ in parts]) if len(parts) > 1 else (
+                parts[0][0][j.view])
+            ready[(j.view, False)] = paths[j.view].to_model(x)
+        if j.channels_last and (j.view, True) not in ready:
+            ready[(j.view, True)] = ready[(j.view, False)].contiguous(
+                memory_format=torch.channels_last)
+        with _autocast(device, precision):
+            y = j.model(ready[(j.view, j.channels_last)])
+        outs.setdefault((id(j), shard), []).append(y.float())
 
 
 def _finish_shard(owned: Sequence[_Job], shard: int, start: int, stop: int,
                   outs: dict[tuple[int, int], list[torch.Tensor]], errors: dict[int, str],
-                  dataset: ViewsDataset, board: ClaimBoard) -> int:
-    """Write a whole shard for each backbone that owns it, then release its claim."""
+                  dataset: ViewsDataset, board: ClaimBoard, writer: _ShardWriter,
+                  device: torch.device) -> int:
+    """Hand a whole shard of each backbone that owns it to the writer thread (which writes
+    it, then releases its claim); returns the shards handed over."""
     missing = np.zeros(stop - start, dtype=bool)
     reasons = {}
     for r, e in errors.items():
         missing[r - start] = True
         reasons[str(dataset.manifest.ids[r])] = e
-    wrote = 0
     for j in owned:
-        data = torch.cat(outs.pop((id(j), shard))).cpu().numpy()
-        path = j.claim(shard)
-        if board.still_ours(path):
-            j.es.write_shard(shard, data, missing=missing, reasons=reasons)
-            j.written += 1
-            j.rows_written += stop - start
-            wrote += 1
-        else:  # taken over while this process stalled: the new owner writes it
-            j.lost += 1
-        board.release(path)
-    return wrote
+        data = torch.cat(outs.pop((id(j), shard)))
+        event = None
+        if device.type == "cuda":  # copied back behind the next batches' compute
+            host = torch.empty(data.shape, dtype=data.dtype, pin_memory=True)
+            host.copy_(data, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            data = host
+        writer.submit(lambda j=j, data=data, event=event: _write(
+            j, shard, data, event, missing, reasons, board))
+    return len(owned)
+
+
+def _write(j: _Job, shard: int, data: torch.Tensor, event, missing: np.ndarray,
+           reasons: dict[str, str], board: ClaimBoard) -> None:
+    """(On the writer thread.) Write one backbone's shard if its claim is still ours, then
+    release the claim."""
+    if event is not None:
+        event.synchronize()
+    path = j.claim(shard)
+    if board.still_ours(path):
+        j.es.write_shard(shard, data.numpy(), missing=missing, reasons=reasons)
+        j.written += 1
+        j.rows_written += len(missing)
+    else:  # taken over while this process stalled: the new owner writes it
+        j.lost += 1
+    board.release(path)

@@ -41,8 +41,10 @@ def check_dtype(dtype: str) -> str:
 
 
 def key_fields(loaded: LoadedBackbone, dtype: str = "float32",
-               precision: str = "fp32") -> dict[str, Any]:
-    """Everything that changes the embedding numbers of a loaded backbone."""
+               precision: str = "fp32", resize: str | None = None) -> dict[str, Any]:
+    """Everything that changes the embedding numbers of a loaded backbone. ``resize``: the
+    version of the batched device resize when it made the set
+    (:data:`featstore.models.preprocessing.BATCHED_RESIZE`), None for PIL's."""
     check_precision(precision)
     check_dtype(dtype)
     spec = loaded.spec
@@ -56,13 +58,15 @@ def key_fields(loaded: LoadedBackbone, dtype: str = "float32",
     }
     if precision != "fp32":  # fp32 keys stay those written before precision existed
         fields["precision"] = precision
+    if resize is not None:  # PIL-resized keys stay those written before the device resize
+        fields["resize"] = resize
     return fields
 
 
 def embedding_key(loaded: LoadedBackbone, dtype: str = "float32",
-                  precision: str = "fp32") -> EmbeddingKey:
+                  precision: str = "fp32", resize: str | None = None) -> EmbeddingKey:
     """The embedding key of a loaded backbone's numbers (see :func:`key_fields`)."""
-    return EmbeddingKey(key_fields(loaded, dtype, precision))
+    return EmbeddingKey(key_fields(loaded, dtype, precision, resize))
 
 
 def resolve_key(spec: BackboneSpec, dtype: str = "float32",
@@ -90,7 +94,7 @@ def resolve_embedding_set(ds: DatasetGroup, text: str, *, image_size: int | None
     ``text`` is the alias a set is listed under (``featstore ls``), a key prefix, or a spec
     (``timm:...``, a registered name, anything with ``@``) given as to extract: a spec is
     resolved to its key from the weights on disk, so changed weights never silently match
-    older embeddings.
+    older embeddings (the set resized by PIL, else the one resized on a GPU).
 
     Raises
     ------
@@ -112,7 +116,18 @@ def resolve_embedding_set(ds: DatasetGroup, text: str, *, image_size: int | None
             if ambiguous or not ("@" in text or text.startswith("timm:")):
                 raise not_in_store from None  # several sets match: it lists their keys
             raise not_a_spec from None
-    return ds.embedding_set(resolve_key(spec, dtype, precision)[1].digest)
+    from featstore.models.preprocessing import BATCHED_RESIZE
+
+    loaded, key = resolve_key(spec, dtype, precision)
+    try:
+        return ds.embedding_set(key.digest)
+    except NotExtractedError:  # made on a GPU, resized there in batches: its own key
+        try:
+            return ds.embedding_set(embedding_key(loaded, dtype, precision,
+                                                  BATCHED_RESIZE).digest)
+        except NotExtractedError:
+            pass
+        raise
 
 
 def resolve_embedding_sets(store: FeatureStore, manifest: Manifest,

@@ -762,8 +762,8 @@ class EmbeddingSet:
                          f"{self.shard_bounds(s)[1] - 1}) {why}" for s, why in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         return (f"{self.dataset.name}/{self.name} ({self.alias}): {what}{more}; its numbers "
-                "are not used. Run 'featstore verify --repair' (or the same 'featstore "
-                "extract') to recompute it")
+                "are not used. Run the same 'featstore extract' with --verify (or "
+                "'featstore verify --repair', then extract) to recompute it")
 
     def load(self, *, verify: bool = True) -> Embeddings:
         """The embeddings with the dataset index arrays, rows aligned; every shard checked
