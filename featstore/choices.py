@@ -17,3 +17,10 @@ DEFAULT_MAX_PIXELS = 178_956_970
 # Where a fixed-size array source (MedMNIST, PCam) is resized: auto = on the GPU when
 # extracting on CUDA, else by PIL in the loader workers.
 RESIZES = ("auto", "cpu", "device")
+# The probes' default grids (part of every run's id: keep their exact values)
+# np.logspace(-6, 4, 11) as floats, written out (its 1e-5 is 9.999999999999999e-06), so the
+# CLI loads without numpy and run ids stay those of runs persisted before
+DEFAULT_L2_GRID = (1e-06, 9.999999999999999e-06, 0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0,
+                   1000.0, 10000.0)
+DEFAULT_TOL = 1e-4
+DEFAULT_KS = (10, 20, 50, 100, 200)

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from featstore.data import load_dataset, read_image
-from featstore.data.images import ViewsDataset, uniform_array_shape
+from featstore.data.arrays import uniform_array_shape
+from featstore.data.images import ViewsDataset
 from featstore.extract import extract_embeddings
 from featstore.extract.pixels import pixel_paths
 from featstore.models import build_backbone, parse_backbone
@@ -182,3 +183,43 @@ def test_a_write_error_stops_the_pass_and_keeps_finished_shards(image_csv, tmp_p
     monkeypatch.setattr(EmbeddingSet, "write_shard", real)
     [res] = extract_embeddings(m, [spec], fs, batch_size=8, shard_rows=16, num_workers=0)
     assert res.status == "resumed" and res.shards_written == res.shards_total - 2
+
+
+def test_a_pipeline_extracted_with_the_device_resize_plans_as_cached(capsys, tmp_path):
+    from featstore.pipeline import load_pipeline
+    from featstore.pipeline.plan import plan_pipeline
+
+    make_medmnist(tmp_path / "alpha.npz", size=28)
+    toml = tmp_path / "p.toml"
+    toml.write_text(f"""
+name = "resized"
+store = "{tmp_path / 'store'}"
+fractions = [1.0]
+seeds = 1
+bootstrap = 10
+
+[datasets]
+alpha = "{tmp_path / 'alpha.npz'}"
+
+[backbones]
+resnet = {{ spec = "{TINY}", image_size = {SIZE} }}
+
+[extract]
+device = "cpu"
+workers = 0
+resize = "device"
+
+[probe]
+probes = ["linear"]
+""")
+    code, out, err = cli(capsys, "run", str(toml), "--json")
+    assert code == 0, err
+    [es] = FeatureStore(tmp_path / "store").datasets()[0].embedding_sets()
+    assert es.attrs["key_fields"]["resize"] == BATCHED_RESIZE
+    plan = plan_pipeline(load_pipeline(toml))
+    assert [s.cached for s in plan.steps] == [True, True], [s.id for s in plan.steps]
+    code, out, err = cli(capsys, "extract", "--data", str(tmp_path / "alpha.npz"), "--store",
+                         str(tmp_path / "store"), "-b", TINY, "--image-size", str(SIZE),
+                         "--json")  # auto on a CPU: the finished device-resized set is reused
+    assert code == 0 and json.loads(out)[0]["key"] == es.key, err
+    assert json.loads(out)[0]["status"] == "cached"

@@ -17,23 +17,23 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import version
-from typing import Protocol
 
 import numpy as np
 import torch
 
-from featstore.choices import DEFAULT_MAX_PIXELS, ON_ERROR
 from featstore.data.images import ViewsDataset, collate_views
 from featstore.data.manifest import Manifest
 from featstore.errors import FeatstoreError, ImageReadError
 from featstore.extract.claims import ClaimBoard
-from featstore.extract.keys import DECODE, check_dtype, check_precision, embedding_key
-from featstore.extract.pixels import PixelPath, check_resize, pixel_paths
+from featstore.extract.keys import DECODE, embedding_key
+from featstore.extract.pixels import PixelPath, key_resizes, pixel_paths
+from featstore.extract.run import CPU_BATCH_SIZE, ExtractProgress, ExtractResult
+from featstore.models.build import build_backbone
+from featstore.models.identity import BackboneIdentity, identify
 from featstore.models.registry import BackboneSpec, LoadedBackbone
 from featstore.store.zarr_store import (
-    DEFAULT_SHARD_ROWS,
     EmbeddingKey,
     EmbeddingSet,
     FeatureStore,
@@ -41,47 +41,11 @@ from featstore.store.zarr_store import (
 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16,
                                                   "fp16": torch.float16}
-CPU_BATCH_SIZE = 64
 WAIT_POLL_S = 0.5
 # rows a loader worker decodes per hand-over: small, so many workers fill one model batch
 # together (a worker building a whole 1024-row batch alone keeps the model waiting)
 WORKER_BATCH = 32
 WRITE_QUEUE = 2  # finished shards waiting for the writer thread
-
-
-class ExtractProgress(Protocol):
-    """What the engine reports while it works (the CLI draws a progress bar from it)."""
-
-    def start(self, alias: str, total_rows: int) -> None: ...
-
-    def advance(self, rows: int) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-@dataclass
-class ExtractResult:
-    """Outcome of one backbone over one dataset."""
-
-    dataset: str
-    alias: str
-    key: str
-    dim: int
-    rows: int
-    status: str  # "extracted", "resumed" or "cached"
-    shards_written: int  # by this process
-    shards_total: int
-    seconds: float
-    images_per_s: float
-    random_weights: bool
-    shards_by_others: int = 0  # written meanwhile by other ranks or concurrent extracts
-    skipped: list[str] = field(default_factory=list)  # ids stored as missing
-    precision: str = "fp32"
-    batch_size: int = CPU_BATCH_SIZE
-    recomputed_corrupt: list[int] = field(default_factory=list)  # failed their checksum
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def default_workers(n_rows: int, batch_size: int) -> int:
@@ -169,7 +133,7 @@ def provenance(loaded: LoadedBackbone, manifest: Manifest, *, batch_size: int,
     spec = loaded.spec
     resize = ("batched on the device" + (f" ({pixels.key_resize})" if pixels.keyed else
                                          ", none needed")
-              if pixels is not None and pixels.batched_resize else "PIL, in the loader")
+              if pixels is not None and pixels.raw_shape is not None else "PIL, in the loader")
     return {
         "backbone": spec.name,
         "architecture": spec.architecture,
@@ -281,6 +245,21 @@ def _recompute_corrupt(store: FeatureStore, manifest: Manifest,
     return out
 
 
+def _key(store: FeatureStore, manifest: Manifest, ident: BackboneIdentity | LoadedBackbone,
+         dtype: str, precision: str, resize: str, path: PixelPath) -> EmbeddingKey:
+    """The key this extract writes for a backbone: its pixel path's; under ``auto``, a
+    finished set of the same backbone resized the other way instead (reused, not made
+    again)."""
+    key = embedding_key(ident, dtype, precision, path.key_resize)
+    if resize != "auto" or _complete(store, manifest, key):
+        return key
+    for other in key_resizes(manifest, ident.preprocessing):
+        alt = embedding_key(ident, dtype, precision, other)
+        if alt.digest != key.digest and _complete(store, manifest, alt):
+            return alt
+    return key
+
+
 def _complete(store: FeatureStore, manifest: Manifest, key: EmbeddingKey) -> bool:
     """Whether ``key``'s set of ``manifest`` is already finished (read only)."""
     try:
@@ -293,13 +272,12 @@ def _complete(store: FeatureStore, manifest: Manifest, key: EmbeddingKey) -> boo
 class _Job:
     """One backbone's work in this run."""
 
-    loaded: LoadedBackbone
+    loaded: LoadedBackbone | BackboneIdentity  # an identity: a finished set (no model)
     key: EmbeddingKey
     es: EmbeddingSet
     view: int
-    model: torch.nn.Module
+    model: torch.nn.Module | None
     pending_at_start: list[int]
-    resize: str | None = None  # the key's resize field (None: PIL's bits)
     channels_last: bool = False
     written: int = 0
     rows_written: int = 0
@@ -309,67 +287,26 @@ class _Job:
         return ClaimBoard.path(self.es.dataset.name, self.key.short, shard)
 
 
-def extract_embeddings(
+def run_extract(
     manifest: Manifest,
     backbones: Sequence[BackboneSpec],
     store: FeatureStore,
     *,
-    batch_size: int | None = None,
-    num_workers: int | None = None,
-    device: str = "auto",
-    dtype: str = "float32",
-    precision: str = "fp32",
-    shard_rows: int = DEFAULT_SHARD_ROWS,
-    on_error: str = "fail",
-    compile: bool = False,
-    claim_timeout: float | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    resize: str = "auto",
-    verify: bool = False,
-    progress: ExtractProgress | None = None,
+    batch_size: int | None,
+    num_workers: int | None,
+    device: str,
+    dtype: str,
+    precision: str,
+    shard_rows: int,
+    on_error: str,
+    compile: bool,
+    claim_timeout: float | None,
+    max_pixels: int | None,
+    resize: str,
+    verify: bool,
+    progress: ExtractProgress | None,
 ) -> list[ExtractResult]:
-    """Embed every row of ``manifest`` with each backbone and write the embeddings to ``store``.
-
-    All backbones share one pass over the images: one decode per image, one tensor per
-    distinct preprocessing. Work resumes from the shards already marked done; a finished set
-    is a cache hit that runs no forward pass. Under torchrun (``WORLD_SIZE`` > 1) rank 0
-    creates the arrays, the ranks split the pending shards, and the result equals a
-    single-process run. Concurrent extracts of one key share the work through shard claims;
-    a claim left by a dead process is taken over.
-
-    An image file declaring more than ``max_pixels`` pixels is unreadable (None: no limit).
-    ``on_error="skip"`` stores an unreadable image's row as missing (NaN, flagged in the
-    ``missing`` mask, its id and reason recorded) instead of stopping.
-
-    Workers hand over uint8 pixels; normalisation runs batched on ``device`` (see
-    :mod:`featstore.extract.pixels`). ``resize``: where a source of equal-sized uint8
-    arrays is resized, ``device`` (batched; its own key), ``cpu`` (PIL, per image) or
-    ``auto`` (the device on CUDA). A finished set is a cache hit that reads nothing
-    (reads check every shard); ``verify`` checks its shards now and recomputes those
-    that fail.
-
-    Raises
-    ------
-    ManifestError
-        A file named by the manifest is missing (checked before any work).
-    ImageReadError
-        With ``on_error="fail"``: an image cannot be decoded; finished shards stay.
-    BackboneError
-        A backbone cannot be built or its checkpoint does not load strictly.
-    """
-    if on_error not in ON_ERROR:
-        raise FeatstoreError(f"on_error {on_error!r}: expected fail or skip")
-    check_precision(precision)
-    check_dtype(dtype)
-    for option, value, least in (("--batch-size", batch_size, 1), ("--workers", num_workers, 0),
-                                 ("--shard-rows", shard_rows, 1)):
-        if value is not None and int(value) < least:
-            raise FeatstoreError(f"{option} {value}: expected at least {least}")
-    if max_pixels is not None and max_pixels < 1:
-        raise FeatstoreError(f"--max-pixels {max_pixels}: expected at least 1")
-    if claim_timeout is not None and not claim_timeout > 0:
-        raise FeatstoreError(f"--claim-timeout {claim_timeout}: expected seconds > 0")
-    check_resize(resize)
+    """The work of :func:`featstore.extract.extract_embeddings` (options checked there)."""
     manifest.check_files()
     dist = distributed_from_env(device)
     dev = resolve_device(device, dist.local_rank)
@@ -377,17 +314,18 @@ def extract_embeddings(
     t0 = time.perf_counter()
     jobs: list[_Job] = []
     try:
-        from featstore.models.registry import build_backbone
-
-        loaded_all = [build_backbone(spec) for spec in backbones]
-        preps = list(dict.fromkeys(loaded.preprocessing for loaded in loaded_all))
+        idents = [identify(spec) for spec in backbones]
+        preps = list(dict.fromkeys(i.preprocessing for i in idents))
         paths = pixel_paths(manifest, preps, resize=resize, device_type=dev.type)
-        built = [(loaded, embedding_key(loaded, dtype, precision,
-                                        paths[preps.index(loaded.preprocessing)].key_resize))
-                 for loaded in loaded_all]
+        built = [(ident, _key(store, manifest, ident, dtype, precision, resize,
+                              paths[preps.index(ident.preprocessing)]))
+                 for ident in idents]
         recomputed = (_recompute_corrupt(store, manifest, [k for _, k in built],
                                          complete_too=verify) if dist.rank == 0 else {})
         cl = dev.type == "cuda"
+        # only a set with work to do needs its network (a remembered identity is built now)
+        built = [(ident if _complete(store, manifest, key) or isinstance(ident, LoadedBackbone)
+                  else build_backbone(ident.spec), key) for ident, key in built]
         todo = [(loaded, key) for loaded, key in built if not _complete(store, manifest, key)]
         if batch_size is None:  # measured only when there is work (a cache hit runs nothing)
             bs = auto_batch_size(
@@ -422,9 +360,13 @@ def extract_embeddings(
             sets = create_sets()
         for (loaded, key), es in zip(built, sets, strict=True):
             pending = es.pending_shards()
-            model = loaded.model
-            is_cnn = cl and _is_cnn(model)
+            model = getattr(loaded, "model", None)
+            is_cnn = cl and model is not None and _is_cnn(model)
             if pending:  # a finished set's model never moves to the device
+                if model is None:  # finished when looked at, undone since (--verify, repair)
+                    loaded = build_backbone(loaded.spec)
+                    model = loaded.model
+                    is_cnn = cl and _is_cnn(model)
                 model = model.to(dev).eval()
                 if is_cnn:
                     model = model.to(memory_format=torch.channels_last)
@@ -471,7 +413,8 @@ def extract_embeddings(
     finally:
         board.close()
         for j in jobs:
-            j.loaded.model.to("cpu")
+            if isinstance(j.loaded, LoadedBackbone):
+                j.loaded.model.to("cpu")
         dist.close()
 
 

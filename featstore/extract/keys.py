@@ -18,6 +18,7 @@ from featstore.store.zarr_store import EmbeddingKey
 
 if TYPE_CHECKING:
     from featstore.data.manifest import Manifest
+    from featstore.models.identity import BackboneIdentity
     from featstore.models.registry import BackboneSpec, LoadedBackbone
     from featstore.store.zarr_store import DatasetGroup, EmbeddingSet, FeatureStore
 
@@ -40,7 +41,7 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
-def key_fields(loaded: LoadedBackbone, dtype: str = "float32",
+def key_fields(loaded: LoadedBackbone | BackboneIdentity, dtype: str = "float32",
                precision: str = "fp32", resize: str | None = None) -> dict[str, Any]:
     """Everything that changes the embedding numbers of a loaded backbone. ``resize``: the
     version of the batched device resize when it made the set
@@ -63,15 +64,16 @@ def key_fields(loaded: LoadedBackbone, dtype: str = "float32",
     return fields
 
 
-def embedding_key(loaded: LoadedBackbone, dtype: str = "float32",
+def embedding_key(loaded: LoadedBackbone | BackboneIdentity, dtype: str = "float32",
                   precision: str = "fp32", resize: str | None = None) -> EmbeddingKey:
     """The embedding key of a loaded backbone's numbers (see :func:`key_fields`)."""
     return EmbeddingKey(key_fields(loaded, dtype, precision, resize))
 
 
-def resolve_key(spec: BackboneSpec, dtype: str = "float32",
-                precision: str = "fp32") -> tuple[LoadedBackbone, EmbeddingKey]:
-    """Build a spec's backbone (weights hashed as loaded) and the key of its numbers.
+def resolve_key(spec: BackboneSpec, dtype: str = "float32", precision: str = "fp32",
+                ) -> tuple[BackboneIdentity | LoadedBackbone, EmbeddingKey]:
+    """A spec's identity (remembered from an earlier build of the same spec and weights
+    file, else built: weights hashed as loaded) and the key of its numbers.
 
     Raises
     ------
@@ -79,11 +81,11 @@ def resolve_key(spec: BackboneSpec, dtype: str = "float32",
         The spec cannot be built or its weights are missing; FeatstoreError for a bad
         ``dtype`` or ``precision``.
     """
-    from featstore.models.registry import build_backbone
+    from featstore.models.identity import identify
 
     check_precision(precision)
     check_dtype(dtype)
-    loaded = build_backbone(spec)
+    loaded = identify(spec)
     return loaded, embedding_key(loaded, dtype, precision)
 
 

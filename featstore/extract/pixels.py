@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from featstore.choices import RESIZES
+from featstore.data.arrays import uniform_array_shape
 from featstore.errors import FeatstoreError
 from featstore.models.preprocessing import BATCHED_RESIZE, Preprocessing
 
@@ -41,18 +43,30 @@ class PixelPath:
     """How one preprocessing's pixels reach the model."""
 
     prep: Preprocessing
-    view: View
-    batched_resize: bool  # the device resizes (the worker hands over the stored array)
-    keyed: bool  # the batched resize changed bits: BATCHED_RESIZE enters the key
+    raw_shape: tuple[int, ...] | None  # rows go as stored arrays of this shape (None: PIL)
+    keyed: bool  # the batched resize changes bits: BATCHED_RESIZE enters the key
 
     @property
     def key_resize(self) -> str | None:
         """The key's ``resize`` field of sets made this way (None: PIL's bits)."""
         return BATCHED_RESIZE if self.keyed else None
 
+    @cached_property
+    def view(self) -> View:
+        """What a loader worker hands over (built on first use: timm's transform factory
+        is imported only when there is work)."""
+        import torch
+
+        from featstore.data.images import View
+
+        p = self.prep
+        if self.raw_shape is not None:
+            return View(None, self.raw_shape, raw=True)
+        return View(p.pixel_stage(), (3, p.input_size, p.input_size), p.resize, torch.uint8)
+
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
         """A batch of this view's uint8 pixels (on the model's device) -> model input."""
-        if self.view.raw:
+        if self.raw_shape is not None:
             x = self.prep.resize_batch(x)
         return self.prep.normalize(x)
 
@@ -75,26 +89,26 @@ def batched_resize(prep: Preprocessing, array_shape: tuple[int, ...] | None, res
 def pixel_paths(manifest: Manifest, preps: Sequence[Preprocessing], *, resize: str = "auto",
                 device_type: str = "cpu") -> list[PixelPath]:
     """One :class:`PixelPath` per preprocessing, for ``manifest`` extracted on a device of
-    ``device_type``."""
-    import torch
-
-    from featstore.data.images import View, uniform_array_shape
-
+    ``device_type``. Reads array headers only."""
     shape = uniform_array_shape(manifest)
     paths = []
     for p in preps:
         raw, changes = batched_resize(p, shape, resize, device_type)
-        view = (View(None, shape, raw=True) if raw else
-                View(p.pixel_stage(), (3, p.input_size, p.input_size), p.resize, torch.uint8))
-        paths.append(PixelPath(p, view, raw, raw and changes))
+        paths.append(PixelPath(p, shape if raw else None, raw and changes))
     return paths
 
 
-def key_resize(manifest: Manifest, prep: Preprocessing, *, resize: str = "auto",
-               device_type: str = "cpu") -> str | None:
-    """The key's ``resize`` field for sets of ``manifest`` made with ``prep`` (as
-    :func:`pixel_paths` decides; a planner computes the keys an extract will write)."""
-    from featstore.data.images import uniform_array_shape
-
-    raw, changes = batched_resize(prep, uniform_array_shape(manifest), resize, device_type)
-    return BATCHED_RESIZE if raw and changes else None
+def key_resizes(manifest: Manifest, prep: Preprocessing, resize: str = "auto",
+                device_type: str | None = None) -> list[str | None]:
+    """The key ``resize`` fields a set of ``manifest`` made with ``prep`` may carry, the
+    one an extract on ``device_type`` would write first. ``auto`` on an unknown device
+    (None): either way, PIL's first; a finished set made either way is reused."""
+    shape = uniform_array_shape(manifest)
+    if device_type is not None or resize != "auto":
+        raw, changes = batched_resize(prep, shape, resize, device_type or "cpu")
+        return [BATCHED_RESIZE if raw and changes else None]
+    out = [None]
+    raw, changes = batched_resize(prep, shape, "device", "cuda")
+    if raw and changes:
+        out.append(BATCHED_RESIZE)
+    return out

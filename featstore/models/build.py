@@ -10,6 +10,7 @@ import torch
 from featstore._hashing import sha256_file, state_dict_sha256
 from featstore.errors import BackboneError
 from featstore.models.checkpoint import load_checkpoint_strict
+from featstore.models.identity import remember
 from featstore.models.preprocessing import Preprocessing
 from featstore.models.registry import (
     CLS_LAST4,
@@ -65,7 +66,9 @@ def build_backbone(spec: BackboneSpec) -> LoadedBackbone:
         raise BackboneError(
             f"backbone {spec.alias}: embedding has shape {tuple(out.shape[1:])}, expected ({dim},)"
         )
-    return LoadedBackbone(spec, model, prep, weights_sha, int(out.shape[1]))
+    loaded = LoadedBackbone(spec, model, prep, weights_sha, int(out.shape[1]))
+    remember(loaded)  # the next key of this spec needs no build
+    return loaded
 
 
 def _create(spec: BackboneSpec) -> torch.nn.Module:

@@ -130,13 +130,14 @@ def parse_backbone(text: str, *, input_size: int | None = None) -> BackboneSpec:
     name, _, weights = text.partition("@")
     name = name.strip()
     if name.startswith("timm:"):
-        import timm  # only here: a registered name parses without importing timm
-
         arch = name[len("timm:"):]
-        if not timm.is_model(arch):
-            raise BackboneError(f"backbone {text!r}: timm has no model {arch!r}")
         spec = BackboneSpec(name=name, architecture=arch, weights=weights or None,
                             source="timm pretrained (local caches)" if not weights else "")
+        if not _built_before(spec, input_size):
+            import timm  # only here: a name built before (or registered) parses without it
+
+            if not timm.is_model(arch):
+                raise BackboneError(f"backbone {text!r}: timm has no model {arch!r}")
     elif name in _REGISTRY:
         spec = _REGISTRY[name]
         if weights:
@@ -152,6 +153,19 @@ def parse_backbone(text: str, *, input_size: int | None = None) -> BackboneSpec:
             raise BackboneError(f"--image-size {input_size}: expected a size in pixels >= 1")
         spec = replace(spec, input_size=int(input_size))
     return spec
+
+
+def _built_before(spec: BackboneSpec, input_size: int | None) -> bool:
+    """Whether this spec (at ``input_size``) was built on this machine before, its
+    architecture then known to timm (:mod:`featstore.models.identity`)."""
+    from featstore.models.identity import remembered
+
+    if input_size is not None:
+        try:
+            spec = replace(spec, input_size=int(input_size))
+        except (TypeError, ValueError):
+            return False
+    return remembered(spec) is not None
 
 
 @dataclass

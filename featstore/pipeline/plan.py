@@ -56,6 +56,7 @@ class _Key:
     digest: str | None
     loaded: Any = None
     note: str = ""
+    resized: str | None = None  # the key of the same numbers resized on a GPU in batches
 
 
 def _dataset_args(entry: DatasetEntry, store: str) -> dict[str, Any]:
@@ -89,15 +90,20 @@ def plan_pipeline(pipe: Pipeline) -> Plan:
     def key_of(b: BackboneEntry) -> _Key:
         which = (b.spec, b.image_size, b.precision, b.dtype)
         if which not in keys:
-            from featstore.extract import resolve_key
+            from featstore.extract import embedding_key, resolve_key
+            from featstore.models.preprocessing import BATCHED_RESIZE
 
             try:
                 spec = backbone_spec(fs, b.spec, input_size=b.image_size)
                 loaded, key = resolve_key(spec, b.dtype, b.precision)
-                keys[which] = _Key(key.digest, loaded)
+                resized = embedding_key(loaded, b.dtype, b.precision, BATCHED_RESIZE).digest
+                keys[which] = _Key(key.digest, loaded, resized=resized)
+                key_of.resized[key.digest] = resized
             except FeatstoreError as e:
                 keys[which] = _Key(None, note=str(e))
         return keys[which]
+
+    key_of.resized = {}  # a key -> the key of the same numbers resized on a GPU
 
     steps: list[Step] = []
     for entry in pipe.datasets:
@@ -135,9 +141,13 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
     by_key = {es.key: es for es in ds.embedding_sets()} if ds is not None else {}
 
     def embedded(digest: str | None):
-        """The complete set of a key in this dataset's group, or None."""
-        es = by_key.get(digest) if digest is not None else None
-        return es if es is not None and es.complete else None
+        """The complete set of a key in this dataset's group (or of the same backbone
+        resized on a GPU: an extract on CUDA makes that one), or None."""
+        for d in (digest, key_of.resized.get(digest)):
+            es = by_key.get(d) if d is not None else None
+            if es is not None and es.complete:
+                return es
+        return None
 
     used = list(dict.fromkeys([*(probe or {}).get("backbones", []),
                                *(fuse or {}).get("backbones", []),
@@ -178,7 +188,7 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
         have = 0
         if es is not None:
             # val as the stage makes it: without the rows skipped at extraction
-            ids = probe_run_ids(digest, val_source(manifest.split[~es.missing_mask()]), cfg,
+            ids = probe_run_ids(es.key, val_source(manifest.split[~es.missing_mask()]), cfg,
                                 probes=probe["probes"],
                                 fractions=probe["fractions"], seeds=probe["seeds"])
             stored = es.probe_runs_by_id()
@@ -209,7 +219,8 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
             missing = np.zeros(len(manifest), bool)
             for d in digests:  # a row is fused only where every set has it
                 missing |= embedded(d).missing_mask()
-            ids = fusion_run_ids(digests, val_source(manifest.split[~missing]),
+            ids = fusion_run_ids([embedded(d).key for d in digests],
+                                 val_source(manifest.split[~missing]),
                                  task=manifest.task, **_fuse_grid(fuse))
             stored = ds.fusion_runs_by_id()
             have = sum(i in stored for i in ids)

@@ -86,7 +86,8 @@ def _run_step(args: dict[str, Any]) -> dict[str, int]:
             manifest, specs, fs, batch_size=args.get("batch_size"),
             num_workers=args.get("workers"), device=args.get("device", "auto"),
             dtype=args["dtype"], precision=args["precision"],
-            shard_rows=args.get("shard_rows", 1024), on_error=args.get("on_error", "fail"))
+            shard_rows=args.get("shard_rows", 1024), on_error=args.get("on_error", "fail"),
+            resize=args.get("resize", "auto"))
         return {"runs": len(results),
                 "computed": sum(r.status != "cached" for r in results)}
     if stage == "probe":
@@ -141,7 +142,8 @@ def extract_argv(args: dict[str, Any]) -> list[str]:
         argv += ["--image-size", str(sizes.pop())]
     for opt, key in (("--root", "root"), ("--task", "task"), ("--batch-size", "batch_size"),
                      ("--workers", "workers"), ("--device", "device"),
-                     ("--shard-rows", "shard_rows"), ("--on-error", "on_error")):
+                     ("--shard-rows", "shard_rows"), ("--on-error", "on_error"),
+                     ("--resize", "resize")):
         if args.get(key) is not None:
             argv += [opt, str(args[key])]
     return argv

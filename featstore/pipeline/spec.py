@@ -48,6 +48,7 @@ from featstore.choices import (
     ORDINAL_DECODES,
     PRECISIONS,
     PROBES,
+    RESIZES,
     TASKS,
 )
 from featstore.errors import FeatstoreError
@@ -82,6 +83,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "device": _GRID["device"],
         "shard_rows": (int, "rows per shard"),
         "on_error": (str, "one of " + ", ".join(ON_ERROR)),
+        "resize": (str, "one of " + ", ".join(RESIZES)),
     },
     "probe": {
         "probes": (list, "a list of " + ", ".join(PROBES)),
@@ -423,7 +425,8 @@ def _check_stage_values(stages: dict[str, dict[str, Any]],
                 raise fail(f"[{stage}] {key}: unknown {v!r} (expected {', '.join(allowed)})")
 
     ex = stages["extract"] if "extract" in stages else {}
-    for key, allowed in (("precision", PRECISIONS), ("dtype", DTYPES), ("on_error", ON_ERROR)):
+    for key, allowed in (("precision", PRECISIONS), ("dtype", DTYPES), ("on_error", ON_ERROR),
+                         ("resize", RESIZES)):
         if key in ex and ex[key] not in allowed:
             raise fail(f"[extract] {key} = {ex[key]!r}: expected one of {', '.join(allowed)}")
     if "probe" in stages:

@@ -1,23 +1,39 @@
-"""Probes on cached embeddings (linear, kNN), the study's metrics, persisted runs."""
+"""Probes on cached embeddings (linear, kNN), the study's metrics, persisted runs.
 
-from featstore.probe.knn import DEFAULT_KS, KNNProbe, knn_with_validation
-from featstore.probe.linear import DEFAULT_L2_GRID, LinearProbe, SweepResult, fit_with_validation
-from featstore.probe.metrics import PRIMARY_METRIC, bootstrap_ci, primary_score, task_metrics
-from featstore.probe.run import (
-    ProbeConfig,
-    ProbeRecord,
-    probe_embeddings,
-    probe_grid,
-    probe_run_ids,
-    stored_records,
-)
+Names load on first use (:mod:`featstore._lazy`).
+"""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from featstore._lazy import lazy_exports
+
+_EXPORTS = {
+    "DEFAULT_KS": "featstore.choices",
+    "DEFAULT_L2_GRID": "featstore.choices",
+    "KNNProbe": "featstore.probe.knn",
+    "LinearProbe": "featstore.probe.linear",
+    "PRIMARY_METRIC": "featstore.probe.metrics",
+    "ProbeConfig": "featstore.probe.run",
+    "ProbeRecord": "featstore.probe.run",
+    "SweepResult": "featstore.probe.linear",
+    "bootstrap_ci": "featstore.probe.metrics",
+    "fit_with_validation": "featstore.probe.linear",
+    "knn_with_validation": "featstore.probe.knn",
+    "primary_score": "featstore.probe.metrics",
+    "probe_embeddings": "featstore.probe.run",
+    "probe_grid": "featstore.probe.run",
+    "probe_run_ids": "featstore.probe.run",
+    "stored_records": "featstore.probe.run",
+    "task_metrics": "featstore.probe.metrics",
+}
 __all__ = [
     "DEFAULT_KS",
     "DEFAULT_L2_GRID",
-    "PRIMARY_METRIC",
     "KNNProbe",
     "LinearProbe",
+    "PRIMARY_METRIC",
     "ProbeConfig",
     "ProbeRecord",
     "SweepResult",
@@ -31,3 +47,30 @@ __all__ = [
     "stored_records",
     "task_metrics",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+
+if TYPE_CHECKING:
+    from featstore.choices import DEFAULT_KS, DEFAULT_L2_GRID
+    from featstore.probe.knn import (
+        KNNProbe,
+        knn_with_validation,
+    )
+    from featstore.probe.linear import (
+        LinearProbe,
+        SweepResult,
+        fit_with_validation,
+    )
+    from featstore.probe.metrics import (
+        PRIMARY_METRIC,
+        bootstrap_ci,
+        primary_score,
+        task_metrics,
+    )
+    from featstore.probe.run import (
+        ProbeConfig,
+        ProbeRecord,
+        probe_embeddings,
+        probe_grid,
+        probe_run_ids,
+        stored_records,
+    )

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from featstore.choices import DEFAULT_KS
 from featstore.errors import ProbeError
 from featstore.probe.linear import choose_on_val
 from featstore.probe.metrics import primary_score
 from featstore.task import check_features, check_task, make_targets, proba_to_labels
 
-DEFAULT_KS = (10, 20, 50, 100, 200)
 TEMPERATURE = 0.07
 CHUNK_ROWS = 1024
 

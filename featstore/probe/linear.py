@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from featstore.choices import DEFAULT_L2_GRID, DEFAULT_TOL
 from featstore.errors import ProbeError
 from featstore.probe import _lbfgs
 from featstore.probe.metrics import primary_score
@@ -22,8 +23,6 @@ from featstore.task import (
     proba_to_labels,
 )
 
-DEFAULT_L2_GRID = tuple(float(v) for v in np.logspace(-6, 4, 11))
-DEFAULT_TOL = 1e-4
 VAL_TIE = 1e-3
 
 

@@ -14,7 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from featstore.choices import ORDINAL_DECODES, PROBES
+from featstore.choices import (
+    DEFAULT_KS,
+    DEFAULT_L2_GRID,
+    DEFAULT_TOL,
+    ORDINAL_DECODES,
+    PROBES,
+)
 from featstore.data.fractions import (
     VAL_CARVE_FRACTION,  # noqa: F401  (re-exported: it lived here)
     VAL_SPLIT,
@@ -23,12 +29,10 @@ from featstore.data.fractions import (
     training_splits,
 )
 from featstore.errors import ManifestError, ProbeError
-from featstore.probe.knn import DEFAULT_KS, knn_with_validation
-from featstore.probe.linear import DEFAULT_L2_GRID, DEFAULT_TOL, fit_with_validation
-from featstore.probe.ordinal import decode, expected_grade, fit_thresholds
 from featstore.runkeys import run_id as run_key
 from featstore.store.zarr_store import Embeddings, EmbeddingSet
-from featstore.task import scored_metrics
+
+# the probes themselves (torch, scikit-learn) load when a run is computed, not to read one back
 
 # How a missing val split is carved from train; part of a run's id whenever val was carved,
 # so runs persisted by the old, group-unaware carve are never read back as current.
@@ -126,19 +130,22 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
     ProbeError
         No train or test rows, a single class in train, non-finite embeddings, bad options.
     """
+    from featstore.probe.knn import knn_with_validation
+    from featstore.probe.linear import fit_with_validation
+    from featstore.probe.ordinal import decode, expected_grade, fit_thresholds
+    from featstore.task import scored_metrics
+
     cfg = ProbeConfig(**{**asdict(config or ProbeConfig()), **overrides})
-    if cfg.probe not in PROBES:
-        raise ProbeError(f"unknown probe {cfg.probe!r} (expected one of {', '.join(PROBES)})")
-    if cfg.ordinal_decode not in ORDINAL_DECODES:
-        raise ProbeError(f"unknown ordinal decoding {cfg.ordinal_decode!r}")
+    run_id = probe_run_id(emb, cfg)
     task = cfg.task
     y = emb.labels if task == "multilabel" else emb.labels[:, 0]
     tr, va, te, val_source = split_rows(emb, y, task)
-    run_id = cfg.run_id(emb.key, None if val_source == VAL_SPLIT else VAL_CARVE)
     if store_set is not None and not recompute:
         saved = store_set.probe_run(run_id)
         if saved is not None:
             return [_stored_record(r) for r in saved["records"]]
+    if emb.X is None:
+        raise ProbeError(f"{emb.dataset}: embeddings {emb.alias} were not loaded")
     tr = select_fraction(tr, emb.labels, emb.group, cfg.fraction, cfg.seed)
     X = emb.X
     pred_test = None
@@ -184,6 +191,25 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
     return records
 
 
+def probe_run_id(emb: Embeddings, config: ProbeConfig) -> str:
+    """The id a probe run of ``config`` on these embeddings is persisted under; needs only
+    the index (labels, splits, groups, skipped rows), never the embeddings themselves.
+
+    Raises
+    ------
+    ProbeError
+        An unknown probe or ordinal decoding, or splits a probe cannot use.
+    """
+    if config.probe not in PROBES:
+        raise ProbeError(f"unknown probe {config.probe!r} (expected one of "
+                         f"{', '.join(PROBES)})")
+    if config.ordinal_decode not in ORDINAL_DECODES:
+        raise ProbeError(f"unknown ordinal decoding {config.ordinal_decode!r}")
+    y = emb.labels if config.task == "multilabel" else emb.labels[:, 0]
+    val_source = split_rows(emb, y, config.task)[3]
+    return config.run_id(emb.key, None if val_source == VAL_SPLIT else VAL_CARVE)
+
+
 def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, *,
                probes: Sequence[str] = ("linear",), fractions: Sequence[float] = (1.0,),
                seeds: int | Sequence[int] = 1, recompute: bool = False, device: str = "cpu",
@@ -214,13 +240,19 @@ def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, 
     for es in sets:
         # without a config, each set is probed for its dataset's own task
         cfg = config or ProbeConfig(task=str(es.dataset.attrs.get("task", "binary")))
-        emb = es.load(verify=verify)
+        emb = es.load(verify=verify, index_only=True)  # the embeddings: only to compute
         for kind in kinds:
             for fraction in fractions:
                 for seed in seed_list:
-                    run = probe_embeddings(emb, cfg, probe=kind, fraction=float(fraction),
-                                           seed=seed, store_set=es, recompute=recompute,
-                                           device=device)
+                    run_cfg = replace(cfg, probe=kind, fraction=float(fraction), seed=seed)
+                    saved = None if recompute else es.probe_run(probe_run_id(emb, run_cfg))
+                    if saved is not None:
+                        run = [_stored_record(r) for r in saved["records"]]
+                    else:
+                        if emb.X is None:
+                            emb = es.load(verify=verify)
+                        run = probe_embeddings(emb, run_cfg, store_set=es, recompute=True,
+                                               device=device)
                     records.extend(run)
                     if on_run is not None:
                         on_run(run)

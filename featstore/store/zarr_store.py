@@ -79,7 +79,7 @@ class EmbeddingKey:
 class Embeddings:
     """Embeddings of one key with the dataset index, rows aligned."""
 
-    X: np.ndarray
+    X: np.ndarray | None  # None: the index alone (EmbeddingSet.load(index_only=True))
     ids: np.ndarray
     split: np.ndarray
     labels: np.ndarray
@@ -765,12 +765,14 @@ class EmbeddingSet:
                 "are not used. Run the same 'featstore extract' with --verify (or "
                 "'featstore verify --repair', then extract) to recompute it")
 
-    def load(self, *, verify: bool = True) -> Embeddings:
+    def load(self, *, verify: bool = True, index_only: bool = False) -> Embeddings:
         """The embeddings with the dataset index arrays, rows aligned; every shard checked
-        against its checksum unless ``verify`` is false (see :meth:`read`)."""
+        against its checksum unless ``verify`` is false (see :meth:`read`). With
+        ``index_only``, ``X`` is None and no shard is read (what a run id needs)."""
         idx = self.dataset.index
         missing = self.missing_mask()
-        return Embeddings(X=self.read(verify=verify), ids=idx["ids"], split=idx["split"],
+        X = None if index_only else self.read(verify=verify)
+        return Embeddings(X=X, ids=idx["ids"], split=idx["split"],
                           labels=idx["labels"], group=idx["group"], alias=self.alias,
                           key=self.key, dataset=self.dataset.name, attrs=self.attrs,
                           missing=missing if missing.any() else None,

@@ -1,0 +1,188 @@
+"""Extraction, the stage: check the options, answer a cache hit from the store alone, else
+run the engine (:mod:`featstore.extract.engine`).
+
+A cache hit costs what it reads: the backbones' identities remembered from their last build
+(:mod:`featstore.models.identity`), the dataset group and each set's sealed attrs. It
+imports neither torch nor timm, builds no network and reads no shard (every read of a shard
+checks it against its checksum; ``verify`` checks them all now).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from featstore.choices import DEFAULT_MAX_PIXELS, ON_ERROR
+from featstore.errors import FeatstoreError
+from featstore.extract.keys import check_dtype, check_precision, embedding_key
+from featstore.extract.pixels import check_resize, key_resizes
+from featstore.store.zarr_store import DEFAULT_SHARD_ROWS
+
+if TYPE_CHECKING:
+    from featstore.data.manifest import Manifest
+    from featstore.models.registry import BackboneSpec
+    from featstore.store.zarr_store import EmbeddingSet, FeatureStore
+
+CPU_BATCH_SIZE = 64
+
+
+class ExtractProgress(Protocol):
+    """What the engine reports while it works (the CLI draws a progress bar from it)."""
+
+    def start(self, alias: str, total_rows: int) -> None: ...
+
+    def advance(self, rows: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+@dataclass
+class ExtractResult:
+    """Outcome of one backbone over one dataset."""
+
+    dataset: str
+    alias: str
+    key: str
+    dim: int
+    rows: int
+    status: str  # "extracted", "resumed" or "cached"
+    shards_written: int  # by this process
+    shards_total: int
+    seconds: float
+    images_per_s: float
+    random_weights: bool
+    shards_by_others: int = 0  # written meanwhile by other ranks or concurrent extracts
+    skipped: list[str] = field(default_factory=list)  # ids stored as missing
+    precision: str = "fp32"
+    batch_size: int = CPU_BATCH_SIZE
+    recomputed_corrupt: list[int] = field(default_factory=list)  # failed their checksum
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def extract_embeddings(
+    manifest: Manifest,
+    backbones: Sequence[BackboneSpec],
+    store: FeatureStore,
+    *,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    precision: str = "fp32",
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    on_error: str = "fail",
+    compile: bool = False,
+    claim_timeout: float | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    resize: str = "auto",
+    verify: bool = False,
+    progress: ExtractProgress | None = None,
+) -> list[ExtractResult]:
+    """Embed every row of ``manifest`` with each backbone and write the embeddings to ``store``.
+
+    All backbones share one pass over the images: one decode per image, one tensor per
+    distinct preprocessing. Work resumes from the shards already marked done; a finished set
+    is a cache hit that runs no forward pass and reads no shard. Under torchrun
+    (``WORLD_SIZE`` > 1) rank 0 creates the arrays, the ranks split the pending shards, and
+    the result equals a single-process run. Concurrent extracts of one key share the work
+    through shard claims; a claim left by a dead process is taken over.
+
+    An image file declaring more than ``max_pixels`` pixels is unreadable (None: no limit).
+    ``on_error="skip"`` stores an unreadable image's row as missing (NaN, flagged in the
+    ``missing`` mask, its id and reason recorded) instead of stopping.
+
+    Workers hand over uint8 pixels; normalisation runs batched on ``device`` (see
+    :mod:`featstore.extract.pixels`). ``resize``: where a source of equal-sized uint8
+    arrays is resized, ``device`` (batched; its own key), ``cpu`` (PIL, per image) or
+    ``auto`` (the device on CUDA; a finished set made either way is reused). ``verify``
+    checks every shard of finished sets now and recomputes those that fail.
+
+    Raises
+    ------
+    ManifestError
+        A file named by the manifest is missing (checked before any work).
+    ImageReadError
+        With ``on_error="fail"``: an image cannot be decoded; finished shards stay.
+    BackboneError
+        A backbone cannot be built or its checkpoint does not load strictly.
+    """
+    if on_error not in ON_ERROR:
+        raise FeatstoreError(f"on_error {on_error!r}: expected fail or skip")
+    check_precision(precision)
+    check_dtype(dtype)
+    for option, value, least in (("--batch-size", batch_size, 1), ("--workers", num_workers, 0),
+                                 ("--shard-rows", shard_rows, 1)):
+        if value is not None and int(value) < least:
+            raise FeatstoreError(f"{option} {value}: expected at least {least}")
+    if max_pixels is not None and max_pixels < 1:
+        raise FeatstoreError(f"--max-pixels {max_pixels}: expected at least 1")
+    if claim_timeout is not None and not claim_timeout > 0:
+        raise FeatstoreError(f"--claim-timeout {claim_timeout}: expected seconds > 0")
+    check_resize(resize)
+    # a named accelerator is checked by torch (the engine) even when nothing is left to do
+    if not verify and device in ("auto", "cpu") and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        hit = cached_results(manifest, backbones, store, dtype=dtype, precision=precision,
+                             resize=resize, device=device)
+        if hit is not None:
+            return hit
+    from featstore.extract.engine import run_extract
+
+    return run_extract(manifest, backbones, store, batch_size=batch_size,
+                       num_workers=num_workers, device=device, dtype=dtype,
+                       precision=precision, shard_rows=shard_rows, on_error=on_error,
+                       compile=compile, claim_timeout=claim_timeout, max_pixels=max_pixels,
+                       resize=resize, verify=verify, progress=progress)
+
+
+def _device_type(device: str) -> str | None:
+    """``cuda`` or ``cpu`` for a named device; None for ``auto`` (unknown without torch)."""
+    if device == "auto":
+        return None
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+
+def cached_results(manifest: Manifest, backbones: Sequence[BackboneSpec],
+                   store: FeatureStore, *, dtype: str = "float32", precision: str = "fp32",
+                   resize: str = "auto", device: str = "auto") -> list[ExtractResult] | None:
+    """The results of an extract whose every set is finished in ``store`` (a cache hit),
+    from the remembered identities and the sets' attrs alone; None when anything is left
+    to do or cannot be told without building a backbone."""
+    from featstore.models.identity import remembered
+
+    t0 = time.perf_counter()
+    try:
+        ds = store.dataset(manifest)
+    except FeatstoreError:
+        return None
+    found: list[tuple[BackboneSpec, int, EmbeddingSet]] = []
+    for spec in backbones:
+        ident = remembered(spec)
+        if ident is None:
+            return None
+        es = None
+        for field_ in key_resizes(manifest, ident.preprocessing, resize, _device_type(device)):
+            key = embedding_key(ident, dtype, precision, field_)
+            candidate = ds.open_set(key.short)
+            if (candidate is not None and candidate.key == key.digest
+                    and candidate.attrs.get("status") == "complete" and candidate.complete):
+                es = candidate
+                break
+        if es is None:
+            return None
+        found.append((spec, ident.dim, es))
+    results = []
+    for spec, dim, es in found:
+        es.seal()  # a set completed before sealing: read faster from now on
+        skipped = es.skipped()
+        results.append(ExtractResult(
+            dataset=es.dataset.name, alias=spec.alias, key=es.key, dim=dim,
+            rows=len(manifest), status="cached", shards_written=0, shards_total=es.n_shards,
+            seconds=time.perf_counter() - t0, images_per_s=0.0,
+            random_weights=spec.is_random, skipped=sorted(skipped), precision=precision))
+    return results
