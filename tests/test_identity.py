@@ -1,130 +1,71 @@
-"""One dataset, one group: a dataset's store group follows what the data is (rows, task, file
-content), not where it is mounted, how ``--data`` names it, or which manifest file reads it."""
+"""A backbone built once is known again without building it: its key from the remembered
+identity, so a cache hit and a read-back import neither torch nor timm; any change to the
+spec, the weights file or the versions builds it again."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
+import torch
 
-from featstore.data import identity as identity_mod
-from featstore.data import load_dataset
-from featstore.data.readers import BUILDERS, write_manifest_csv
-from featstore.store import FeatureStore
+from featstore.extract import resolve_key
+from featstore.models import build_backbone, parse_backbone
+from featstore.models.identity import identity_cache, remembered
 from tests.conftest import SIZE, TINY, cli
-from tests.test_datasets import make_dr, make_nih, make_pcam, make_pneumonia
 
-RELEASES = {
-    "pcam": lambda t: make_pcam(t),
-    "nih": lambda t: make_nih(t),
-    "pneumonia": lambda t: make_pneumonia(t),
-    "eyepacs": lambda t: make_dr(t, "eyepacs"),
-    "aptos": lambda t: make_dr(t, "aptos"),
-}
+REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("kind", sorted(RELEASES))
-def test_folder_kind_path_built_csv_and_a_copy_are_one_dataset(tmp_path, kind):
-    root = RELEASES[kind](tmp_path / "data" / kind)
-    folder = load_dataset(root)
-    named = load_dataset(f"{kind}:{root}")
-    built = load_dataset(write_manifest_csv(BUILDERS[kind](root), tmp_path / "elsewhere" /
-                                            "renamed.csv"))
-    shutil.copytree(root, tmp_path / "mounted" / "other-name")
-    copy = load_dataset(tmp_path / "mounted" / "other-name")
-    assert folder.identity == named.identity == built.identity == copy.identity
-    assert built.task == folder.task  # the sidecar keeps ordinal grading ordinal
-    assert built.label_names == folder.label_names and built.classes == folder.classes
-    assert built.sha256 != folder.sha256  # the path-covering hash differs; the group does not
+def test_a_built_spec_is_remembered_with_what_its_key_needs():
+    spec = parse_backbone(TINY, input_size=SIZE)
+    assert remembered(spec) is None
+    loaded = build_backbone(spec)
+    known = remembered(spec)
+    assert known is not None and len(list(identity_cache().glob("*.json"))) == 1
+    assert (known.weights_sha256, known.preprocessing, known.dim) == (
+        loaded.weights_sha256, loaded.preprocessing, loaded.dim)
+    assert resolve_key(spec)[1].digest == resolve_key(spec)[1].digest
+    assert remembered(parse_backbone(TINY, input_size=SIZE + 8)) is None  # another spec
 
 
-def test_identity_follows_content_labels_and_task(image_csv):
-    base = load_dataset(image_csv)
-    rows = [line.split(",") for line in image_csv.read_text().splitlines()]
-    col = rows[0].index("label")
-    rows[1][col] = str(1 - int(rows[1][col]))
-    relabel = image_csv.with_name("relabel.csv")
-    relabel.write_text("\n".join(",".join(r) for r in rows))
-    assert load_dataset(relabel).identity != base.identity
-    assert load_dataset(image_csv, task="ordinal").identity != base.identity
-    # one image re-encoded (same row, same path): another dataset
-    png = image_csv.parent / base.paths[3]
-    Image.open(png).convert("L").point(lambda v: 255 - v).save(png)
-    assert load_dataset(image_csv).identity != base.identity
+def test_a_changed_weights_file_is_built_again(tmp_path):
+    path = tmp_path / "w.pth"
+    spec = parse_backbone(f"{TINY.split('@')[0]}@{path}", input_size=SIZE)
+    net = build_backbone(parse_backbone(TINY, input_size=SIZE)).model
+    torch.save(net.state_dict(), path)
+    first = resolve_key(spec)[1].digest
+    assert remembered(spec) is not None
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    torch.save(state, path)
+    os.utime(path, ns=(1, 1))  # even with the old size, another modification time
+    assert remembered(spec) is None
+    assert resolve_key(spec)[1].digest != first  # rebuilt, rehashed: its own key
 
 
-def test_extract_through_any_form_reuses_one_group(capsys, tmp_path):
-    root = make_pneumonia(tmp_path / "kermany")
-    store = str(tmp_path / "store")
-    args = ["-b", TINY, "--image-size", str(SIZE), "--store", store, "--json"]
-    code, out, _ = cli(capsys, "extract", "--data", str(root), *args)
-    assert code == 0 and json.loads(out)[0]["status"] == "extracted"
-    csv = write_manifest_csv(BUILDERS["pneumonia"](root), tmp_path / "m" / "pneumonia.csv")
-    shutil.copytree(root, tmp_path / "copy")
-    for data in (f"pneumonia:{root}/chest_xray", str(csv), str(tmp_path / "copy")):
-        code, out, err = cli(capsys, "extract", "--data", data, *args)
-        assert code == 0 and json.loads(out)[0]["status"] == "cached", (data, err)
-    code, out, _ = cli(capsys, "probe", "--data", str(csv), *args[:-1], "--fractions", "1",
-                       "--bootstrap", "10", "--json")
-    assert code == 0 and json.loads(out)[0]["task"] == "binary"
-    assert len(FeatureStore(store).datasets()) == 1
-
-
-def test_built_csv_paths_never_climb_out(tmp_path):
-    root = make_dr(tmp_path / "aptos", "aptos")
-    inside = write_manifest_csv(BUILDERS["aptos"](root), root / "manifest.csv")
-    outside = write_manifest_csv(BUILDERS["aptos"](root), tmp_path / "m" / "aptos.csv")
-    inside_paths = [r.split(",")[2] for r in inside.read_text().splitlines()[1:]]
-    outside_paths = [r.split(",")[2] for r in outside.read_text().splitlines()[1:]]
-    assert all(not p.startswith(("/", "..")) for p in inside_paths)
-    assert all(os.path.isabs(p) for p in outside_paths)
-    assert load_dataset(inside).identity == load_dataset(outside).identity
-
-
-def test_a_csv_from_an_earlier_manifest_build_finds_its_old_group(tmp_path):
-    """``manifest build`` used to write ``../`` paths; the CSV rebuilt in the same place
-    (absolute paths now) still maps to the group the old CSV made."""
-    root = make_nih(tmp_path / "nih")
-    m = load_dataset(write_manifest_csv(BUILDERS["nih"](root), tmp_path / "man" / "nih.csv"))
-    rel = np.asarray([os.path.relpath(p, tmp_path / "man") for p in m.paths])
-    old_sha = m._sha256(rel)
-    assert old_sha in m.legacy_sha256s and old_sha != m.sha256
-
-
-def test_fingerprints_are_cached_until_a_file_changes(image_csv, monkeypatch):
-    m = load_dataset(image_csv)
-    first = m.identity
-    calls = []
-    real = identity_mod.file_fingerprint
-    monkeypatch.setattr(identity_mod, "file_fingerprint",
-                        lambda p, size=None: calls.append(p) or real(p, size))
-    assert load_dataset(image_csv).identity == first and calls == []
-    png = image_csv.parent / m.paths[0]
-    Image.new("L", (32, 32), 7).save(png)
-    os.utime(png, ns=(1, 1))  # another mtime: the cached fingerprint no longer applies
-    assert load_dataset(image_csv).identity != first
-    assert [Path(p).name for p in calls] == [png.name]
-
-
-def test_a_missing_file_names_its_row(image_csv):
-    m = load_dataset(image_csv)
-    (image_csv.parent / m.paths[2]).unlink()
-    with pytest.raises(Exception, match=f"row id '{m.ids[2]}': file not found"):
-        load_dataset(image_csv).identity  # noqa: B018
-
-
-def test_large_files_are_fingerprinted_by_samples(tmp_path):
-    big = tmp_path / "big.bin"
-    data = bytearray(os.urandom(identity_mod.FULL_HASH_BYTES * 4))
-    big.write_bytes(data)
-    before = identity_mod.file_fingerprint(big)
-    data[0] ^= 1
-    big.write_bytes(data)
-    assert identity_mod.file_fingerprint(big) != before  # a sampled block changed
-    big.write_bytes(data + b"x")
-    assert identity_mod.file_fingerprint(big).split(":")[0] == str(len(data) + 1)
+def test_a_cache_hit_and_a_read_back_import_neither_torch_nor_timm(capsys, npz_file,
+                                                                    store_dir):
+    data = ["--data", str(npz_file), "--store", str(store_dir)]
+    spec = ["-b", TINY, "--image-size", str(SIZE)]
+    for args in (["extract", *spec], ["probe", *spec, "--bootstrap", "10"]):
+        code, _, err = cli(capsys, *args, *data)
+        assert code == 0, err
+    script = (
+        "import sys, json\n"
+        "from featstore.cli import main\n"
+        "codes = []\n"
+        f"for argv in {json.dumps([['extract', *spec, *data, '--json'], ['probe', *data, '--bootstrap', '10'], ['probe', *spec, *data, '--bootstrap', '10']])}:\n"  # noqa: E501
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        codes.append(e.code or 0)\n"
+        "heavy = [m for m in ('torch', 'timm', 'torchvision', 'sklearn') if m in sys.modules]\n"
+        "print(json.dumps({'codes': codes, 'heavy': heavy}))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=REPO, env=os.environ.copy(), timeout=300)
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert last == {"codes": [0, 0, 0], "heavy": []}, out.stderr
+    assert '"status": "cached"' in out.stdout
