@@ -271,7 +271,26 @@ def test_a_single_class_val_still_finishes(capsys, tmp_path):
     code, out, err = cli(capsys, "finetune", "--data", str(data), "--store",
                          str(tmp_path / "s"), *RECIPE, "--epochs", "2", "--json")
     assert code == 0, err
-    assert json.loads(out)[0]["config"]["best_epoch"] == 1  # no finite val: the first
+    [rec] = [r for r in json.loads(out) if r["primary"]]
+    assert rec["config"]["best_epoch"] == 1  # no finite val: the first
+    assert rec["chosen_on_val"] is False and "not chosen" in rec["hyperparameter"]
+    code, out, err = cli(capsys, "results", "--data", str(data), "--store", str(tmp_path / "s"))
+    assert "val could not choose" in err + out
+
+
+def test_a_single_class_val_is_said_by_the_probe(capsys, tmp_path):
+    data = _tiny_npz(tmp_path, val_one_class=True)
+    args = ["--data", str(data), "--store", str(tmp_path / "s")]
+    code, _, err = cli(capsys, "extract", *args, "-b", TINY, "--image-size", str(SIZE))
+    assert code == 0, err
+    code, out, err = cli(capsys, "probe", *args, "--probe", "linear,knn", "--bootstrap", "10",
+                         "--json")
+    assert code == 0, err
+    prim = [r for r in json.loads(out) if r["primary"]]
+    assert [r["chosen_on_val"] for r in prim] == [False, False]
+    assert all("not chosen: val metric undefined" in r["hyperparameter"] for r in prim)
+    code, out, err = cli(capsys, "probe", *args, "--probe", "linear,knn", "--bootstrap", "10")
+    assert "val could not choose" in err + out
 
 
 def test_accumulated_micro_batches_equal_one_big_batch(capsys, tmp_path):

@@ -601,12 +601,16 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     best_sha = sha256_bytes(backbone_bytes)
     objects.put(f"{CHECKPOINTS}/{ds.name}/{run_id}/backbone.pt", backbone_bytes)
     hyper = f"lr={config.lr:g}, best epoch {state.best_epoch}/{config.epochs}"
+    chosen_on_val = any(np.isfinite(h["val"]) for h in state.history)
+    if not chosen_on_val:
+        hyper += " (not chosen: val metric undefined)"
     records = [
         ProbeRecord(dataset=ds.name, backbone=spec.alias, key=mkey, task=task,
                     probe=FINETUNE, **scored, fraction=config.fraction, seed=config.seed,
                     hyperparameter=hyper, n_train=len(tr), n_val=len(va), n_test=len(te),
                     val_source=val_source, random_weights=spec.is_random,
                     train_ids_sha256=ids_sha256(manifest.ids[tr]), run_id=run_id,
+                    chosen_on_val=chosen_on_val,
                     config={**record_config, "recipe": config.recipe(),
                             "best_epoch": state.best_epoch,
                             "history": state.history, "finetuned_sha256": best_sha})

@@ -94,6 +94,9 @@ class ProbeRecord:
     l2: float | None = None
     converged: bool | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    # False: val could not choose (its metric undefined, e.g. one class in val): the
+    # strongest regularisation (a probe) or the first epoch (finetuning) was kept
+    chosen_on_val: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,11 +157,14 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
         sweep = fit_with_validation(X[tr], y[tr], X[va], y[va], task=task, l2_grid=cfg.l2_grid,
                                     device=device, max_iter=cfg.max_iter, tol=cfg.tol)
         model, l2, converged = sweep.probe, sweep.l2, sweep.converged[sweep.l2]
-        hyper = f"l2={sweep.l2:g}"
+        hyper, val_scores = f"l2={sweep.l2:g}", sweep.val_scores
     else:
         ksweep = knn_with_validation(X[tr], y[tr], X[va], y[va], task=task, ks=cfg.ks,
                                      device=device)
-        model, hyper = ksweep.probe, f"k={ksweep.k}"
+        model, hyper, val_scores = ksweep.probe, f"k={ksweep.k}", ksweep.val_scores
+    chosen_on_val = any(np.isfinite(v) for v in val_scores.values())
+    if not chosen_on_val:
+        hyper += " (not chosen: val metric undefined)"
     proba_test = model.predict_proba(X[te])
     if task == "ordinal" and cfg.ordinal_decode == "expected":
         n_classes = proba_test.shape[1]
@@ -173,6 +179,7 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
                     n_train=len(tr), n_val=len(va), n_test=len(te), val_source=val_source,
                     random_weights=random_weights, train_ids_sha256=ids_sha256(emb.ids[tr]),
                     run_id=run_id, n_excluded=emb.n_missing, l2=l2, converged=converged,
+                    chosen_on_val=chosen_on_val,
                     config={**asdict(cfg), "standardise": "train mean/std" if
                             cfg.probe == "linear" else "L2-normalise",
                             "versions": {p: version(p) for p in

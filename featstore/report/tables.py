@@ -171,6 +171,13 @@ def notes(records: Iterable[Any]) -> list[str]:
             by_set[name] = r.n_excluded
     out += [f"{name}: {n} rows left out (images skipped at extraction, no embedding)"
             for name, n in by_set.items()]
+    unchosen = sorted({getattr(r, "backbone", "") for r in records
+                       if getattr(r, "chosen_on_val", True) is False})
+    if unchosen:
+        out.append(f"{', '.join(unchosen)}: val could not choose (its metric is undefined, "
+                   "e.g. val holds one class): the strongest regularisation (probes) or the "
+                   "first epoch (finetuning) was kept; give the dataset a val split with "
+                   "every class")
     return out
 
 
