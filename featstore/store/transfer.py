@@ -19,6 +19,7 @@ from featstore.store.zarr_store import (
     EmbeddingSet,
     FeatureStore,
     _write_index_arrays,
+    require_group,
 )
 
 EXPORT_FORMATS = ("npy", "h5", "parquet")
@@ -34,7 +35,7 @@ def import_dataset(dst: FeatureStore, src: DatasetGroup) -> DatasetGroup:
                 ds.name == src.name and ds.manifest_sha256 == src.manifest_sha256):
             return ds
     root = dst._root_group(create=True)
-    g = root.require_group(src.name)
+    g = require_group(root, src.name)
     _write_index_arrays(g, src.index)
     g.attrs.update(src.attrs)  # last: manifest_sha256 marks a finished group
     return DatasetGroup(dst, src.name, g)

@@ -120,6 +120,16 @@ def _open_child(group: zarr.Group, name: str, where: str) -> zarr.Group | None:
     return child if isinstance(child, zarr.Group) else None
 
 
+def require_group(parent: zarr.Group, name: str) -> zarr.Group:
+    """``parent[name]``, created when missing. Another process (a teammate, a parallel
+    pipeline, a second copy) creating it at the same moment is success, not an error: zarr's
+    check-then-create loses that race with ContainsGroupError, and the group is then there."""
+    try:
+        return parent.require_group(name)
+    except zarr.errors.ContainsGroupError:
+        return parent[name]
+
+
 def open_zarr_store(root: str | Path, *, read_only: bool = False) -> zarr.abc.store.Store:
     """A zarr store for a local folder or an fsspec URL (``s3://``, ``gs://``, ``memory://``)."""
     text = str(root)
@@ -204,7 +214,7 @@ class FeatureStore:
         if root is None:
             return None
         try:
-            return root.require_group(path) if create else root[path]
+            return require_group(root, path) if create else root[path]
         except KeyError:
             return None
 
@@ -223,7 +233,7 @@ class FeatureStore:
         if create:
             root = zarr.open_group(store=self._zstore, mode="a")
             if CLAIMS_GROUP not in root:  # claim files live below it, out of the datasets' way
-                root.require_group(CLAIMS_GROUP)
+                require_group(root, CLAIMS_GROUP)
             return root
         try:  # mode "r" first: "r+" would create the root folder of a local store
             zarr.open_group(store=self._zstore, mode="r")
@@ -291,7 +301,7 @@ class FeatureStore:
                 f"{self.root}: run 'featstore extract' first"
             )
         name = manifest.group_name
-        g = root.require_group(name)
+        g = require_group(root, name)
         n = len(manifest)
         _write_index(g, manifest)
         # attrs last: a group without manifest_sha256 is an unfinished creation, redone above
@@ -524,7 +534,7 @@ class DatasetGroup:
         if shard_rows % chunk_rows:
             chunk_rows = shard_rows
         n_shards = -(-n // shard_rows)
-        g = self.group.require_group(name)
+        g = require_group(self.group, name)
         g.create_array("embeddings", shape=(n, dim), dtype=dtype, chunks=(chunk_rows, dim),
                        shards=(shard_rows, dim), compressors=None, fill_value=0,
                        overwrite=True)
@@ -654,8 +664,8 @@ class EmbeddingSet:
         skipped = self.group.get(SKIPPED_GROUP)
         name = f"s{shard:06d}"
         if miss.any():  # replaces what an interrupted earlier attempt may have left
-            skipped = skipped or self.group.require_group(SKIPPED_GROUP)
-            skipped.require_group(name).attrs.put(dict(reasons or {}))
+            skipped = skipped or require_group(self.group, SKIPPED_GROUP)
+            require_group(skipped, name).attrs.put(dict(reasons or {}))
         elif skipped is not None and name in skipped:
             del skipped[name]
         self.group["checksums"][shard] = np.frombuffer(array_sha256(data), dtype=np.uint8)
@@ -956,7 +966,7 @@ def _save_run(store: FeatureStore, group: zarr.Group, path: str, kind: str, run_
     """
     payload = _to_json(payload)
     try:
-        group.require_group(kind).require_group(run_id).attrs.update(payload)
+        require_group(require_group(group, kind), run_id).attrs.update(payload)
         return
     except READ_ONLY_ERRORS as e:
         error = e
@@ -964,7 +974,7 @@ def _save_run(store: FeatureStore, group: zarr.Group, path: str, kind: str, run_
     if mirror is None:
         raise StoreError(f"store {store.root} cannot be written ({error.__class__.__name__}: "
                          f"{error}); pass --results-store DIR to keep runs elsewhere") from None
-    mirror.require_group(kind).require_group(run_id).attrs.update(payload)
+    require_group(require_group(mirror, kind), run_id).attrs.update(payload)
     store._note(f"store {store.root} cannot be written ({error.__class__.__name__}): runs "
                 f"are saved to the results store {store.results_root}")
 
