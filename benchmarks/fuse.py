@@ -12,7 +12,8 @@ random-weight backbones at 64 px (into a temporary store, or --store to reuse on
 of each DVME attention, of the linear probe on the concatenation and of the best single
 backbone, mean +- sd over seeds, for DVME head version 1 (before the fix) and 2 (after).
 generated: the same comparison on generated embeddings: every backbone carries the same
-signal; one backbone is pure noise; each backbone is informative for different classes.
+signal; one backbone is pure noise; each backbone is informative for different classes; one
+informative backbone beside two loud noise ones (issue 21's known answer).
 """
 
 from __future__ import annotations
@@ -158,6 +159,21 @@ def per_class(seed: int, n: int = 3000) -> tuple[list[Embeddings], str]:
     return wrap(parts, y, "per-class"), "multiclass"
 
 
+def one_informative(seed: int, n: int = 1500) -> tuple[list[Embeddings], str]:
+    """The known answer of issue 21: A (32-d) carries the binary signal; B (128-d) and C
+    (96-d) are noise of 5x A's scale. Attention belongs on A, and DVME should score at
+    least what A scores alone."""
+    rng = np.random.default_rng(seed)
+    s = rng.normal(size=n)
+    parts = []
+    for alias, dim, scale in (("A", 32, 1.0), ("B", 128, 5.0), ("C", 96, 5.0)):
+        X = rng.normal(size=(n, dim)) * scale
+        if alias == "A":
+            X[:, :6] += 1.2 * s[:, None]
+        parts.append((alias, X))
+    return wrap(parts, (s > 0).astype(int), "one-informative"), "binary"
+
+
 def auc_table(title: str, runs: Callable[[int], tuple[list[Embeddings], str]], seeds: int,
               fraction: float = 1.0) -> None:
     """Test AUC (macro one-vs-rest for multiclass) of each method, head v1 and v2."""
@@ -231,7 +247,9 @@ def pneumonia(args: argparse.Namespace) -> None:
 def generated_cases(args: argparse.Namespace) -> None:
     for title, runs in (("every backbone carries the same signal", same_signal),
                         ("one backbone is pure noise (C)", noise_backbone),
-                        ("backbones informative for different classes", per_class)):
+                        ("backbones informative for different classes", per_class),
+                        ("one informative backbone (A), two loud noise ones",
+                         one_informative)):
         auc_table(f"generated, {title}", runs, args.fusion_seeds)
 
 

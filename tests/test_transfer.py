@@ -71,9 +71,9 @@ def test_a_killed_copy_resumes_with_the_missing_shards_only(capsys, source, tmp_
 
     monkeypatch.setattr(EmbeddingSet, "write_shard", dies_on_the_third)
     dst = tmp_path / "dst"
-    code, _, _ = cli(capsys, "copy", str(store), str(dst), "-b", keys[0][:12], "--data",
-                     str(data))
-    assert code == 130
+    code, _, err = cli(capsys, "copy", str(store), str(dst), "-b", keys[0][:12], "--data",
+                       str(data))
+    assert code == 130 and "interrupted: finished work is kept" in err  # said, not silent
     monkeypatch.setattr(EmbeddingSet, "write_shard", real)
     code, out, _ = cli(capsys, "copy", str(store), str(dst), "--data", str(data), "--json")
     rows = {r["key"]: r for r in json.loads(out)}

@@ -39,6 +39,8 @@ except ImportError:  # pragma: no cover
 
 __all__ = ["app", "main"]
 
+INTERRUPTED = 130  # the shell's exit status for a process stopped by Ctrl-C (128 + SIGINT)
+
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line on error, the traceback only with --debug."""
@@ -72,12 +74,14 @@ def main(argv: list[str] | None = None) -> None:
                   "read-only store; their runs go to --results-store)", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
-        err.print("interrupted: finished shards are kept; re-run the same command to resume")
-        sys.exit(130)
+        code = INTERRUPTED
     except Exception as e:  # a bug: still one line, unless --debug
         if debug:
             raise
         err.print(f"[red]error:[/] internal {e.__class__.__name__}: {escape(str(e))} "
                   "(re-run with --debug for the traceback)", highlight=False)
         sys.exit(1)
+    if code == INTERRUPTED:  # typer turns Ctrl-C into exit code 130 and prints nothing
+        err.print("interrupted: finished work is kept (shards, runs, checkpoints); re-run the "
+                  "same command to resume")
     sys.exit(code or 0)
