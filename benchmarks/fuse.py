@@ -10,7 +10,7 @@ ViT-S/16), each carrying part of a 5-class signal; split 80/10/10.
 pneumonia: the balanced PneumoniaMNIST file of ../shared/data (or --data), embedded by three
 random-weight backbones at 64 px (into a temporary store, or --store to reuse one); test AUC
 of each DVME attention, of the linear probe on the concatenation and of the best single
-backbone, mean +- sd over seeds, for DVME head version 1 (before the fix) and 2 (after).
+backbone, mean +- sd over seeds, for DVME head version 2 (before issue 21) and 3 (after).
 generated: the same comparison on generated embeddings: every backbone carries the same
 signal; one backbone is pure noise; each backbone is informative for different classes; one
 informative backbone beside two loud noise ones (issue 21's known answer).
@@ -37,6 +37,7 @@ PNEUMONIA = (Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist
 RANDOM_BACKBONES = ("timm:resnet18@random", "timm:test_vit@random",
                     "timm:mobilenetv3_small_100@random")
 IMAGE_SIZE = 64
+VERSIONS = (2, 3)  # the DVME heads compared: before and after issue 21
 
 
 def generated(rows: int, classes: int = 5, seed: int = 0) -> list[Embeddings]:
@@ -181,11 +182,11 @@ def auc_table(title: str, runs: Callable[[int], tuple[list[Embeddings], str]], s
     attention: dict[tuple, list[list[float]]] = {}  # (method, version[, class])
     for seed in range(seeds):
         embs, task = runs(seed)
-        for version in (1, 2):
+        for version in VERSIONS:
             with head_version(version):
                 recs = fuse_embeddings(embs, task=task, fraction=fraction, seed=seed,
                                        attentions=ATTENTIONS, n_bootstrap=0,
-                                       baselines=version == 2)
+                                       baselines=version == VERSIONS[1])
             for r in recs:
                 if r.metric == "auc":
                     vals.setdefault((r.method, version), []).append(r.value)
@@ -204,19 +205,24 @@ def auc_table(title: str, runs: Callable[[int], tuple[list[Embeddings], str]], s
         return f"{v.mean():.4f} +- {v.std(ddof=1) if len(v) > 1 else 0:.4f}"
 
     print(f"\n{title}: test AUC, mean +- sd over {seeds} seeds, fraction {fraction:g}")
-    print(f"{'method':<34}{'before (head v1)':>20}{'after (head v2)':>20}")
+    old, new = VERSIONS
+    print(f"{'method':<34}{f'before (head v{old})':>20}{f'after (head v{new})':>20}")
     for att in ATTENTIONS:
-        print(f"{'DVME ' + att:<34}{cell('dvme-' + att, 1):>20}{cell('dvme-' + att, 2):>20}")
-    print(f"{'concat (linear probe)':<34}{'':>20}{cell('concat', 2):>20}")
-    print(f"{'best single (linear probe)':<34}{'':>20}{cell(best, 2):>20}  "
+        print(f"{'DVME ' + att:<34}{cell('dvme-' + att, old):>20}"
+              f"{cell('dvme-' + att, new):>20}")
+    print(f"{'concat (linear probe)':<34}{'':>20}{cell('concat', new):>20}")
+    print(f"{'best single (linear probe)':<34}{'':>20}{cell(best, new):>20}  "
           f"{best[len('single:'):]}")
+    for m in sorted(singles):
+        print(f"{'  ' + m:<34}{'':>20}{cell(m, new):>20}")
     classes = sorted({k[2] for k in attention if len(k) == 3}, key=int)
     for att in ("softmax", "sigmoid"):
-        mean = {v: np.mean(attention[("dvme-" + att, v)], axis=0) for v in (1, 2)}
+        mean = {v: np.mean(attention[("dvme-" + att, v)], axis=0) for v in VERSIONS}
         print(f"  mean {att} attention on test ({', '.join(aliases)}): before "
-              f"{np.round(mean[1], 2).tolist()}, after {np.round(mean[2], 2).tolist()}")
+              f"{np.round(mean[old], 2).tolist()}, after {np.round(mean[new], 2).tolist()}")
         if len(classes) > 2:  # where backbones are informative for different classes
-            per = {c: np.round(np.mean(attention[("dvme-" + att, 2, c)], axis=0), 2).tolist()
+            per = {c: np.round(np.mean(attention[("dvme-" + att, new, c)], axis=0),
+                               2).tolist()
                    for c in classes}
             print(f"    after, by class: {per}")
 

@@ -244,3 +244,37 @@ def test_fuse_grid_persists_runs_that_results_lists(capsys, npz_file, store_dir,
         main(["results", "--data", str(npz_file), "--store", str(store_dir)])
     out = capsys.readouterr().out
     assert exc.value.code == 0 and "fusion on test" in out and "dvme-softmax" in out
+
+
+def one_informative(seed: int, n: int = 1500) -> tuple[list[np.ndarray], np.ndarray]:
+    """The known answer: backbone 0 (32-d) carries the binary signal; 1 (128-d) and 2
+    (96-d) are noise of five times its scale."""
+    rng = np.random.default_rng(seed)
+    s = rng.normal(size=n)
+    Xs = []
+    for k, (dim, scale) in enumerate(((32, 1.0), (128, 5.0), (96, 5.0))):
+        X = rng.normal(size=(n, dim)) * scale
+        if k == 0:
+            X[:, :6] += 1.2 * s[:, None]
+        Xs.append(X.astype(np.float32))
+    return Xs, (s > 0).astype(int)
+
+
+@pytest.mark.parametrize("n", [1500, 400])
+def test_attention_goes_to_the_informative_backbone_beside_loud_noise(n):
+    from featstore.probe.linear import fit_with_validation
+    from featstore.probe.metrics import primary_score
+
+    Xs, y = one_informative(0, n)
+    tr, va, te = np.split(np.arange(n), [int(0.6 * n), int(0.8 * n)])
+    head = DVME("binary", attention="softmax", seed=0).fit(
+        [X[tr] for X in Xs], y[tr], [X[va] for X in Xs], y[va])
+    alpha = head.attention_weights([X[te] for X in Xs]).mean(0)
+    assert alpha[0] > 0.5 and alpha[0] > 2 * alpha[1:].max(), alpha
+    auc = head.score([X[te] for X in Xs], y[te])
+    alone = fit_with_validation(Xs[0][tr], y[tr], Xs[0][va], y[va], task="binary").probe
+    cat = [np.concatenate([X[rows] for X in Xs], 1) for rows in (tr, va, te)]
+    concat = fit_with_validation(cat[0], y[tr], cat[1], y[va], task="binary").probe
+    assert auc >= primary_score("binary", y[te], alone.predict_proba(Xs[0][te])) - 0.015
+    assert auc >= primary_score("binary", y[te], concat.predict_proba(cat[2])) - 0.005
+    assert head.start_ == "concat probe"  # chosen on val over the head from a random start

@@ -182,7 +182,8 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
         return _records(f"dvme-{attention}", task, y[te], head.predict_proba(Xte), cfg,
                         {**base, "run_id": rid}, ref.label_names, attention=overall,
                         attention_per_class=per_class, head_path=path,
-                        epochs=head.n_epochs_, hyperparameter=f"epochs={head.n_epochs_}")
+                        epochs=head.n_epochs_,
+                        hyperparameter=f"epochs={head.n_epochs_}, start={head.start_}")
 
     def linear(method: str, parts: Sequence[Embeddings], rid: str) -> list[FuseRecord]:
         Xtr, Xva, Xte = (np.concatenate([e.X[rows] for e in parts], axis=1)
