@@ -24,3 +24,5 @@ DEFAULT_L2_GRID = (1e-06, 9.999999999999999e-06, 0.0001, 0.001, 0.01, 0.1, 1.0, 
                    1000.0, 10000.0)
 DEFAULT_TOL = 1e-4
 DEFAULT_KS = (10, 20, 50, 100, 200)
+# Seeds of one grid at most: a study uses 3 to 10; a typo of 1e9 must not build a 1e9 list
+MAX_SEEDS = 1000

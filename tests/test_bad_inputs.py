@@ -180,6 +180,22 @@ CATALOGUE = [
     ("run jobs zero", lambda t, d, s: ["run", pipeline(t, d, s), "--jobs", "0"], "--jobs 0"),
     ("report tsne rows zero", lambda t, d, s: [
         "report", "--store", s, "--tsne-rows", "0", "-o", f"{t}/r"], "--tsne-rows 0"),
+    ("pipeline l2_grid empty", lambda t, d, s: [
+        "run", pipeline(t, d, s, "[probe]\nl2_grid = []")], "l2_grid = []"),
+    ("pipeline device not a device", lambda t, d, s: [
+        "run", pipeline(t, d, s, '[probe]\ndevice = "tpu"')], "device = 'tpu'"),
+    ("pipeline lr inf", lambda t, d, s: [
+        "run", pipeline(t, d, s, '[finetune]\nbackbones = ["b"]\nlr = inf')], "lr = inf"),
+    ("pipeline seeds huge", lambda t, d, s: [
+        "run", pipeline(t, d, s), "--set", "seeds=1000000000"], "at most 1000 seeds"),
+    ("probe seeds huge", lambda t, d, s: [
+        "probe", "--data", d, "--store", s, "--seeds", "1000000000"], "at most 1000 seeds"),
+    ("finetune weight decay nan", lambda t, d, s: [
+        *FINETUNE, "--data", d, "--store", s, "--weight-decay", "nan"], "--weight-decay nan"),
+    ("extract resize not a choice", lambda t, d, s: [
+        *EXTRACT, "--data", d, "--store", s, "--resize", "sideways"], "'sideways' is not one of"),
+    ("report onto a file", lambda t, d, s: [
+        "report", "--store", s, "-o", str(Path(d))], "a file is there"),
     ("report unknown dataset", lambda t, d, s: [
         "report", "--store", s, "--data", "nosuch", "-o", f"{t}/r"],
      "no dataset match 'nosuch'"),

@@ -156,3 +156,20 @@ def test_read_only_credentials_on_s3(iam_s3, tmp_path):
     listed = featstore_as(iam_s3["reader"], tmp_path / "reader", "ls", "--store", store,
                           "--json")
     assert [r["status"] for r in json.loads(listed.stdout)] == ["complete"]
+
+
+def test_a_read_only_file_system_is_one_line_not_internal(capsys, tmp_path, monkeypatch):
+    import errno
+
+    from featstore.store.zarr_store import EmbeddingSet
+    from tests.conftest import SIZE, TINY, cli, make_medmnist
+
+    def read_only(self, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "s"))
+
+    monkeypatch.setattr(EmbeddingSet, "write_shard", read_only)
+    code, _, err = cli(capsys, "extract", "--data", str(make_medmnist(tmp_path / "m.npz")),
+                       "-b", TINY, "--image-size", str(SIZE), "--store", str(tmp_path / "s"))
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and "read-only file system" in lines[0], err
+    assert "internal" not in err

@@ -10,6 +10,7 @@ share: :mod:`featstore.cli._shared`.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -42,6 +43,12 @@ __all__ = ["app", "main"]
 INTERRUPTED = 130  # the shell's exit status for a process stopped by Ctrl-C (128 + SIGINT)
 
 
+def _internal(e: BaseException) -> None:
+    err.print(f"[red]error:[/] internal {e.__class__.__name__}: {escape(str(e))} "
+              "(re-run with --debug for the traceback)", highlight=False)
+    sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line on error, the traceback only with --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -65,11 +72,14 @@ def main(argv: list[str] | None = None) -> None:
             raise
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(1)
-    except PermissionError as e:  # a read-only store, mount or credentials
+    except OSError as e:  # a read-only store, mount or credentials; else a bug
         if debug:
             raise
+        if not isinstance(e, PermissionError) and e.errno != errno.EROFS:
+            _internal(e)
         what = f": {e.filename}" if e.filename else ""
-        err.print(f"[red]error:[/] permission denied{escape(what)} ({escape(e.strerror or str(e))})"
+        denied = "read-only file system" if e.errno == errno.EROFS else "permission denied"
+        err.print(f"[red]error:[/] {denied}{escape(what)} ({escape(e.strerror or str(e))})"
                   "; this needs write access there (probe, fuse and results work on a "
                   "read-only store; their runs go to --results-store)", highlight=False)
         sys.exit(1)
@@ -78,9 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # a bug: still one line, unless --debug
         if debug:
             raise
-        err.print(f"[red]error:[/] internal {e.__class__.__name__}: {escape(str(e))} "
-                  "(re-run with --debug for the traceback)", highlight=False)
-        sys.exit(1)
+        _internal(e)
     if code == INTERRUPTED:  # typer turns Ctrl-C into exit code 130 and prints nothing
         err.print("interrupted: finished work is kept (shards, runs, checkpoints); re-run the "
                   "same command to resume")

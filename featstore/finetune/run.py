@@ -36,7 +36,7 @@ from featstore.choices import PRECISIONS
 from featstore.data.fractions import ids_sha256, select_fraction, training_splits
 from featstore.data.images import RowDataset
 from featstore.data.manifest import Manifest
-from featstore.errors import FinetuneError, ImageReadError, ManifestError
+from featstore.errors import FinetuneError, ImageReadError, ManifestError, ProbeError
 from featstore.models.registry import BackboneSpec
 from featstore.probe import ProbeRecord
 from featstore.runkeys import run_id as run_key
@@ -87,8 +87,9 @@ class FinetuneConfig:
             (self.epochs < 1, f"--epochs {self.epochs}: expected at least 1"),
             (self.batch_size < 1, f"--batch-size {self.batch_size}: expected at least 1"),
             (self.accum_steps < 1, f"--accum-steps {self.accum_steps}: expected at least 1"),
-            (not self.lr > 0, f"--lr {self.lr}: expected a positive rate"),
-            (self.weight_decay < 0, f"--weight-decay {self.weight_decay}: expected >= 0"),
+            (not 0 < self.lr < float("inf"), f"--lr {self.lr}: expected a positive rate"),
+            (not 0 <= self.weight_decay < float("inf"),
+             f"--weight-decay {self.weight_decay}: expected a finite value >= 0"),
             (not 0 <= self.warmup_epochs < self.epochs,
              f"--warmup-epochs {self.warmup_epochs}: expected 0 to epochs - 1"),
             (self.layer_decay is not None and not 0 < self.layer_decay <= 1,
@@ -710,9 +711,7 @@ def finetune_grid(manifest: Manifest, specs: Sequence[BackboneSpec], config: Fin
     """Every (backbone, fraction, seed) of the grid; finished runs are read back."""
     from dataclasses import replace
 
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    if not seed_list:
-        raise FinetuneError("expected at least one seed")
+    seed_list = _seeds(fractions, seeds)
     out: list[ProbeRecord] = []
     for spec in specs:
         for fraction in fractions:
@@ -738,9 +737,18 @@ def finetune_run_ids(spec: BackboneSpec, weights_sha256: str, preprocessing: dic
     from dataclasses import replace
 
     mkey = model_key(spec, weights_sha256, preprocessing)
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     return [replace(config, fraction=f, seed=s).run_id(mkey, val_source)
-            for f in fractions for s in seed_list]
+            for f in fractions for s in _seeds(fractions, seeds)]
+
+
+def _seeds(fractions: Sequence[float], seeds: int | Sequence[int]) -> list[int]:
+    """The seeds of a fractions x seeds grid, checked as the probes' grid is."""
+    from featstore.probe.run import check_grid
+
+    try:
+        return check_grid(fractions, seeds)
+    except ProbeError as e:
+        raise FinetuneError(str(e)) from None
 
 
 def stored_finetune_records(ds: DatasetGroup) -> list[ProbeRecord]:

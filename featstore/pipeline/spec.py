@@ -34,6 +34,7 @@ are relative to the directory ``featstore run`` is started in, as on the command
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -44,6 +45,7 @@ from typing import Any
 from featstore.choices import (
     ATTENTIONS,
     DTYPES,
+    MAX_SEEDS,
     ON_ERROR,
     ORDINAL_DECODES,
     PRECISIONS,
@@ -286,6 +288,8 @@ def _substitute(value: Any, variables: dict[str, str], fail) -> Any:
 MINIMUM = {"batch_size": 1, "workers": 0, "shard_rows": 1, "dim": 1, "epochs": 1,
            "accum_steps": 1, "warmup_epochs": 0, "bootstrap": 0, "timeout_min": 1,
            "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1}
+# torch device names a pipeline may give (checked before anything runs)
+DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 ITEMS = {"fractions": _NUMBER, "ks": int, "l2_grid": _NUMBER, "probes": str,
          "backbones": str, "attentions": str}
 
@@ -307,11 +311,19 @@ def _check_keys(table: dict[str, Any], section: str, fail) -> None:
         if isinstance(value, int) and not isinstance(value, bool) and value < MINIMUM.get(
                 key, value):
             raise fail(f"{label}{key} = {value}: expected {MINIMUM[key]} or more")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise fail(f"{label}{key} = {value!r}: expected a finite number")
+        if key == "device" and not DEVICE.fullmatch(value):
+            raise fail(f"{label}device = {value!r}: expected auto, cpu, cuda, cuda:N, mps")
         if isinstance(value, list):
             item = ITEMS.get(key, int if key == "seeds" else None)
+            if not value and key in ITEMS:
+                raise fail(f"{label}{key} = []: expected at least one value")
             for v in value:
                 if item is not None and (isinstance(v, bool) or not isinstance(v, item)):
                     raise fail(f"{label}{key}: {v!r} is not {expected}")
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise fail(f"{label}{key}: {v!r} is not a finite number")
                 if key in ("ks", "l2_grid") and not v > 0:
                     raise fail(f"{label}{key}: {v!r} is not positive")
             if len(set(map(str, value))) < len(value):
@@ -330,6 +342,9 @@ def _check_grid(settings: dict[str, Any], stage: str, fail) -> None:
             raise fail(f"{at}fraction {f!r} is outside (0, 1]")
     settings["fractions"] = [float(f) for f in fractions]
     seeds = settings["seeds"]
+    if (len(seeds) if isinstance(seeds, list) else seeds) > MAX_SEEDS:
+        raise fail(f"{at}seeds = {seeds if isinstance(seeds, int) else len(seeds)}: at most "
+                   f"{MAX_SEEDS} seeds")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else seeds
     if not seed_list or any(not isinstance(s, int) or s < 0 for s in seed_list):
         raise fail(f"{at}seeds = {seeds!r}: expected a count >= 1 or seeds >= 0")

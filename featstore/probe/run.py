@@ -18,6 +18,7 @@ from featstore.choices import (
     DEFAULT_KS,
     DEFAULT_L2_GRID,
     DEFAULT_TOL,
+    MAX_SEEDS,
     ORDINAL_DECODES,
     PROBES,
 )
@@ -290,6 +291,9 @@ def check_grid(fractions: Sequence[float], seeds: int | Sequence[int]) -> list[i
     for f in fractions:
         if not 0 < float(f) <= 1:
             raise ProbeError(f"fraction {f} is outside (0, 1]")
+    if (seeds if isinstance(seeds, int) else len(seeds)) > MAX_SEEDS:
+        raise ProbeError(f"--seeds {seeds if isinstance(seeds, int) else len(seeds)}: at most "
+                         f"{MAX_SEEDS} seeds")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list or min(seed_list) < 0:
         raise ProbeError(f"seeds {seeds!r}: expected at least one seed, none negative")

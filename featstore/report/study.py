@@ -533,6 +533,9 @@ def build_report(store, output: str | Path, *, datasets: Sequence[str] | None = 
     from importlib.metadata import version
 
     out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise FeatstoreError(f"-o {out}: a file is there; the report is a folder (report.html, "
+                             "report.md and its figures)")
     out.mkdir(parents=True, exist_ok=True)
     reports = collect(store, datasets, grid)
     figures: list[tuple[str, Path, str, int]] = []
