@@ -240,13 +240,13 @@ def pneumonia(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         results = extract_embeddings(manifest, [parse_backbone(b, input_size=IMAGE_SIZE)
                                                 for b in RANDOM_BACKBONES], fs)
-        print(f"\npneumonia: {args.data.name}, {len(manifest.ids)} images, "
+        print(f"\n{args.data.stem}: {args.data.name}, {len(manifest.ids)} images, "
               f"{', '.join(RANDOM_BACKBONES)} at {IMAGE_SIZE} px embedded in "
               f"{time.perf_counter() - t0:.0f} s (store {root})")
         group = fs.dataset(manifest)
         embs = [group.embedding_set(r.key).load() for r in results]
         for fraction in args.fractions:
-            auc_table("pneumonia, three random-weight backbones", lambda _seed: (
+            auc_table(f"{args.data.stem}, three random-weight backbones", lambda _seed: (
                 embs, manifest.task), args.fusion_seeds, fraction)
 
 

@@ -221,8 +221,9 @@ class RowDataset(ViewsDataset):
     """Rows of a manifest through one transform: item = (tensor, row, error message)."""
 
     def __init__(self, manifest: Manifest, transform: Callable[[Image.Image], torch.Tensor],
-                 shape: Sequence[int], draft: int | None = None) -> None:
-        super().__init__(manifest, [View(transform, tuple(shape), draft)])
+                 shape: Sequence[int], draft: int | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(manifest, [View(transform, tuple(shape), draft, dtype)])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
         xs, _, row, error = super().__getitem__((i, (0,)))

@@ -37,6 +37,7 @@ from featstore.data.fractions import ids_sha256, select_fraction, training_split
 from featstore.data.images import RowDataset
 from featstore.data.manifest import Manifest
 from featstore.errors import FinetuneError, ImageReadError, ManifestError, ProbeError
+from featstore.models.preprocessing import pixel_stage
 from featstore.models.registry import BackboneSpec
 from featstore.probe import ProbeRecord
 from featstore.runkeys import run_id as run_key
@@ -333,8 +334,8 @@ def _epoch_batches(rows: np.ndarray, batch_size: int, seed: int,
 
 def _loader(manifest: Manifest, rows: np.ndarray, transform, size: int, batch_size: int, *,
             num_workers: int, pin: bool):
-    """Evaluation rows in order, each once."""
-    dataset = RowDataset(manifest, transform, (3, size, size))
+    """Evaluation rows in order, each once, as uint8 (normalised on the device)."""
+    dataset = RowDataset(manifest, transform, (3, size, size), dtype=torch.uint8)
     return torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, rows.tolist()), batch_size=batch_size,
         num_workers=num_workers, pin_memory=pin)
@@ -349,9 +350,11 @@ def _check_errors(errors: Sequence[str]) -> None:
 
 def predict(model: torch.nn.Module, manifest: Manifest, rows: np.ndarray, transform,
             size: int, batch_size: int, *, device: torch.device, precision: str, task: str,
-            num_workers: int = 0, dist: _Dist | None = None) -> np.ndarray:
+            normalize: Callable[[torch.Tensor], torch.Tensor], num_workers: int = 0,
+            dist: _Dist | None = None) -> np.ndarray:
     """Probabilities of ``rows``, in order, each row evaluated exactly once: under torchrun
-    each rank takes a contiguous part (no padding) and the parts are gathered."""
+    each rank takes a contiguous part (no padding) and the parts are gathered. ``transform``
+    gives uint8 pixels; ``normalize`` finishes them on the device."""
     dist = dist or _Dist(device)
     k = -(-len(rows) // dist.world)
     mine = rows[dist.rank * k:(dist.rank + 1) * k]
@@ -362,7 +365,7 @@ def predict(model: torch.nn.Module, manifest: Manifest, rows: np.ndarray, transf
     with torch.inference_mode(), _autocast(device, precision):
         for x, _, errors in loader:
             _check_errors(errors)
-            out.append(model(x.to(device, non_blocking=True)).float())
+            out.append(model(normalize(x.to(device, non_blocking=True))).float())
     width = _width(model)
     z = torch.cat(out) if out else torch.zeros(0, width, device=device)
     return dist.gather(logits_to_proba(task, z))
@@ -476,7 +479,9 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         input_size=(3, prep.input_size, prep.input_size), is_training=True,
         scale=config.crop_scale, hflip=0.5 if config.hflip else 0.0, color_jitter=None,
         interpolation=prep.interpolation, mean=prep.mean, std=prep.std)
-    eval_tf = prep.transform()
+    # workers hand over uint8 (augmented by PIL); normalisation runs batched on the device,
+    # by the float ops of the per-image transform: the same bits at a quarter of the bytes
+    train_tf, eval_tf = pixel_stage(train_tf), prep.pixel_stage()
     pin = dev.type == "cuda"
     steps_per_epoch = -(-len(tr) // config.batch_size)
     updates_per_epoch = -(-steps_per_epoch // config.accum_steps)
@@ -513,9 +518,11 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         ds.save_finetune_run(run_id, {"status": "running", "config": record_config})
     n_out = _n_out(manifest)
     train_rows = _SeededRows(RowDataset(manifest, train_tf, (3, prep.input_size,
-                                                             prep.input_size)))
+                                                             prep.input_size),
+                                        dtype=torch.uint8))
     evaluate = {"manifest": manifest, "transform": eval_tf, "size": prep.input_size,
                 "batch_size": config.batch_size * 2, "device": dev,
+                "normalize": prep.normalize,
                 "precision": config.precision, "task": task, "num_workers": num_workers,
                 "dist": dist}
     while state.epoch < config.epochs:
@@ -535,7 +542,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         for step, ((x, rows, errors, weight), (_, n_batch)) in enumerate(
                 zip(loader, batches, strict=True)):
             _check_errors(errors)
-            x = x.to(dev, non_blocking=True)
+            x = prep.normalize(x.to(dev, non_blocking=True))
             if channels_last:
                 x = x.to(memory_format=torch.channels_last)
             target = _target(task, y[rows.numpy()]).to(dev)

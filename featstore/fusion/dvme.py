@@ -137,6 +137,15 @@ def _as_fusion_error() -> Iterator[None]:
         raise FusionError(str(e)) from None
 
 
+def _val_target(task: str, y_val: np.ndarray, device: str) -> torch.Tensor | None:
+    """Val labels as training targets, or None where the task's loss is undefined on them
+    (a single class)."""
+    try:
+        return make_targets(task, y_val, device).target
+    except ProbeError:
+        return None
+
+
 class DVME(ClassifierMixin, BaseEstimator):
     """The DVME fusion head as a scikit-learn estimator: ``fit(Xs, y, Xs_val, y_val)``,
     ``predict_proba(Xs)``, ``predict(Xs)``.
@@ -267,8 +276,9 @@ class DVME(ClassifierMixin, BaseEstimator):
                     # at least 8 steps an epoch: a few hundred rows are one batch otherwise
                     steps = max(1, min(self.batch_size, -(-len(target) // 8)))
                     start, history = self._train(attention, ATTENTION_LR, Xt, target, loss_fn,
-                                                 Xv, y_val, gen, start, ties_advance=True,
-                                                 batch_size=steps)
+                                                 Xv, y_val, gen, start, batch_size=steps,
+                                                 val_target=_val_target(self.task, y_val,
+                                                                        self.device))
                 if start >= chosen[0] or not np.isfinite(chosen[0]):  # ties: the concat start
                     best, self.start_ = start, "concat probe"
                 else:
@@ -281,15 +291,16 @@ class DVME(ClassifierMixin, BaseEstimator):
     def _train(self, params: list[torch.Tensor], lr: float, Xt: Sequence[torch.Tensor],
                target: torch.Tensor, loss_fn: nn.Module, Xv: Sequence[torch.Tensor],
                y_val: np.ndarray, gen: torch.Generator, best: float,
-               ties_advance: bool = False, batch_size: int | None = None,
+               batch_size: int | None = None, val_target: torch.Tensor | None = None,
                ) -> tuple[float, list[float]]:
         """Train ``params`` of the head with AdamW; early-stop on val, from ``best`` (the val
         score of the state it starts from): the best val state is kept. (best, history).
-        ``ties_advance``: a val score equal to the best moves the kept state on (the
-        attention alone, where a small val saturates and train is the only tie-breaker)."""
+        With ``val_target``, a val score equal to the best moves the kept state on when the
+        val loss falls (a small val's AUC saturates; its loss still tells)."""
         model = self.module_
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=self.weight_decay)
         best_state, stale, history = copy.deepcopy(model.state_dict()), 0, []
+        best_loss = self._val_loss(Xv, val_target, loss_fn)
         n = len(target)
         for _epoch in range(self.max_epochs):
             model.train()
@@ -301,16 +312,27 @@ class DVME(ClassifierMixin, BaseEstimator):
                 opt.step()
             score = primary_score(self.task, np.asarray(y_val), self._proba(Xv))
             history.append(float(score))
+            loss = self._val_loss(Xv, val_target, loss_fn)
             if np.isfinite(score) and score > best + 1e-6:
-                best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
+                best, best_state, stale, best_loss = (score, copy.deepcopy(model.state_dict()),
+                                                      0, loss)
+            elif np.isfinite(score) and score >= best - 1e-12 and loss < best_loss - 1e-6:
+                best_state, stale, best_loss = copy.deepcopy(model.state_dict()), 0, loss
             else:
-                if ties_advance and np.isfinite(score) and score >= best - 1e-12:
-                    best_state = copy.deepcopy(model.state_dict())
                 stale += 1
                 if stale >= self.patience:
                     break
         model.load_state_dict(best_state)
         return best, history
+
+    @torch.inference_mode()
+    def _val_loss(self, Xv: Sequence[torch.Tensor], val_target: torch.Tensor | None,
+                  loss_fn: nn.Module) -> float:
+        """The training loss on val (inf without val targets: never a tie-breaker)."""
+        if val_target is None:
+            return float("inf")
+        self.module_.eval()
+        return float(loss_fn(self.module_(Xv), val_target))
 
     def _start_from_concat(self, Xt: Sequence[torch.Tensor], y: np.ndarray,
                            Xv: Sequence[torch.Tensor], y_val: np.ndarray) -> float:

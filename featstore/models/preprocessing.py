@@ -95,13 +95,7 @@ class Preprocessing:
         :meth:`normalize` does on a whole batch on the device. The two stages give the bits
         of :meth:`transform` (same resize, same float ops), at a quarter of the bytes
         between loader workers and the model."""
-        steps = self.transform().tf.transforms
-        names = [type(t).__name__ for t in steps]
-        if names[-2:] not in (["MaybeToTensor", "Normalize"], ["ToTensor", "Normalize"]):
-            raise ValueError(f"unexpected timm eval transform {names}")  # a timm change
-        import torchvision.transforms as T
-
-        return _PixelStage(T.Compose(steps[:-2]))
+        return pixel_stage(self.transform().tf)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images (B, 3, H, W) on any device -> float32, scaled to [0, 1] and
@@ -157,6 +151,25 @@ class Preprocessing:
 # The batched resize on the device (torch's antialiased kernels) changes bits against PIL's
 # resize; its version enters the key of every set it makes (and only where it resizes).
 BATCHED_RESIZE = "torch-antialias-v1"
+
+
+def pixel_stage(tf) -> _PixelStage:
+    """A timm transform (eval, or training augmentation) without its final to-tensor and
+    normalisation: PIL image -> uint8 tensor (3, H, W); :meth:`Preprocessing.normalize`
+    finishes it on the device, batched.
+
+    Raises
+    ------
+    ValueError
+        The transform does not end in to-tensor and normalise (a timm change).
+    """
+    steps = tf.transforms
+    names = [type(t).__name__ for t in steps]
+    if names[-2:] not in (["MaybeToTensor", "Normalize"], ["ToTensor", "Normalize"]):
+        raise ValueError(f"unexpected timm transform {names}")
+    import torchvision.transforms as T
+
+    return _PixelStage(T.Compose(steps[:-2]))
 
 
 class _PixelStage:
