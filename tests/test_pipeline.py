@@ -374,3 +374,43 @@ def test_an_extract_only_pipeline_embeds_every_backbone(tmp_path, data_root, cap
     steps = json.loads(out)
     assert [s["id"] for s in steps] == ["extract alpha", "extract beta"]
     assert all("x 2 of 2 backbones" in s["work"] for s in steps)
+
+
+def test_a_killed_run_leaves_no_step_worker_behind(tmp_path, data_root):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "long.toml"
+    path.write_text(GRID.format(store=tmp_path / "store", root=data_root).replace(
+        'convnext = {{ spec = "timm:test_convnext@random", image_size = 32 }}'.replace(
+            "{{", "{").replace("}}", "}"), "") + FINETUNE.replace("epochs = 1", "epochs = 500"))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.Popen([sys.executable, "-m", "featstore", "run", str(path)], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def children() -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(run.pid), "-f", "spawn_main"],
+                             capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    deadline = time.time() + 120
+    while not children() and time.time() < deadline:
+        time.sleep(0.2)
+    workers = children()
+    assert workers, "no step worker started"
+    time.sleep(2)  # the worker is inside its step now
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(os.path.exists(f"/proc/{p}") and
+                                         "zombie" not in open(f"/proc/{p}/status").read()
+                                         for p in workers):
+        time.sleep(0.2)
+    alive = [p for p in workers if os.path.exists(f"/proc/{p}")
+             and "zombie" not in open(f"/proc/{p}/status").read()]
+    for p in alive:  # do not leak it into the rest of the suite
+        os.kill(p, signal.SIGKILL)
+    assert not alive, "the step worker outlived its featstore run"

@@ -82,6 +82,35 @@ def test_a_reader_without_write_access_probes_fuses_and_lists(shared):
     assert snapshot(store) == before  # not one byte of the shared store changed
 
 
+def test_a_reader_runs_a_pipeline_on_a_read_only_store(shared):
+    data, store, home = shared
+    before = snapshot(store)
+    grid = home / "grid.toml"
+    grid.write_text(f'''store = "{store}"
+fractions = [1.0]
+bootstrap = 10
+[datasets]
+d = "{data}"
+[backbones]
+b = {{ spec = "{TINY}", image_size = {SIZE} }}
+[extract]
+device = "cpu"
+[probe]
+probes = ["linear"]
+''')
+    first = as_reader(store, home, "run", str(grid), "--json")
+    assert first.returncode == 0, first.stderr[-2000:]
+    steps = json.loads(first.stdout)
+    assert [s["status"] for s in steps] == ["cached", "done"], steps
+    again = as_reader(store, home, "run", str(grid), "--json")
+    assert [s["status"] for s in json.loads(again.stdout)] == ["cached", "cached"]
+    elsewhere = home / "elsewhere"  # --results-store names another folder
+    third = as_reader(store, home, "run", str(grid), "--results-store", str(elsewhere),
+                      "--json")
+    assert [s["status"] for s in json.loads(third.stdout)] == ["cached", "done"]
+    assert elsewhere.is_dir() and snapshot(store) == before
+
+
 @pytest.fixture
 def iam_s3(tmp_path):
     """A second S3 server (moto's, 127.0.0.1) that enforces IAM after its first 7 requests:

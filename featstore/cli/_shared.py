@@ -58,10 +58,9 @@ StoreOpt = Annotated[str, typer.Option(
     help="Store root: a folder or an fsspec URL (s3://bucket/prefix).")]
 def default_results_store() -> str:
     """``$FEATSTORE_RESULTS_STORE``, else ``$XDG_CACHE_HOME/featstore/results``."""
-    import os
+    from featstore.store.zarr_store import default_results_store as default
 
-    cache = os.path.expanduser(os.getenv("XDG_CACHE_HOME", "~/.cache"))
-    return os.path.join(cache, "featstore", "results")
+    return default()
 
 
 ResultsStoreOpt = Annotated[str | None, typer.Option(

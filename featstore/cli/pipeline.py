@@ -9,7 +9,15 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from featstore.cli._shared import JsonOpt, _enum, app, err, out, print_json
+from featstore.cli._shared import (
+    JsonOpt,
+    ResultsStoreOpt,
+    _enum,
+    app,
+    err,
+    out,
+    print_json,
+)
 
 Executor = _enum("Executor", ("local", "slurm", "submitit-local"))
 PipelineArg = Annotated[Path, typer.Argument(
@@ -46,6 +54,7 @@ def run(
         "submitit's jobs on this machine.")] = Executor.local,
     jobs_dir: Annotated[Path, typer.Option(
         help="Where submitit keeps its job scripts and logs.")] = Path("featstore-jobs"),
+    results_store: ResultsStoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a pipeline file's grid: extract, probe, fuse, finetune, in dependency order,
@@ -62,7 +71,7 @@ def run(
         raise typer.BadParameter(f"--jobs {jobs}: expected 1 or more")
     t0 = time.perf_counter()
     pipe = _load(pipeline, sets, store)
-    plan = plan_pipeline(pipe)
+    plan = plan_pipeline(pipe, results_store=results_store)
     if dry_run:
         if as_json:
             print_json([s.to_dict() for s in plan.steps])

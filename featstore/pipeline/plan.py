@@ -69,7 +69,7 @@ def _backbone_args(b: BackboneEntry) -> dict[str, Any]:
             "dtype": b.dtype, "name": b.name}
 
 
-def plan_pipeline(pipe: Pipeline) -> Plan:
+def plan_pipeline(pipe: Pipeline, *, results_store: str | None = None) -> Plan:
     """Expand ``pipe`` into steps and mark those the store already holds.
 
     Datasets are read (manifests, content identity) and each backbone is built once to
@@ -83,8 +83,11 @@ def plan_pipeline(pipe: Pipeline) -> Plan:
     """
     from featstore.finetune.backbone import backbone_spec
     from featstore.store import FeatureStore
+    from featstore.store.zarr_store import default_results_store
 
-    fs = FeatureStore(pipe.store)
+    # a reader's runs of a read-only store are in the results store: they count as done
+    results_store = results_store or default_results_store()
+    fs = FeatureStore(pipe.store, results_store=results_store)
     keys: dict[tuple, _Key] = {}
 
     def key_of(b: BackboneEntry) -> _Key:
@@ -134,7 +137,7 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
     except NotExtractedError:
         ds = None
     vsrc = val_source(manifest.split)
-    base = _dataset_args(entry, pipe.store)
+    base = {**_dataset_args(entry, pipe.store), "results_store": fs.results_root}
     rows = len(manifest)
     n_train = int((manifest.split == "train").sum())
 

@@ -51,9 +51,14 @@ def _manifest(args: dict[str, Any]):
 
 
 def _store(args: dict[str, Any]):
+    """The step's store; runs it refuses (read-only) go to the results store, the one
+    ``featstore run --results-store`` named, else ``$FEATSTORE_RESULTS_STORE`` or the
+    user's default, as for ``featstore probe``."""
     from featstore.store import FeatureStore
+    from featstore.store.zarr_store import default_results_store
 
-    return FeatureStore(args["store"])
+    return FeatureStore(args["store"],
+                        results_store=args.get("results_store") or default_results_store())
 
 
 def _embedding_set(fs, manifest, b: dict[str, Any]):
@@ -149,10 +154,26 @@ def extract_argv(args: dict[str, Any]) -> list[str]:
     return argv
 
 
-def _set_threads(n: int) -> None:
-    import torch
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-    torch.set_num_threads(max(1, n))
+
+def _worker_init(threads: int | None) -> None:
+    """In each step worker: die with the ``featstore run`` that started it (a parent killed
+    by SIGKILL or SIGTERM leaves no worker behind holding claims), and take its share of the
+    cores."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before the line above: go now
+            os._exit(1)
+    if threads:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
 
 
 def _spawn_pool(workers: int, threads: int | None = None) -> cf.ProcessPoolExecutor:
@@ -162,7 +183,7 @@ def _spawn_pool(workers: int, threads: int | None = None) -> cf.ProcessPoolExecu
 
     return cf.ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_set_threads if threads else None, initargs=(threads,) if threads else ())
+        initializer=_worker_init, initargs=(threads,))
 
 
 def _kill(pool: cf.ProcessPoolExecutor) -> None:

@@ -180,6 +180,18 @@ def _check_bucket(store: zarr.storage.FsspecStore, text: str) -> None:
                          "and credentials") from None
 
 
+RESULTS_STORE_ENV = "FEATSTORE_RESULTS_STORE"
+
+
+def default_results_store() -> str:
+    """Where runs go that the store refuses (a reader without write access):
+    ``$FEATSTORE_RESULTS_STORE``, else ``$XDG_CACHE_HOME/featstore/results``."""
+    if os.environ.get(RESULTS_STORE_ENV):
+        return os.environ[RESULTS_STORE_ENV]
+    cache = os.path.expanduser(os.getenv("XDG_CACHE_HOME", "~/.cache"))
+    return os.path.join(cache, "featstore", "results")
+
+
 class FeatureStore:
     """A feature store rooted at a local folder or an object-store prefix."""
 
