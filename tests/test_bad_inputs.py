@@ -266,3 +266,28 @@ def test_a_missing_object_store_driver_names_the_extra(capsys, monkeypatch):
         monkeypatch.delitem(registry, protocol, raising=False)
     code, _, err = cli(capsys, "ls", "--store", "s3://bucket/prefix")
     assert code == 1 and "pip install 'featstore[s3]'" in err
+
+
+@pytest.mark.parametrize("name", [".hidden", "back\\slash", "[x]", "sp ace*?"])
+def test_a_dataset_named_with_odd_characters_is_listed_and_probed(capsys, tmp_path, name):
+    data = make_medmnist(tmp_path / f"{name}.npz")
+    store = str(tmp_path / "store")
+    code, out, err = cli(capsys, "extract", "--data", str(data), "-b", TINY, "--image-size",
+                         str(SIZE), "--store", store, "--json")
+    assert code == 0, err
+    group = json.loads(out)[0]["dataset"]
+    assert not group.startswith(".") and all(c.isalnum() or c in "._-" for c in group)
+    code, out, err = cli(capsys, "ls", "--store", store, "--json")
+    assert code == 0 and [r["dataset"] for r in json.loads(out)] == [group], err
+    code, out, err = cli(capsys, "probe", "--data", str(data), "--store", store,
+                         "--bootstrap", "0", "--json")
+    assert code == 0 and json.loads(out)[0]["dataset"] == group, err
+
+
+def test_a_bracketed_dataset_name_does_not_break_ls_on_s3(capsys, tmp_path, s3_store):
+    data = make_medmnist(tmp_path / "[x].npz")
+    code, _, err = cli(capsys, "extract", "--data", str(data), "-b", TINY, "--image-size",
+                       str(SIZE), "--store", s3_store)
+    assert code == 0, err
+    code, out, err = cli(capsys, "ls", "--store", s3_store, "--json")
+    assert code == 0 and len(json.loads(out)) == 1, err

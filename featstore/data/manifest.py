@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -17,6 +18,10 @@ from featstore.errors import ImageReadError, ManifestError
 
 SPLITS = ("train", "val", "test")
 MANIFEST_FORMAT = 1
+
+
+# characters a group name keeps on every store backend (a folder, S3 keys and globs, GCS)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(eq=False)
@@ -134,9 +139,13 @@ class Manifest:
 
     @property
     def group_name(self) -> str:
-        """Name of a new group for this dataset in a store: ``<name>-<identity[:12]>``.
-        Stores find the group by its ``identity`` attribute, whatever it is named."""
-        return f"{self.name}-{self.identity[:12]}"
+        """Name of a new group for this dataset in a store: ``<name>-<identity[:12]>``, the
+        name reduced to what every backend keeps as it is (letters, digits, ``._-``, no
+        leading dot: a ``\\``, ``[x]`` or ``.hidden`` name made groups that listings skip
+        or S3 globs choke on). Stores find the group by its ``identity`` attribute, whatever
+        it is named."""
+        safe = _UNSAFE.sub("-", self.name).lstrip(".-") or "dataset"
+        return f"{safe}-{self.identity[:12]}"
 
     def summary(self) -> dict:
         """Name, rows, task, classes, rows per split, label names, whether it has patient
