@@ -95,3 +95,18 @@ def test_importing_the_data_package_loads_no_torch_timm_sklearn_or_h5py():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout
     assert out.split() == ["RowDataset", "read_image"]  # still there, loaded on first use
+
+
+def test_an_image_folder_is_not_announced_as_the_pneumonia_release(capsys, tmp_path):
+    from PIL import Image
+
+    from tests.conftest import cli
+
+    for split, cls in (("train", "cats"), ("train", "dogs"), ("test", "cats"),
+                       ("test", "dogs")):
+        (tmp_path / "pets" / split / cls).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "pets" / split / cls / "a.png")
+    code, _, err = cli(capsys, "manifest", "build", "image-folder", str(tmp_path / "pets"),
+                       "-o", str(tmp_path / "pets.csv"))
+    assert code == 0, err
+    assert "image folder" in err and "mendeley" not in err and "CC BY" not in err
