@@ -208,3 +208,14 @@ def test_probe_grid_persists_every_run_and_reads_it_back(tmp_path, npz_file):
         probe_grid(sets, cfg, fractions=[0.0])
     with pytest.raises(ProbeError, match="unknown probe"):
         probe_grid(sets, cfg, probes=["svm"])
+
+
+def test_knn_never_reports_more_neighbours_than_training_rows():
+    from featstore.probe.knn import knn_with_validation
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 8))
+    y = (X[:, 0] > 0).astype(int)
+    sweep = knn_with_validation(X[:30], y[:30], X[30:], y[30:], task="binary",
+                                ks=(10, 20, 50, 100, 200))
+    assert sweep.k <= 30 and max(sweep.val_scores) == 30  # 50, 100, 200 are all 30 rows

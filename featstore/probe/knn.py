@@ -113,7 +113,9 @@ class KNNSweep:
 def knn_with_validation(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
                         y_val: np.ndarray, *, task: str, ks: Sequence[int] = DEFAULT_KS,
                         device: str = "cpu") -> KNNSweep:
-    """Choose k on val; the neighbours are searched once, for the largest k."""
+    """Choose k on val; the neighbours are searched once, for the largest k. A k above the
+    training rows is that many rows (k = 200 on 40 rows is k = 40, and says so)."""
+    ks = sorted({min(int(k), len(X_train)) for k in ks})
     probe = KNNProbe(task, k=max(ks), device=device).fit(X_train, y_train)
     sims, idx = probe.neighbours(X_val, max(ks))
     scores = {int(k): primary_score(task, np.asarray(y_val), probe._vote(sims, idx, k))
