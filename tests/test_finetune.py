@@ -318,3 +318,24 @@ def test_runs_of_different_recipes_are_different_rows(capsys, tmp_path):
     code, out, _ = cli(capsys, "results", "--data", str(data), "--store", str(tmp_path / "s"))
     rows = [line for line in out.splitlines() if "finetune" in line]
     assert len(rows) == 2, out  # two recipes, not one row of two "seeds"
+
+
+def test_a_damaged_checkpoint_is_one_line_and_a_killed_writes_temp_is_cleared(capsys, npz_file,
+                                                                              tmp_path):
+    args = ["finetune", "--data", str(npz_file), *RECIPE, "--epochs", "3", "--json"]
+    store = str(tmp_path / "store")
+    killed = _featstore(*args, "--store", store, kill_after=1)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    [ckpt] = [p for p in Path(store).rglob("checkpoint.pt")]
+    stale = ckpt.with_name("checkpoint.pt.999999999-0123abcd.tmp")  # a writer long dead
+    stale.write_bytes(b"half a checkpoint")
+    good = ckpt.read_bytes()
+    ckpt.write_bytes(good[: len(good) // 3])  # truncated
+    code, _, err = cli(capsys, *args, "--store", store)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and "checkpoint" in lines[0] and "damaged" in lines[0]
+    assert "--recompute" in lines[0] and "internal" not in err
+    assert not stale.exists()
+    ckpt.write_bytes(good)  # the real one back: the run resumes and finishes
+    code, out, err = cli(capsys, *args, "--store", store)
+    assert code == 0 and json.loads(out)[0]["config"]["history"][0]["epoch"] == 1, err

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from featstore.store.objects import StoreObjects
+from featstore.store.objects import pid_alive as _pid_alive
 from featstore.store.zarr_store import CLAIMS_GROUP, FeatureStore
 
 DEFAULT_CLAIM_TIMEOUT = 120.0
@@ -47,16 +48,6 @@ def claim_timeout(value: float | None = None) -> float:
     if value is not None:
         return float(value)
     return float(os.environ.get(CLAIM_TIMEOUT_ENV, DEFAULT_CLAIM_TIMEOUT))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
 
 
 class ClaimBoard:

@@ -21,6 +21,7 @@ where a run stopped). The best weights are kept as ``best.pt`` with their sha256
 from __future__ import annotations
 
 import io
+import pickle
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -494,9 +495,16 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     ckpt_key, best_key = _checkpoint_keys(ds, run_id)
     objects = store.objects
     state = _State(history=[])
+    objects.remove_stale_temps(ckpt_key)  # a write SIGKILLed mid-way left its temp file
     raw = objects.get(ckpt_key) if not recompute else None
     if raw is not None:  # resume: every state as the last finished epoch left it
-        ck = torch.load(io.BytesIO(raw), map_location=dev, weights_only=True)
+        try:
+            ck = torch.load(io.BytesIO(raw), map_location=dev, weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
+            raise FinetuneError(
+                f"run {run_id[:12]}: its checkpoint in {store.root} ({ckpt_key}) is damaged "
+                f"({e.__class__.__name__}); run again with --recompute to start it over"
+            ) from None
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])

@@ -36,6 +36,17 @@ def _sync(coro: Any) -> Any:
     return sync(coro)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with ``pid`` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
 class StoreObjects:
     """Whole small objects under a zarr store's root, by ``/``-separated key."""
 
@@ -61,12 +72,28 @@ class StoreObjects:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _temp(self, key: str, data: bytes) -> tuple[Path, Path]:
-        """(the local path of ``key``, a temporary file beside it holding ``data``)."""
+        """(the local path of ``key``, a temporary file beside it holding ``data``, named
+        with the writer's pid so that one a killed writer left is known as stale)."""
         p = self.local / key
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f"{p.name}.{uuid.uuid4().hex}.tmp")
+        tmp = p.with_name(f"{p.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(data)
         return p, tmp
+
+    def remove_stale_temps(self, key: str) -> int:
+        """Delete the temporary files beside ``key`` that writers killed mid-write left
+        (their pid is gone from this host); the count removed. Object stores write whole
+        objects and leave none."""
+        if self.local is None:
+            return 0
+        p = self.local / key
+        removed = 0
+        for tmp in p.parent.glob(f"{p.name}.*.tmp"):
+            pid = tmp.name[len(p.name) + 1:].split("-", 1)[0]
+            if not pid.isdigit() or not pid_alive(int(pid)):  # no pid: an older featstore's
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def create(self, key: str, data: bytes) -> bool:
         """Write ``key`` only if it does not exist: True when this call created it."""
