@@ -291,3 +291,28 @@ def test_a_bracketed_dataset_name_does_not_break_ls_on_s3(capsys, tmp_path, s3_s
     assert code == 0, err
     code, out, err = cli(capsys, "ls", "--store", s3_store, "--json")
     assert code == 0 and len(json.loads(out)) == 1, err
+
+
+def test_bracketed_names_print_as_they_are(capsys, tmp_path):
+    import torch
+
+    from featstore.models import build_backbone, parse_backbone
+
+    weights = tmp_path / "[x] run.pth"
+    torch.save(build_backbone(parse_backbone(TINY, input_size=SIZE)).model.state_dict(), weights)
+    data = make_medmnist(tmp_path / "m.npz")
+    store = str(tmp_path / "s")
+    spec = f"{TINY.split('@')[0]}@{weights}"
+    code, _, err = cli(capsys, "extract", "--data", str(data), "-b", spec, "--image-size",
+                       str(SIZE), "--store", store)
+    assert code == 0, err
+    for args in (["ls", "--store", store], ["verify", "--store", store],
+                 ["copy", store, str(tmp_path / "c")]):
+        code, out, err = cli(capsys, *args)
+        assert code == 0 and "[x] run.pth" in out + err, (args, out, err)
+    pipe = tmp_path / "p.toml"
+    pipe.write_text(f'name = "[/oops] x"\nstore = "{store}"\n[datasets]\nd = "{data}"\n'
+                    f'[backbones]\nb = {{ spec = "{TINY}", image_size = {SIZE} }}\n'
+                    '[extract]\ndevice = "cpu"\n')
+    code, out, err = cli(capsys, "run", str(pipe), "--dry-run")
+    assert code == 0 and "plan of [/oops] x" in out, err

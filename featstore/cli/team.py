@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from featstore.cli._shared import (
     DEFAULT_STORE,
@@ -83,9 +84,9 @@ def copy(
             rows.append(copy_set(es, into))
             if not as_json:
                 r = rows[-1]
-                err.print(f"{r['dataset']}/{r['key'][:20]} {r['backbone']}: "
-                          f"{r['shards_copied']} shards copied, {r['shards_already_there']} "
-                          "already there")
+                err.print(escape(f"{r['dataset']}/{r['key'][:20]} {r['backbone']}: "
+                                 f"{r['shards_copied']} shards copied, "
+                                 f"{r['shards_already_there']} already there"))
         copy_fusion_runs(ds, into)
     if as_json:
         print_json(rows)

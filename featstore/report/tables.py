@@ -222,28 +222,30 @@ def _size(n: int | None) -> str:
 
 def store_table(rows: Sequence[dict[str, Any]], store: str) -> Table:
     """``featstore ls``: dataset x embedding set, size, shards done, status, who and when."""
-    table = Table(title=f"featstore {store}")
+    table = Table(title=f"featstore {escape(store)}")
     for col in ("dataset", "backbone", "key", "rows x dim", "size", "shards", "status",
                 "extracted by"):
         table.add_column(col)
     for r in rows:
         who = "@".join(x for x in (r.get("user"), r.get("host")) if x) or "?"
         when = (r.get("finished") or r.get("started") or "")[:16].replace("T", " ")
-        table.add_row(r["dataset"], r["backbone"], r["key"][:20], f"{r['rows']} x {r['dim']}",
-                      _size(r.get("bytes")), f"{r['shards_done']}/{r['shards']}",
+        table.add_row(escape(r["dataset"]), escape(r["backbone"]), r["key"][:20],
+                      f"{r['rows']} x {r['dim']}", _size(r.get("bytes")),
+                      f"{r['shards_done']}/{r['shards']}",
                       r["status"] + (f", {r['missing']} missing" if r["missing"] else ""),
-                      f"{who} {when}".strip())
+                      escape(f"{who} {when}".strip()))
     return table
 
 
 def copy_table(rows: Sequence[dict[str, Any]], src: str, dst: str) -> Table:
     """``featstore copy``: each set, the shards copied and already there, its status."""
-    table = Table(title=f"featstore copy {src} -> {dst}")
+    table = Table(title=f"featstore copy {escape(src)} -> {escape(dst)}")
     for col in ("dataset", "backbone", "key", "copied", "already there", "probe runs",
                 "status"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["dataset"], r["backbone"], r["key"][:20], str(r["shards_copied"]),
+        table.add_row(escape(r["dataset"]), escape(r["backbone"]), r["key"][:20],
+                      str(r["shards_copied"]),
                       f"{r['shards_already_there']}/{r['shards']}", str(r["probe_runs_copied"]),
                       r["status"])
     return table
@@ -253,11 +255,11 @@ def info_tables(records: Sequence[dict[str, Any]]) -> list[Table]:
     """``featstore info``: one field/value table per embedding set."""
     tables = []
     for rec in records:
-        table = Table(title=f"{rec['dataset']} / {rec['alias']}", show_header=False)
+        table = Table(title=escape(f"{rec['dataset']} / {rec['alias']}"), show_header=False)
         table.add_column("field")
         table.add_column("value")
         for k, v in rec.items():
-            table.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+            table.add_row(k, escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v)))
         tables.append(table)
     return tables
 
@@ -271,8 +273,8 @@ def verify_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
             return (f"CORRUPT shards {r['corrupt_shards']}: marked for recompute, run the "
                     "same 'featstore extract'")
         return f"CORRUPT shards {r['corrupt_shards']} (featstore verify --repair)"
-    return [f"{r['dataset']}/{r['key'][:20]} {r['backbone']}: {r['shards_checked']} shards "
-            f"{state(r)}" for r in rows]
+    return [escape(f"{r['dataset']}/{r['key'][:20]} {r['backbone']}: {r['shards_checked']} "
+                   f"shards {state(r)}") for r in rows]
 
 
 def models_table(rows: Sequence[dict[str, Any]]) -> Table:
@@ -297,7 +299,7 @@ def manifest_line(summary: dict[str, Any]) -> str:
 
 def plan_table(plan: Any) -> Table:
     """A pipeline's steps: cached or to run, what each needs, rows and work."""
-    table = Table(title=f"plan of {plan.pipeline.name} ({len(plan.steps)} steps)")
+    table = Table(title=f"plan of {escape(plan.pipeline.name)} ({len(plan.steps)} steps)")
     for col in ("step", "status", "needs", "rows", "work", "note"):
         table.add_column(col, justify="right" if col == "rows" else "left")
     for s in plan.steps:
