@@ -414,3 +414,16 @@ def test_a_killed_run_leaves_no_step_worker_behind(tmp_path, data_root):
     for p in alive:  # do not leak it into the rest of the suite
         os.kill(p, signal.SIGKILL)
     assert not alive, "the step worker outlived its featstore run"
+
+
+def test_the_report_of_a_pipeline_needs_the_store_not_the_images(tmp_path, data_root,
+                                                                 capsys):
+    path = write(tmp_path, data_root, PROBE)
+    code, _, err = cli(capsys, "run", str(path))
+    assert code == 0, err
+    for f in data_root.iterdir():  # a teammate with the store but without the files
+        f.rename(tmp_path / f.name)
+    code, out, err = cli(capsys, "report", str(path), "-o", str(tmp_path / "r"))
+    assert code == 0, err
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "alpha" in md and "beta" in md and "Not in the store yet" not in md

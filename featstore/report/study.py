@@ -120,8 +120,11 @@ def _groups(store, datasets: Sequence[Any] | None) -> list[tuple[str, Any]]:
         data, root, task = item if isinstance(item, tuple) else (item, None, None)
         try:
             manifest = load_dataset(data, root=root, task=task)
-        except ManifestError:
-            if Path(data).exists() or isinstance(item, tuple):
+        except ManifestError as e:
+            if isinstance(item, tuple):  # a pipeline's dataset whose files are not here:
+                out.append(_group_without_data(store, str(data), e))  # its group by name
+                continue
+            if Path(data).exists():
                 raise
             out.append((data, store.find_dataset(data)))  # a group name, without the data
             continue
@@ -132,6 +135,25 @@ def _groups(store, datasets: Sequence[Any] | None) -> list[tuple[str, Any]]:
                 raise
             out.append((manifest.name, None))  # a pipeline's dataset not run yet
     return out
+
+
+def _group_without_data(store, data: str, error: Exception) -> tuple[str, Any]:
+    """A pipeline dataset's group found by the name its files would give it (``alpha.npz``,
+    ``KIND:/data/alpha`` -> ``alpha``), for a report written where the images are not.
+
+    Raises
+    ------
+    FeatstoreError
+        No group, or several, carry that name (the files' own error is quoted).
+    """
+    from featstore.errors import NotExtractedError
+
+    name = Path(data.split(":", 1)[-1].rstrip("/")).stem
+    try:
+        return name, store.find_dataset(name)
+    except NotExtractedError as e:
+        raise FeatstoreError(f"dataset {data}: its files cannot be read here ({error}), and "
+                             f"the store's groups do not tell it by name ({e})") from None
 
 
 def collect(store, datasets: Sequence[str] | None = None,
