@@ -339,3 +339,36 @@ def test_a_damaged_checkpoint_is_one_line_and_a_killed_writes_temp_is_cleared(ca
     ckpt.write_bytes(good)  # the real one back: the run resumes and finishes
     code, out, err = cli(capsys, *args, "--store", store)
     assert code == 0 and json.loads(out)[0]["config"]["history"][0]["epoch"] == 1, err
+
+
+def _png_dataset(tmp_path: Path, bad: str = "t3") -> Path:
+    """24 small PNGs (train 16, val 4, test 4), row ``bad`` not an image at all."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    lines = ["id,split,path,label"]
+    for i in range(24):
+        split, name = ("train", f"r{i}") if i < 16 else (
+            ("val", f"v{i}") if i < 20 else ("test", f"t{i - 20}"))
+        path = tmp_path / f"{name}.png"
+        if name == bad:
+            path.write_bytes(b"not an image")
+        else:
+            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(path)
+        lines.append(f"{name},{split},{path.name},{i % 2}")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path / "m.csv"
+
+
+def test_an_unreadable_image_stops_finetuning_before_epoch_1_or_is_skipped(capsys, tmp_path):
+    data = _png_dataset(tmp_path)
+    args = ["finetune", "--data", str(data), "--store", str(tmp_path / "s"), *RECIPE,
+            "--epochs", "1", "--warmup-epochs", "0"]
+    code, _, err = cli(capsys, *args)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and "'t3'" in lines[0] and "t3.png" in lines[0]
+    assert "epoch 1" not in err and "BytesIO" not in err  # named before any training
+    code, out, err = cli(capsys, *args, "--on-error", "skip", "--json")
+    assert code == 0, err
+    rec = json.loads(out)[0]
+    assert rec["n_excluded"] == 1 and rec["n_test"] == 3

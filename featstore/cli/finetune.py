@@ -15,6 +15,7 @@ from featstore.cli._shared import (
     FractionsOpt,
     ImageSizeOpt,
     JsonOpt,
+    OnError,
     Precision,
     PrecisionOpt,
     RecomputeOpt,
@@ -65,6 +66,9 @@ def finetune(
     bootstrap: BootstrapOpt = 1000,
     device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    on_error: Annotated[OnError, typer.Option(
+        help="An unreadable image (every one is decoded before epoch 1): fail (stop, naming "
+             "it) or skip (leave its row out of train, val and test).")] = OnError.fail,
     recompute: RecomputeOpt = False,
     root: RootOpt = None,
     task: TaskOpt = None,
@@ -93,7 +97,8 @@ def finetune(
     records = finetune_grid(manifest, specs, config, store=fs,
                             fractions=split_option(fractions, "--fractions"), seeds=seeds,
                             device=device, num_workers=workers, recompute=recompute,
-                            progress=RichFinetuneProgress(err, "finetune"))
+                            progress=RichFinetuneProgress(err, "finetune"),
+                            on_error=on_error.value)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for the job
         return
     print_probe_records(records, as_json)

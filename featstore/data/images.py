@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from featstore.data.arrays import ArrayFiles
 from featstore.data.manifest import Manifest
 from featstore.errors import ImageReadError
 
+_IN_MEMORY = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 # featstore checks the pixel limit (DEFAULT_MAX_PIXELS, --max-pixels) itself, so a refusal
 # names the row and skips like any unreadable image under --on-error skip
 Image.MAX_IMAGE_PIXELS = None
@@ -90,7 +92,9 @@ def read_image_views(manifest: Manifest, i: int, arrays: ArrayFiles | None = Non
         raise ImageReadError(f"id {str(manifest.ids[i])!r}: file not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError, KeyError, SyntaxError,
             Image.DecompressionBombError) as e:
-        raise ImageReadError(f"id {str(manifest.ids[i])!r}: cannot read {path}: {e}") from None
+        why = _IN_MEMORY.sub("", str(e)).strip()  # PIL names the in-memory copy it read
+        raise ImageReadError(f"id {str(manifest.ids[i])!r}: cannot read {path}: {why}") \
+            from None
 
 
 def _out_of_range(manifest: Manifest, i: int, path: Path, n: int) -> str:
@@ -236,14 +240,23 @@ def _decoded_only(img: Image.Image) -> torch.Tensor:
 
 def first_unreadable(manifest: Manifest, workers: int = 0, batch_size: int = 64) -> str:
     """Decode every row's image in full; the error of the first unreadable row, or ``""``."""
+    bad = unreadable_rows(manifest, workers, batch_size, first_only=True)
+    return next(iter(bad.values()), "")
+
+
+def unreadable_rows(manifest: Manifest, workers: int = 0, batch_size: int = 64, *,
+                    draft: int | None = None, first_only: bool = False) -> dict[int, str]:
+    """Decode every row's image (JPEGs at ``draft`` size, as the model will read them);
+    {row: error} of those that cannot be read (with ``first_only``, the first one)."""
     loader = torch.utils.data.DataLoader(
-        RowDataset(manifest, _decoded_only, (0,)), batch_size=batch_size, num_workers=workers,
-        collate_fn=collate_rows)
-    for _, _, errors in loader:
-        bad = next((e for e in errors if e), "")
-        if bad:
-            return bad
-    return ""
+        RowDataset(manifest, _decoded_only, (0,), draft=draft), batch_size=batch_size,
+        num_workers=workers, collate_fn=collate_rows)
+    bad: dict[int, str] = {}
+    for _, rows, errors in loader:
+        bad.update((int(r), e) for r, e in zip(rows.tolist(), errors, strict=True) if e)
+        if bad and first_only:
+            break
+    return bad
 
 
 def collate_rows(items: list[tuple[torch.Tensor, int, str]]):

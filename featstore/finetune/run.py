@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from featstore._hashing import sha256_bytes, sha256_json
-from featstore.choices import PRECISIONS
+from featstore.choices import ON_ERROR, PRECISIONS
 from featstore.data.fractions import ids_sha256, select_fraction, training_splits
 from featstore.data.images import RowDataset
 from featstore.data.manifest import Manifest
@@ -114,8 +114,13 @@ class FinetuneConfig:
         skip = ("fraction", "seed", "n_bootstrap")
         return sha256_json({k: v for k, v in asdict(self).items() if k not in skip})[:8]
 
-    def run_id(self, model_key: str, val_source: str) -> str:
-        return run_key({"finetune": asdict(self), "model": model_key, "val": val_source})
+    def run_id(self, model_key: str, val_source: str, excluded: str | None = None) -> str:
+        """Content key of a run; ``excluded``: the hash of the ids of unreadable rows left
+        out (runs that left none keep the ids they always had)."""
+        payload = {"finetune": asdict(self), "model": model_key, "val": val_source}
+        if excluded is not None:
+            payload["excluded"] = excluded
+        return run_key(payload)
 
 
 @dataclass
@@ -333,6 +338,20 @@ def _epoch_batches(rows: np.ndarray, batch_size: int, seed: int,
     return out
 
 
+_CHECKED: dict[tuple[str, int | None], dict[int, str]] = {}
+
+
+def _unreadable(manifest: Manifest, draft: int | None, workers: int) -> dict[int, str]:
+    """{row: error} of the images that cannot be read, decoded as training reads them;
+    once per dataset in a process (a grid's runs share the check)."""
+    key = (manifest.identity, draft)
+    if key not in _CHECKED:
+        from featstore.data.images import unreadable_rows
+
+        _CHECKED[key] = unreadable_rows(manifest, workers, draft=draft)
+    return _CHECKED[key]
+
+
 def _loader(manifest: Manifest, rows: np.ndarray, transform, size: int, batch_size: int, *,
             num_workers: int, pin: bool):
     """Evaluation rows in order, each once, as uint8 (normalised on the device)."""
@@ -401,8 +420,13 @@ def _save(objects, key: str, payload: dict[str, Any]) -> bytes:
 def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig, *,
                  store: FeatureStore, device: str = "cpu", num_workers: int = 0,
                  recompute: bool = False, progress: FinetuneProgress | None = None,
-                 ) -> list[ProbeRecord]:
+                 on_error: str = "fail") -> list[ProbeRecord]:
     """Finetune ``spec`` on ``manifest`` for one (fraction, seed); records on test.
+
+    Every image the run will read is decoded once before epoch 1: an unreadable one stops
+    the run there, named (``on_error="fail"``), or, with ``on_error="skip"``, is left out
+    of train, val and test alike (counted in the records' ``n_excluded``; the run's id
+    records which rows), as probes leave out the rows skipped at extraction.
 
     A run persisted under the same id is read back (``recompute`` trains again); a run
     killed midway resumes from its last epoch's checkpoint. Under torchrun
@@ -421,6 +445,8 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     from featstore.models.build import build_backbone
 
     config.check()
+    if on_error not in ON_ERROR:
+        raise FinetuneError(f"--on-error {on_error!r}: expected fail or skip")
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -434,24 +460,29 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     # subsets are the probes' to the row
     groups = (manifest.group if manifest.group is not None
               else np.full(len(manifest), "", dtype=object))
+    loaded = build_backbone(spec)
+    prep = loaded.preprocessing
+    # skip: the rows left out are known before the run's id (which records them)
+    bad = _unreadable(manifest, prep.resize, num_workers) if on_error == "skip" else {}
+    exclude = np.zeros(len(manifest), bool)
+    exclude[list(bad)] = True
     try:
         tr, va, te, val_source = training_splits(manifest.split, y, groups,
-                                                 name=manifest.name)
+                                                 exclude if bad else None, name=manifest.name)
     except ManifestError as e:
         raise FinetuneError(str(e)) from None
     tr = select_fraction(tr, manifest.labels, groups, config.fraction, config.seed)
     if task != "multilabel" and len(np.unique(y[tr])) < 2:
         raise FinetuneError(f"{manifest.name}: the train subset (fraction {config.fraction}, "
                             f"seed {config.seed}) holds one class only")
-    loaded = build_backbone(spec)
-    prep = loaded.preprocessing
     model = Classifier(loaded.model, loaded.dim, _n_out(manifest))
     _seed_everything(config.seed)  # the head's initialisation
     torch.nn.init.zeros_(model.head.bias)
     torch.nn.init.normal_(model.head.weight, std=0.01)
     _freeze(model, config.freeze_until)  # a bad module name fails before the store is touched
     mkey = model_key(spec, loaded.weights_sha256, prep.to_dict())
-    run_id = config.run_id(mkey, val_source)
+    run_id = config.run_id(mkey, val_source,
+                           ids_sha256(manifest.ids[np.flatnonzero(exclude)]) if bad else None)
     dist = _Dist(dev)
     dev = dist.device
     if dist.main:
@@ -462,6 +493,11 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     saved = ds.finetune_run(run_id)
     if saved is not None and saved.get("status") == "complete" and not recompute:
         return [stored_finetune_record(r) for r in saved["records"]] if dist.main else []
+    unreadable = bad or _unreadable(manifest, prep.resize, num_workers)
+    if unreadable and on_error == "fail":  # before epoch 1, not after training
+        raise ImageReadError(next(iter(unreadable.values())) + (
+            f" (and {len(unreadable) - 1} more rows; --on-error skip leaves them out)"
+            if len(unreadable) > 1 else ""))
 
     import timm.data
     import timm.optim
@@ -626,7 +662,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
                     hyperparameter=hyper, n_train=len(tr), n_val=len(va), n_test=len(te),
                     val_source=val_source, random_weights=spec.is_random,
                     train_ids_sha256=ids_sha256(manifest.ids[tr]), run_id=run_id,
-                    chosen_on_val=chosen_on_val,
+                    chosen_on_val=chosen_on_val, n_excluded=len(bad),
                     config={**record_config, "recipe": config.recipe(),
                             "best_epoch": state.best_epoch,
                             "history": state.history, "finetuned_sha256": best_sha})
@@ -722,7 +758,7 @@ def finetune_grid(manifest: Manifest, specs: Sequence[BackboneSpec], config: Fin
                   seeds: int | Sequence[int] = 1, device: str = "cpu", num_workers: int = 0,
                   recompute: bool = False, progress: FinetuneProgress | None = None,
                   on_run: Callable[[list[ProbeRecord]], None] | None = None,
-                  ) -> list[ProbeRecord]:
+                  on_error: str = "fail") -> list[ProbeRecord]:
     """Every (backbone, fraction, seed) of the grid; finished runs are read back."""
     from dataclasses import replace
 
@@ -734,7 +770,8 @@ def finetune_grid(manifest: Manifest, specs: Sequence[BackboneSpec], config: Fin
                 recs = finetune_run(manifest, spec, replace(config, fraction=fraction,
                                                             seed=seed),
                                     store=store, device=device, num_workers=num_workers,
-                                    recompute=recompute, progress=progress)
+                                    recompute=recompute, progress=progress,
+                                    on_error=on_error)
                 if on_run:
                     on_run(recs)
                 out.extend(recs)

@@ -267,6 +267,8 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
                 args={**base, "stage": "finetune", "backbone": _backbone_args(b),
                       "config": _finetune_settings(finetune), "device":
                       finetune.get("device", "cpu"), "workers": finetune.get("workers", 0),
+                      # the rows extract skipped are left out here too (and named otherwise)
+                      "on_error": finetune.get("on_error", extract.get("on_error", "fail")),
                       "fractions": finetune["fractions"], "seeds": finetune["seeds"]}))
             if not finetune.get("embed", False):
                 continue

@@ -123,7 +123,8 @@ def _run_step(args: dict[str, Any]) -> dict[str, int]:
         records = finetune_grid(manifest, [spec], config, store=fs,
                                 fractions=args["fractions"], seeds=args["seeds"],
                                 device=args.get("device", "cpu"),
-                                num_workers=args.get("workers", 0))
+                                num_workers=args.get("workers", 0),
+                                on_error=args.get("on_error", "fail"))
         return _counted(records)
     raise ValueError(f"unknown stage {stage!r}")
 

@@ -108,7 +108,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "warmup_epochs": (int, "epochs"), "layer_decay": (_NUMBER, "a factor in (0, 1]"),
         "freeze_until": (str, "a module name"), "hflip": (bool, "true or false"),
         "init_head": (str, "fresh or probe"), "workers": (int, "DataLoader workers"),
-        **_GRID,
+        "on_error": (str, "one of " + ", ".join(ON_ERROR)), **_GRID,
     },
     "slurm": {
         "partition": (str, "a partition"), "account": (str, "an account"),
@@ -460,6 +460,9 @@ def _check_stage_values(stages: dict[str, dict[str, Any]],
             _check_lp_ft(stages, backbones, fail)
         if ft.get("optimizer", "adamw") not in ("adamw", "sgd"):
             raise fail(f"[finetune] optimizer = {ft['optimizer']!r}: expected adamw or sgd")
+        if ft.get("on_error", "fail") not in ON_ERROR:
+            raise fail(f"[finetune] on_error = {ft['on_error']!r}: expected one of "
+                       f"{', '.join(ON_ERROR)}")
         if ft.get("init_head", "fresh") not in ("fresh", "probe"):
             raise fail(f"[finetune] init_head = {ft['init_head']!r}: expected fresh or probe")
 
