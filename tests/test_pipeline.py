@@ -427,3 +427,21 @@ def test_the_report_of_a_pipeline_needs_the_store_not_the_images(tmp_path, data_
     assert code == 0, err
     md = (tmp_path / "r" / "report.md").read_text()
     assert "alpha" in md and "beta" in md and "Not in the store yet" not in md
+
+
+def test_report_names_are_literal_markdown_and_a_dataset_named_twice_is_one_section(
+        tmp_path, data_root, capsys):
+    from featstore.report.study import _md
+
+    assert _md("a|b *c* <i> [x](y)") == "a\\|b \\*c\\* \\<i\\> [x\\](y)"
+    assert _md("test_resnet [fp32/float32]") == "test_resnet [fp32/float32]"  # as it reads
+    path = write(tmp_path, data_root, PROBE)
+    text = path.read_text().replace("[backbones]",
+                                    'again = "${root}/alpha.npz"\n\n[backbones]')
+    path.write_text(text.replace('name = "tiny"', 'name = "tiny | *bold*"'))
+    code, _, err = cli(capsys, "run", str(path))
+    assert code == 0, err
+    code, _, err = cli(capsys, "report", str(path), "-o", str(tmp_path / "r"))
+    assert code == 0, err
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert md.count("## alpha") == 1 and md.count("## beta") == 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,7 +135,14 @@ def _groups(store, datasets: Sequence[Any] | None) -> list[tuple[str, Any]]:
             if not isinstance(item, tuple):
                 raise
             out.append((manifest.name, None))  # a pipeline's dataset not run yet
-    return out
+    seen: set[str] = set()  # one dataset named twice (two paths, two pipeline entries) is one
+    unique = []
+    for name, group in out:
+        which = group.name if group is not None else f"?{name}"
+        if which not in seen:
+            seen.add(which)
+            unique.append((name, group))
+    return unique
 
 
 def _group_without_data(store, data: str, error: Exception) -> tuple[str, Any]:
@@ -595,13 +603,24 @@ LEGEND = ("Cells: primary metric on test, mean ± sd over seeds (n = seeds), the
           "marked.")
 
 
+# what Markdown reads as markup in a name: backslash, code, emphasis, HTML, table bars,
+# underscores at a word's edge, a link's "](", a heading's leading "#"
+_MD_SPECIAL = re.compile(r"([\\`*<>|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|\](?=\()|^#)")
+
+
+def _md(text: str) -> str:
+    """User text (dataset, backbone, method names; the title) as literal Markdown: what
+    Markdown would read as markup is escaped, as the HTML escapes it."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+
+
 def _markdown(title, meta, reports, figures, any_random) -> str:
-    lines = [f"# {title}", "", meta, ""]
+    lines = [f"# {_md(title)}", "", _md(meta), ""]
     if any_random:
         lines += [f"> **Warning:** {RANDOM_BANNER}", ""]
     lines += [LEGEND, ""]
     for rep in reports:
-        lines += [f"## {rep.name}" + (f" ({rep.task})" if rep.task else ""), ""]
+        lines += [f"## {_md(rep.name)}" + (f" ({rep.task})" if rep.task else ""), ""]
         if not rep.rows:
             lines += [NO_RUNS if rep.group is not None else NOT_IN_STORE, ""]
         else:
@@ -610,18 +629,19 @@ def _markdown(title, meta, reports, figures, any_random) -> str:
                                                             for f in fractions) + " |")
             lines.append("|---|---|" + "---|" * len(fractions))
             for row, line, b in zip(rep.rows, cells, best, strict=True):
-                name = row.backbone + (" (random)" if row.random else "")
+                name = _md(row.backbone) + (" (random)" if row.random else "")
                 vals = [f"**{c}** (best)" if bb and c else c for c, bb in zip(line, b,
                                                                                 strict=True)]
-                lines.append(f"| {name} | {row.method} | " + " | ".join(vals) + " |")
+                lines.append(f"| {name} | {_md(row.method)} | " + " | ".join(vals) + " |")
             lines.append("")
         prov = provenance_rows(rep)
         if prov:
-            lines += [f"### Provenance of {rep.name}'s embedding sets", "",
+            lines += [f"### Provenance of {_md(rep.name)}'s embedding sets", "",
                       "| " + " | ".join(prov[0]) + " |", "|" + "---|" * len(prov[0])]
             for p in prov:
-                vals = [f"**{v}**" if k == "random" and v else v for k, v in p.items()]
-                lines.append("| " + " | ".join(v.replace("|", "/") for v in vals) + " |")
+                vals = [f"**{_md(v)}**" if k == "random" and v else _md(v)
+                        for k, v in p.items()]
+                lines.append("| " + " | ".join(vals) + " |")
             lines.append("")
     for name, _, caption, _ in figures:
         lines += [f"![{caption}]({name})", "", f"*{caption}*", ""]
