@@ -445,3 +445,31 @@ def test_report_names_are_literal_markdown_and_a_dataset_named_twice_is_one_sect
     assert code == 0, err
     md = (tmp_path / "r" / "report.md").read_text()
     assert md.count("## alpha") == 1 and md.count("## beta") == 1
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_runs_at_once_compute_every_step_once(tmp_path, data_root, request, where):
+    import os
+    import subprocess
+    import sys
+
+    store = (request.getfixturevalue("s3_store") if where == "s3"
+             else str(tmp_path / "store"))
+    path = tmp_path / "grid.toml"
+    path.write_text(GRID.format(store=store, root=data_root) + PROBE + FUSE)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "featstore", "run", str(path), "--json"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    steps = [json.loads(out) for out, _ in outs]
+    by_step: dict[str, list[dict]] = {}
+    for run in steps:
+        for s in run:
+            by_step.setdefault(s["step"], []).append(s)
+    for sid, both in by_step.items():
+        if sid.startswith(("probe", "fuse")):
+            runs = max(s.get("runs") or 0 for s in both)
+            computed = sum(s.get("computed") or 0 for s in both)
+            assert computed == runs, (sid, both)  # each run computed by one process only

@@ -15,6 +15,7 @@ probes and fusion in a process pool of ``jobs`` workers), and submitit's (``slur
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import os
 import time
 import traceback
@@ -70,10 +71,41 @@ def _embedding_set(fs, manifest, b: dict[str, Any]):
 
 def run_step(args: dict[str, Any]) -> dict[str, Any]:
     """Run one step of a plan (``Step.args``) by its stage's public call; returns
-    ``{"runs": n, "computed": m, "seconds": s}``. Raises what the stage raises."""
+    ``{"runs": n, "computed": m, "seconds": s}``. Raises what the stage raises.
+
+    A probe or fusion step is claimed in the store first (as extract claims shards): a
+    second ``featstore run`` of the same grid waits for it and then reads its runs back,
+    so two runs at once compute each probe and fusion run once."""
     t0 = time.perf_counter()
-    counts = _run_step(args)
+    with _step_claim(args):
+        counts = _run_step(args)
     return {**counts, "seconds": time.perf_counter() - t0}
+
+
+@contextlib.contextmanager
+def _step_claim(args: dict[str, Any]):
+    """Hold the store's claim on a probe or fusion step while it runs (none for extract,
+    whose shards are claimed, nor finetune, whose checkpoints resume; none on a store that
+    cannot be written: a reader's runs go to its own results store)."""
+    if args["stage"] not in ("probe", "fuse"):
+        yield
+        return
+    from featstore._hashing import sha256_json
+    from featstore.extract.claims import ClaimBoard
+    from featstore.store import FeatureStore
+
+    what = {k: v for k, v in args.items() if k not in ("results_store", "device")}
+    path = ClaimBoard.path("_steps", sha256_json(what)[:24], "lock")
+    board = ClaimBoard(FeatureStore(args["store"]))
+    try:
+        try:
+            board.claim_wait(path)
+        except OSError:  # read-only (PermissionError, EROFS): nobody to race with here
+            yield
+            return
+        yield
+    finally:
+        board.close()  # releases the claim
 
 
 def _run_step(args: dict[str, Any]) -> dict[str, int]:
