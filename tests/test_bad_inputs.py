@@ -194,6 +194,9 @@ CATALOGUE = [
         *FINETUNE, "--data", d, "--store", s, "--weight-decay", "nan"], "--weight-decay nan"),
     ("extract resize not a choice", lambda t, d, s: [
         *EXTRACT, "--data", d, "--store", s, "--resize", "sideways"], "'sideways' is not one of"),
+    ("pipeline finetune lr negative", lambda t, d, s: [
+        "run", pipeline(t, d, s, '[finetune]\nbackbones = ["b"]\nlr = -1.0')],
+     "[finetune] lr -1.0"),
     ("report onto a file", lambda t, d, s: [
         "report", "--store", s, "-o", str(Path(d))], "a file is there"),
     ("report unknown dataset", lambda t, d, s: [

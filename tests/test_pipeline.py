@@ -473,3 +473,14 @@ def test_two_runs_at_once_compute_every_step_once(tmp_path, data_root, request, 
             runs = max(s.get("runs") or 0 for s in both)
             computed = sum(s.get("computed") or 0 for s in both)
             assert computed == runs, (sid, both)  # each run computed by one process only
+
+
+def test_set_takes_a_variable_with_or_without_its_table(tmp_path, data_root):
+    path = write(tmp_path, data_root, PROBE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for f in data_root.iterdir():
+        (elsewhere / f.name).write_bytes(f.read_bytes())
+    for key in ("root", "vars.root"):
+        pipe = load_pipeline(path, sets={key: str(elsewhere)})
+        assert all(str(d.data).startswith(str(elsewhere)) for d in pipe.datasets), key

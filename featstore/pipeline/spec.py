@@ -211,8 +211,9 @@ def load_pipeline(path: str | Path, *, sets: dict[str, Any] | None = None,
         if f"FEATSTORE_{k.upper()}" in env:
             variables[k] = env[f"FEATSTORE_{k.upper()}"]
     for key, value in (sets or {}).items():
-        if key in variables:
-            variables[key] = str(value)
+        name = key.removeprefix("vars.")  # --set data_root=/x and --set vars.data_root=/x
+        if name in variables or key.startswith("vars."):
+            variables[name] = str(value)
             continue
         *tables, leaf = key.split(".")
         if tables and tables[0] in STAGES and tables[0] not in doc:
@@ -460,11 +461,26 @@ def _check_stage_values(stages: dict[str, dict[str, Any]],
             _check_lp_ft(stages, backbones, fail)
         if ft.get("optimizer", "adamw") not in ("adamw", "sgd"):
             raise fail(f"[finetune] optimizer = {ft['optimizer']!r}: expected adamw or sgd")
+        _check_finetune_values(ft, fail)
         if ft.get("on_error", "fail") not in ON_ERROR:
             raise fail(f"[finetune] on_error = {ft['on_error']!r}: expected one of "
                        f"{', '.join(ON_ERROR)}")
         if ft.get("init_head", "fresh") not in ("fresh", "probe"):
             raise fail(f"[finetune] init_head = {ft['init_head']!r}: expected fresh or probe")
+
+
+def _check_finetune_values(ft: dict[str, Any], fail) -> None:
+    """The finetuning recipe's values, checked at load as ``featstore finetune`` checks its
+    options, the error naming the file's key (``[finetune] lr``), not the option."""
+    from featstore.errors import FinetuneError
+    from featstore.pipeline.plan import _finetune_config
+
+    try:
+        _finetune_config(ft, "binary", "fp32")
+    except FinetuneError as e:
+        raise fail("[finetune] " + re.sub(r"--([a-z][a-z-]*)",
+                                          lambda m: m.group(1).replace("-", "_"),
+                                          str(e))) from None
 
 
 def _check_lp_ft(stages: dict[str, dict[str, Any]], backbones: dict[str, BackboneEntry],
