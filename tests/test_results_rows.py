@@ -163,3 +163,25 @@ def test_copy_refuses_a_finetune_run_whose_weights_are_damaged(capsys, npz_file,
     code, _, err = cli(capsys, "copy", str(store_dir), str(tmp_path / "c"))
     assert code == 1 and f"finetuning run {run_id[:12]}" in err and "damaged" in err
     assert FeatureStore(tmp_path / "c").dataset(load_dataset(npz_file)).finetune_runs() == []
+
+
+def test_sets_of_one_alias_at_two_dtypes_are_told_apart_and_exported(capsys, npz_file,
+                                                                     store_dir, tmp_path):
+    data = ["--data", str(npz_file), "--store", str(store_dir)]
+    keys = {}
+    for dtype in ("float32", "float16"):
+        code, out, err = cli(capsys, "extract", *data, "-b", TINY, "--image-size", str(SIZE),
+                             "--dtype", dtype, "--json")
+        assert code == 0, err
+        keys[dtype] = json.loads(out)[0]["key"]
+        code, _, err = cli(capsys, "probe", *data, "-b", TINY, "--image-size", str(SIZE),
+                           "--dtype", dtype, "--bootstrap", "0")
+        assert code == 0, err
+    code, out, _ = cli(capsys, "ls", "--store", str(store_dir))
+    assert "[fp32/float32]" in out and "[fp32/float16]" in out, out
+    code, out, _ = cli(capsys, "results", *data)
+    assert f"#{keys['float16'][:8]}" in out and f"#{keys['float32'][:8]}" in out, out
+    code, _, err = cli(capsys, "export", *data, "-b", TINY, "--image-size", str(SIZE),
+                       "--dtype", "float16", "-o", str(tmp_path / "x"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "x" / "meta.json").read_text())["key"] == keys["float16"]

@@ -12,8 +12,12 @@ from rich.markup import escape
 from featstore.cli._shared import (
     DEFAULT_STORE,
     CacheOpt,
+    Dtype,
+    DtypeOpt,
     ImageSizeOpt,
     JsonOpt,
+    Precision,
+    PrecisionOpt,
     StoreOpt,
     VerifyOpt,
     app,
@@ -109,6 +113,8 @@ def export(
         "h5: one HDF5 file; parquet: one row per image (needs pyarrow).")] = "npy",
     store: StoreOpt = DEFAULT_STORE,
     image_size: ImageSizeOpt = None,
+    dtype: DtypeOpt = Dtype.float32,
+    precision: PrecisionOpt = Precision.fp32,
     cache: CacheOpt = None,
     verify: VerifyOpt = True,
 ) -> None:
@@ -118,6 +124,7 @@ def export(
     from featstore.store.transfer import export_set
 
     es = resolve_embedding_set(source_dataset(FeatureStore(store, cache=cache), data),
-                               backbone, image_size=image_size)
+                               backbone, image_size=image_size,
+                               dtype=dtype.value, precision=precision.value)
     for path in export_set(es, fmt, output, verify=verify):
         out.print(str(path))

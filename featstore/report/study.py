@@ -366,6 +366,10 @@ def fraction_figure(reports: Sequence[DatasetReport], path: Path) -> int:
     cmap = plt.get_cmap("tab10" if len(backbones) <= 10 else "tab20")
     colour = {b: cmap(i % cmap.N) for i, b in enumerate(backbones)}
     styles = {"linear": ("-", "o"), "knn": (":", "s"), "concat": ("-.", "^")}
+    # each finetuning recipe its own marker (and so its own legend entry's look)
+    recipes = sorted({r.method for rep in reps for r in rep.rows
+                      if r.method.startswith("finetune")})
+    styles.update({m: ("--", "*PXhv<>"[i % 7]) for i, m in enumerate(recipes)})
     handles: dict[str, Any] = {}
     for ax, rep in zip(axes.flat, reps, strict=False):
         for row in sorted(rep.rows, key=lambda r: (r.backbone, r.method)):

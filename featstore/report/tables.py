@@ -7,6 +7,7 @@ Nothing here computes a result: every function takes records a stage returned.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -94,15 +95,20 @@ def probe_tables(records: Sequence[Any]) -> list[Table]:
                 *[SHORT_NAMES.get(m, m) for m in metrics], "95% CI", "chosen", "seeds"):
         table.add_column(col, justify="left" if col in ("backbone", "probe", "chosen")
                          else "right")
+    keys_of: dict[str, set[str]] = {}
+    for r in records:
+        keys_of.setdefault(r.backbone, set()).add(r.key)
     cells = _by_configuration(records, lambda r: (r.backbone, r.key, r.probe))
-    for (backbone, _, kind, label, fraction), rs in cells.items():
+    for (backbone, key, kind, label, fraction), rs in cells.items():
         kind = f"{kind} {label}".rstrip()
+        if len(keys_of[backbone]) > 1:  # one alias, several sets (dtypes, precisions)
+            backbone = f"{backbone} #{key[:8]}"
         by_metric: dict[str, list[float]] = {}
         for r in rs:
             by_metric.setdefault(r.metric, []).append(r.value)
         prim = [r for r in rs if r.primary]
         chosen = ", ".join(dict.fromkeys(r.hyperparameter for r in prim))
-        table.add_row(backbone, kind, f"{fraction:g}",
+        table.add_row(escape(backbone), escape(kind), f"{fraction:g}",
                       "/".join(sorted({str(r.n_train) for r in prim})),
                       *[mean_sd(by_metric.get(m, [])) for m in metrics], _ci(prim), chosen,
                       str(len(prim)))
@@ -141,7 +147,8 @@ def fusion_table(records: Sequence[Any]) -> Table | None:
         if rs[0].attention:
             mean = {k: np.mean([r.attention[k] for r in rs]) for k in rs[0].attention}
             att = "  ".join(f"{k}: {v:.2f}" for k, v in mean.items())
-        table.add_row(method, "+".join(rs[0].backbones), f"{fraction:g}", str(rs[0].n_train),
+        table.add_row(escape(method), escape("+".join(rs[0].backbones)), f"{fraction:g}",
+                      str(rs[0].n_train),
                       mean_sd([r.value for r in rs]), _ci(rs), att, str(len(rs)))
     return table
 
@@ -226,8 +233,12 @@ def store_table(rows: Sequence[dict[str, Any]], store: str) -> Table:
     for col in ("dataset", "backbone", "key", "rows x dim", "size", "shards", "status",
                 "extracted by"):
         table.add_column(col)
+    shared = Counter((r["dataset"], r["backbone"]) for r in rows)
     for r in rows:
         who = "@".join(x for x in (r.get("user"), r.get("host")) if x) or "?"
+        if shared[(r["dataset"], r["backbone"])] > 1:  # one alias, several sets: tell them
+            r = {**r, "backbone": f"{r['backbone']} [{r.get('precision', '?')}/"
+                                  f"{r.get('dtype', '?')}]"}
         when = (r.get("finished") or r.get("started") or "")[:16].replace("T", " ")
         table.add_row(escape(r["dataset"]), escape(r["backbone"]), r["key"][:20],
                       f"{r['rows']} x {r['dim']}", _size(r.get("bytes")),

@@ -36,6 +36,7 @@ def set_summary(es: EmbeddingSet) -> dict[str, Any]:
     return {
         "dataset": es.dataset.name, "backbone": es.alias, "key": es.key,
         "rows": es.rows, "dim": es.dim, "dtype": es.dtype,
+        "precision": (es.attrs.get("key_fields") or {}).get("precision", "fp32"),
         "bytes": es.rows * es.dim * np.dtype(es.dtype).itemsize,
         "shards_done": done, "shards": es.n_shards,
         "status": "complete" if done == es.n_shards else "incomplete",
