@@ -10,7 +10,7 @@ ViT-S/16), each carrying part of a 5-class signal; split 80/10/10.
 pneumonia: the balanced PneumoniaMNIST file of ../shared/data (or --data), embedded by three
 random-weight backbones at 64 px (into a temporary store, or --store to reuse one); test AUC
 of each DVME attention, of the linear probe on the concatenation and of the best single
-backbone, mean +- sd over seeds, for DVME head version 2 (before issue 21) and 3 (after).
+backbone, mean +- sd over seeds, for DVME head version 2 (before issue 21) and 4 (now).
 generated: the same comparison on generated embeddings: every backbone carries the same
 signal; one backbone is pure noise; each backbone is informative for different classes; one
 informative backbone beside two loud noise ones (issue 21's known answer).
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.fusion import ATTENTIONS, DVME, fuse_embeddings
-from featstore.store.zarr_store import Embeddings
+from featstore.store.layout import Embeddings
 
 DIMS = (2048, 2048, 384)
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 1.0)
@@ -37,7 +37,7 @@ PNEUMONIA = (Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist
 RANDOM_BACKBONES = ("timm:resnet18@random", "timm:test_vit@random",
                     "timm:mobilenetv3_small_100@random")
 IMAGE_SIZE = 64
-VERSIONS = (2, 3)  # the DVME heads compared: before and after issue 21
+VERSIONS = (2, 4)  # the DVME heads compared: before issue 21 and now
 
 
 def generated(rows: int, classes: int = 5, seed: int = 0) -> list[Embeddings]:

@@ -133,7 +133,7 @@ def scored_metrics(task: str, y_true: np.ndarray, proba: np.ndarray,
     Returns one dict per metric: ``metric``, ``value``, ``primary``, ``ci_low``, ``ci_high``
     (NaN off the primary metric, or when ``n_bootstrap`` is 0).
     """
-    from featstore.probe.metrics import PRIMARY_METRIC, bootstrap_ci, task_metrics
+    from featstore.metrics import PRIMARY_METRIC, bootstrap_ci, task_metrics
 
     metrics = task_metrics(task, y_true, proba, pred, label_names)
     primary = PRIMARY_METRIC[task]

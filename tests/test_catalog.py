@@ -26,7 +26,7 @@ def extract(capsys, data, store) -> list[dict]:
 def test_ls_from_the_catalog_equals_opening_every_set(capsys, npz_file, store_dir):
     results = extract(capsys, npz_file, store_dir)
     fs = FeatureStore(store_dir)
-    entries = read_catalog(fs)
+    entries = read_catalog(fs.objects)
     assert sorted(k for _, k in entries) == sorted(r["key"][:20] for r in results)
     for row in entries.values():
         assert row["status"] == "complete" and row["host"] and row["finished"]
@@ -61,7 +61,7 @@ def test_a_store_from_before_the_catalog_gets_its_entries_on_first_ls(capsys, tm
     assert not (store / CATALOG_GROUP).exists()
     code, first, _ = cli(capsys, "ls", "--store", str(store), "--json")
     assert code == 0 and len(json.loads(first)) == 4
-    assert len(read_catalog(FeatureStore(store))) == 4
+    assert len(read_catalog(FeatureStore(store).objects)) == 4
     code, second, _ = cli(capsys, "ls", "--store", str(store), "--json")
     assert json.loads(second) == json.loads(first)
 

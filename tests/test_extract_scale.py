@@ -267,7 +267,7 @@ main(sys.argv[3:])
 
 SLOW = """
 import sys, time
-import featstore.store.zarr_store as z
+import featstore.store.embedding_set as z
 real = z.EmbeddingSet.write_shard
 def slow(self, *a, **k):
     time.sleep(float(sys.argv[1]))

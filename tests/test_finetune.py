@@ -89,7 +89,7 @@ def test_a_sigkilled_run_resumes_to_the_uninterrupted_result(npz_file, tmp_path)
     killed = _featstore(*args, "--store", store, kill_after=2)
     assert killed.returncode == -9, killed.stderr[-2000:]
     ds = FeatureStore(store).dataset(load_dataset(npz_file))
-    [run] = ds.finetune_runs()
+    [run] = ds.finetune_runs.all()
     assert run["status"] == "running"
     resumed = _featstore(*args, "--store", store)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -144,7 +144,7 @@ def test_a_finetuned_network_is_a_backbone(capsys, npz_file, store_dir):
     a, b = (ds.embedding_set(r["key"]).read() for r in (finetuned, base))
     assert a.shape == b.shape and not np.allclose(a, b)
     prov = ds.embedding_set(finetuned["key"]).attrs["provenance"]
-    assert prov["weights_sha256"] == FeatureStore(store_dir).dataset(m).finetune_runs()[0][
+    assert prov["weights_sha256"] == FeatureStore(store_dir).dataset(m).finetune_runs.all()[0][
         "finetuned_sha256"]
     code, out, err = cli(capsys, "probe", *data, "-b", tuned, "--bootstrap", "10", "--json")
     assert code == 0 and json.loads(out)[0]["key"] == finetuned["key"], err
@@ -159,7 +159,7 @@ def test_an_unfinished_run_is_not_a_backbone(npz_file, tmp_path):
     killed = _featstore(*args, kill_after=1)
     assert killed.returncode == -9
     ds = FeatureStore(store).dataset(load_dataset(npz_file))
-    [run_id] = ds.finetune_runs_by_id()
+    [run_id] = ds.finetune_runs.by_id()
     out = _featstore("extract", "--data", str(npz_file), "--store", store, "-b",
                      f"finetuned:{run_id[:12]}")
     assert out.returncode == 1 and "has not finished" in out.stderr

@@ -12,7 +12,7 @@ import torch
 from featstore.cli import main
 from featstore.errors import FusionError
 from featstore.fusion import DVME, fuse_embeddings
-from featstore.store.zarr_store import Embeddings
+from featstore.store.layout import Embeddings
 from tests.conftest import SIZE, TINY, TINY_VIT
 
 
@@ -262,8 +262,8 @@ def one_informative(seed: int, n: int = 1500) -> tuple[list[np.ndarray], np.ndar
 
 @pytest.mark.parametrize("n", [1500, 400])
 def test_attention_goes_to_the_informative_backbone_beside_loud_noise(n):
+    from featstore.metrics import primary_score
     from featstore.probe.linear import fit_with_validation
-    from featstore.probe.metrics import primary_score
 
     Xs, y = one_informative(0, n)
     tr, va, te = np.split(np.arange(n), [int(0.6 * n), int(0.8 * n)])

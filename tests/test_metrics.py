@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from featstore.errors import ProbeError
+from featstore.metrics import _bootstrap_values
 from featstore.probe import bootstrap_ci, primary_score
-from featstore.probe.metrics import _bootstrap_values
 
 
 def reference_values(task, y_true, proba, pred=None, *, n_boot=1000, seed=0):
@@ -173,7 +173,7 @@ def test_multilabel_non_finite_score_only_counts_where_its_label_is_scored():
 
 
 def test_blocks_of_resamples_give_the_same_values(monkeypatch):
-    import featstore.probe.metrics as metrics
+    import featstore.metrics as metrics
 
     rng = np.random.default_rng(6)
     y = rng.integers(0, 2, 50)

@@ -20,7 +20,8 @@ from featstore.extract.pixels import pixel_paths
 from featstore.models import build_backbone, parse_backbone
 from featstore.models.preprocessing import BATCHED_RESIZE, Preprocessing
 from featstore.store import FeatureStore
-from featstore.store.zarr_store import EmbeddingSet
+from featstore.store.embedding_set import EmbeddingSet
+from featstore.store.shards import ShardReader
 from tests.conftest import SHARED_MEDMNIST, SIZE, TINY, TINY_VIT, cli, make_medmnist
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -156,7 +157,7 @@ def test_a_cache_hit_reads_no_shard(capsys, npz_file, store_dir, monkeypatch):
     def no_reads(self, *a, **k):
         raise AssertionError("a cache hit read a shard")
 
-    monkeypatch.setattr(EmbeddingSet, "_load_shard", no_reads)
+    monkeypatch.setattr(ShardReader, "_read", no_reads)
     monkeypatch.setattr(EmbeddingSet, "verify", no_reads)
     code, out, err = cli(capsys, "extract", *data)
     assert code == 0 and "cache hit" in out, err

@@ -166,7 +166,7 @@ def test_val_choice_breaks_near_ties_towards_stronger_regularisation():
 def test_carved_val_never_splits_a_patient():
     """A dataset without val: val is carved from train by whole patients, stratified."""
     from featstore.probe.run import split_rows
-    from featstore.store.zarr_store import Embeddings
+    from featstore.store.layout import Embeddings
 
     rng = np.random.default_rng(0)
     n = 300

@@ -190,7 +190,7 @@ def test_read_only_credentials_on_s3(iam_s3, tmp_path):
 def test_a_read_only_file_system_is_one_line_not_internal(capsys, tmp_path, monkeypatch):
     import errno
 
-    from featstore.store.zarr_store import EmbeddingSet
+    from featstore.store.embedding_set import EmbeddingSet
     from tests.conftest import SIZE, TINY, cli, make_medmnist
 
     def read_only(self, *a, **k):

@@ -147,7 +147,7 @@ def test_copy_of_a_finetuned_set_alone_brings_its_run(capsys, npz_file, store_di
                        str(npz_file), "-b", key[:12])
     assert code == 0, err
     copied = FeatureStore(tmp_path / "c").dataset(load_dataset(npz_file))
-    assert list(copied.finetune_runs_by_id()) == [run_id]
+    assert list(copied.finetune_runs.by_id()) == [run_id]
 
 
 def test_copy_refuses_a_finetune_run_whose_weights_are_damaged(capsys, npz_file, store_dir,
@@ -162,7 +162,7 @@ def test_copy_refuses_a_finetune_run_whose_weights_are_damaged(capsys, npz_file,
     ds.store.objects.put(key, ds.store.objects.get(key)[:-10])
     code, _, err = cli(capsys, "copy", str(store_dir), str(tmp_path / "c"))
     assert code == 1 and f"finetuning run {run_id[:12]}" in err and "damaged" in err
-    assert FeatureStore(tmp_path / "c").dataset(load_dataset(npz_file)).finetune_runs() == []
+    assert FeatureStore(tmp_path / "c").dataset(load_dataset(npz_file)).finetune_runs.all() == []
 
 
 def test_sets_of_one_alias_at_two_dtypes_are_told_apart_and_exported(capsys, npz_file,

@@ -9,7 +9,7 @@ import zarr.errors
 
 from featstore.data import load_dataset
 from featstore.store import FeatureStore
-from featstore.store.zarr_store import require_group
+from featstore.store.layout import require_group
 from tests.conftest import SIZE, TINY, cli
 
 
@@ -42,4 +42,4 @@ def test_runs_saved_while_another_process_creates_their_groups(capsys, npz_file,
     assert code == 0, err
     monkeypatch.undo()
     [es] = FeatureStore(store_dir).dataset(load_dataset(npz_file)).embedding_sets()
-    assert len(es.probe_runs()) == 1
+    assert len(es.probe_runs.all()) == 1

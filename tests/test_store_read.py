@@ -35,7 +35,7 @@ def test_direct_read_equals_zarr_and_never_decodes_chunks(tmp_path, monkeypatch,
                                                           dtype, where):
     store = request.getfixturevalue("s3_store") if where == "s3" else None
     fs, m, es, X = make_set(tmp_path, dtype=dtype, store=store)  # the last shard is partial
-    assert es._direct is not None
+    assert es.reader.layout is not None
     zarr_view = es.group["embeddings"][...]
 
     def no_decoding(self, sel):
@@ -53,7 +53,7 @@ def test_a_shard_with_another_layout_is_decoded_by_zarr(tmp_path):
     fs, m, es, X = make_set(tmp_path)
     path = tmp_path / "store" / es.dataset.name / es.name / "embeddings" / "c" / "1" / "0"
     raw = bytearray(path.read_bytes())
-    index_at = len(raw) - es._direct[1]
+    index_at = len(raw) - es.reader.layout[1]
     pairs = np.frombuffer(bytes(raw[index_at:-4]), dtype="<u8").reshape(-1, 2).copy()
     pairs[[0, 1]] = pairs[[1, 0]]  # chunks 0 and 1 swapped in the index only
     raw[index_at:-4] = pairs.tobytes()
@@ -72,7 +72,7 @@ def test_a_deleted_shard_file_is_named_not_read_as_zeros(tmp_path):
 
 def test_a_remote_set_is_read_from_the_local_cache_the_second_time(tmp_path, s3_store,
                                                                    monkeypatch):
-    from featstore.store.zarr_store import EmbeddingSet
+    from featstore.store.shards import ShardReader
 
     _, m, es, X = make_set(tmp_path, store=s3_store)
     cache = tmp_path / "cache"
@@ -85,7 +85,7 @@ def test_a_remote_set_is_read_from_the_local_cache_the_second_time(tmp_path, s3_
         raise AssertionError("read a shard from the store")
 
     with monkeypatch.context() as mp:
-        mp.setattr(EmbeddingSet, "_load_shard", offline)
+        mp.setattr(ShardReader, "_read", offline)
         for verify in (True, False):
             again = FeatureStore(s3_store, cache=cache).dataset(m).embedding_set("t")
             assert np.array_equal(again.read(verify=verify), X)

@@ -12,7 +12,7 @@ import zarr
 
 from featstore.data import load_dataset
 from featstore.store import FeatureStore
-from featstore.store.zarr_store import EmbeddingSet
+from featstore.store.embedding_set import EmbeddingSet
 from tests.conftest import SIZE, TINY, TINY_VIT, cli
 
 

@@ -58,7 +58,7 @@ StoreOpt = Annotated[str, typer.Option(
     help="Store root: a folder or an fsspec URL (s3://bucket/prefix).")]
 def default_results_store() -> str:
     """``$FEATSTORE_RESULTS_STORE``, else ``$XDG_CACHE_HOME/featstore/results``."""
-    from featstore.store.zarr_store import default_results_store as default
+    from featstore.store.backend import default_results_store as default
 
     return default()
 

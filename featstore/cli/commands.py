@@ -97,7 +97,7 @@ def extract(
     concurrent extracts of the same key share the work.
     """
     from featstore.extract import extract_embeddings
-    from featstore.finetune.backbone import backbone_spec
+    from featstore.models.registry import backbone_spec
     from featstore.report.tables import extract_lines, notes, skipped_lines
     from featstore.store import FeatureStore
 

@@ -77,7 +77,7 @@ def finetune(
     """Finetune backbones on the images over fractions x seeds: best epoch on val, scored on
     test (+CI), persisted beside the probes; a killed run resumes from its last epoch."""
     from featstore.finetune import FinetuneConfig, finetune_grid
-    from featstore.finetune.backbone import backbone_spec
+    from featstore.models.registry import backbone_spec
     from featstore.report.progress import RichFinetuneProgress
     from featstore.store import FeatureStore
 

@@ -60,7 +60,9 @@ def manifest_validate(
     """Validate a manifest: columns, ids, splits, labels, groups (and files)."""
     m = load_data(str(file), task=task)
     if check_files:
-        m.check_files(decode=True, workers=workers)
+        from featstore.data.images import check_images
+
+        check_images(m, workers=workers)
     _manifest_summary(m, as_json)
 
 

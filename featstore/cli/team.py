@@ -78,7 +78,7 @@ def copy(
                 if backbone else ds.embedding_sets())
         # finetuning runs go along: all of them, or those whose models embedded the sets named
         prefixes = finetuned_run_prefixes(sets) if backbone else None
-        if not sets and not (prefixes is None and ds.finetune_runs_by_id()):
+        if not sets and not (prefixes is None and ds.finetune_runs.by_id()):
             continue
         into = import_dataset(target, ds)
         tuned = copy_finetune_runs(ds, into, prefixes)

@@ -238,6 +238,24 @@ def _decoded_only(img: Image.Image) -> torch.Tensor:
     return torch.zeros(0)
 
 
+def check_images(manifest: Manifest, workers: int = 0) -> None:
+    """Raise naming the first row whose file is missing or whose pixels cannot be decoded:
+    every row's image is read in full, across ``workers`` processes, so a truncated PNG or
+    a corrupt JPEG is found before an extract meets it.
+
+    Raises
+    ------
+    ManifestError
+        A missing file, naming the row id and path.
+    ImageReadError
+        An unreadable or truncated image, naming the row id and file.
+    """
+    manifest.check_files()
+    error = first_unreadable(manifest, workers=workers)
+    if error:
+        raise ImageReadError(f"{manifest.name}: {error}")
+
+
 def first_unreadable(manifest: Manifest, workers: int = 0, batch_size: int = 64) -> str:
     """Decode every row's image in full; the error of the first unreadable row, or ``""``."""
     bad = unreadable_rows(manifest, workers, batch_size, first_only=True)

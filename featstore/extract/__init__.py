@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from featstore._lazy import lazy_exports
 
 _EXPORTS = {
-    "ExtractProgress": "featstore.extract.run",
-    "ExtractResult": "featstore.extract.run",
+    "ExtractProgress": "featstore.extract.results",
+    "ExtractResult": "featstore.extract.results",
     "embedding_key": "featstore.extract.keys",
     "extract_embeddings": "featstore.extract.run",
     "resolve_embedding_set": "featstore.extract.keys",
@@ -36,8 +36,5 @@ if TYPE_CHECKING:
         resolve_embedding_sets,
         resolve_key,
     )
-    from featstore.extract.run import (
-        ExtractProgress,
-        ExtractResult,
-        extract_embeddings,
-    )
+    from featstore.extract.results import ExtractProgress, ExtractResult
+    from featstore.extract.run import extract_embeddings

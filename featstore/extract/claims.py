@@ -35,9 +35,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from featstore.store.feature_store import FeatureStore
+from featstore.store.layout import CLAIMS_GROUP
 from featstore.store.objects import StoreObjects
 from featstore.store.objects import pid_alive as _pid_alive
-from featstore.store.zarr_store import CLAIMS_GROUP, FeatureStore
 
 DEFAULT_CLAIM_TIMEOUT = 120.0
 CLAIM_TIMEOUT_ENV = "FEATSTORE_CLAIM_TIMEOUT"

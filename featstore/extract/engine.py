@@ -29,15 +29,14 @@ from featstore.errors import FeatstoreError, ImageReadError
 from featstore.extract.claims import ClaimBoard
 from featstore.extract.keys import DECODE, embedding_key
 from featstore.extract.pixels import PixelPath, key_resizes, pixel_paths
-from featstore.extract.run import CPU_BATCH_SIZE, ExtractProgress, ExtractResult
+from featstore.extract.results import CPU_BATCH_SIZE, ExtractProgress, ExtractResult
 from featstore.models.build import build_backbone
-from featstore.models.identity import BackboneIdentity, identify
+from featstore.models.identity import BackboneIdentity
 from featstore.models.registry import BackboneSpec, LoadedBackbone
-from featstore.store.zarr_store import (
-    EmbeddingKey,
-    EmbeddingSet,
-    FeatureStore,
-)
+from featstore.models.resolve import identify
+from featstore.store.embedding_set import EmbeddingSet
+from featstore.store.feature_store import FeatureStore
+from featstore.store.layout import EmbeddingKey
 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16,
                                                   "fp16": torch.float16}

@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from featstore.choices import DTYPES, PRECISIONS
 from featstore.errors import BackboneError, FeatstoreError, NotExtractedError
-from featstore.store.zarr_store import EmbeddingKey
+from featstore.store.layout import EmbeddingKey
 
 if TYPE_CHECKING:
     from featstore.data.manifest import Manifest
     from featstore.models.identity import BackboneIdentity
     from featstore.models.registry import BackboneSpec, LoadedBackbone
-    from featstore.store.zarr_store import DatasetGroup, EmbeddingSet, FeatureStore
+    from featstore.store.dataset import DatasetGroup
+    from featstore.store.embedding_set import EmbeddingSet
+    from featstore.store.feature_store import FeatureStore
 
 # JPEGs decode at the smallest DCT scale (1, 1/2, 1/4, 1/8) that keeps the backbone's resize
 # size; part of every key, because it changes the numbers of large JPEGs.
@@ -81,7 +83,7 @@ def resolve_key(spec: BackboneSpec, dtype: str = "float32", precision: str = "fp
         The spec cannot be built or its weights are missing; FeatstoreError for a bad
         ``dtype`` or ``precision``.
     """
-    from featstore.models.identity import identify
+    from featstore.models.resolve import identify
 
     check_precision(precision)
     check_dtype(dtype)
@@ -105,7 +107,7 @@ def resolve_embedding_set(ds: DatasetGroup, text: str, *, image_size: int | None
     BackboneError
         ``text`` is a spec that cannot be built (e.g. its weights are missing).
     """
-    from featstore.finetune.backbone import backbone_spec
+    from featstore.models.registry import backbone_spec
 
     try:
         spec = backbone_spec(ds.store, text, input_size=image_size)

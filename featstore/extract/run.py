@@ -12,56 +12,20 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from featstore.choices import DEFAULT_MAX_PIXELS, ON_ERROR
 from featstore.errors import FeatstoreError
 from featstore.extract.keys import check_dtype, check_precision, embedding_key
 from featstore.extract.pixels import check_resize, key_resizes
-from featstore.store.zarr_store import DEFAULT_SHARD_ROWS
+from featstore.extract.results import ExtractProgress, ExtractResult
+from featstore.store.layout import DEFAULT_SHARD_ROWS
 
 if TYPE_CHECKING:
     from featstore.data.manifest import Manifest
     from featstore.models.registry import BackboneSpec
-    from featstore.store.zarr_store import EmbeddingSet, FeatureStore
-
-CPU_BATCH_SIZE = 64
-
-
-class ExtractProgress(Protocol):
-    """What the engine reports while it works (the CLI draws a progress bar from it)."""
-
-    def start(self, alias: str, total_rows: int) -> None: ...
-
-    def advance(self, rows: int) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-@dataclass
-class ExtractResult:
-    """Outcome of one backbone over one dataset."""
-
-    dataset: str
-    alias: str
-    key: str
-    dim: int
-    rows: int
-    status: str  # "extracted", "resumed" or "cached"
-    shards_written: int  # by this process
-    shards_total: int
-    seconds: float
-    images_per_s: float
-    random_weights: bool
-    shards_by_others: int = 0  # written meanwhile by other ranks or concurrent extracts
-    skipped: list[str] = field(default_factory=list)  # ids stored as missing
-    precision: str = "fp32"
-    batch_size: int = CPU_BATCH_SIZE
-    recomputed_corrupt: list[int] = field(default_factory=list)  # failed their checksum
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    from featstore.store.embedding_set import EmbeddingSet
+    from featstore.store.feature_store import FeatureStore
 
 
 def extract_embeddings(

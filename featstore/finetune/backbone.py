@@ -9,8 +9,14 @@ from pathlib import Path
 from featstore._hashing import sha256_bytes
 from featstore.errors import FinetuneError
 from featstore.models.preprocessing import Preprocessing
-from featstore.models.registry import EMBEDDING_LAYER, BackboneSpec, parse_backbone
-from featstore.store.zarr_store import CHECKPOINTS_GROUP, FeatureStore
+from featstore.models.registry import (  # noqa: F401  (backbone_spec: its old home)
+    EMBEDDING_LAYER,
+    BackboneSpec,
+    backbone_spec,
+    register_scheme,
+)
+from featstore.store.feature_store import FeatureStore
+from featstore.store.layout import CHECKPOINTS_GROUP
 
 PREFIX = "finetuned:"
 
@@ -34,10 +40,10 @@ def finetuned_spec(store: FeatureStore, text: str) -> BackboneSpec:
     prefix = text.removeprefix(PREFIX)
     group, _, prefix = prefix.rpartition("/")  # finetuned:<dataset group>/<run id>
     hits = [(ds, rid, run) for ds in store.datasets() if not group or ds.name == group
-            for rid, run in ds.finetune_runs_by_id().items() if rid.startswith(prefix)]
+            for rid, run in ds.finetune_runs.by_id().items() if rid.startswith(prefix)]
     if not prefix or not hits:
         have = ", ".join(rid[:12] for ds in store.datasets() for rid in
-                         ds.finetune_runs_by_id()) or "none"
+                         ds.finetune_runs.by_id()) or "none"
         raise FinetuneError(f"--backbone {text}: no finetuning run {prefix!r} in store "
                             f"{store.root} (runs: {have})")
     if len(hits) > 1:
@@ -76,10 +82,4 @@ def finetuned_spec(store: FeatureStore, text: str) -> BackboneSpec:
                                f"on {ds.name}")
 
 
-def backbone_spec(store: FeatureStore, text: str, *,
-                  input_size: int | None = None) -> BackboneSpec:
-    """``--backbone`` as a spec: ``finetuned:<run id>`` from the store, else
-    :func:`featstore.models.parse_backbone`."""
-    if text.startswith(PREFIX):
-        return finetuned_spec(store, text)
-    return parse_backbone(text, input_size=input_size)
+register_scheme(PREFIX, finetuned_spec)

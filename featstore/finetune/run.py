@@ -42,7 +42,9 @@ from featstore.models.preprocessing import pixel_stage
 from featstore.models.registry import BackboneSpec
 from featstore.probe import ProbeRecord
 from featstore.runkeys import run_id as run_key
-from featstore.store.zarr_store import CHECKPOINTS_GROUP, DatasetGroup, FeatureStore
+from featstore.store.dataset import DatasetGroup
+from featstore.store.feature_store import FeatureStore
+from featstore.store.layout import CHECKPOINTS_GROUP
 from featstore.task import check_task, logits_to_proba, scored_metrics
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -490,7 +492,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     dist.barrier()
     if not dist.main:
         ds = store.dataset(manifest)
-    saved = ds.finetune_run(run_id)
+    saved = ds.finetune_runs.get(run_id)
     if saved is not None and saved.get("status") == "complete" and not recompute:
         return [stored_finetune_record(r) for r in saved["records"]] if dist.main else []
     unreadable = bad or _unreadable(manifest, prep.resize, num_workers)
@@ -559,7 +561,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
                      "device": str(dev), "world_size": dist.world, "val_source": val_source,
                      "versions": {p: version(p) for p in ("featstore", "torch", "timm")}}
     if dist.main:
-        ds.save_finetune_run(run_id, {"status": "running", "config": record_config})
+        ds.finetune_runs.save(run_id, {"status": "running", "config": record_config})
     n_out = _n_out(manifest)
     train_rows = _SeededRows(RowDataset(manifest, train_tf, (3, prep.input_size,
                                                              prep.input_size),
@@ -669,7 +671,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         for scored in scored_metrics(task, y[te], proba, n_bootstrap=config.n_bootstrap,
                                      seed=config.seed, label_names=manifest.label_names)
     ]
-    ds.save_finetune_run(run_id, {
+    ds.finetune_runs.save(run_id, {
         "status": "complete", "config": record_config, "best_epoch": state.best_epoch,
         "history": state.history, "finetuned_sha256": best_sha,
         "architecture": spec.architecture, "spec": spec.name,
@@ -697,7 +699,7 @@ def _init_from_probe(model: Classifier, ds: DatasetGroup, spec: BackboneSpec, lo
                 or prov.get("preprocessing") != want or prov.get("layer") != spec.layer
                 or prov.get("precision", "fp32") != "fp32"):
             continue
-        for run_id, run in es.probe_runs_by_id().items():
+        for run_id, run in es.probe_runs.by_id().items():
             cfg, recs = run.get("config", {}), run.get("records") or []
             if (cfg.get("probe") == "linear" and recs
                     and recs[0].get("train_ids_sha256") == train_ids):
@@ -805,5 +807,5 @@ def _seeds(fractions: Sequence[float], seeds: int | Sequence[int]) -> list[int]:
 
 def stored_finetune_records(ds: DatasetGroup) -> list[ProbeRecord]:
     """Every finished finetuning run's records in a dataset group (no computation)."""
-    return [stored_finetune_record(r) for run in ds.finetune_runs()
+    return [stored_finetune_record(r) for run in ds.finetune_runs.all()
             if run.get("status") == "complete" for r in run.get("records", [])]

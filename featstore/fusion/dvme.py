@@ -52,6 +52,34 @@ overfit again). So ``fit`` trains two candidates and keeps the one better on val
   that start, so it never ends below the concat probe on val. On the known-answer case it
   moves 0.72-0.77 of the attention onto the informative backbone and scores 0.97.
 
+Head version 4 (issue 21, round two). Measured on three random-weight backbones at 64 px
+(``benchmarks/fuse.py``), the v3 head's attention still pointed the wrong way: on balanced
+PneumoniaMNIST at full labels its sigmoid gates were 0.51 / 0.52 / 0.46 for resnet18 /
+test_vit / mobilenet, largest on test_vit, the weakest backbone alone (test AUC 0.848
+against 0.894 and 0.929), and on BreastMNIST at 10% 0.60 / 0.62 / 0.59. The cause is in
+the concat start: each projection is its backbone's block of the probe's weights, so the
+size of w_k is how much evidence the probe takes from backbone k, and it differs by
+backbone (the probe shrinks the weak one's block). Uniform attention over projections of
+different sizes is not equal weight, and the attention the scorer then learns says "scale
+this block up or down", not "trust this backbone": a small block (the weak backbone's) needs
+a larger weight for any visible effect, and sigmoid gates, which can all open at once,
+drift up together (0.98 each on one BreastMNIST seed, a sharper logit that val AUC cannot
+see), the largest among them by chance. The LayerNorm the scorer reads makes it worse: a
+projection with one non-zero coordinate (a binary probe's vote) normalises to its sign.
+
+So the concat start now writes each backbone's share of the evidence into the attention,
+not into the projections: alpha_k = s_k / sum_j s_j, with s_k the root mean square of the
+logit backbone k's block gives on the training rows (floored at 2% / k), and w_k = block_k
+/ alpha_k, so that every projection carries evidence of one size and the fused vector is
+still the probe's logit exactly. The shares enter as a per-backbone prior the scorer can
+move from: one coordinate of each projection (zero at the start) has LayerNorm gain 0, so
+it reads its offset, log(alpha_k) (softmax) or logit(alpha_k) (sigmoid), and the scorer
+reads that coordinate with weight sqrt(d) (undoing the softmax's division) or 1. Training
+the attention from there, early-stopped on val, moves it only as far as val pays. The
+largest attention then goes to the backbone the concat probe relies on most: mobilenet in
+both cases above (pneumonia, full labels: softmax 0.35 / 0.26 / 0.39, sigmoid 0.46 / 0.26 /
+0.61, test AUC 0.9365 softmax, 0.9359 sigmoid against uniform 0.9336 and concat 0.9359).
+
 The run id carries the version, so runs of earlier heads are recomputed, never read back
 as current; their saved heads still load.
 """
@@ -73,7 +101,7 @@ from torch import nn
 
 from featstore.choices import ATTENTIONS
 from featstore.errors import FusionError, ProbeError
-from featstore.probe.metrics import primary_score
+from featstore.metrics import primary_score
 from featstore.task import (
     Standardiser,
     check_features,
@@ -83,8 +111,9 @@ from featstore.task import (
     proba_to_labels,
 )
 
-HEAD_VERSION = 3  # 1: scorer on the raw projections, random start (before the fix above);
-# 2: one head from a random start; 3: that head or the concat start, chosen on val (below)
+HEAD_VERSION = 4  # 1: scorer on the raw projections, random start (before the fix above);
+# 2: one head from a random start; 3: that head or the concat start, chosen on val (below);
+# 4: the concat start's attention is each backbone's share of the probe's evidence
 ATTENTION_LR = 1e-2  # the attention-only stage from the concat start (few parameters)
 
 
@@ -135,6 +164,19 @@ def _as_fusion_error() -> Iterator[None]:
         raise
     except ProbeError as e:
         raise FusionError(str(e)) from None
+
+
+def _evidence_shares(Xt: Sequence[torch.Tensor], blocks: Sequence[np.ndarray],
+                     floor: float = 0.02) -> np.ndarray:
+    """Each backbone's share of a linear probe's evidence on the concatenation: the size
+    (root mean square over rows and outputs) of the logit its block of the weights gives on
+    the training rows, over the sum of them (floored at ``floor`` / k, then summing to 1)."""
+    size = np.array([float(np.sqrt(np.mean((X.cpu().numpy() @ B) ** 2)))
+                     for X, B in zip(Xt, blocks, strict=True)])
+    k = len(size)
+    share = size / size.sum() if size.sum() > 0 and np.isfinite(size).all() else np.ones(k)
+    share = np.maximum(share / share.sum(), floor / k)
+    return share / share.sum()
 
 
 def _val_target(task: str, y_val: np.ndarray, device: str) -> torch.Tensor | None:
@@ -351,22 +393,35 @@ class DVME(ClassifierMixin, BaseEstimator):
         W = probe.coef_ / probe.scale_[:, None]  # (D, outputs) on these features
         b = probe.intercept_ - (probe.mean_ / probe.scale_) @ probe.coef_
         n_out = self.n_out_
+        bounds = np.cumsum([0] + [X.shape[1] for X in Xt])
+        blocks = [W[bounds[i]:bounds[i + 1]] for i in range(k)]
+        share = np.full(k, 1.0 / k)
+        if self._head_version >= 4 and self.attention != "uniform" and self.dim > n_out:
+            share = _evidence_shares(Xt, blocks)
         with torch.no_grad():
             for p in model.parameters():
                 p.zero_()
-            start = 0
-            for proj in model.proj:
-                d = proj.weight.shape[1]
-                # alpha = 1/k at the start, so each block is scaled by k
-                proj.weight[:n_out] = torch.as_tensor(k * W[start:start + d].T,
-                                                      dtype=torch.float32)
-                start += d
+            for proj, block, alpha in zip(model.proj, blocks, share, strict=True):
+                # the fused vector sum_k alpha_k w_k is the probe's logit at the start
+                proj.weight[:n_out] = torch.as_tensor(block.T / alpha, dtype=torch.float32)
             for norm in model.norm:
                 norm.weight.fill_(1.0)
             model.head.weight[:, :n_out] = torch.eye(n_out)
             model.head.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
-            if self.attention == "sigmoid" and k > 1:  # sigmoid(c) = 1/k: the uniform start
+            if self._head_version >= 4 and self.attention != "uniform" and self.dim > n_out:
+                # the attention prior: coordinate n_out of every projection is 0 at the
+                # start; its LayerNorm gain is 0, so that coordinate reads its offset, one
+                # number per backbone, and the scorer turns it into alpha_k (the share)
+                j = n_out
+                for norm, alpha in zip(model.norm, share, strict=True):
+                    norm.weight[j] = 0.0
+                    norm.bias[j] = float(math.log(alpha) if self.attention == "softmax"
+                                         else math.log(alpha / (1 - alpha)))
+                model.scorer.weight[0, j] = (math.sqrt(self.dim) if self.attention == "softmax"
+                                             else 1.0)
+            elif self.attention == "sigmoid" and k > 1:  # sigmoid(c) = 1/k: uniform start
                 model.scorer.bias.fill_(math.log(1.0 / (k - 1)))
+        self.start_shares_ = share.tolist()
         return float(primary_score(self.task, np.asarray(y_val), self._proba(Xv)))
 
     @torch.inference_mode()

@@ -20,7 +20,9 @@ from featstore.fusion.dvme import ATTENTIONS, DVME, HEAD_VERSION
 from featstore.probe.linear import fit_with_validation
 from featstore.probe.run import VAL_SPLIT, check_grid, split_rows
 from featstore.runkeys import run_id as run_key
-from featstore.store.zarr_store import DatasetGroup, Embeddings, EmbeddingSet
+from featstore.store.dataset import DatasetGroup
+from featstore.store.embedding_set import EmbeddingSet
+from featstore.store.layout import Embeddings
 from featstore.task import scored_metrics
 
 MAX_BACKBONES = 8
@@ -148,9 +150,9 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
         rid = run_key(run_config)
         shown = record_config(run_config)
         if dataset is not None and not recompute:
-            saved = dataset.fusion_run(rid)
+            saved = dataset.fusion_runs.get(rid)
             old = [] if saved is not None or not legacy_id or not legacy else [
-                r for r in (dataset.fusion_run(legacy_id) or {}).get("records", [])
+                r for r in (dataset.fusion_runs.get(legacy_id) or {}).get("records", [])
                 if r["method"] == method]
             if saved is not None or old:
                 return [replace(stored_fusion_record(r), random_weights=base["random_weights"],
@@ -158,7 +160,7 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
                         for r in (saved["records"] if saved is not None else old)]
         recs = [replace(r, config=shown) for r in fit(rid)]
         if dataset is not None:
-            dataset.save_fusion_run(rid, {"config": run_config,
+            dataset.fusion_runs.save(rid, {"config": run_config,
                                           "records": [r.to_dict() for r in recs]})
         return recs
 
@@ -312,7 +314,7 @@ def stored_fusion_records(datasets: Sequence[DatasetGroup],
     out = []
     for ds in datasets:
         has_val = bool((ds.index["split"] == "val").any())
-        runs = ds.fusion_runs()
+        runs = ds.fusion_runs.all()
 
         def what(r: dict[str, Any]) -> tuple:
             return (r["method"], tuple(r.get("keys", [])), r["fraction"], r["seed"])

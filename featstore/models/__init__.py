@@ -18,13 +18,9 @@ from featstore.models.registry import (
     list_specs,
     parse_backbone,
     register_spec,
-)
-from featstore.models.weights import (
-    download_weights,
-    find_weights,
-    resolve_weights,
     spec_rows,
 )
+from featstore.models.weights import download_weights, find_weights, resolve_weights
 
 if TYPE_CHECKING:
     from featstore.models.build import build_backbone

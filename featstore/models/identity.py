@@ -105,20 +105,3 @@ def remember(loaded: LoadedBackbone) -> None:
         os.replace(tmp, folder / f"{name}.json")
     except OSError:
         pass
-
-
-def identify(spec: BackboneSpec) -> BackboneIdentity | LoadedBackbone:
-    """The identity of ``spec``: remembered, else built (a :class:`LoadedBackbone`, which
-    carries the same fields) and remembered.
-
-    Raises
-    ------
-    BackboneError
-        The spec cannot be built (missing weights, a checkpoint that does not load).
-    """
-    known = remembered(spec)
-    if known is not None:
-        return known
-    from featstore.models.build import build_backbone
-
-    return build_backbone(spec)  # build_backbone remembers what it built

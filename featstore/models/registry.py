@@ -14,6 +14,8 @@ through :mod:`featstore.models.checkpoint`.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,6 +120,31 @@ def list_specs() -> list[BackboneSpec]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
+# Schemes whose specs live in a store, not in this registry (``finetuned:<run id>``: a
+# finetuning run's weights): each resolves (store, text) to a spec. As fsspec's
+# ``known_implementations``, a known scheme names the module that registers it, imported on
+# first use, so models never imports the stage that defines the scheme.
+SPEC_SCHEMES: dict[str, Callable[[Any, str], BackboneSpec]] = {}
+KNOWN_SCHEMES = {"finetuned:": "featstore.finetune.backbone"}
+
+
+def register_scheme(prefix: str, resolve: Callable[[Any, str], BackboneSpec]) -> None:
+    """Resolve ``--backbone`` values starting with ``prefix`` by ``resolve(store, text)``."""
+    SPEC_SCHEMES[prefix] = resolve
+
+
+def backbone_spec(store: Any, text: str, *, input_size: int | None = None) -> BackboneSpec:
+    """``--backbone`` as a spec: a scheme's (``finetuned:<run id>``, from ``store``), else
+    :func:`parse_backbone`'s."""
+    for prefix, module in KNOWN_SCHEMES.items():
+        if text.startswith(prefix) and prefix not in SPEC_SCHEMES:
+            importlib.import_module(module)
+    for prefix, resolve in SPEC_SCHEMES.items():
+        if text.startswith(prefix):
+            return resolve(store, text)
+    return parse_backbone(text, input_size=input_size)
+
+
 def parse_backbone(text: str, *, input_size: int | None = None) -> BackboneSpec:
     """Parse ``NAME[@WEIGHTS]`` into a spec.
 
@@ -204,3 +231,22 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def spec_rows() -> list[dict[str, Any]]:
+    """The registered specs (``featstore models``), each with whether its weights are here.
+
+    One dict per spec, by name: name, architecture, dim, layer, source, weights_file,
+    ``present`` (the local file, or None), ``where`` (:func:`where_to_put`) and url.
+    """
+    from featstore.models.weights import find_weights, where_to_put
+
+    rows = []
+    for spec in list_specs():
+        found = find_weights(spec)
+        rows.append({"name": spec.name, "architecture": spec.architecture, "dim": spec.dim,
+                     "layer": spec.layer, "source": spec.source,
+                     "weights_file": spec.weights_file,
+                     "present": str(found) if found else None,
+                     "where": where_to_put(spec), "url": spec.url})
+    return rows

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from featstore.errors import WeightsNotFoundError
 
@@ -91,25 +91,6 @@ def where_to_put(spec: BackboneSpec) -> str:
     cfg = _timm_cfg(spec.architecture)
     repo = cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else spec.architecture
     return f"{HF_HUB_CACHE} (Hugging Face repo {repo})"
-
-
-def spec_rows() -> list[dict[str, Any]]:
-    """The registered specs (``featstore models``), each with whether its weights are here.
-
-    One dict per spec, by name: name, architecture, dim, layer, source, weights_file,
-    ``present`` (the local file, or None), ``where`` (:func:`where_to_put`) and url.
-    """
-    from featstore.models.registry import list_specs
-
-    rows = []
-    for spec in list_specs():
-        found = find_weights(spec)
-        rows.append({"name": spec.name, "architecture": spec.architecture, "dim": spec.dim,
-                     "layer": spec.layer, "source": spec.source,
-                     "weights_file": spec.weights_file,
-                     "present": str(found) if found else None,
-                     "where": where_to_put(spec), "url": spec.url})
-    return rows
 
 
 def resolve_weights(spec: BackboneSpec) -> Path:

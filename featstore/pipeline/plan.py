@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 
 from featstore.errors import FeatstoreError, NotExtractedError
-from featstore.pipeline.spec import BackboneEntry, DatasetEntry, Pipeline
+from featstore.pipeline.spec import (
+    BackboneEntry,
+    DatasetEntry,
+    Pipeline,
+    finetune_config,
+    finetune_settings,
+)
 
 
 @dataclass
@@ -81,9 +87,9 @@ def plan_pipeline(pipe: Pipeline, *, results_store: str | None = None) -> Plan:
     ManifestError
         A dataset cannot be read.
     """
-    from featstore.finetune.backbone import backbone_spec
+    from featstore.models.registry import backbone_spec
     from featstore.store import FeatureStore
-    from featstore.store.zarr_store import default_results_store
+    from featstore.store.backend import default_results_store
 
     # a reader's runs of a read-only store are in the results store: they count as done
     results_store = results_store or default_results_store()
@@ -194,7 +200,7 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
             ids = probe_run_ids(es.key, val_source(manifest.split[~es.missing_mask()]), cfg,
                                 probes=probe["probes"],
                                 fractions=probe["fractions"], seeds=probe["seeds"])
-            stored = es.probe_runs_by_id()
+            stored = es.probe_runs.by_id()
             have = sum(i in stored for i in ids)
         return Step(
             id=f"probe {entry.name} {label}", stage="probe", dataset=entry.name,
@@ -225,7 +231,7 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
             ids = fusion_run_ids([embedded(d).key for d in digests],
                                  val_source(manifest.split[~missing]),
                                  task=manifest.task, **_fuse_grid(fuse))
-            stored = ds.fusion_runs_by_id()
+            stored = ds.fusion_runs.by_id()
             have = sum(i in stored for i in ids)
         steps.append(Step(
             id=f"fuse {entry.name}", stage="fuse", dataset=entry.name, rows=rows,
@@ -245,10 +251,10 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
         for name in finetune["backbones"]:
             b = pipe.backbones[name]
             k = key_of(b)
-            cfg = _finetune_config(finetune, manifest.task, b.precision)
+            cfg = finetune_config(finetune, manifest.task, b.precision)
             sid = f"finetune {entry.name} {name}"
             ids: list[str] = []
-            stored = ds.finetune_runs_by_id() if ds is not None else {}
+            stored = ds.finetune_runs.by_id() if ds is not None else {}
             if k.loaded is not None:
                 ids = finetune_run_ids(k.loaded.spec, k.loaded.weights_sha256,
                                        k.loaded.preprocessing.to_dict(), vsrc, cfg,
@@ -265,7 +271,7 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
                      f"{_human(images)} train images"
                      + (f", {len(done)} stored" if 0 < len(done) < n_runs else ""),
                 args={**base, "stage": "finetune", "backbone": _backbone_args(b),
-                      "config": _finetune_settings(finetune), "device":
+                      "config": finetune_settings(finetune), "device":
                       finetune.get("device", "cpu"), "workers": finetune.get("workers", 0),
                       # the rows extract skipped are left out here too (and named otherwise)
                       "on_error": finetune.get("on_error", extract.get("on_error", "fail")),
@@ -324,28 +330,3 @@ def _fuse_grid(fuse: dict[str, Any]) -> dict[str, Any]:
     return {"fractions": fuse["fractions"], "seeds": fuse["seeds"],
             "attentions": fuse["attentions"], "dim": fuse.get("dim", 256),
             "n_bootstrap": fuse["bootstrap"], "baselines": fuse.get("baselines", True)}
-
-
-_FINETUNE_FIELDS = ("epochs", "batch_size", "accum_steps", "lr", "optimizer", "weight_decay",
-                    "warmup_epochs", "layer_decay", "freeze_until", "hflip", "init_head")
-
-
-def _finetune_settings(finetune: dict[str, Any]) -> dict[str, Any]:
-    return {k: finetune[k] for k in (*_FINETUNE_FIELDS, "bootstrap") if k in finetune}
-
-
-def _finetune_config(settings: dict[str, Any], task: str, precision: str):
-    """The :class:`FinetuneConfig` of a stage's settings (``featstore finetune``'s defaults
-    where the file is silent)."""
-    from featstore.finetune import FinetuneConfig
-
-    values = {k: settings[k] for k in _FINETUNE_FIELDS if k in settings}
-    epochs = values.get("epochs", 10)
-    values.setdefault("warmup_epochs", min(1, epochs - 1))
-    for k in ("lr", "weight_decay", "layer_decay"):  # 1 and 1.0 are one run
-        if values.get(k) is not None:
-            values[k] = float(values[k])
-    config = FinetuneConfig(task=task, precision=precision,
-                            n_bootstrap=settings.get("bootstrap", 1000), **values)
-    config.check()
-    return config

@@ -56,7 +56,7 @@ def _store(args: dict[str, Any]):
     ``featstore run --results-store`` named, else ``$FEATSTORE_RESULTS_STORE`` or the
     user's default, as for ``featstore probe``."""
     from featstore.store import FeatureStore
-    from featstore.store.zarr_store import default_results_store
+    from featstore.store.backend import default_results_store
 
     return FeatureStore(args["store"],
                         results_store=args.get("results_store") or default_results_store())
@@ -109,7 +109,7 @@ def _step_claim(args: dict[str, Any]):
 
 
 def _run_step(args: dict[str, Any]) -> dict[str, int]:
-    from featstore.finetune.backbone import backbone_spec
+    from featstore.models.registry import backbone_spec
 
     stage = args["stage"]
     manifest = _manifest(args)
@@ -147,11 +147,11 @@ def _run_step(args: dict[str, Any]) -> dict[str, int]:
         return _counted(records)
     if stage == "finetune":
         from featstore.finetune import finetune_grid
-        from featstore.pipeline.plan import _finetune_config
+        from featstore.pipeline.spec import finetune_config
 
         b = args["backbone"]
         spec = backbone_spec(fs, b["spec"], input_size=b["image_size"])
-        config = _finetune_config(args["config"], manifest.task, b["precision"])
+        config = finetune_config(args["config"], manifest.task, b["precision"])
         records = finetune_grid(manifest, [spec], config, store=fs,
                                 fractions=args["fractions"], seeds=args["seeds"],
                                 device=args.get("device", "cpu"),

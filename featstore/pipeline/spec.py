@@ -473,10 +473,8 @@ def _check_finetune_values(ft: dict[str, Any], fail) -> None:
     """The finetuning recipe's values, checked at load as ``featstore finetune`` checks its
     options, the error naming the file's key (``[finetune] lr``), not the option."""
     from featstore.errors import FinetuneError
-    from featstore.pipeline.plan import _finetune_config
-
     try:
-        _finetune_config(ft, "binary", "fp32")
+        finetune_config(ft, "binary", "fp32")
     except FinetuneError as e:
         raise fail("[finetune] " + re.sub(r"--([a-z][a-z-]*)",
                                           lambda m: m.group(1).replace("-", "_"),
@@ -502,3 +500,29 @@ def _check_lp_ft(stages: dict[str, dict[str, Any]], backbones: dict[str, Backbon
             raise fail("[finetune] init_head = \"probe\": its fractions and seeds must be "
                        "among [probe]'s (each run starts from the probe of its fraction and "
                        "seed)")
+
+
+_FINETUNE_FIELDS = ("epochs", "batch_size", "accum_steps", "lr", "optimizer", "weight_decay",
+                    "warmup_epochs", "layer_decay", "freeze_until", "hflip", "init_head")
+
+
+def finetune_settings(finetune: dict[str, Any]) -> dict[str, Any]:
+    """The finetuning recipe's keys of a ``[finetune]`` stage (what a run's config holds)."""
+    return {k: finetune[k] for k in (*_FINETUNE_FIELDS, "bootstrap") if k in finetune}
+
+
+def finetune_config(settings: dict[str, Any], task: str, precision: str):
+    """The :class:`FinetuneConfig` of a stage's settings (``featstore finetune``'s defaults
+    where the file is silent)."""
+    from featstore.finetune import FinetuneConfig
+
+    values = {k: settings[k] for k in _FINETUNE_FIELDS if k in settings}
+    epochs = values.get("epochs", 10)
+    values.setdefault("warmup_epochs", min(1, epochs - 1))
+    for k in ("lr", "weight_decay", "layer_decay"):  # 1 and 1.0 are one run
+        if values.get(k) is not None:
+            values[k] = float(values[k])
+    config = FinetuneConfig(task=task, precision=precision,
+                            n_bootstrap=settings.get("bootstrap", 1000), **values)
+    config.check()
+    return config

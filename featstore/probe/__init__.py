@@ -14,19 +14,19 @@ _EXPORTS = {
     "DEFAULT_L2_GRID": "featstore.choices",
     "KNNProbe": "featstore.probe.knn",
     "LinearProbe": "featstore.probe.linear",
-    "PRIMARY_METRIC": "featstore.probe.metrics",
+    "PRIMARY_METRIC": "featstore.metrics",
     "ProbeConfig": "featstore.probe.run",
     "ProbeRecord": "featstore.probe.run",
     "SweepResult": "featstore.probe.linear",
-    "bootstrap_ci": "featstore.probe.metrics",
+    "bootstrap_ci": "featstore.metrics",
     "fit_with_validation": "featstore.probe.linear",
     "knn_with_validation": "featstore.probe.knn",
-    "primary_score": "featstore.probe.metrics",
+    "primary_score": "featstore.metrics",
     "probe_embeddings": "featstore.probe.run",
     "probe_grid": "featstore.probe.run",
     "probe_run_ids": "featstore.probe.run",
     "stored_records": "featstore.probe.run",
-    "task_metrics": "featstore.probe.metrics",
+    "task_metrics": "featstore.metrics",
 }
 __all__ = [
     "DEFAULT_KS",
@@ -51,6 +51,12 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
     from featstore.choices import DEFAULT_KS, DEFAULT_L2_GRID
+    from featstore.metrics import (
+        PRIMARY_METRIC,
+        bootstrap_ci,
+        primary_score,
+        task_metrics,
+    )
     from featstore.probe.knn import (
         KNNProbe,
         knn_with_validation,
@@ -59,12 +65,6 @@ if TYPE_CHECKING:
         LinearProbe,
         SweepResult,
         fit_with_validation,
-    )
-    from featstore.probe.metrics import (
-        PRIMARY_METRIC,
-        bootstrap_ci,
-        primary_score,
-        task_metrics,
     )
     from featstore.probe.run import (
         ProbeConfig,

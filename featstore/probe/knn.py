@@ -16,8 +16,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from featstore.choices import DEFAULT_KS
 from featstore.errors import ProbeError
+from featstore.metrics import primary_score
 from featstore.probe.linear import choose_on_val
-from featstore.probe.metrics import primary_score
 from featstore.task import check_features, check_task, make_targets, proba_to_labels
 
 TEMPERATURE = 0.07

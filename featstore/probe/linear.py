@@ -11,8 +11,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from featstore.choices import DEFAULT_L2_GRID, DEFAULT_TOL
 from featstore.errors import ProbeError
+from featstore.metrics import primary_score
 from featstore.probe import _lbfgs
-from featstore.probe.metrics import primary_score
 from featstore.task import (
     Standardiser,
     Targets,

@@ -31,7 +31,8 @@ from featstore.data.fractions import (
 )
 from featstore.errors import ManifestError, ProbeError
 from featstore.runkeys import run_id as run_key
-from featstore.store.zarr_store import Embeddings, EmbeddingSet
+from featstore.store.embedding_set import EmbeddingSet
+from featstore.store.layout import Embeddings
 
 # the probes themselves (torch, scikit-learn) load when a run is computed, not to read one back
 
@@ -145,7 +146,7 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
     y = emb.labels if task == "multilabel" else emb.labels[:, 0]
     tr, va, te, val_source = split_rows(emb, y, task)
     if store_set is not None and not recompute:
-        saved = store_set.probe_run(run_id)
+        saved = store_set.probe_runs.get(run_id)
         if saved is not None:
             return [_stored_record(r) for r in saved["records"]]
     if emb.X is None:
@@ -194,7 +195,7 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
             store_set.save_probe_head(run_id, {
                 "coef": model.coef_, "intercept": model.intercept_, "mean": model.mean_,
                 "scale": model.scale_, "classes": np.asarray(model.classes_)})
-        store_set.save_probe_run(run_id, {"config": asdict(cfg), "embedding_key": emb.key,
+        store_set.probe_runs.save(run_id, {"config": asdict(cfg), "embedding_key": emb.key,
                                           "records": [r.to_dict() for r in records]})
     return records
 
@@ -253,7 +254,7 @@ def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, 
             for fraction in fractions:
                 for seed in seed_list:
                     run_cfg = replace(cfg, probe=kind, fraction=float(fraction), seed=seed)
-                    saved = None if recompute else es.probe_run(probe_run_id(emb, run_cfg))
+                    saved = None if recompute else es.probe_runs.get(probe_run_id(emb, run_cfg))
                     if saved is not None:
                         run = [_stored_record(r) for r in saved["records"]]
                     else:
@@ -316,7 +317,7 @@ def stored_records(store_sets: Sequence[EmbeddingSet]) -> list[ProbeRecord]:
     """
     out = []
     for es in store_sets:
-        for run in es.probe_runs():
+        for run in es.probe_runs.all():
             records = run.get("records", [])
             if records and records[0].get("val_source") == LEGACY_VAL_SOURCE:
                 continue

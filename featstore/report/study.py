@@ -279,7 +279,7 @@ def _finetuned_from_random(ds, sets: Sequence[Any]) -> set[str]:
              .startswith("finetuned:")]
     if not tuned:
         return set()
-    runs = ds.finetune_runs_by_id()
+    runs = ds.finetune_runs.by_id()
     out = set()
     for es in tuned:
         prefix = es.attrs["provenance"]["backbone"].removeprefix("finetuned:")

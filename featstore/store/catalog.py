@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:
-    from featstore.store.zarr_store import EmbeddingSet, FeatureStore
+    from featstore.store.objects import StoreObjects
 
 CATALOG_GROUP = "_catalog"
 CATALOG_VERSION = 1
@@ -28,36 +26,17 @@ def entry_key(dataset: str, name: str) -> str:
     return f"{CATALOG_GROUP}/{dataset}/{name}.json"
 
 
-def set_summary(es: EmbeddingSet) -> dict[str, Any]:
-    """One embedding set as ``ls`` shows it: dataset, alias, key, size, shards done, status,
-    missing rows, and who extracted it when on which host."""
-    done = int(es.done_mask().sum())
-    prov = es.attrs.get("provenance", {})
-    return {
-        "dataset": es.dataset.name, "backbone": es.alias, "key": es.key,
-        "rows": es.rows, "dim": es.dim, "dtype": es.dtype,
-        "precision": (es.attrs.get("key_fields") or {}).get("precision", "fp32"),
-        "bytes": es.rows * es.dim * np.dtype(es.dtype).itemsize,
-        "shards_done": done, "shards": es.n_shards,
-        "status": "complete" if done == es.n_shards else "incomplete",
-        "missing": int(es.missing_mask().sum()),
-        "random_weights": bool(prov.get("random_weights")),
-        "user": prov.get("user"), "host": prov.get("host"),
-        "started": prov.get("started"), "finished": es.attrs.get("finished"),
-    }
-
-
-def publish(es: EmbeddingSet) -> None:
-    """Write (or rewrite) the set's catalog entry; a read-only store is left as it is."""
-    row = {"catalog": CATALOG_VERSION, **set_summary(es)}
+def publish(objects: StoreObjects, dataset: str, name: str, summary: dict[str, Any]) -> None:
+    """Write (or rewrite) the entry of set ``name`` of ``dataset``: its ``summary`` (the row
+    ``ls`` prints, :meth:`EmbeddingSet.summary`); a read-only store is left as it is."""
+    row = {"catalog": CATALOG_VERSION, **summary}
     try:
-        es.dataset.store.objects.put(entry_key(es.dataset.name, es.name),
-                                     json.dumps(row).encode())
-    except (OSError, PermissionError):
+        objects.put(entry_key(dataset, name), json.dumps(row).encode())
+    except OSError:
         pass
 
 
-def read_catalog(store: FeatureStore) -> dict[tuple[str, str], dict[str, Any]]:
+def read_catalog(objects: StoreObjects) -> dict[tuple[str, str], dict[str, Any]]:
     """Every catalog entry, by (dataset group, set name).
 
     One listing gives every entry's version tag; entries whose tag matches the snapshot
@@ -65,7 +44,6 @@ def read_catalog(store: FeatureStore) -> dict[tuple[str, str], dict[str, Any]]:
     it, the others are fetched concurrently, and the snapshot is rewritten when anything
     changed. The snapshot is only a cache: a row is used only under its current tag.
     """
-    objects = store.objects
     tags = {k: t for k, t in objects.versions(CATALOG_GROUP).items()
             if k.count("/") == 2 and k.endswith(".json")}
     try:
@@ -88,7 +66,7 @@ def read_catalog(store: FeatureStore) -> dict[tuple[str, str], dict[str, Any]]:
                     "entries": {k: {"tag": tags[k], "row": r} for k, r in rows.items()}}
         try:
             objects.put(SNAPSHOT, json.dumps(snapshot).encode())
-        except (OSError, PermissionError):
+        except OSError:
             pass  # a read-only store: the next ls fetches the entries again
     entries = {}
     for key, row in rows.items():

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from featstore.errors import NotExtractedError, StoreError
-from featstore.store.catalog import publish, read_catalog, set_summary
-from featstore.store.zarr_store import FeatureStore
+from featstore.store.catalog import read_catalog
+from featstore.store.feature_store import FeatureStore
 
 
 def list_sets(store: FeatureStore, *, use_catalog: bool = True) -> list[dict[str, Any]]:
@@ -18,7 +18,7 @@ def list_sets(store: FeatureStore, *, use_catalog: bool = True) -> list[dict[str
     as incomplete are opened, and a complete one's entry is written for the next time.
     ``use_catalog=False`` opens every set (what ``ls`` did before the catalog).
     """
-    entries = read_catalog(store) if use_catalog else {}
+    entries = read_catalog(store.objects) if use_catalog else {}
     rows = []
     for ds in store.datasets():
         for name in ds.set_names():
@@ -29,9 +29,9 @@ def list_sets(store: FeatureStore, *, use_catalog: bool = True) -> list[dict[str
             es = ds.open_set(name)
             if es is None:
                 continue
-            row = set_summary(es)
+            row = es.summary()
             if use_catalog and row["status"] == "complete":
-                publish(es)  # a set made before the catalog, or completed by a killed run
+                es.publish()  # a set made before the catalog, or completed by a killed run
             rows.append(row)
     return sorted(rows, key=lambda r: (r["dataset"], r["backbone"], r["key"]))
 

@@ -10,17 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from featstore._hashing import array_sha256, sha256_bytes
+from featstore._hashing import sha256_bytes
 from featstore.errors import CorruptShardError, StoreError
-from featstore.store.zarr_store import (
-    CHECKPOINTS_GROUP,
-    DatasetGroup,
-    EmbeddingKey,
-    EmbeddingSet,
-    FeatureStore,
-    _write_index_arrays,
-    require_group,
-)
+from featstore.store.dataset import DatasetGroup, write_index_arrays
+from featstore.store.embedding_set import EmbeddingSet
+from featstore.store.feature_store import FeatureStore
+from featstore.store.layout import CHECKPOINTS_GROUP, EmbeddingKey, require_group
 
 EXPORT_FORMATS = ("npy", "h5", "parquet")
 
@@ -36,7 +31,7 @@ def import_dataset(dst: FeatureStore, src: DatasetGroup) -> DatasetGroup:
             return ds
     root = dst._root_group(create=True)
     g = require_group(root, src.name)
-    _write_index_arrays(g, src.index)
+    write_index_arrays(g, src.index)
     g.attrs.update(src.attrs)  # last: manifest_sha256 marks a finished group
     return DatasetGroup(dst, src.name, g)
 
@@ -52,7 +47,7 @@ def copy_set(es: EmbeddingSet, dst_ds: DatasetGroup, *,
     CorruptShardError
         A source shard fails its checksum or cannot be read (nothing of it is written).
     """
-    arr = es._embeddings
+    arr = es.group["embeddings"]
     attrs = es.attrs
     key = EmbeddingKey(attrs["key_fields"])
     if key.digest != es.key:
@@ -72,9 +67,7 @@ def copy_set(es: EmbeddingSet, dst_ds: DatasetGroup, *,
     for shard in np.flatnonzero(es.done_mask() & ~have):
         start, stop = es.shard_bounds(int(shard))
         data = np.empty((stop - start, es.dim), dtype=es.dtype)
-        error = es._load_shard(int(shard), data)
-        if error is None and array_sha256(data) != sums[shard].tobytes():
-            error = "fails its checksum"
+        error = es.reader.load(int(shard), data, sums[shard].tobytes())
         if error:
             raise CorruptShardError(es._corrupt_message([(int(shard), error)]))
         ids = es.dataset.index["ids"][start:stop]
@@ -87,12 +80,12 @@ def copy_set(es: EmbeddingSet, dst_ds: DatasetGroup, *,
     if target.complete and target.attrs.get("status") != "complete":
         target.mark_complete({k: attrs[k] for k in ("finished", "skipped") if k in attrs})
     runs = 0
-    for run_id, run in es.probe_runs_by_id().items():
+    for run_id, run in es.probe_runs.by_id().items():
         head = es.probe_head(run_id)  # a linear probe's weights (LP-FT starts from them)
         if head is not None and target.probe_head(run_id) is None:
             target.save_probe_head(run_id, head)
-        if target.probe_run(run_id) is None:
-            target.save_probe_run(run_id, run)
+        if target.probe_runs.get(run_id) is None:
+            target.probe_runs.save(run_id, run)
             runs += 1
     return {"dataset": dst_ds.name, "backbone": es.alias, "key": es.key,
             "shards_copied": copied, "shards_already_there": int(have.sum()),
@@ -104,10 +97,10 @@ def copy_fusion_runs(src: DatasetGroup, dst: DatasetGroup) -> int:
     """Fusion runs of ``src`` whose embedding sets are all in ``dst`` and that it lacks."""
     keys = {es.key for es in dst.embedding_sets()}
     copied = 0
-    for run_id, payload in src.fusion_runs_by_id().items():
+    for run_id, payload in src.fusion_runs.by_id().items():
         if set(payload.get("config", {}).get("keys", [None])) <= keys and \
-                dst.fusion_run(run_id) is None:
-            dst.save_fusion_run(run_id, payload)
+                dst.fusion_runs.get(run_id) is None:
+            dst.fusion_runs.save(run_id, payload)
             copied += 1
     return copied
 
@@ -127,8 +120,8 @@ def copy_finetune_runs(src: DatasetGroup, dst: DatasetGroup,
     """
     s_obj, d_obj = src.store.objects, dst.store.objects
     copied = 0
-    for run_id, run in src.finetune_runs_by_id().items():
-        if run.get("status") != "complete" or dst.finetune_run(run_id) is not None or (
+    for run_id, run in src.finetune_runs.by_id().items():
+        if run.get("status") != "complete" or dst.finetune_runs.get(run_id) is not None or (
                 prefixes is not None and not any(run_id.startswith(p) for p in prefixes)):
             continue
         for name in ("best.pt", "backbone.pt"):
@@ -140,7 +133,7 @@ def copy_finetune_runs(src: DatasetGroup, dst: DatasetGroup,
                                  f"{src.name}: {name} is "
                                  f"{'missing' if data is None else 'damaged'}; not copied")
             d_obj.put(f"{CHECKPOINTS_GROUP}/{dst.name}/{run_id}/{name}", data)
-        dst.save_finetune_run(run_id, run)
+        dst.finetune_runs.save(run_id, run)
         copied += 1
     return copied
 
