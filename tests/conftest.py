@@ -16,6 +16,14 @@ SIZE = 32
 SHARED_MEDMNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist"
 
 
+def pytest_collection_modifyitems(items):
+    """Every test on the S3 test server is ``slow`` (end to end), besides those marked so
+    (SIGKILL, torchrun, pipeline runs): ``pytest -m "not slow"`` is the quick loop."""
+    for item in items:
+        if {"s3_server", "iam_s3"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def cli(capsys, *args: str) -> tuple[int, str, str]:
     """Run ``featstore ARGS`` in-process: (exit code, stdout, stderr)."""
     from featstore.cli import main

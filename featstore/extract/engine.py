@@ -373,6 +373,9 @@ def run_extract(
                     model = torch.compile(model)
             jobs.append(_Job(loaded, key, es, preps.index(loaded.preprocessing), model,
                              pending, channels_last=is_cnn))
+        # every rank has taken its pending shards before any rank writes one: rank 0's
+        # count of what the job wrote (its own and the other ranks') starts from there
+        dist.barrier()
         dataset = ViewsDataset(manifest, [p.view for p in paths], max_pixels=max_pixels)
         for rows_per_shard in sorted({j.es.shard_rows for j in jobs}):
             group = [j for j in jobs if j.es.shard_rows == rows_per_shard and j.pending_at_start]

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import TINY, TINY_VIT, cli
 
-FIXTURE = Path(__file__).parent / "fixtures" / "store_v1"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "store_v1"
 OLD_KEYS = {"fdb00f5ddc2d015b29c6", "b2036dfb2240ade7c5cf"}  # test_resnet, test_vit at 32px
 
 

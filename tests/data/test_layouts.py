@@ -12,10 +12,10 @@ import pytest
 from featstore.data import load_dataset
 from featstore.data.layouts import BUILDERS, LAYOUTS, detect_layout
 from tests.conftest import make_medmnist
-from tests.test_datasets import make_dr, make_nih, make_pcam, make_pneumonia
-from tests.test_layouts_compat import REPLICAS
+from tests.data.test_datasets import make_dr, make_nih, make_pcam, make_pneumonia
+from tests.data.test_layouts_compat import REPLICAS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def release(kind: str, tmp: Path) -> Path:

@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import SIZE, TINY, TINY_VIT, cli
 
-FIXTURE = Path(__file__).parent / "fixtures" / "store_v1"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "store_v1"
 
 
 

@@ -12,7 +12,7 @@ from featstore.store import FeatureStore
 from featstore.store.catalog import CATALOG_GROUP, read_catalog
 from featstore.store.listing import list_sets
 from tests.conftest import SIZE, TINY, TINY_VIT, cli
-from tests.test_store_compat import FIXTURE
+from tests.store.test_compat import FIXTURE
 
 
 def extract(capsys, data, store) -> list[dict]:

@@ -17,7 +17,7 @@ from featstore.pipeline import PipelineError, load_pipeline
 from featstore.report.study import FRAME
 from tests.conftest import cli, make_medmnist
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 GRID = """
 name = "tiny"
@@ -177,6 +177,7 @@ def test_set_store_and_environment_override_the_file(tmp_path, data_root, monkey
 # ------------------------------------------------------------------------- run + report
 
 
+@pytest.mark.slow
 def test_run_does_the_grid_once_then_nothing_and_report_draws_it(tmp_path, data_root, capsys):
     path = write(tmp_path, data_root, PROBE, FUSE, FINETUNE)
     code, out, err = cli(capsys, "run", str(path), "--dry-run", "--json")
@@ -237,6 +238,7 @@ def test_run_does_the_grid_once_then_nothing_and_report_draws_it(tmp_path, data_
     assert "## alpha" not in (tmp_path / "beta" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_growing_grid_runs_only_what_is_new(tmp_path, data_root, capsys):
     path = write(tmp_path, data_root, PROBE.replace('"linear", "knn"', '"linear"'))
     code, out, err = cli(capsys, "run", str(path), "--json", "--set", "fractions=[1.0]")
@@ -252,6 +254,7 @@ def test_a_growing_grid_runs_only_what_is_new(tmp_path, data_root, capsys):
         == (4, 2)
 
 
+@pytest.mark.slow
 def test_a_failing_step_is_named_its_dependents_skipped_and_the_rest_runs(tmp_path, data_root,
                                                                          capsys):
     path = write(tmp_path, data_root, PROBE.replace('"linear", "knn"', '"linear"'))
@@ -271,6 +274,7 @@ def test_a_failing_step_is_named_its_dependents_skipped_and_the_rest_runs(tmp_pa
     assert "missing.pth" in err
 
 
+@pytest.mark.slow
 def test_submitit_executor_runs_the_steps_as_jobs(tmp_path, data_root, capsys):
     pytest.importorskip("submitit")
     path = write(tmp_path, data_root, PROBE.replace('"linear", "knn"', '"linear"'))
@@ -286,7 +290,7 @@ def test_submitit_executor_runs_the_steps_as_jobs(tmp_path, data_root, capsys):
 
 
 def test_study_pipeline_plans_the_paper_grid(tmp_path, capsys):
-    from tests.test_datasets import make_dr, make_nih, make_pcam, make_pneumonia
+    from tests.data.test_datasets import make_dr, make_nih, make_pcam, make_pneumonia
 
     root = tmp_path / "data"
     make_pcam(root / "pcam")
@@ -317,6 +321,7 @@ def test_study_pipeline_plans_the_paper_grid(tmp_path, capsys):
     assert code == 1 and "does not exist" in err and "data_root" in err
 
 
+@pytest.mark.slow
 def test_a_killed_run_continues_where_it_stopped(tmp_path, data_root):
     import os
     import signal
@@ -343,6 +348,7 @@ def test_a_killed_run_continues_where_it_stopped(tmp_path, data_root):
     assert set(outcomes.values()) <= {"cached", "done"}
 
 
+@pytest.mark.slow
 def test_report_keeps_sets_of_one_backbone_apart_and_waits_for_missing_datasets(
         tmp_path, data_root, capsys):
     """One spec stored at two dtypes is two sets: two rows, two bars, never one row with
@@ -368,6 +374,7 @@ def test_report_keeps_sets_of_one_backbone_apart_and_waits_for_missing_datasets(
     assert frames(tmp_path / "r" / "attention.png") == 2
 
 
+@pytest.mark.slow
 def test_an_extract_only_pipeline_embeds_every_backbone(tmp_path, data_root, capsys):
     code, out, err = cli(capsys, "run", str(write(tmp_path, data_root)), "--dry-run", "--json")
     assert code == 0, err
@@ -376,6 +383,7 @@ def test_an_extract_only_pipeline_embeds_every_backbone(tmp_path, data_root, cap
     assert all("x 2 of 2 backbones" in s["work"] for s in steps)
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_no_step_worker_behind(tmp_path, data_root):
     import os
     import signal
@@ -416,6 +424,7 @@ def test_a_killed_run_leaves_no_step_worker_behind(tmp_path, data_root):
     assert not alive, "the step worker outlived its featstore run"
 
 
+@pytest.mark.slow
 def test_the_report_of_a_pipeline_needs_the_store_not_the_images(tmp_path, data_root,
                                                                  capsys):
     path = write(tmp_path, data_root, PROBE)
@@ -429,6 +438,7 @@ def test_the_report_of_a_pipeline_needs_the_store_not_the_images(tmp_path, data_
     assert "alpha" in md and "beta" in md and "Not in the store yet" not in md
 
 
+@pytest.mark.slow
 def test_report_names_are_literal_markdown_and_a_dataset_named_twice_is_one_section(
         tmp_path, data_root, capsys):
     from featstore.report.study import _md
@@ -447,6 +457,7 @@ def test_report_names_are_literal_markdown_and_a_dataset_named_twice_is_one_sect
     assert md.count("## alpha") == 1 and md.count("## beta") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_two_runs_at_once_compute_every_step_once(tmp_path, data_root, request, where):
     import os

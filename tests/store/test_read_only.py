@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import SIZE, TINY, TINY_VIT, cli, make_medmnist
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CAP_DAC_OVERRIDE, PR_CAPBSET_DROP = 1, 24
 
 
@@ -59,6 +59,7 @@ def snapshot(store: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_reader_without_write_access_probes_fuses_and_lists(shared):
     data, store, home = shared
     before = snapshot(store)
@@ -82,6 +83,7 @@ def test_a_reader_without_write_access_probes_fuses_and_lists(shared):
     assert snapshot(store) == before  # not one byte of the shared store changed
 
 
+@pytest.mark.slow
 def test_a_reader_runs_a_pipeline_on_a_read_only_store(shared):
     data, store, home = shared
     before = snapshot(store)

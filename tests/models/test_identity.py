@@ -17,7 +17,7 @@ from featstore.models import build_backbone, parse_backbone
 from featstore.models.identity import identity_cache, remembered
 from tests.conftest import SIZE, TINY, cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_built_spec_is_remembered_with_what_its_key_needs():

@@ -16,7 +16,7 @@ from featstore.data import load_dataset
 from featstore.store import FeatureStore
 from featstore.store.listing import list_sets
 from tests.conftest import SIZE, TINY, TINY_VIT, cli
-from tests.test_extract_scale import KILLER, SLOW, env, extract_args, one_thread, run, same
+from tests.extract.test_extract_scale import KILLER, SLOW, env, extract_args, one_thread, run, same
 
 __all__ = ["one_thread"]  # a fixture, used by name
 

@@ -17,7 +17,7 @@ from featstore.data import Manifest, load_dataset
 from featstore.data.readers import read_pneumonia, write_manifest_csv
 from featstore.demo import write_demo_dataset
 from tests.conftest import make_medmnist
-from tests.test_datasets import make_dr, make_nih, make_pcam, make_pneumonia
+from tests.data.test_datasets import make_dr, make_nih, make_pcam, make_pneumonia
 
 
 def repack_npz(path: Path) -> Path:

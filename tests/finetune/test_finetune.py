@@ -19,7 +19,7 @@ from featstore.finetune.run import _freeze
 from featstore.store import FeatureStore
 from tests.conftest import SIZE, TINY, cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = ["-b", TINY, "--image-size", str(SIZE), "--epochs", "3", "--batch-size", "8",
           "--lr", "0.01", "--bootstrap", "20"]
 
@@ -81,6 +81,7 @@ def _featstore(*args: str, kill_after: int | None = None) -> subprocess.Complete
     return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_sigkilled_run_resumes_to_the_uninterrupted_result(npz_file, tmp_path):
     args = ["finetune", "--data", str(npz_file), *RECIPE, "--epochs", "4", "--json"]
     ref = _featstore(*args, "--store", str(tmp_path / "ref"))
@@ -165,6 +166,7 @@ def test_an_unfinished_run_is_not_a_backbone(npz_file, tmp_path):
     assert out.returncode == 1 and "has not finished" in out.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_ranks_equal_one_process(npz_file, tmp_path):
     """DDP over 2 gloo ranks: each batch split, the loss weighted to the whole batch, val and
     test evaluated once per row: the same run as one process, within float tolerance (a

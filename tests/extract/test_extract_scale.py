@@ -28,7 +28,7 @@ from featstore.probe import probe_embeddings
 from featstore.store import FeatureStore
 from tests.conftest import SIZE, TINY, TINY_VIT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def spec(name=TINY, size=SIZE):
@@ -215,6 +215,7 @@ def test_claims_are_exclusive_kept_alive_and_taken_over_once(tmp_path):
     e.close()
 
 
+@pytest.mark.slow
 def test_extract_waits_for_a_live_claim_and_takes_over_a_stale_one(image_csv, tmp_path):
     m = load_dataset(image_csv)
     ref = FeatureStore(tmp_path / "ref")
@@ -298,6 +299,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target,nth", [
     ("embeddings", 2),  # between shards: shard 0 done, shard 1 not started
     ("checksums", 2),   # shard 1's data written, no checksum, no done mark
@@ -323,6 +325,7 @@ def test_sigkill_at_any_point_then_resume(image_csv, tmp_path, one_thread, targe
         assert same(data, es.group["embeddings"][s * 16:(s + 1) * 16])
 
 
+@pytest.mark.slow
 def test_sigkill_during_forward_then_resume(image_csv, tmp_path, one_thread):
     m = load_dataset(image_csv)
     ref = FeatureStore(tmp_path / "ref")
@@ -351,6 +354,7 @@ def test_sigkill_during_forward_then_resume(image_csv, tmp_path, one_thread):
     assert same(fs.load(m, full.key).X, ref.load(m, full.key).X)
 
 
+@pytest.mark.slow
 def test_two_concurrent_extracts_of_one_key(image_csv, tmp_path, one_thread):
     m = load_dataset(image_csv)
     ref = FeatureStore(tmp_path / "ref")
@@ -373,6 +377,7 @@ def test_two_concurrent_extracts_of_one_key(image_csv, tmp_path, one_thread):
     assert not (store / "_claims" / m.group_name / full.key[:20]).exists()
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_ranks_equal_one_process(image_csv, tmp_path, one_thread):
     m = load_dataset(image_csv)
     ref = FeatureStore(tmp_path / "ref")

@@ -1,0 +1,1 @@
+"""featstore's tests, laid out as the package is: tests/<name>/ tests featstore/<name>/."""
