@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,15 @@ TINY = "timm:test_resnet@random"
 TINY_VIT = "timm:test_vit@random"
 SIZE = 32
 SHARED_MEDMNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker process computes with one thread (two workers with two
+    threads each on two cores spend their time waiting on each other)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items):

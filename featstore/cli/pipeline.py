@@ -134,7 +134,7 @@ def report(
         help="Rows sampled for each dataset's 2-D map (t-SNE).")] = 1000,
 ) -> None:
     """Write the study's report from a store's persisted runs: per-dataset tables
-    (mean +- sd over seeds, 95% CI, best marked), label-fraction curves, DVME attention,
+    (mean ± sd over seeds, 95% CI, best marked), label-fraction curves, DVME attention,
     a 2-D map of an embedding set, and the provenance of every set. Computes no runs."""
     from featstore.report.study import build_report
     from featstore.store import FeatureStore

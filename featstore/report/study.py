@@ -5,10 +5,10 @@ and writes one folder: ``report.html`` (a single file, the figures embedded), ``
 (the figures beside it as PNG) and the PNGs. Computes no run: a run that is not in the
 store is not in the report. Figures are drawn with matplotlib's Agg backend (no display).
 
-- per dataset, backbone x method x fraction: mean +- sd over seeds, the bootstrap 95% CI on
+- per dataset, backbone x method x fraction: mean ± sd over seeds, the bootstrap 95% CI on
   test (averaged over seeds), the best mean per fraction marked;
 - ``fractions.png``: the study's main figure, metric against the labelled fraction (log x),
-  one line per backbone and method, error bars +- sd over seeds, a panel per dataset;
+  one line per backbone and method, error bars ± sd over seeds, a panel per dataset;
 - ``attention.png``: DVME's mean attention per backbone on test, overall and per class;
 - ``map.png``: t-SNE of a sample of one embedding set per dataset, coloured by label;
 - provenance of every set: weights file and sha256, preprocessing, versions, who and where;
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from featstore.errors import FeatstoreError, ManifestError
+from featstore.report.numbers import ci, mean_sd
 from featstore.runkeys import config_variant
 
 # every panel is framed in this colour, and nothing else is drawn in it: a test counts the
@@ -289,27 +290,6 @@ def _finetuned_from_random(ds, sets: Sequence[Any]) -> set[str]:
     return out
 
 
-def _fmt(values: list[float]) -> str:
-    """``mean ± sd (n=seeds)`` of the defined values (a metric undefined on a seed's test,
-    e.g. one class, is left out of n and said)."""
-    v = np.asarray(values, float)
-    ok = v[~np.isnan(v)]
-    gaps = f", {len(v) - len(ok)} undefined" if len(ok) < len(v) else ""
-    if not len(ok):
-        return "undefined"
-    if len(ok) == 1:
-        return f"{ok[0]:.3f} (n=1{gaps})"
-    return f"{ok.mean():.3f} ± {ok.std(ddof=1):.3f} (n={len(ok)}{gaps})"
-
-
-def _ci(pairs: list[tuple[float, float]]) -> str:
-    lo = np.asarray([p[0] for p in pairs], float)
-    hi = np.asarray([p[1] for p in pairs], float)
-    if np.isnan(lo).all():
-        return ""
-    return f"[{np.nanmean(lo):.3f}, {np.nanmean(hi):.3f}]"
-
-
 def table_cells(rep: DatasetReport) -> tuple[list[float], list[list[str]], list[list[bool]]]:
     """The fractions (columns), the cells (``mean ± sd (n) [CI]``) and which cell is the
     best mean of its column."""
@@ -324,7 +304,9 @@ def table_cells(rep: DatasetReport) -> tuple[list[float], list[list[str]], list[
                 continue
             vals = row.values[f]
             means[i, j] = np.nanmean(vals) if not np.isnan(vals).all() else np.nan
-            line.append(f"{_fmt(vals)} {_ci(row.ci[f])}".strip())
+            pairs = row.ci[f]
+            line.append(f"{mean_sd(vals, n=True)} "
+                        f"{ci([p[0] for p in pairs], [p[1] for p in pairs], none='')}".strip())
         cells.append(line)
     best = np.zeros_like(means, bool)
     for j in range(len(fractions)):

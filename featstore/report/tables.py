@@ -15,6 +15,8 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
+from featstore.report.numbers import ci, mean_sd
+
 PER_LABEL_PREFIX = "auc["
 SHORT_NAMES = {"balanced_accuracy": "bal_acc", "accuracy": "acc"}
 RANDOM_NOTE = ("backbones marked [bold]random[/] have untrained weights: their numbers test "
@@ -34,23 +36,9 @@ def to_json(obj: Any) -> str:
     return json.dumps(plain(obj), default=str)
 
 
-def mean_sd(values: Sequence[float]) -> str:
-    """``mean +- sd`` over seeds (one value: the value; all NaN: ``undefined``)."""
-    v = np.asarray(values, dtype=float)
-    if np.isnan(v).all():
-        return "undefined"
-    if len(v) == 1:
-        return f"{v[0]:.4f}"
-    return f"{np.nanmean(v):.4f} +- {np.nanstd(v, ddof=1):.4f}"
-
-
 def _ci(records: Sequence[Any]) -> str:
     """The mean bootstrap CI over seeds, or ``-`` where none was computed."""
-    lo = np.asarray([r.ci_low for r in records], dtype=float)
-    hi = np.asarray([r.ci_high for r in records], dtype=float)
-    if np.isnan(lo).all():
-        return "-"
-    return f"[{np.nanmean(lo):.3f}, {np.nanmean(hi):.3f}]"
+    return ci([r.ci_low for r in records], [r.ci_high for r in records])
 
 
 def _by_configuration(records: Sequence[Any], what) -> dict[tuple, list]:
@@ -82,7 +70,7 @@ def _by_configuration(records: Sequence[Any], what) -> dict[tuple, list]:
 
 
 def probe_tables(records: Sequence[Any]) -> list[Table]:
-    """Backbone x probe x fraction: each metric (mean +- sd over seeds), the primary
+    """Backbone x probe x fraction: each metric (mean ± sd over seeds), the primary
     metric's bootstrap 95% CI on test, the chosen hyperparameter; then per-label AUCs."""
     if not records:
         return []
@@ -90,7 +78,7 @@ def probe_tables(records: Sequence[Any]) -> list[Table]:
     metrics = list(dict.fromkeys(r.metric for r in records
                                  if not r.metric.startswith(PER_LABEL_PREFIX)))
     table = Table(title=f"probes on test ({first.dataset}, task {first.task}; "
-                        "mean +- sd over seeds, bootstrap 95% CI of the primary metric)")
+                        "mean ± sd over seeds, bootstrap 95% CI of the primary metric)")
     for col in ("backbone", "probe", "fraction", "n_train",
                 *[SHORT_NAMES.get(m, m) for m in metrics], "95% CI", "chosen", "seeds"):
         table.add_column(col, justify="left" if col in ("backbone", "probe", "chosen")
@@ -115,7 +103,7 @@ def probe_tables(records: Sequence[Any]) -> list[Table]:
     tables = [table]
     per_label = [r for r in records if r.metric.startswith(PER_LABEL_PREFIX)]
     if per_label:
-        lt = Table(title="per-label AUC (mean +- sd over seeds)")
+        lt = Table(title="per-label AUC (mean ± sd over seeds)")
         for col in ("backbone", "probe", "fraction", "label", "auc"):
             lt.add_column(col)
         label_cells = _by_configuration(per_label,
@@ -128,13 +116,13 @@ def probe_tables(records: Sequence[Any]) -> list[Table]:
 
 
 def fusion_table(records: Sequence[Any]) -> Table | None:
-    """Method x fraction: the primary metric (mean +- sd over seeds), its 95% CI and the
+    """Method x fraction: the primary metric (mean ± sd over seeds), its 95% CI and the
     mean DVME attention per backbone on test."""
     if not records:
         return None
     first = records[0]
     primary = next((r.metric for r in records if r.primary), "metric")
-    table = Table(title=f"fusion on test ({first.dataset}, task {first.task}; mean +- sd "
+    table = Table(title=f"fusion on test ({first.dataset}, task {first.task}; mean ± sd "
                         "over seeds, bootstrap 95% CI, mean DVME attention on test)")
     for col in ("method", "backbones", "fraction", "n_train", primary,
                 "95% CI", "attention", "seeds"):

@@ -280,17 +280,31 @@ class EmbeddingSet:
 
     def save_probe_head(self, run_id: str, arrays: dict[str, np.ndarray]) -> None:
         """Keep a linear probe's weights (``_checkpoints/<dataset>/probe-heads/<run id>.npz``),
-        so finetuning can start its head from them (LP-FT); a read-only store skips it."""
+        so finetuning can start its head from them (LP-FT). A store that cannot be written
+        keeps them in the results store, as it does runs; without one, the store's notes say
+        that they were not kept (and why), so LP-FT's later "no linear probe" is explained."""
         buf = io.BytesIO()
         np.savez(buf, **arrays)
+        store = self.dataset.store
         try:
-            self.dataset.store.objects.put(self._head_key(run_id), buf.getvalue())
-        except OSError:
-            pass
+            store.objects.put(self._head_key(run_id), buf.getvalue())
+            return
+        except OSError as e:
+            error = e
+        if store.results is not None:
+            store.results.objects.put(self._head_key(run_id), buf.getvalue())
+            return
+        store._note(f"probe heads are not kept: store {store.root} cannot be written "
+                    f"({error.__class__.__name__}: {error}); 'featstore finetune --init-head "
+                    "probe' cannot start from them (pass --results-store DIR to keep them)")
 
     def probe_head(self, run_id: str) -> dict[str, np.ndarray] | None:
-        """A linear probe's weights kept by :meth:`save_probe_head`, or None."""
-        raw = self.dataset.store.objects.get(self._head_key(run_id))
+        """A linear probe's weights kept by :meth:`save_probe_head` (in the store, else in
+        its results store), or None."""
+        store = self.dataset.store
+        raw = store.objects.get(self._head_key(run_id))
+        if raw is None and store.results is not None:
+            raw = store.results.objects.get(self._head_key(run_id))
         if raw is None:
             return None
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:

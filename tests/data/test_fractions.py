@@ -134,4 +134,4 @@ def test_probe_sweep_over_fractions_and_seeds(capsys, image_csv, store_dir):
     with pytest.raises(SystemExit) as exc:
         main(["probe", "--data", str(image_csv), *store, "--fractions", "0.5", "--seeds", "2",
               "--bootstrap", "50"])
-    assert exc.value.code == 0 and "+-" in capsys.readouterr().out
+    assert exc.value.code == 0 and "±" in capsys.readouterr().out

@@ -55,7 +55,7 @@ def test_the_readme_ordinal_decode_example_is_two_rows_of_one_seed(capsys, tmp_p
     code, out, _ = cli(capsys, "results", *args)
     rows = _rows(out, "linear")
     assert len(rows) == 2 and all(_seeds(r) == 1 for r in rows), out
-    assert "+-" not in "".join(rows)  # one seed each: a value, never a spread
+    assert "±" not in "".join(rows)  # one seed each: a value, never a spread
 
 
 def test_dvme_at_two_widths_is_two_rows_and_the_baselines_one(capsys, extracted):

@@ -11,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from featstore.store import FeatureStore
 from tests.conftest import SIZE, TINY, TINY_VIT, cli, make_medmnist
 
 REPO = Path(__file__).resolve().parents[2]
@@ -204,3 +206,33 @@ def test_a_read_only_file_system_is_one_line_not_internal(capsys, tmp_path, monk
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(lines) == 1 and "read-only file system" in lines[0], err
     assert "internal" not in err
+
+
+def test_probe_heads_a_store_refuses_go_to_the_results_store_or_are_noted(tmp_path,
+                                                                          monkeypatch):
+    """LP-FT starts from kept probe heads: a store that cannot be written keeps them in the
+    results store (read back from there), and without one the store's notes say they were
+    not kept and why (LP-FT's later "no linear probe" is then explained)."""
+    from tests.store.test_read import make_set
+
+    _, m, _, _ = make_set(tmp_path)
+    head = {"coef": np.arange(6.0).reshape(3, 2), "intercept": np.zeros(2)}
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    reader = FeatureStore(tmp_path / "store", results_store=tmp_path / "results")
+    monkeypatch.setattr(reader.objects, "put", denied)
+    es = reader.dataset(m).embedding_set("t")
+    es.save_probe_head("run-1", head)
+    assert np.array_equal(es.probe_head("run-1")["coef"], head["coef"]) and not reader.notes
+    assert (tmp_path / "results").is_dir() and not FeatureStore(
+        tmp_path / "store").dataset(m).embedding_set("t").probe_head("run-1")
+
+    bare = FeatureStore(tmp_path / "store")
+    monkeypatch.setattr(bare.objects, "put", denied)
+    es = bare.dataset(m).embedding_set("t")
+    es.save_probe_head("run-2", head)
+    assert es.probe_head("run-2") is None
+    [note] = bare.notes
+    assert "probe heads are not kept" in note and "PermissionError" in note
