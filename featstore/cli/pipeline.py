@@ -136,7 +136,7 @@ def report(
     """Write the study's report from a store's persisted runs: per-dataset tables
     (mean ± sd over seeds, 95% CI, best marked), label-fraction curves, DVME attention,
     a 2-D map of an embedding set, and the provenance of every set. Computes no runs."""
-    from featstore.report.study import build_report
+    from featstore.report.document import build_report
     from featstore.store import FeatureStore
 
     if tsne_rows < 10:

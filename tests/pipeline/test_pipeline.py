@@ -14,7 +14,7 @@ from PIL import Image
 from scipy import ndimage
 
 from featstore.pipeline import PipelineError, load_pipeline
-from featstore.report.study import FRAME
+from featstore.report.figures import FRAME
 from tests.conftest import cli, make_medmnist
 
 REPO = Path(__file__).resolve().parents[2]
@@ -441,7 +441,7 @@ def test_the_report_of_a_pipeline_needs_the_store_not_the_images(tmp_path, data_
 @pytest.mark.slow
 def test_report_names_are_literal_markdown_and_a_dataset_named_twice_is_one_section(
         tmp_path, data_root, capsys):
-    from featstore.report.study import _md
+    from featstore.report.document import _md
 
     assert _md("a|b *c* <i> [x](y)") == "a\\|b \\*c\\* \\<i\\> [x\\](y)"
     assert _md("test_resnet [fp32/float32]") == "test_resnet [fp32/float32]"  # as it reads

@@ -74,7 +74,7 @@ def test_dvme_at_two_widths_is_two_rows_and_the_baselines_one(capsys, extracted)
 
 
 def test_the_report_keeps_dvme_widths_apart(capsys, extracted, tmp_path):
-    from featstore.report.study import collect
+    from featstore.report.collect import collect
 
     for dim in ("16", "32"):
         code, _, err = cli(capsys, "fuse", *extracted, "-b", TINY, "-b", TINY_VIT, "--dim", dim,
@@ -88,7 +88,7 @@ def test_the_report_keeps_dvme_widths_apart(capsys, extracted, tmp_path):
 
 def test_copy_carries_finetune_runs_weights_and_probe_heads(capsys, npz_file, store_dir,
                                                            tmp_path):
-    from featstore.report.study import collect
+    from featstore.report.collect import collect
 
     data = ["--data", str(npz_file), "--store", str(store_dir)]
     code, _, err = cli(capsys, "extract", *data, "-b", TINY, "--image-size", str(SIZE))
