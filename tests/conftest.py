@@ -56,6 +56,28 @@ def isolated_weight_caches(tmp_path_factory, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hf"))
 
 
+def _atomic_conditional_puts() -> None:
+    """moto answers a PUT with ``If-None-Match: *`` by checking that the key is absent, then
+    writing it: two requests in its server's threads can both pass the check (seen with
+    three test processes on two cores: two of eight racing creators won). S3 decides it
+    atomically, so the test server is made to: one PUT at a time."""
+    import threading
+
+    from moto.s3.responses import S3Response
+
+    put = S3Response._key_response_put
+    if getattr(put, "atomic", False):
+        return
+    lock = threading.Lock()
+
+    def atomic_put(self, *args, **kwargs):
+        with lock:
+            return put(self, *args, **kwargs)
+
+    atomic_put.atomic = True
+    S3Response._key_response_put = atomic_put
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """An S3-compatible server (moto's) on 127.0.0.1 at a free port for the whole session,
@@ -66,6 +88,7 @@ def s3_server():
     moto_server = pytest.importorskip("moto.server")
     pytest.importorskip("s3fs")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log on stderr
+    _atomic_conditional_puts()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{server._server.server_port}"
