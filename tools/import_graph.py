@@ -20,6 +20,7 @@ LAYERS = [  # (layer, module prefixes)
     ("data", ["data", "task", "metrics"]),
     ("models", ["models"]),
     ("store", ["store"]),
+    ("runtime", ["runtime"]),
     ("extract", ["extract"]),
     ("probe", ["probe"]),
     ("heads", ["fusion", "finetune"]),

@@ -10,7 +10,6 @@ never leave a shard marked done without its data and checksum.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import queue
@@ -34,12 +33,16 @@ from featstore.models.build import build_backbone
 from featstore.models.identity import BackboneIdentity
 from featstore.models.registry import BackboneSpec, LoadedBackbone
 from featstore.models.resolve import identify
+from featstore.runtime import (
+    Distributed,
+    autocast,
+    distributed_from_env,
+    resolve_device,
+)
 from featstore.store.embedding_set import EmbeddingSet
 from featstore.store.feature_store import FeatureStore
 from featstore.store.layout import EmbeddingKey
 
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16,
-                                                  "fp16": torch.float16}
 WAIT_POLL_S = 0.5
 # rows a loader worker decodes per hand-over: small, so many workers fill one model batch
 # together (a worker building a whole 1024-row batch alone keeps the model waiting)
@@ -52,66 +55,6 @@ def default_workers(n_rows: int, batch_size: int) -> int:
     if n_rows <= batch_size:
         return 0
     return max(1, min(4, os.cpu_count() or 1))
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a torchrun job (rank 0 of 1 when run alone)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    active: bool = False
-    owns_group: bool = False
-
-    def barrier(self) -> None:
-        if self.active:
-            torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.owns_group:
-            torch.distributed.destroy_process_group()
-
-
-def distributed_from_env(device: str = "auto") -> Distributed:
-    """Join the torchrun job described by the environment (``WORLD_SIZE``, ``RANK``, ...).
-
-    Uses an already initialised process group when there is one; otherwise initialises one
-    (NCCL on GPUs, gloo on CPUs) when ``WORLD_SIZE`` > 1.
-    """
-    import torch.distributed as td
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if td.is_available() and td.is_initialized():
-        return Distributed(td.get_rank(), td.get_world_size(), local_rank, True, False)
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Distributed()
-    gpu = device != "cpu" and torch.cuda.is_available()
-    if gpu:
-        torch.cuda.set_device(local_rank)
-    td.init_process_group("nccl" if gpu else "gloo")
-    return Distributed(td.get_rank(), td.get_world_size(), local_rank, True, True)
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this rank's CUDA device when present, else CPU.
-
-    Raises
-    ------
-    FeatstoreError
-        An unknown device, or a CUDA device on a machine without one.
-    """
-    if device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise FeatstoreError(f"--device {device!r}: not a torch device (auto, cpu, cuda, "
-                             "cuda:1, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FeatstoreError(f"--device {device}: no CUDA GPU on this machine (use cpu, or "
-                             "auto)")
-    return dev
 
 
 def _user() -> str | None:
@@ -197,20 +140,13 @@ def auto_batch_size(models: Sequence[tuple[torch.nn.Module, tuple[int, ...]]],
             x = torch.zeros((b, *shape), device=device)
             if channels_last and x.ndim == 4:
                 x = x.to(memory_format=torch.channels_last)
-            with torch.inference_mode(), _autocast(device, precision):
+            with torch.inference_mode(), autocast(device, precision):
                 model(x)
             peaks[b] = torch.cuda.max_memory_allocated(device)
             del x
         sizes.append(fit_batch_size(peaks, free * margin))
     torch.cuda.empty_cache()
     return min(sizes)
-
-
-def _autocast(device: torch.device, precision: str):
-    dtype = AUTOCAST_DTYPES[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _is_cnn(model: torch.nn.Module) -> bool:
@@ -589,7 +525,7 @@ def _forward(owned: Sequence[_Job], parts: list, paths: Sequence[PixelPath],
         if j.channels_last and (j.view, True) not in ready:
             ready[(j.view, True)] = ready[(j.view, False)].contiguous(
                 memory_format=torch.channels_last)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             y = j.model(ready[(j.view, j.channels_last)])
         outs.setdefault((id(j), shard), []).append(y.float())
 

@@ -37,11 +37,18 @@ from featstore.choices import ON_ERROR, PRECISIONS
 from featstore.data.fractions import ids_sha256, select_fraction, training_splits
 from featstore.data.images import RowDataset
 from featstore.data.manifest import Manifest
-from featstore.errors import FinetuneError, ImageReadError, ManifestError, ProbeError
+from featstore.errors import (
+    FeatstoreError,
+    FinetuneError,
+    ImageReadError,
+    ManifestError,
+    ProbeError,
+)
 from featstore.models.preprocessing import pixel_stage
 from featstore.models.registry import BackboneSpec
 from featstore.probe import ProbeRecord
 from featstore.runkeys import run_id as run_key
+from featstore.runtime import Distributed, autocast, distributed_from_env, resolve_device
 from featstore.store.dataset import DatasetGroup
 from featstore.store.feature_store import FeatureStore
 from featstore.store.layout import CHECKPOINTS_GROUP
@@ -216,15 +223,6 @@ def _param_groups(model: Classifier, config: FinetuneConfig) -> list[dict[str, A
                      {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        import contextlib
-
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -251,50 +249,6 @@ def _set_rng_states(rng: dict[str, Any]) -> None:
 
 def _epoch_seed(config: FinetuneConfig, epoch: int) -> int:
     return config.seed * 100_003 + epoch
-
-
-class _Dist:
-    """This process's place in a torchrun job (rank 0 of 1 without one)."""
-
-    def __init__(self, device: torch.device) -> None:
-        import os
-
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = device
-        if self.world > 1:
-            import torch.distributed as tdist
-
-            if device.type == "cuda":
-                self.device = torch.device("cuda", self.local)
-                torch.cuda.set_device(self.device)
-            if not tdist.is_initialized():
-                tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def gather(self, part: np.ndarray) -> np.ndarray:
-        """The ranks' parts, concatenated in rank order, on every rank."""
-        if self.world == 1:
-            return part
-        parts: list[Any] = [None] * self.world
-        torch.distributed.all_gather_object(parts, part)
-        return np.concatenate(parts)
-
-    def total(self, *values: float) -> list[float]:
-        """Sums over the ranks."""
-        if self.world == 1:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return t.tolist()
 
 
 class _SeededRows(torch.utils.data.Dataset):
@@ -325,7 +279,7 @@ class _SeededRows(torch.utils.data.Dataset):
 
 
 def _epoch_batches(rows: np.ndarray, batch_size: int, seed: int,
-                   dist: _Dist) -> list[tuple[list[tuple[int, float]], int]]:
+                   dist: Distributed) -> list[tuple[list[tuple[int, float]], int]]:
     """This rank's share of each batch of the epoch (the order drawn from ``seed``), padded
     with weight-0 rows to the same size on every rank, and the batch's real row count."""
     order = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
@@ -373,18 +327,18 @@ def _check_errors(errors: Sequence[str]) -> None:
 def predict(model: torch.nn.Module, manifest: Manifest, rows: np.ndarray, transform,
             size: int, batch_size: int, *, device: torch.device, precision: str, task: str,
             normalize: Callable[[torch.Tensor], torch.Tensor], num_workers: int = 0,
-            dist: _Dist | None = None) -> np.ndarray:
+            dist: Distributed | None = None) -> np.ndarray:
     """Probabilities of ``rows``, in order, each row evaluated exactly once: under torchrun
     each rank takes a contiguous part (no padding) and the parts are gathered. ``transform``
     gives uint8 pixels; ``normalize`` finishes them on the device."""
-    dist = dist or _Dist(device)
+    dist = dist or distributed_from_env(str(device))
     k = -(-len(rows) // dist.world)
     mine = rows[dist.rank * k:(dist.rank + 1) * k]
     model.eval()
     out = []
     loader = _loader(manifest, mine, transform, size, batch_size, num_workers=num_workers,
                      pin=device.type == "cuda")
-    with torch.inference_mode(), _autocast(device, precision):
+    with torch.inference_mode(), autocast(device, precision):
         for x, _, errors in loader:
             _check_errors(errors)
             out.append(model(normalize(x.to(device, non_blocking=True))).float())
@@ -450,12 +404,9 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     if on_error not in ON_ERROR:
         raise FinetuneError(f"--on-error {on_error!r}: expected fail or skip")
     try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise FinetuneError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1)") \
-            from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FinetuneError(f"--device {device}: no CUDA GPU on this machine")
+        dev = resolve_device(device)
+    except FeatstoreError as e:
+        raise FinetuneError(str(e)) from None
     task = config.task
     y = _labels(manifest)
     # as the store's index holds them (a dataset without patients: empty strings), so the
@@ -485,8 +436,10 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     mkey = model_key(spec, loaded.weights_sha256, prep.to_dict())
     run_id = config.run_id(mkey, val_source,
                            ids_sha256(manifest.ids[np.flatnonzero(exclude)]) if bad else None)
-    dist = _Dist(dev)
-    dev = dist.device
+    dist = distributed_from_env(str(dev))
+    if dist.active and dev.type == "cuda":  # each rank on its own GPU
+        dev = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(dev)
     if dist.main:
         ds = store.dataset(manifest, create=True)
     dist.barrier()
@@ -593,7 +546,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
                 x = x.to(memory_format=torch.channels_last)
             target = _target(task, y[rows.numpy()]).to(dev)
             w = weight.to(dev, dtype=torch.float32)
-            with _autocast(dev, config.precision):
+            with autocast(dev, config.precision):
                 per_row = loss_fn(net(x).float(), target)
             per_row = per_row.reshape(len(w), -1).mean(1)
             real = float((per_row.detach() * w).sum())
