@@ -64,7 +64,9 @@ def finetune(
     image_size: ImageSizeOpt = None,
     precision: PrecisionOpt = Precision.fp32,
     bootstrap: BootstrapOpt = 1000,
-    device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
+    device: Annotated[str, typer.Option(
+        help="Torch device: cpu, cuda, cuda:1, or auto (this rank's GPU when there is one).",
+    )] = "cpu",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
     on_error: Annotated[OnError, typer.Option(
         help="An unreadable image (every one is decoded before epoch 1): fail (stop, naming "
