@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 from featstore._lazy import lazy_exports
 
 _EXPORTS = {
-    "Classifier": "featstore.finetune.run",
-    "FinetuneConfig": "featstore.finetune.run",
+    "Classifier": "featstore.finetune.model",
+    "FinetuneConfig": "featstore.finetune.config",
     "FinetuneProgress": "featstore.finetune.run",
-    "OPTIMIZERS": "featstore.finetune.run",
-    "finetune_grid": "featstore.finetune.run",
+    "OPTIMIZERS": "featstore.finetune.config",
+    "finetune_grid": "featstore.finetune.grid",
     "finetune_run": "featstore.finetune.run",
-    "finetune_run_ids": "featstore.finetune.run",
-    "stored_finetune_records": "featstore.finetune.run",
+    "finetune_run_ids": "featstore.finetune.grid",
+    "stored_finetune_records": "featstore.finetune.grid",
 }
 __all__ = [
     "Classifier",
@@ -32,13 +32,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
-    from featstore.finetune.run import (
-        OPTIMIZERS,
-        Classifier,
-        FinetuneConfig,
-        FinetuneProgress,
-        finetune_grid,
-        finetune_run,
-        finetune_run_ids,
-        stored_finetune_records,
-    )
+    from featstore.finetune.config import OPTIMIZERS, FinetuneConfig
+    from featstore.finetune.grid import finetune_grid, finetune_run_ids, stored_finetune_records
+    from featstore.finetune.model import Classifier
+    from featstore.finetune.run import FinetuneProgress, finetune_run

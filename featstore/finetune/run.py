@@ -22,334 +22,54 @@ from __future__ import annotations
 
 import io
 import pickle
-import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib.metadata import version
 from typing import Any
 
 import numpy as np
 import torch
 
-from featstore._hashing import sha256_bytes, sha256_json
-from featstore.choices import ON_ERROR, PRECISIONS
+from featstore._hashing import sha256_bytes
+from featstore.choices import ON_ERROR
 from featstore.data.fractions import ids_sha256, select_fraction, training_splits
 from featstore.data.images import RowDataset
 from featstore.data.manifest import Manifest
-from featstore.errors import (
-    FeatstoreError,
-    FinetuneError,
-    ImageReadError,
-    ManifestError,
-    ProbeError,
+from featstore.errors import FeatstoreError, FinetuneError, ImageReadError, ManifestError
+from featstore.finetune.config import CHECKPOINTS, FINETUNE, FinetuneConfig, model_key
+from featstore.finetune.data import (
+    SeededRows,
+    check_errors,
+    epoch_batches,
+    predict,
+    unreadable_images,
+)
+from featstore.finetune.model import (
+    Classifier,
+    backbone_state_bytes,
+    freeze,
+    init_from_probe,
+    label_array,
+    n_outputs,
+    param_groups,
+    task_loss,
+    task_target,
+)
+from featstore.finetune.state import (
+    RunState,
+    checkpoint_keys,
+    epoch_seed,
+    rng_states,
+    save_object,
+    seed_everything,
+    set_rng_states,
 )
 from featstore.models.preprocessing import pixel_stage
 from featstore.models.registry import BackboneSpec
 from featstore.probe import ProbeRecord
-from featstore.runkeys import run_id as run_key
-from featstore.runtime import Distributed, autocast, distributed_from_env, resolve_device
-from featstore.store.dataset import DatasetGroup
+from featstore.runtime import autocast, distributed_from_env, resolve_device
 from featstore.store.feature_store import FeatureStore
-from featstore.store.layout import CHECKPOINTS_GROUP
-from featstore.task import check_task, logits_to_proba, scored_metrics
-
-OPTIMIZERS = ("adamw", "sgd")
-INIT_HEADS = ("fresh", "probe")
-CHECKPOINTS = CHECKPOINTS_GROUP
-FINETUNE = "finetune"
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Everything that determines a finetuning run's numbers besides the backbone and data.
-
-    ``lr`` is the peak learning rate (after ``warmup_epochs``), for the effective batch
-    ``batch_size * accum_steps``; ``layer_decay`` scales each ViT block's rate by
-    ``layer_decay ** depth-from-top`` (timm); ``freeze_until`` freezes every parameter up to
-    and including the named module (``layer2``, ``blocks.5``) for partial finetuning;
-    ``init_head="probe"`` starts the head from the linear probe cached in the store for the
-    same backbone, fraction and seed (LP-FT, Kumar et al., ICLR 2022).
-    """
-
-    task: str = "binary"
-    fraction: float = 1.0
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 32
-    accum_steps: int = 1
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 0.05
-    warmup_epochs: int = 1
-    layer_decay: float | None = None
-    freeze_until: str | None = None
-    hflip: bool = True
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    init_head: str = "fresh"
-    precision: str = "fp32"
-    n_bootstrap: int = 1000
-
-    def check(self) -> None:
-        """Raise FinetuneError naming the first bad value."""
-        check_task(self.task)
-        problems = [
-            (not 0 < self.fraction <= 1, f"fraction {self.fraction} is outside (0, 1]"),
-            (self.epochs < 1, f"--epochs {self.epochs}: expected at least 1"),
-            (self.batch_size < 1, f"--batch-size {self.batch_size}: expected at least 1"),
-            (self.accum_steps < 1, f"--accum-steps {self.accum_steps}: expected at least 1"),
-            (not 0 < self.lr < float("inf"), f"--lr {self.lr}: expected a positive rate"),
-            (not 0 <= self.weight_decay < float("inf"),
-             f"--weight-decay {self.weight_decay}: expected a finite value >= 0"),
-            (not 0 <= self.warmup_epochs < self.epochs,
-             f"--warmup-epochs {self.warmup_epochs}: expected 0 to epochs - 1"),
-            (self.layer_decay is not None and not 0 < self.layer_decay <= 1,
-             f"--layer-decay {self.layer_decay}: expected a factor in (0, 1]"),
-            (self.optimizer not in OPTIMIZERS,
-             f"unknown optimizer {self.optimizer!r} (expected one of {', '.join(OPTIMIZERS)})"),
-            (self.precision not in PRECISIONS, f"unknown precision {self.precision!r}"),
-            (self.init_head not in INIT_HEADS,
-             f"--init-head {self.init_head!r}: expected one of {', '.join(INIT_HEADS)}"),
-            (not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
-             f"crop scale {self.crop_scale}: expected 0 < min <= max <= 1"),
-        ]
-        for bad, message in problems:
-            if bad:
-                raise FinetuneError(message)
-
-    def recipe(self) -> str:
-        """What distinguishes this run's training from another's beside fraction and seed
-        (runs of one recipe are the seeds of one table row)."""
-        skip = ("fraction", "seed", "n_bootstrap")
-        return sha256_json({k: v for k, v in asdict(self).items() if k not in skip})[:8]
-
-    def run_id(self, model_key: str, val_source: str, excluded: str | None = None) -> str:
-        """Content key of a run; ``excluded``: the hash of the ids of unreadable rows left
-        out (runs that left none keep the ids they always had)."""
-        payload = {"finetune": asdict(self), "model": model_key, "val": val_source}
-        if excluded is not None:
-            payload["excluded"] = excluded
-        return run_key(payload)
-
-
-@dataclass
-class _State:
-    """What a checkpoint holds beyond the torch states."""
-
-    epoch: int = 0  # epochs finished
-    best_epoch: int = 0
-    best_val: float = -np.inf
-    history: list[dict[str, float]] | None = None
-
-
-class Classifier(torch.nn.Module):
-    """The backbone's pooled pre-logits features and a fresh linear head."""
-
-    def __init__(self, backbone: torch.nn.Module, dim: int, n_out: int) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = torch.nn.Linear(dim, n_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-
-def model_key(spec: BackboneSpec, weights_sha256: str, preprocessing: dict[str, Any]) -> str:
-    """What the starting network is: architecture, the weights' sha256, preprocessing."""
-    return sha256_json({"architecture": spec.architecture, "weights_sha256": weights_sha256,
-                        "preprocessing": preprocessing, "layer": spec.layer})
-
-
-def _labels(manifest: Manifest) -> np.ndarray:
-    return manifest.labels if manifest.task == "multilabel" else manifest.labels[:, 0]
-
-
-def _n_out(manifest: Manifest) -> int:
-    if manifest.task == "multilabel":
-        return manifest.labels.shape[1]
-    return 1 if manifest.task == "binary" else manifest.num_classes
-
-
-def _loss(task: str) -> torch.nn.Module:
-    """Per-element loss (reduced by the loop: weighted over rows, see finetune_run)."""
-    return (torch.nn.BCEWithLogitsLoss(reduction="none") if task in ("binary", "multilabel")
-            else torch.nn.CrossEntropyLoss(reduction="none"))
-
-
-def _target(task: str, y: np.ndarray) -> torch.Tensor:
-    if task == "binary":
-        return torch.as_tensor(y, dtype=torch.float32).view(-1, 1)
-    if task == "multilabel":
-        return torch.as_tensor(y, dtype=torch.float32)
-    return torch.as_tensor(y, dtype=torch.long)
-
-
-def _freeze(model: Classifier, until: str | None) -> None:
-    """Freeze the backbone's parameters up to and including those of module ``until``
-    (registration order: the stem and the first stages of a CNN, the first blocks of a
-    ViT)."""
-    if until is None:
-        return
-    params = list(model.backbone.named_parameters())
-    inside = [i for i, (n, _) in enumerate(params) if n.startswith(until + ".")]
-    if not inside:
-        tops = list(dict.fromkeys(n.split(".")[0] for n, _ in params))
-        raise FinetuneError(f"--freeze-until {until!r}: no module with parameters of that "
-                            f"name in the backbone (top-level: {', '.join(tops[:12])})")
-    for i, (_, p) in enumerate(params):
-        p.requires_grad = i > inside[-1]
-
-
-def _param_groups(model: Classifier, config: FinetuneConfig) -> list[dict[str, Any]]:
-    """timm's parameter groups: no weight decay on norms and biases, and with
-    ``layer_decay`` each backbone layer's ``lr_scale`` from the backbone's own group matcher
-    (the head is the top layer, scale 1); timm's schedulers apply ``lr_scale``."""
-    from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
-
-    head = [p for p in model.head.parameters() if p.requires_grad]
-    if config.layer_decay is None:
-        return param_groups_weight_decay(model, config.weight_decay)
-    if not hasattr(model.backbone, "group_matcher"):
-        raise FinetuneError("--layer-decay: this backbone has no layer grouping in timm")
-    groups = param_groups_layer_decay(model.backbone, config.weight_decay,
-                                      layer_decay=config.layer_decay)
-    groups = [g for g in groups if g["params"]]
-    if len({g.get("lr_scale", 1.0) for g in groups}) < 2:
-        raise FinetuneError("--layer-decay: timm puts every parameter of this backbone in "
-                            "one layer, so it would change nothing")
-    decay = [p for p in head if p.ndim > 1]
-    no_decay = [p for p in head if p.ndim <= 1]
-    return groups + [{"params": decay, "weight_decay": config.weight_decay, "lr_scale": 1.0},
-                     {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_states() -> dict[str, Any]:
-    """The RNG states as tensors and plain values (loadable with ``weights_only=True``: a
-    checkpoint read from a shared store never unpickles code)."""
-    kind, key, pos, has_gauss, gauss = np.random.get_state()
-    version_, internal, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "numpy": [kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss],
-            "python": [version_, list(internal), gauss_next]}
-
-
-def _set_rng_states(rng: dict[str, Any]) -> None:
-    torch.set_rng_state(rng["torch"])
-    kind, key, pos, has_gauss, gauss = rng["numpy"]
-    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version_, internal, gauss_next = rng["python"]
-    random.setstate((version_, tuple(internal), gauss_next))
-
-
-def _epoch_seed(config: FinetuneConfig, epoch: int) -> int:
-    return config.seed * 100_003 + epoch
-
-
-class _SeededRows(torch.utils.data.Dataset):
-    """Training rows whose augmentation is seeded by (epoch seed, row): the same crops and
-    flips whatever the number of workers or ranks, and wherever a run resumed. An item is
-    requested as (row, weight); weight 0 marks a padding row of a rank's share of a batch."""
-
-    def __init__(self, base: RowDataset) -> None:
-        self.base = base
-        self.seed = 0
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, item: tuple[int, float]):
-        row, weight = item
-        gen = torch.default_generator  # the CPU generator only (torch.manual_seed also seeds
-        saved_torch, saved_py = gen.get_state(), random.getstate()  # accelerators: slow)
-        s = (self.seed * 1_000_003 + row) % 2**62
-        gen.manual_seed(s)
-        random.seed(s)
-        try:
-            x, r, error = self.base[row]
-        finally:
-            gen.set_state(saved_torch)
-            random.setstate(saved_py)
-        return x, r, error, weight
-
-
-def _epoch_batches(rows: np.ndarray, batch_size: int, seed: int,
-                   dist: Distributed) -> list[tuple[list[tuple[int, float]], int]]:
-    """This rank's share of each batch of the epoch (the order drawn from ``seed``), padded
-    with weight-0 rows to the same size on every rank, and the batch's real row count."""
-    order = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
-                 .numpy()]
-    out = []
-    for b in range(0, len(order), batch_size):
-        batch = order[b:b + batch_size].tolist()
-        k = -(-len(batch) // dist.world)
-        mine = [(r, 1.0) for r in batch[dist.rank * k:(dist.rank + 1) * k]]
-        mine += [(batch[0], 0.0)] * (k - len(mine))
-        out.append((mine, len(batch)))
-    return out
-
-
-_CHECKED: dict[tuple[str, int | None], dict[int, str]] = {}
-
-
-def _unreadable(manifest: Manifest, draft: int | None, workers: int) -> dict[int, str]:
-    """{row: error} of the images that cannot be read, decoded as training reads them;
-    once per dataset in a process (a grid's runs share the check)."""
-    key = (manifest.identity, draft)
-    if key not in _CHECKED:
-        from featstore.data.images import unreadable_rows
-
-        _CHECKED[key] = unreadable_rows(manifest, workers, draft=draft)
-    return _CHECKED[key]
-
-
-def _loader(manifest: Manifest, rows: np.ndarray, transform, size: int, batch_size: int, *,
-            num_workers: int, pin: bool):
-    """Evaluation rows in order, each once, as uint8 (normalised on the device)."""
-    dataset = RowDataset(manifest, transform, (3, size, size), dtype=torch.uint8)
-    return torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, rows.tolist()), batch_size=batch_size,
-        num_workers=num_workers, pin_memory=pin)
-
-
-def _check_errors(errors: Sequence[str]) -> None:
-    bad = [e for e in errors if e]
-    if bad:
-        raise ImageReadError(bad[0] + (f" (and {len(bad) - 1} more in this batch)"
-                                       if len(bad) > 1 else ""))
-
-
-def predict(model: torch.nn.Module, manifest: Manifest, rows: np.ndarray, transform,
-            size: int, batch_size: int, *, device: torch.device, precision: str, task: str,
-            normalize: Callable[[torch.Tensor], torch.Tensor], num_workers: int = 0,
-            dist: Distributed | None = None) -> np.ndarray:
-    """Probabilities of ``rows``, in order, each row evaluated exactly once: under torchrun
-    each rank takes a contiguous part (no padding) and the parts are gathered. ``transform``
-    gives uint8 pixels; ``normalize`` finishes them on the device."""
-    dist = dist or distributed_from_env(str(device))
-    k = -(-len(rows) // dist.world)
-    mine = rows[dist.rank * k:(dist.rank + 1) * k]
-    model.eval()
-    out = []
-    loader = _loader(manifest, mine, transform, size, batch_size, num_workers=num_workers,
-                     pin=device.type == "cuda")
-    with torch.inference_mode(), autocast(device, precision):
-        for x, _, errors in loader:
-            _check_errors(errors)
-            out.append(model(normalize(x.to(device, non_blocking=True))).float())
-    width = _width(model)
-    z = torch.cat(out) if out else torch.zeros(0, width, device=device)
-    return dist.gather(logits_to_proba(task, z))
-
-
-def _width(model: torch.nn.Module) -> int:
-    inner = getattr(model, "module", model)
-    return inner.head.out_features
+from featstore.task import scored_metrics
 
 
 class FinetuneProgress:
@@ -358,19 +78,6 @@ class FinetuneProgress:
     def start(self, epoch: int, epochs: int, total: int) -> None: ...
     def advance(self, n: int, loss: float) -> None: ...
     def end(self, epoch: int, train_loss: float, val_metric: float, img_s: float) -> None: ...
-
-
-def _checkpoint_keys(ds: DatasetGroup, run_id: str) -> tuple[str, str]:
-    base = f"{CHECKPOINTS}/{ds.name}/{run_id}"
-    return f"{base}/checkpoint.pt", f"{base}/best.pt"
-
-
-def _save(objects, key: str, payload: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    data = buf.getvalue()
-    objects.put(key, data)  # whole-object put: atomic (temp + rename, or one S3 PUT)
-    return data
 
 
 def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig, *,
@@ -408,7 +115,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     except FeatstoreError as e:
         raise FinetuneError(str(e)) from None
     task = config.task
-    y = _labels(manifest)
+    y = label_array(manifest)
     # as the store's index holds them (a dataset without patients: empty strings), so the
     # subsets are the probes' to the row
     groups = (manifest.group if manifest.group is not None
@@ -416,7 +123,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     loaded = build_backbone(spec)
     prep = loaded.preprocessing
     # skip: the rows left out are known before the run's id (which records them)
-    bad = _unreadable(manifest, prep.resize, num_workers) if on_error == "skip" else {}
+    bad = unreadable_images(manifest, prep.resize, num_workers) if on_error == "skip" else {}
     exclude = np.zeros(len(manifest), bool)
     exclude[list(bad)] = True
     try:
@@ -428,11 +135,11 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     if task != "multilabel" and len(np.unique(y[tr])) < 2:
         raise FinetuneError(f"{manifest.name}: the train subset (fraction {config.fraction}, "
                             f"seed {config.seed}) holds one class only")
-    model = Classifier(loaded.model, loaded.dim, _n_out(manifest))
-    _seed_everything(config.seed)  # the head's initialisation
+    model = Classifier(loaded.model, loaded.dim, n_outputs(manifest))
+    seed_everything(config.seed)  # the head's initialisation
     torch.nn.init.zeros_(model.head.bias)
     torch.nn.init.normal_(model.head.weight, std=0.01)
-    _freeze(model, config.freeze_until)  # a bad module name fails before the store is touched
+    freeze(model, config.freeze_until)  # a bad module name fails before the store is touched
     mkey = model_key(spec, loaded.weights_sha256, prep.to_dict())
     run_id = config.run_id(mkey, val_source,
                            ids_sha256(manifest.ids[np.flatnonzero(exclude)]) if bad else None)
@@ -448,7 +155,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     saved = ds.finetune_runs.get(run_id)
     if saved is not None and saved.get("status") == "complete" and not recompute:
         return [stored_finetune_record(r) for r in saved["records"]] if dist.main else []
-    unreadable = bad or _unreadable(manifest, prep.resize, num_workers)
+    unreadable = bad or unreadable_images(manifest, prep.resize, num_workers)
     if unreadable and on_error == "fail":  # before epoch 1, not after training
         raise ImageReadError(next(iter(unreadable.values())) + (
             f" (and {len(unreadable) - 1} more rows; --on-error skip leaves them out)"
@@ -465,7 +172,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     if not any(p.requires_grad for p in model.parameters()):
         raise FinetuneError(f"--freeze-until {config.freeze_until}: nothing left to train")
     optimizer = timm.optim.create_optimizer_v2(
-        _param_groups(model, config), opt=config.optimizer, lr=config.lr,
+        param_groups(model, config), opt=config.optimizer, lr=config.lr,
         weight_decay=config.weight_decay, momentum=0.9)
     train_tf = timm.data.create_transform(
         input_size=(3, prep.input_size, prep.input_size), is_training=True,
@@ -482,10 +189,10 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         warmup_epochs=config.warmup_epochs, warmup_lr=config.lr * 1e-3, min_lr=0.0,
         step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     scaler = torch.amp.GradScaler(dev.type, enabled=config.precision == "fp16")
-    loss_fn = _loss(task)
-    ckpt_key, best_key = _checkpoint_keys(ds, run_id)
+    loss_fn = task_loss(task)
+    ckpt_key, best_key = checkpoint_keys(ds, run_id)
     objects = store.objects
-    state = _State(history=[])
+    state = RunState(history=[])
     objects.remove_stale_temps(ckpt_key)  # a write SIGKILLed mid-way left its temp file
     raw = objects.get(ckpt_key) if not recompute else None
     if raw is not None:  # resume: every state as the last finished epoch left it
@@ -500,10 +207,10 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
-        state = _State(**ck["state"])
-        _set_rng_states(ck["rng"])
+        state = RunState(**ck["state"])
+        set_rng_states(ck["rng"])
     if raw is None and config.init_head == "probe":
-        _init_from_probe(model, ds, spec, loaded, config, ids_sha256(manifest.ids[tr]))
+        init_from_probe(model, ds, spec, loaded, config, ids_sha256(manifest.ids[tr]))
     net = model
     if dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -515,8 +222,8 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
                      "versions": {p: version(p) for p in ("featstore", "torch", "timm")}}
     if dist.main:
         ds.finetune_runs.save(run_id, {"status": "running", "config": record_config})
-    n_out = _n_out(manifest)
-    train_rows = _SeededRows(RowDataset(manifest, train_tf, (3, prep.input_size,
+    n_out = n_outputs(manifest)
+    train_rows = SeededRows(RowDataset(manifest, train_tf, (3, prep.input_size,
                                                              prep.input_size),
                                         dtype=torch.uint8))
     evaluate = {"manifest": manifest, "transform": eval_tf, "size": prep.input_size,
@@ -526,9 +233,9 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
                 "dist": dist}
     while state.epoch < config.epochs:
         epoch = state.epoch
-        seed = _epoch_seed(config, epoch)
+        seed = epoch_seed(config, epoch)
         train_rows.seed = seed
-        batches = _epoch_batches(tr, config.batch_size, seed, dist)
+        batches = epoch_batches(tr, config.batch_size, seed, dist)
         loader = torch.utils.data.DataLoader(
             train_rows, batch_sampler=[b for b, _ in batches], num_workers=num_workers,
             pin_memory=pin)
@@ -540,11 +247,11 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         updates = epoch * updates_per_epoch
         for step, ((x, rows, errors, weight), (_, n_batch)) in enumerate(
                 zip(loader, batches, strict=True)):
-            _check_errors(errors)
+            check_errors(errors)
             x = prep.normalize(x.to(dev, non_blocking=True))
             if channels_last:
                 x = x.to(memory_format=torch.channels_last)
-            target = _target(task, y[rows.numpy()]).to(dev)
+            target = task_target(task, y[rows.numpy()]).to(dev)
             w = weight.to(dev, dtype=torch.float32)
             with autocast(dev, config.precision):
                 per_row = loss_fn(net(x).float(), target)
@@ -584,12 +291,12 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
             state.best_val, state.best_epoch = val, epoch + 1
         if dist.main:
             if improved:
-                _save(objects, best_key, {"model": model.state_dict(), "n_out": n_out,
+                save_object(objects, best_key, {"model": model.state_dict(), "n_out": n_out,
                                           "epoch": epoch + 1})
-            _save(objects, ckpt_key, {
+            save_object(objects, ckpt_key, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "state": asdict(state), "rng": _rng_states()})
+                "state": asdict(state), "rng": rng_states()})
         dist.barrier()  # the checkpoint is written before any rank goes on
         if progress and dist.main:
             progress.end(epoch + 1, total_loss / max(seen_all, 1), val, img_s)
@@ -604,7 +311,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     if not dist.main:
         dist.barrier()
         return []
-    backbone_bytes = _backbone_bytes(model)
+    backbone_bytes = backbone_state_bytes(model)
     best_sha = sha256_bytes(backbone_bytes)
     objects.put(f"{CHECKPOINTS}/{ds.name}/{run_id}/backbone.pt", backbone_bytes)
     hyper = f"lr={config.lr:g}, best epoch {state.best_epoch}/{config.epochs}"
@@ -634,131 +341,8 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     return records
 
 
-def _init_from_probe(model: Classifier, ds: DatasetGroup, spec: BackboneSpec, loaded: Any,
-                     config: FinetuneConfig, train_ids: str) -> None:
-    """Set the head to the cached linear probe of the same network (weights, preprocessing,
-    layer; float32, fp32 embeddings) trained on the same rows (its training-id hash), with
-    its standardisation folded in: ``((f - mean) / scale) W + b = f W' + b'``.
-
-    Raises
-    ------
-    FinetuneError
-        No such probe is cached (the command that makes it is named).
-    """
-    want = loaded.preprocessing.to_dict()
-    for es in ds.embedding_sets():
-        prov = es.attrs.get("provenance", {})
-        if (prov.get("weights_sha256") != loaded.weights_sha256 or es.dtype != "float32"
-                or prov.get("preprocessing") != want or prov.get("layer") != spec.layer
-                or prov.get("precision", "fp32") != "fp32"):
-            continue
-        for run_id, run in es.probe_runs.by_id().items():
-            cfg, recs = run.get("config", {}), run.get("records") or []
-            if (cfg.get("probe") == "linear" and recs
-                    and recs[0].get("train_ids_sha256") == train_ids):
-                head = es.probe_head(run_id)
-                if head is not None:
-                    fold_probe_head(model, head, f"probe run {run_id[:12]}")
-                    return
-    raise FinetuneError(
-        f"--init-head probe: no linear probe of {spec.alias} on these train rows (fraction "
-        f"{config.fraction}, seed {config.seed}) is cached in {ds.store.root}; run 'featstore "
-        f"extract' and 'featstore probe --fractions {config.fraction:g} --seeds "
-        f"{config.seed + 1}' with the same backbone first (runs made before probe heads were "
-        "kept need --recompute)")
-
-
-def fold_probe_head(model: Classifier, head: dict[str, np.ndarray], label: str) -> None:
-    """Set ``model``'s head to a linear probe's ``coef`` (D, outputs), ``intercept``,
-    ``mean`` and ``scale``: ``((f - mean) / scale) W + b = f (W / scale) + (b - mean/scale W)``.
-    A multiclass probe whose train rows lacked the top classes has fewer outputs; those
-    classes keep a zero start.
-
-    Raises
-    ------
-    FinetuneError
-        The probe's width does not fit the head (other features or more outputs).
-    """
-    coef, scale = head["coef"], head["scale"]
-    outputs, dim = model.head.out_features, model.head.in_features
-    if coef.ndim != 2 or coef.shape[0] != dim or coef.shape[1] > outputs:
-        raise FinetuneError(f"--init-head probe: {label} has a {tuple(coef.shape)} head, the "
-                            f"network gives {dim} features for {outputs} outputs")
-    weight = (coef / scale[:, None]).T
-    bias = head["intercept"] - (head["mean"] / scale) @ coef
-    n = coef.shape[1]
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.zero_()
-        model.head.weight[:n] = torch.as_tensor(weight, dtype=torch.float32)
-        model.head.bias[:n] = torch.as_tensor(bias, dtype=torch.float32)
-
-
-def _backbone_bytes(model: Classifier) -> bytes:
-    """The finetuned backbone's state dict (no head), as torch.save bytes."""
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}, buf)
-    return buf.getvalue()
-
-
 def stored_finetune_record(r: dict[str, Any]) -> ProbeRecord:
     nan = float("nan")
     return ProbeRecord(**{**r, "cached": True,
                           **{k: nan if r[k] is None else float(r[k])
                              for k in ("value", "ci_low", "ci_high")}})
-
-
-def finetune_grid(manifest: Manifest, specs: Sequence[BackboneSpec], config: FinetuneConfig, *,
-                  store: FeatureStore, fractions: Sequence[float] = (1.0,),
-                  seeds: int | Sequence[int] = 1, device: str = "cpu", num_workers: int = 0,
-                  recompute: bool = False, progress: FinetuneProgress | None = None,
-                  on_run: Callable[[list[ProbeRecord]], None] | None = None,
-                  on_error: str = "fail") -> list[ProbeRecord]:
-    """Every (backbone, fraction, seed) of the grid; finished runs are read back."""
-    from dataclasses import replace
-
-    seed_list = _seeds(fractions, seeds)
-    out: list[ProbeRecord] = []
-    for spec in specs:
-        for fraction in fractions:
-            for seed in seed_list:
-                recs = finetune_run(manifest, spec, replace(config, fraction=fraction,
-                                                            seed=seed),
-                                    store=store, device=device, num_workers=num_workers,
-                                    recompute=recompute, progress=progress,
-                                    on_error=on_error)
-                if on_run:
-                    on_run(recs)
-                out.extend(recs)
-    return out
-
-
-def finetune_run_ids(spec: BackboneSpec, weights_sha256: str, preprocessing: dict[str, Any],
-                     val_source: str, config: FinetuneConfig, *,
-                     fractions: Sequence[float] = (1.0,),
-                     seeds: int | Sequence[int] = 1) -> list[str]:
-    """The ids the runs of a :func:`finetune_grid` of one backbone are persisted under,
-    training nothing (a planner asks the store which are there). ``weights_sha256`` and
-    ``preprocessing``: the loaded backbone's; ``val_source``: as
-    :func:`featstore.data.fractions.val_source` says for the dataset."""
-    from dataclasses import replace
-
-    mkey = model_key(spec, weights_sha256, preprocessing)
-    return [replace(config, fraction=f, seed=s).run_id(mkey, val_source)
-            for f in fractions for s in _seeds(fractions, seeds)]
-
-
-def _seeds(fractions: Sequence[float], seeds: int | Sequence[int]) -> list[int]:
-    """The seeds of a fractions x seeds grid, checked as the probes' grid is."""
-    from featstore.probe.run import check_grid
-
-    try:
-        return check_grid(fractions, seeds)
-    except ProbeError as e:
-        raise FinetuneError(str(e)) from None
-
-
-def stored_finetune_records(ds: DatasetGroup) -> list[ProbeRecord]:
-    """Every finished finetuning run's records in a dataset group (no computation)."""
-    return [stored_finetune_record(r) for run in ds.finetune_runs.all()
-            if run.get("status") == "complete" for r in run.get("records", [])]

@@ -12,17 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from featstore.errors import FeatstoreError
-from featstore.report.collect import (
-    collect,
-    provenance_rows,
-    random_weights,
-    table_cells,
-)
-from featstore.report.figures import (
-    attention_figure,
-    fraction_figure,
-    map_figure,
-)
+from featstore.report.collect import collect, provenance_rows, random_weights, table_cells
+from featstore.report.figures import attention_figure, fraction_figure, map_figure
 
 
 def _png(path: Path) -> str:
@@ -77,11 +68,7 @@ def build_report(store, output: str | Path, *, datasets: Sequence[str] | None = 
 
 
 NO_RUNS = "No probe, finetuning or fusion runs stored yet."
-
-
 NOT_IN_STORE = "Not in the store yet: run the pipeline first."
-
-
 RANDOM_BANNER = ("Some backbones have RANDOM (untrained) weights: their numbers test the "
                  "pipeline, not transfer from pretraining.")
 
@@ -142,7 +129,6 @@ th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
 th{background:#f2f2f2}td.best{font-weight:bold;background:#e8f5e9}
 .random{color:#b00020;font-weight:bold}.banner{background:#fdecea;border:1px solid #b00020;
 padding:.6em 1em;color:#b00020;font-weight:bold}img{max-width:100%}.meta{color:#666}"""
-
 
 def _html(title, meta, reports, figures, any_random) -> str:
     e = html.escape

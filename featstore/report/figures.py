@@ -21,8 +21,6 @@ from featstore.report.collect import (
 # every panel is framed in this colour, and nothing else is drawn in it: a test counts the
 # frames in a PNG to check its panels
 FRAME = "#262626"
-
-
 STYLE = {"axes.edgecolor": FRAME, "axes.linewidth": 1.4, "xtick.color": "#000000",
          "ytick.color": "#000000", "axes.grid": True, "grid.color": "#e0e0e0",
          "font.size": 9, "legend.fontsize": 7, "figure.dpi": 110}

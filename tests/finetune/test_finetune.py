@@ -15,7 +15,7 @@ import torch
 
 from featstore.data import load_dataset
 from featstore.finetune import Classifier
-from featstore.finetune.run import _freeze
+from featstore.finetune.model import freeze
 from featstore.store import FeatureStore
 from tests.conftest import SIZE, TINY, cli
 
@@ -110,14 +110,14 @@ def test_freeze_until_freezes_the_stem_and_first_stages(tmp_path):
     import timm
 
     model = Classifier(timm.create_model("test_resnet", num_classes=0), 8, 1)
-    _freeze(model, "layer2")
+    freeze(model, "layer2")
     frozen = {n.split(".")[0] for n, p in model.backbone.named_parameters()
               if not p.requires_grad}
     trained = {n.split(".")[0] for n, p in model.backbone.named_parameters() if p.requires_grad}
     assert frozen == {"conv1", "bn1", "layer1", "layer2"}
     assert trained == {"layer3", "layer4"} and model.head.weight.requires_grad
     with pytest.raises(Exception, match="--freeze-until 'layer9'.*top-level: conv1"):
-        _freeze(model, "layer9")
+        freeze(model, "layer9")
 
 
 def test_model_and_head_shapes_follow_the_task(tmp_path):
@@ -222,7 +222,7 @@ def test_a_probe_head_that_does_not_fit_is_refused():
     import timm
 
     from featstore.errors import FinetuneError
-    from featstore.finetune.run import fold_probe_head
+    from featstore.finetune.model import fold_probe_head
 
     backbone = timm.create_model("test_resnet", num_classes=0)
     d = backbone.num_features
@@ -244,11 +244,11 @@ def test_layer_decay_gives_each_layer_its_own_rate():
     import timm
 
     from featstore.finetune import FinetuneConfig
-    from featstore.finetune.run import _param_groups
+    from featstore.finetune.model import param_groups
 
     backbone = timm.create_model("test_vit", num_classes=0)
     model = Classifier(backbone, backbone.num_features, 1)
-    groups = _param_groups(model, FinetuneConfig(layer_decay=0.5))
+    groups = param_groups(model, FinetuneConfig(layer_decay=0.5))
     scales = sorted({g["lr_scale"] for g in groups})
     assert len(scales) > 3 and scales[-1] == 1.0 and scales[0] < 0.05
     head = {id(p) for p in model.head.parameters()}
