@@ -61,6 +61,26 @@ class Targets:
             torch.nn.CrossEntropyLoss())
 
 
+def task_loss(task: str, *, reduction: str = "mean") -> torch.nn.Module:
+    """The loss of ``task``'s head: logistic per output (binary, multilabel) or softmax
+    cross-entropy (multiclass, ordinal); ``reduction="none"``: per element (a caller that
+    weights rows reduces it)."""
+    check_task(task)
+    return (torch.nn.BCEWithLogitsLoss(reduction=reduction) if task in ("binary", "multilabel")
+            else torch.nn.CrossEntropyLoss(reduction=reduction))
+
+
+def target_tensor(task: str, y: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Labels as the loss of ``task`` takes them: float (N, 1) for binary, float (N, K) for
+    multilabel, long (N,) otherwise. No check of the classes (a mini-batch may hold one)."""
+    y = np.asarray(y)
+    if task == "binary":
+        return torch.as_tensor(y.reshape(-1), dtype=torch.float32, device=device).view(-1, 1)
+    if task == "multilabel":
+        return torch.as_tensor(y.reshape(len(y), -1), dtype=torch.float32, device=device)
+    return torch.as_tensor(y.reshape(-1), dtype=torch.long, device=device)
+
+
 def make_targets(task: str, y: np.ndarray, device: str = "cpu") -> Targets:
     """Targets for labels ``y`` ((N,) ints, or (N, K) 0/1 for multilabel).
 
@@ -73,8 +93,8 @@ def make_targets(task: str, y: np.ndarray, device: str = "cpu") -> Targets:
     y = np.asarray(y)
     if task == "multilabel":
         y = y.reshape(len(y), -1)
-        return Targets(torch.as_tensor(y, dtype=torch.float32, device=device), "sigmoid",
-                       y.shape[1], np.arange(y.shape[1]))
+        return Targets(target_tensor(task, y, device), "sigmoid", y.shape[1],
+                       np.arange(y.shape[1]))
     y = y.reshape(-1)
     classes = np.unique(y)
     if len(classes) < 2:
@@ -84,9 +104,8 @@ def make_targets(task: str, y: np.ndarray, device: str = "cpu") -> Targets:
     if task == "binary":
         if not set(classes.tolist()) <= {0, 1}:
             raise ProbeError(f"binary labels must be 0 or 1, got {classes.tolist()}")
-        return Targets(torch.as_tensor(y, dtype=torch.float32, device=device).view(-1, 1),
-                       "sigmoid", 1, classes)
-    return Targets(torch.as_tensor(y, dtype=torch.long, device=device), "softmax",
+        return Targets(target_tensor(task, y, device), "sigmoid", 1, classes)
+    return Targets(target_tensor(task, y, device), "softmax",
                    int(max(y.max() + 1, len(classes))), classes)
 
 

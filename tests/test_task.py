@@ -12,7 +12,14 @@ from sklearn.model_selection import cross_val_score
 from featstore.errors import FusionError, ProbeError
 from featstore.fusion import DVME
 from featstore.probe import KNNProbe, LinearProbe
-from featstore.task import logits_to_proba, make_targets, proba_to_labels, scored_metrics
+from featstore.task import (
+    logits_to_proba,
+    make_targets,
+    proba_to_labels,
+    scored_metrics,
+    target_tensor,
+    task_loss,
+)
 
 
 def data(n=240, d=6, classes=3, seed=0):
@@ -120,3 +127,17 @@ def test_scored_metrics_put_the_ci_on_the_primary_metric_only():
     assert [r["metric"] for r in prim] == ["auc"]
     assert prim[0]["ci_low"] <= prim[0]["value"] <= prim[0]["ci_high"]
     assert all(np.isnan(r["ci_low"]) for r in rows if not r["primary"])
+
+
+def test_one_loss_and_one_target_layout_for_probe_dvme_and_finetuning():
+    """Finetuning weights rows itself (per-element loss) and meets mini-batches of one class;
+    it takes the same loss and targets as the probes' make_targets."""
+    for task, y in (("binary", np.array([0, 1, 1])), ("multiclass", np.array([0, 2, 1])),
+                    ("multilabel", np.array([[0, 1], [1, 1], [0, 0]]))):
+        t = target_tensor(task, y)
+        assert torch.equal(t, make_targets(task, y).target)
+        z = torch.zeros(len(y), t.shape[1] if t.ndim == 2 else 3)
+        per_row = task_loss(task, reduction="none")(z, t)
+        assert per_row.shape[0] == len(y) and torch.isclose(
+            per_row.mean(), task_loss(task)(z, t))
+    assert target_tensor("binary", np.array([1, 1])).shape == (2, 1)  # one class: no error

@@ -38,20 +38,6 @@ def n_outputs(manifest: Manifest) -> int:
     return 1 if manifest.task == "binary" else manifest.num_classes
 
 
-def task_loss(task: str) -> torch.nn.Module:
-    """Per-element loss (reduced by the loop: weighted over rows, see finetune_run)."""
-    return (torch.nn.BCEWithLogitsLoss(reduction="none") if task in ("binary", "multilabel")
-            else torch.nn.CrossEntropyLoss(reduction="none"))
-
-
-def task_target(task: str, y: np.ndarray) -> torch.Tensor:
-    if task == "binary":
-        return torch.as_tensor(y, dtype=torch.float32).view(-1, 1)
-    if task == "multilabel":
-        return torch.as_tensor(y, dtype=torch.float32)
-    return torch.as_tensor(y, dtype=torch.long)
-
-
 def freeze(model: Classifier, until: str | None) -> None:
     """Freeze the backbone's parameters up to and including those of module ``until``
     (registration order: the stem and the first stages of a CNN, the first blocks of a

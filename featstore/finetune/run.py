@@ -52,8 +52,6 @@ from featstore.finetune.model import (
     label_array,
     n_outputs,
     param_groups,
-    task_loss,
-    task_target,
 )
 from featstore.finetune.state import (
     RunState,
@@ -69,7 +67,7 @@ from featstore.models.registry import BackboneSpec
 from featstore.probe import ProbeRecord
 from featstore.runtime import autocast, distributed_from_env, resolve_device
 from featstore.store.feature_store import FeatureStore
-from featstore.task import scored_metrics
+from featstore.task import scored_metrics, target_tensor, task_loss
 
 
 class FinetuneProgress:
@@ -189,7 +187,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         warmup_epochs=config.warmup_epochs, warmup_lr=config.lr * 1e-3, min_lr=0.0,
         step_on_epochs=False, updates_per_epoch=updates_per_epoch)
     scaler = torch.amp.GradScaler(dev.type, enabled=config.precision == "fp16")
-    loss_fn = task_loss(task)
+    loss_fn = task_loss(task, reduction="none")  # per element: the loop weights rows
     ckpt_key, best_key = checkpoint_keys(ds, run_id)
     objects = store.objects
     state = RunState(history=[])
@@ -251,7 +249,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
             x = prep.normalize(x.to(dev, non_blocking=True))
             if channels_last:
                 x = x.to(memory_format=torch.channels_last)
-            target = task_target(task, y[rows.numpy()]).to(dev)
+            target = target_tensor(task, y[rows.numpy()], dev)
             w = weight.to(dev, dtype=torch.float32)
             with autocast(dev, config.precision):
                 per_row = loss_fn(net(x).float(), target)
