@@ -292,8 +292,11 @@ class EmbeddingSet:
         except OSError as e:
             error = e
         if store.results is not None:
-            store.results.objects.put(self._head_key(run_id), buf.getvalue())
-            return
+            try:
+                store.results.objects.put(self._head_key(run_id), buf.getvalue())
+                return
+            except OSError as e:  # the results store refuses too: said below
+                error = e
         store._note(f"probe heads are not kept: store {store.root} cannot be written "
                     f"({error.__class__.__name__}: {error}); 'featstore finetune --init-head "
                     "probe' cannot start from them (pass --results-store DIR to keep them)")
