@@ -37,7 +37,7 @@ PNEUMONIA = (Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist
 RANDOM_BACKBONES = ("timm:resnet18@random", "timm:test_vit@random",
                     "timm:mobilenetv3_small_100@random")
 IMAGE_SIZE = 64
-VERSIONS = (2, 4)  # the DVME heads compared: before issue 21 and now
+VERSIONS = (2, 5)  # the DVME heads compared: before issue 21 and now
 
 
 def generated(rows: int, classes: int = 5, seed: int = 0) -> list[Embeddings]:

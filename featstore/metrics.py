@@ -122,6 +122,19 @@ def bootstrap_ci(task: str, y_true: np.ndarray, proba: np.ndarray,
     return float(lo), float(hi)
 
 
+def paired_bootstrap_sd(task: str, y_true: np.ndarray, proba_a: np.ndarray,
+                        proba_b: np.ndarray, *, n_boot: int = 200, seed: int = 0) -> float:
+    """Standard deviation, over resampled rows, of the difference of the primary metric of
+    two models scored on the same rows (each resample scores both on the same draw): how
+    far apart two models' scores on these rows can fall by the choice of rows alone. NaN
+    where no resample has both metrics defined."""
+    a = _bootstrap_values(task, y_true, proba_a, None, n_boot=n_boot, seed=seed)
+    b = _bootstrap_values(task, y_true, proba_b, None, n_boot=n_boot, seed=seed)
+    d = a - b
+    d = d[np.isfinite(d)]
+    return float(d.std(ddof=1)) if len(d) > 1 else float("nan")
+
+
 # Resamples are drawn and scored in blocks of about this many row indices (8 MB of int64),
 # so n = 20k and 1000 resamples never hold the whole (n_boot, n) index array.
 _BLOCK_ROWS = 1 << 20

@@ -193,3 +193,26 @@ def test_no_resamples_and_unknown_task():
         bootstrap_ci("regression", y, proba, n_boot=10)
     with pytest.raises(ProbeError, match="3 values"):
         bootstrap_ci("binary", np.array([0, 1, 2, 1]), proba, n_boot=10)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_paired_bootstrap_sd_is_the_spread_of_score_differences_on_shared_resamples(task):
+    from featstore.metrics import paired_bootstrap_sd
+
+    rng = np.random.default_rng(7)
+    n, classes = 60, 2 if task == "binary" else 4
+    y = rng.integers(0, classes, n)
+    z = rng.normal(size=(n, classes)) + 2 * np.eye(classes)[y]
+    a, b = softmax(z), softmax(z + 0.7 * rng.normal(size=(n, classes)))  # two close models
+    # each resample scores both models on the same rows (the same draw from one seed)
+    diff = (reference_values(task, y, a, n_boot=200, seed=3)
+            - reference_values(task, y, b, n_boot=200, seed=3))
+    want = np.std(diff[np.isfinite(diff)], ddof=1)
+    got = paired_bootstrap_sd(task, y, a, b, n_boot=200, seed=3)
+    assert got == pytest.approx(want, abs=1e-12) and got > 0
+    assert paired_bootstrap_sd(task, y, a, a, n_boot=200, seed=3) == 0.0  # same model
+    # unpaired, the two scores' own spreads would add up: pairing removes what the rows
+    # drawn do to both models alike
+    own = np.nanstd(reference_values(task, y, a, n_boot=200, seed=3), ddof=1)
+    assert got < np.hypot(own, np.nanstd(reference_values(task, y, b, n_boot=200, seed=4),
+                                         ddof=1))

@@ -278,3 +278,29 @@ def test_attention_goes_to_the_informative_backbone_beside_loud_noise(n):
     assert auc >= primary_score("binary", y[te], alone.predict_proba(Xs[0][te])) - 0.015
     assert auc >= primary_score("binary", y[te], concat.predict_proba(cat[2])) - 0.005
     assert head.start_ == "concat probe"  # chosen on val over the head from a random start
+
+
+def test_a_random_start_that_wins_val_by_less_than_its_noise_does_not_replace_the_concat_start(
+        monkeypatch):
+    # 90 training rows, 30 val rows: head v4 took the random start here because its val AUC
+    # was higher, and it scored 0.17 below the concat probe on test
+    from featstore.metrics import primary_score
+    from featstore.probe.linear import fit_with_validation
+
+    embs = complementary(n=150, seed=4)
+    y, split = embs[0].labels[:, 0], embs[0].split
+    tr, va, te = (split == s for s in ("train", "val", "test"))
+    cat = [np.concatenate([e.X[rows] for e in embs], 1) for rows in (tr, va, te)]
+    concat = primary_score("binary", y[te], fit_with_validation(
+        cat[0], y[tr], cat[1], y[va], task="binary").probe.predict_proba(cat[2]))
+
+    def fit():
+        return DVME("binary", attention="sigmoid", seed=4).fit(
+            [e.X[tr] for e in embs], y[tr], [e.X[va] for e in embs], y[va])
+
+    head = fit()
+    assert head.start_ == "concat probe"
+    assert head.score([e.X[te] for e in embs], y[te]) >= concat - 0.01
+    monkeypatch.setattr(DVME, "_head_version", 4)
+    old = fit()
+    assert old.start_ == "random" and old.score([e.X[te] for e in embs], y[te]) < concat - 0.1
