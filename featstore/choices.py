@@ -11,6 +11,8 @@ ON_ERROR = ("fail", "skip")
 PROBES = ("linear", "knn")
 ORDINAL_DECODES = ("argmax", "expected")
 ATTENTIONS = ("softmax", "sigmoid", "uniform")
+OPTIMIZERS = ("adamw", "sgd")  # finetuning (timm's create_optimizer_v2 names)
+INIT_HEADS = ("fresh", "probe")  # finetuning: a new head, or the cached linear probe (LP-FT)
 # Pixels an image file may declare before it is refused as unreadable (PIL's own
 # decompression-bomb threshold, 2 x 89,478,485).
 DEFAULT_MAX_PIXELS = 178_956_970

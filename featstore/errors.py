@@ -4,6 +4,10 @@
 class FeatstoreError(Exception):
     """Base class of every error featstore raises on purpose."""
 
+    #: a bad option value, (name, value, expected): each front end words it its own way
+    #: (:mod:`featstore.options`); None for every other error
+    option: tuple[str, object, str] | None = None
+
 
 class ManifestError(FeatstoreError):
     """A manifest, or the raw dataset layout it is built from, is invalid."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "featstore"
 LAYERS = [  # (layer, module prefixes)
-    ("base", ["_hashing", "_lazy", "errors", "choices", "runkeys", "_version"]),
+    ("base", ["_hashing", "_lazy", "errors", "choices", "options", "runkeys", "_version"]),
     ("data", ["data", "task", "metrics"]),
     ("models", ["models"]),
     ("store", ["store"]),
@@ -56,7 +56,9 @@ def imports(path: Path, lazy: bool, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            if not all(n in known for n in names):  # `from pkg import submodule` only: the
+                names.append(node.module)           # package's own names are not used
         for n in names:
             if n.startswith("featstore"):
                 while n not in known and "." in n:

@@ -26,6 +26,7 @@ from featstore.cli import (  # noqa: F401  (registers them)
 )
 from featstore.cli._shared import app, err
 from featstore.errors import FeatstoreError
+from featstore.options import cli_message
 
 try:  # recent typer vendors click under typer._click; older typer uses click itself
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     except FeatstoreError as e:
         if debug:
             raise
-        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        err.print(f"[red]error:[/] {escape(cli_message(e))}", highlight=False)
         sys.exit(1)
     except OSError as e:  # a read-only store, mount or credentials; else a bug
         if debug:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from featstore import choices
+from featstore import choices, options
 from featstore.errors import FeatstoreError
 
 app = typer.Typer(
@@ -46,6 +46,16 @@ def split_option(text: str, option: str, kind: Callable = float) -> list:
     if not values:
         raise FeatstoreError(f"{option} {text!r}: expected at least one value")
     return values
+
+
+def config_option(cls: type, name: str, *decls: str, **kw) -> typer.models.OptionInfo:
+    """The Typer option of a stage config's field ``name``: its help (and, for a plain str
+    option, its choices as the metavar) as the config declares them
+    (:mod:`featstore.options`)."""
+    c = options.constraints(cls)[name]
+    if c.choices is not None:
+        kw.setdefault("metavar", "[" + "|".join(c.choices) + "]")
+    return typer.Option(*decls, help=c.help, **kw)
 
 
 def choices_metavar(values: tuple[str, ...]) -> str:

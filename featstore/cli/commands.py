@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from featstore import options
 from featstore.cli._shared import (
     DEFAULT_STORE,
     BootstrapOpt,
@@ -35,6 +36,7 @@ from featstore.cli._shared import (
     app,
     choices,
     choices_metavar,
+    config_option,
     default_results_store,
     embedding_sets,
     err,
@@ -47,6 +49,20 @@ from featstore.cli._shared import (
     progress_bar,
     split_option,
 )
+from featstore.extract.config import ExtractConfig
+
+
+def _x(name: str, *decls: str, **kw) -> typer.models.OptionInfo:
+    """``featstore extract``'s option for the :class:`ExtractConfig` field ``name``."""
+    return config_option(ExtractConfig, name, *decls, **kw)
+
+
+def _xd(name: str):
+    return options.default(ExtractConfig, name)
+
+
+_PRECISION, _DTYPE = Precision(_xd("precision")), Dtype(_xd("dtype"))
+_ON_ERROR, _RESIZE = OnError(_xd("on_error")), Resize(_xd("resize"))
 
 
 @app.command()
@@ -58,34 +74,18 @@ def extract(
     store: StoreOpt = DEFAULT_STORE,
     image_size: Annotated[int | None, typer.Option(
         help="Crop size fed to every backbone (default: each backbone's own).")] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        help="Images per forward pass (default: the largest that fits the GPU with a "
-             "margin, measured and recorded; 64 on CPU).")] = None,
-    workers: Annotated[int | None, typer.Option(
-        help="DataLoader workers per process (default: up to 4).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
-    precision: Annotated[Precision, typer.Option(
-        help="Compute precision (autocast; part of the key).")] = Precision.fp32,
-    dtype: Annotated[Dtype, typer.Option(help="Stored dtype.")] = Dtype.float32,
-    shard_rows: Annotated[int, typer.Option(help="Rows per shard (unit of resume).")] = 1024,
-    on_error: Annotated[OnError, typer.Option(
-        help="An unreadable image: fail (stop, naming it) or skip (store the row as "
-             "missing, list it; probes leave it out).")] = OnError.fail,
-    compile_model: Annotated[bool, typer.Option(
-        "--compile", help="torch.compile each backbone (pays off on long GPU runs).")] = False,
-    claim_timeout: Annotated[float | None, typer.Option(
-        help="Seconds without a heartbeat before another process takes over a shard "
-             "claim (default 120, or $FEATSTORE_CLAIM_TIMEOUT).")] = None,
-    max_pixels: Annotated[int, typer.Option(
-        help="An image file declaring more pixels is unreadable (fails, or is skipped with "
-             "--on-error skip).")] = choices.DEFAULT_MAX_PIXELS,
-    resize: Annotated[Resize, typer.Option(
-        help="Where equal-sized uint8 arrays (.npz, HDF5) are resized: device (batched, "
-             "its own key), cpu (PIL per image) or auto (device on CUDA).")] = Resize.auto,
-    verify: Annotated[bool, typer.Option(
-        "--verify", help="Check every shard of finished sets against its checksum now and "
-        "recompute those that fail (a cache hit otherwise reads nothing; every read checks "
-        "its shards).")] = False,
+    batch_size: Annotated[int | None, _x("batch_size")] = _xd("batch_size"),
+    workers: Annotated[int | None, _x("workers")] = _xd("workers"),
+    device: Annotated[str, _x("device")] = _xd("device"),
+    precision: Annotated[Precision, _x("precision", metavar=None)] = _PRECISION,
+    dtype: Annotated[Dtype, _x("dtype", metavar=None)] = _DTYPE,
+    shard_rows: Annotated[int, _x("shard_rows")] = _xd("shard_rows"),
+    on_error: Annotated[OnError, _x("on_error", metavar=None)] = _ON_ERROR,
+    compile_model: Annotated[bool, _x("compile", "--compile")] = _xd("compile"),
+    claim_timeout: Annotated[float | None, _x("claim_timeout")] = _xd("claim_timeout"),
+    max_pixels: Annotated[int, _x("max_pixels")] = _xd("max_pixels"),
+    resize: Annotated[Resize, _x("resize", metavar=None)] = _RESIZE,
+    verify: Annotated[bool, _x("verify", "--verify")] = _xd("verify"),
     root: RootOpt = None,
     task: TaskOpt = None,
     as_json: JsonOpt = False,

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from featstore import options
 from featstore.cli._shared import (
     DEFAULT_STORE,
     BootstrapOpt,
@@ -17,18 +18,30 @@ from featstore.cli._shared import (
     JsonOpt,
     OnError,
     Precision,
-    PrecisionOpt,
     RecomputeOpt,
     RootOpt,
     SeedsOpt,
     StoreOpt,
     TaskOpt,
     app,
+    config_option,
     err,
     load_data,
     print_probe_records,
     split_option,
 )
+from featstore.finetune.config import FinetuneConfig
+
+
+def _opt(name: str, *decls: str, **kw) -> typer.models.OptionInfo:
+    return config_option(FinetuneConfig, name, *decls, **kw)
+
+
+def _default(name: str):
+    return options.default(FinetuneConfig, name)
+
+
+_PRECISION = Precision(_default("precision"))
 
 
 @app.command()
@@ -40,29 +53,20 @@ def finetune(
     store: StoreOpt = DEFAULT_STORE,
     fractions: FractionsOpt = "1.0",
     seeds: SeedsOpt = 1,
-    epochs: Annotated[int, typer.Option(help="Epochs; the best on val is kept.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
-    accum_steps: Annotated[int, typer.Option(
-        help="Steps per optimiser update (effective batch = batch size x this).")] = 1,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (after warmup).")] = 1e-3,
-    optimizer: Annotated[str, typer.Option(metavar="[adamw|sgd]",
-                                           help="timm optimizer.")] = "adamw",
-    weight_decay: Annotated[float, typer.Option(help="Not applied to norms and biases.")]
-    = 0.05,
-    warmup_epochs: Annotated[int | None, typer.Option(
-        help="Linear warmup, then cosine (default: 1, or 0 for a 1-epoch run).")] = None,
-    layer_decay: Annotated[float | None, typer.Option(
-        help="ViT: scale each block's rate by this per block from the top.")] = None,
-    freeze_until: Annotated[str | None, typer.Option(
-        metavar="MODULE", help="Freeze the backbone up to and including this module "
-        "(layer2, blocks.5): partial finetuning.")] = None,
-    hflip: Annotated[bool, typer.Option(
-        help="Random horizontal flips (--no-hflip where side matters).")] = True,
-    init_head: Annotated[str, typer.Option(
-        metavar="[fresh|probe]", help="probe: start the head from the linear probe cached "
-        "for the same backbone, fraction and seed (LP-FT).")] = "fresh",
+    epochs: Annotated[int, _opt("epochs")] = _default("epochs"),
+    batch_size: Annotated[int, _opt("batch_size")] = _default("batch_size"),
+    accum_steps: Annotated[int, _opt("accum_steps")] = _default("accum_steps"),
+    lr: Annotated[float, _opt("lr")] = _default("lr"),
+    optimizer: Annotated[str, _opt("optimizer")] = _default("optimizer"),
+    weight_decay: Annotated[float, _opt("weight_decay")] = _default("weight_decay"),
+    warmup_epochs: Annotated[int | None, _opt("warmup_epochs")] = _default("warmup_epochs"),
+    layer_decay: Annotated[float | None, _opt("layer_decay")] = _default("layer_decay"),
+    freeze_until: Annotated[str | None, _opt("freeze_until", metavar="MODULE")]
+    = _default("freeze_until"),
+    hflip: Annotated[bool, _opt("hflip")] = _default("hflip"),
+    init_head: Annotated[str, _opt("init_head")] = _default("init_head"),
     image_size: ImageSizeOpt = None,
-    precision: PrecisionOpt = Precision.fp32,
+    precision: Annotated[Precision, _opt("precision", metavar=None)] = _PRECISION,
     bootstrap: BootstrapOpt = 1000,
     device: Annotated[str, typer.Option(
         help="Torch device: cpu, cuda, cuda:1, or auto (this rank's GPU when there is one).",
@@ -78,7 +82,7 @@ def finetune(
 ) -> None:
     """Finetune backbones on the images over fractions x seeds: best epoch on val, scored on
     test (+CI), persisted beside the probes; a killed run resumes from its last epoch."""
-    from featstore.finetune import FinetuneConfig, finetune_grid
+    from featstore.finetune import finetune_grid
     from featstore.models.registry import backbone_spec
     from featstore.report.progress import RichFinetuneProgress
     from featstore.store import FeatureStore
@@ -88,14 +92,10 @@ def finetune(
     manifest = load_data(data, root, task)
     fs = FeatureStore(store)
     specs = [backbone_spec(fs, b, input_size=image_size) for b in backbone]
-    config = FinetuneConfig(task=manifest.task, epochs=epochs, batch_size=batch_size,
-                            accum_steps=accum_steps, lr=lr, optimizer=optimizer,
-                            weight_decay=weight_decay,
-                            warmup_epochs=warmup_epochs if warmup_epochs is not None
-                            else min(1, epochs - 1),
-                            layer_decay=layer_decay, freeze_until=freeze_until, hflip=hflip,
-                            init_head=init_head,
-                            precision=precision.value, n_bootstrap=bootstrap)
+    recipe = {k: v for k, v in locals().items()  # the options FinetuneConfig declares
+              if k in options.constraints(FinetuneConfig, where="both")}
+    config = FinetuneConfig(**recipe, task=manifest.task, precision=precision.value,
+                            n_bootstrap=bootstrap)
     records = finetune_grid(manifest, specs, config, store=fs,
                             fractions=split_option(fractions, "--fractions"), seeds=seeds,
                             device=device, num_workers=workers, recompute=recompute,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
-from collections.abc import Callable, Sequence
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +21,28 @@ from featstore.data.manifest import Manifest
 from featstore.errors import ImageReadError
 
 _IN_MEMORY = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
-# featstore checks the pixel limit (DEFAULT_MAX_PIXELS, --max-pixels) itself, so a refusal
-# names the row and skips like any unreadable image under --on-error skip
-Image.MAX_IMAGE_PIXELS = None
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """featstore checks the pixel limit (``--max-pixels``) itself, so that a refusal names
+    the row and skips like any unreadable image. PIL's own decompression-bomb check stays as
+    it is for everyone else in the process: its warning is silenced here, and only where
+    ``max_pixels`` is above PIL's error threshold is its limit lifted, for this open, then
+    put back."""
+    pil = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if pil is None or (max_pixels is not None and max_pixels <= 2 * pil):
+            yield
+            return
+        with _PIL_LIMIT_LOCK:
+            Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max_pixels // 2 + 1
+            try:
+                yield
+            finally:
+                Image.MAX_IMAGE_PIXELS = pil
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -72,7 +94,7 @@ def read_image_views(manifest: Manifest, i: int, arrays: ArrayFiles | None = Non
         data = path.read_bytes()
         views: dict[int | None, Image.Image] = {}
         for d in dict.fromkeys(drafts):
-            with Image.open(io.BytesIO(data)) as img:
+            with _pixel_limit(max_pixels), Image.open(io.BytesIO(data)) as img:
                 if max_pixels is not None and img.width * img.height > max_pixels:
                     raise ImageReadError(
                         f"id {str(manifest.ids[i])!r}: {path}: {img.width}x{img.height} "
@@ -90,8 +112,10 @@ def read_image_views(manifest: Manifest, i: int, arrays: ArrayFiles | None = Non
         raise
     except FileNotFoundError:
         raise ImageReadError(f"id {str(manifest.ids[i])!r}: file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError, KeyError, SyntaxError,
-            Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:  # PIL's own threshold, at or above max_pixels
+        raise ImageReadError(f"id {str(manifest.ids[i])!r}: {path}: declares more pixels "
+                             f"than the limit of {max_pixels:,} (--max-pixels)") from None
+    except (UnidentifiedImageError, OSError, ValueError, KeyError, SyntaxError) as e:
         why = _IN_MEMORY.sub("", str(e)).strip()  # PIL names the in-memory copy it read
         raise ImageReadError(f"id {str(manifest.ids[i])!r}: cannot read {path}: {why}") \
             from None

@@ -14,10 +14,11 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from featstore.choices import DEFAULT_MAX_PIXELS, ON_ERROR
+from featstore.choices import DEFAULT_MAX_PIXELS
 from featstore.errors import FeatstoreError
-from featstore.extract.keys import check_dtype, check_precision, embedding_key
-from featstore.extract.pixels import check_resize, key_resizes
+from featstore.extract.config import ExtractConfig
+from featstore.extract.keys import embedding_key
+from featstore.extract.pixels import key_resizes
 from featstore.extract.results import ExtractProgress, ExtractResult
 from featstore.store.layout import DEFAULT_SHARD_ROWS
 
@@ -75,19 +76,10 @@ def extract_embeddings(
     BackboneError
         A backbone cannot be built or its checkpoint does not load strictly.
     """
-    if on_error not in ON_ERROR:
-        raise FeatstoreError(f"on_error {on_error!r}: expected fail or skip")
-    check_precision(precision)
-    check_dtype(dtype)
-    for option, value, least in (("--batch-size", batch_size, 1), ("--workers", num_workers, 0),
-                                 ("--shard-rows", shard_rows, 1)):
-        if value is not None and int(value) < least:
-            raise FeatstoreError(f"{option} {value}: expected at least {least}")
-    if max_pixels is not None and max_pixels < 1:
-        raise FeatstoreError(f"--max-pixels {max_pixels}: expected at least 1")
-    if claim_timeout is not None and not claim_timeout > 0:
-        raise FeatstoreError(f"--claim-timeout {claim_timeout}: expected seconds > 0")
-    check_resize(resize)
+    ExtractConfig(batch_size=batch_size, workers=num_workers, device=device,
+                  precision=precision, dtype=dtype, shard_rows=shard_rows, on_error=on_error,
+                  resize=resize, max_pixels=max_pixels, compile=compile,
+                  claim_timeout=claim_timeout, verify=verify).check()
     # a named accelerator is checked by torch (the engine) even when nothing is left to do
     if not verify and device in ("auto", "cpu") and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         hit = cached_results(manifest, backbones, store, dtype=dtype, precision=precision,

@@ -5,23 +5,24 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from featstore import options
 from featstore._hashing import sha256_json
-from featstore.choices import PRECISIONS
+from featstore.choices import INIT_HEADS, OPTIMIZERS, PRECISIONS, TASKS
 from featstore.errors import FinetuneError
 from featstore.models.registry import BackboneSpec
+from featstore.options import option
 from featstore.runkeys import run_id as run_key
-from featstore.store.layout import CHECKPOINTS_GROUP
-from featstore.task import check_task
 
-OPTIMIZERS = ("adamw", "sgd")
-INIT_HEADS = ("fresh", "probe")
-CHECKPOINTS = CHECKPOINTS_GROUP
 FINETUNE = "finetune"
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Everything that determines a finetuning run's numbers besides the backbone and data.
+
+    Each field is declared here once, with its help and the values it takes
+    (:mod:`featstore.options`): ``featstore finetune``'s options, the ``[finetune]`` keys of
+    a pipeline file and their checks are read off these fields.
 
     ``lr`` is the peak learning rate (after ``warmup_epochs``), for the effective batch
     ``batch_size * accum_steps``; ``layer_decay`` scales each ViT block's rate by
@@ -31,50 +32,54 @@ class FinetuneConfig:
     same backbone, fraction and seed (LP-FT, Kumar et al., ICLR 2022).
     """
 
-    task: str = "binary"
-    fraction: float = 1.0
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 32
-    accum_steps: int = 1
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 0.05
-    warmup_epochs: int = 1
-    layer_decay: float | None = None
-    freeze_until: str | None = None
-    hflip: bool = True
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    init_head: str = "fresh"
-    precision: str = "fp32"
-    n_bootstrap: int = 1000
+    task: str = option("binary", "The task (the manifest's).", choices=TASKS, where="")
+    fraction: float = option(1.0, "Labelled fraction of the training rows.", low=0, high=1,
+                             low_open=True, where="")
+    seed: int = option(0, "Seed of the fraction's rows, the head and the batches.", low=0,
+                       where="")
+    epochs: int = option(10, "Epochs; the best on val is kept.", low=1)
+    batch_size: int = option(32, "Images per step.", low=1)
+    accum_steps: int = option(1, "Steps per optimiser update (effective batch = batch size "
+                              "x this).", low=1)
+    lr: float = option(1e-3, "Peak learning rate (after warmup).", low=0, low_open=True)
+    optimizer: str = option("adamw", "timm optimizer.", choices=OPTIMIZERS)
+    weight_decay: float = option(0.05, "Not applied to norms and biases.", low=0)
+    warmup_epochs: int | None = option(None, "Linear warmup, then cosine (default: 1, or 0 "
+                                       "for a 1-epoch run).", low=0, optional=True)
+    layer_decay: float | None = option(None, "ViT: scale each block's rate by this per "
+                                       "block from the top.", low=0, high=1, low_open=True,
+                                       optional=True)
+    freeze_until: str | None = option(None, "Freeze the backbone up to and including this "
+                                      "module (layer2, blocks.5): partial finetuning.",
+                                      optional=True)
+    hflip: bool = option(True, "Random horizontal flips (--no-hflip where side matters).")
+    crop_scale: tuple[float, float] = option((0.08, 1.0), "Random-resized-crop scale range.",
+                                             where="")
+    init_head: str = option("fresh", "probe: start the head from the linear probe cached "
+                            "for the same backbone, fraction and seed (LP-FT).",
+                            choices=INIT_HEADS)
+    precision: str = option("fp32", "Training precision (autocast; part of the run id).",
+                            choices=PRECISIONS, where="cli")
+    n_bootstrap: int = option(1000, "Bootstrap resamples of the test metric's CI (0: none).",
+                              low=0, flag="bootstrap")
+
+    def __post_init__(self) -> None:
+        if self.warmup_epochs is None:  # the default rule, here only
+            object.__setattr__(self, "warmup_epochs", min(1, self.epochs - 1))
+        for name in ("lr", "weight_decay", "layer_decay"):  # lr = 1 and 1.0: one run
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
 
     def check(self) -> None:
-        """Raise FinetuneError naming the first bad value."""
-        check_task(self.task)
-        problems = [
-            (not 0 < self.fraction <= 1, f"fraction {self.fraction} is outside (0, 1]"),
-            (self.epochs < 1, f"--epochs {self.epochs}: expected at least 1"),
-            (self.batch_size < 1, f"--batch-size {self.batch_size}: expected at least 1"),
-            (self.accum_steps < 1, f"--accum-steps {self.accum_steps}: expected at least 1"),
-            (not 0 < self.lr < float("inf"), f"--lr {self.lr}: expected a positive rate"),
-            (not 0 <= self.weight_decay < float("inf"),
-             f"--weight-decay {self.weight_decay}: expected a finite value >= 0"),
-            (not 0 <= self.warmup_epochs < self.epochs,
-             f"--warmup-epochs {self.warmup_epochs}: expected 0 to epochs - 1"),
-            (self.layer_decay is not None and not 0 < self.layer_decay <= 1,
-             f"--layer-decay {self.layer_decay}: expected a factor in (0, 1]"),
-            (self.optimizer not in OPTIMIZERS,
-             f"unknown optimizer {self.optimizer!r} (expected one of {', '.join(OPTIMIZERS)})"),
-            (self.precision not in PRECISIONS, f"unknown precision {self.precision!r}"),
-            (self.init_head not in INIT_HEADS,
-             f"--init-head {self.init_head!r}: expected one of {', '.join(INIT_HEADS)}"),
-            (not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
-             f"crop scale {self.crop_scale}: expected 0 < min <= max <= 1"),
-        ]
-        for bad, message in problems:
-            if bad:
-                raise FinetuneError(message)
+        """Raise FinetuneError naming the first bad value (its ``option`` says which)."""
+        options.check(self, FinetuneError)
+        if not self.warmup_epochs < self.epochs:
+            raise options.invalid(FinetuneError, "warmup_epochs", self.warmup_epochs,
+                                  "0 to epochs - 1")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise options.invalid(FinetuneError, "crop_scale", self.crop_scale,
+                                  "0 < min <= max <= 1")
 
     def recipe(self) -> str:
         """What distinguishes this run's training from another's beside fraction and seed

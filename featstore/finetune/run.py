@@ -36,7 +36,7 @@ from featstore.data.fractions import ids_sha256, select_fraction, training_split
 from featstore.data.images import RowDataset
 from featstore.data.manifest import Manifest
 from featstore.errors import FeatstoreError, FinetuneError, ImageReadError, ManifestError
-from featstore.finetune.config import CHECKPOINTS, FINETUNE, FinetuneConfig, model_key
+from featstore.finetune.config import FINETUNE, FinetuneConfig, model_key
 from featstore.finetune.data import (
     SeededRows,
     check_errors,
@@ -67,6 +67,7 @@ from featstore.models.registry import BackboneSpec
 from featstore.probe import ProbeRecord
 from featstore.runtime import autocast, distributed_from_env, resolve_device
 from featstore.store.feature_store import FeatureStore
+from featstore.store.layout import CHECKPOINTS_GROUP as CHECKPOINTS
 from featstore.task import scored_metrics, target_tensor, task_loss
 
 

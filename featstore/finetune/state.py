@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from featstore.finetune.config import CHECKPOINTS, FinetuneConfig
+from featstore.finetune.config import FinetuneConfig
 from featstore.store.dataset import DatasetGroup
+from featstore.store.layout import CHECKPOINTS_GROUP as CHECKPOINTS
 
 
 @dataclass

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from featstore import options
 from featstore.pipeline.plan import Plan, Step
 
 EXECUTORS = ("local", "slurm", "submitit-local")
@@ -119,12 +120,7 @@ def _run_step(args: dict[str, Any]) -> dict[str, int]:
 
         specs = [backbone_spec(fs, b["spec"], input_size=b["image_size"])
                  for b in args["backbones"]]
-        results = extract_embeddings(
-            manifest, specs, fs, batch_size=args.get("batch_size"),
-            num_workers=args.get("workers"), device=args.get("device", "auto"),
-            dtype=args["dtype"], precision=args["precision"],
-            shard_rows=args.get("shard_rows", 1024), on_error=args.get("on_error", "fail"),
-            resize=args.get("resize", "auto"))
+        results = extract_embeddings(manifest, specs, fs, **_extract_config(args).kwargs())
         return {"runs": len(results),
                 "computed": sum(r.status != "cached" for r in results)}
     if stage == "probe":
@@ -166,11 +162,18 @@ def _counted(records) -> dict[str, int]:
     return {"runs": len(runs), "computed": sum(not c for c in runs.values())}
 
 
+def _extract_config(args: dict[str, Any]):
+    """The :class:`ExtractConfig` of an extract step's settings (the file's ``[extract]``
+    keys, the backbones' precision and dtype)."""
+    from featstore.extract.config import ExtractConfig
+
+    return options.from_settings(ExtractConfig, args)
+
+
 def extract_argv(args: dict[str, Any]) -> list[str]:
     """``featstore extract`` arguments of an extract step (what torchrun runs on a
-    multi-GPU Slurm job)."""
-    argv = ["extract", "--data", args["data"], "--store", args["store"],
-            "--precision", args["precision"], "--dtype", args["dtype"]]
+    multi-GPU Slurm job): the same settings the step has in process."""
+    argv = ["extract", "--data", args["data"], "--store", args["store"]]
     for b in args["backbones"]:
         argv += ["--backbone", b["spec"]]
     sizes = {b["image_size"] for b in args["backbones"]}
@@ -178,13 +181,10 @@ def extract_argv(args: dict[str, Any]) -> list[str]:
         raise ValueError(f"one extract command takes one --image-size, not {sorted(sizes)}")
     if None not in sizes:
         argv += ["--image-size", str(sizes.pop())]
-    for opt, key in (("--root", "root"), ("--task", "task"), ("--batch-size", "batch_size"),
-                     ("--workers", "workers"), ("--device", "device"),
-                     ("--shard-rows", "shard_rows"), ("--on-error", "on_error"),
-                     ("--resize", "resize")):
+    for opt, key in (("--root", "root"), ("--task", "task")):
         if args.get(key) is not None:
             argv += [opt, str(args[key])]
-    return argv
+    return argv + options.argv(_extract_config(args), where=("both",))
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featstore import options
 from featstore.choices import (
     ATTENTIONS,
     DTYPES,
@@ -50,10 +51,11 @@ from featstore.choices import (
     ORDINAL_DECODES,
     PRECISIONS,
     PROBES,
-    RESIZES,
     TASKS,
 )
 from featstore.errors import FeatstoreError
+from featstore.extract.config import ExtractConfig
+from featstore.finetune.config import FinetuneConfig
 
 STAGES = ("extract", "probe", "fuse", "finetune")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -77,16 +79,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "fractions": _GRID["fractions"], "seeds": _GRID["seeds"],
         "bootstrap": _GRID["bootstrap"],
     },
-    "extract": {
-        "precision": (str, "one of " + ", ".join(PRECISIONS)),
-        "dtype": (str, "one of " + ", ".join(DTYPES)),
-        "batch_size": (int, "images per forward pass"),
-        "workers": (int, "DataLoader workers"),
-        "device": _GRID["device"],
-        "shard_rows": (int, "rows per shard"),
-        "on_error": (str, "one of " + ", ".join(ON_ERROR)),
-        "resize": (str, "one of " + ", ".join(RESIZES)),
-    },
+    "extract": options.toml_types(ExtractConfig),  # its keys, as the config declares them
     "probe": {
         "probes": (list, "a list of " + ", ".join(PROBES)),
         "backbones": (list, "names from [backbones]"),
@@ -102,12 +95,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
     "finetune": {
         "backbones": (list, "names from [backbones]"),
         "embed": (bool, "true: extract (and probe) each finetuned model too"),
-        "epochs": (int, "epochs"), "batch_size": (int, "images per step"),
-        "accum_steps": (int, "steps per update"), "lr": (_NUMBER, "a learning rate"),
-        "optimizer": (str, "adamw or sgd"), "weight_decay": (_NUMBER, "a decay"),
-        "warmup_epochs": (int, "epochs"), "layer_decay": (_NUMBER, "a factor in (0, 1]"),
-        "freeze_until": (str, "a module name"), "hflip": (bool, "true or false"),
-        "init_head": (str, "fresh or probe"), "workers": (int, "DataLoader workers"),
+        **options.toml_types(FinetuneConfig),  # the recipe's keys, as the config declares them
+        "workers": (int, "DataLoader workers"),
         "on_error": (str, "one of " + ", ".join(ON_ERROR)), **_GRID,
     },
     "slurm": {
@@ -286,9 +275,9 @@ def _substitute(value: Any, variables: dict[str, str], fail) -> Any:
 
 
 # integer keys and their smallest value; list keys and the type of their items
-MINIMUM = {"batch_size": 1, "workers": 0, "shard_rows": 1, "dim": 1, "epochs": 1,
-           "accum_steps": 1, "warmup_epochs": 0, "bootstrap": 0, "timeout_min": 1,
-           "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1}
+# (the [extract] and [finetune] recipe keys: their configs' own checks, in their words)
+MINIMUM = {"workers": 0, "dim": 1, "bootstrap": 0, "timeout_min": 1, "gpus_per_node": 0,
+           "cpus_per_task": 1, "mem_gb": 1}
 # torch device names a pipeline may give (checked before anything runs)
 DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 ITEMS = {"fractions": _NUMBER, "ks": int, "l2_grid": _NUMBER, "probes": str,
@@ -440,11 +429,12 @@ def _check_stage_values(stages: dict[str, dict[str, Any]],
             if v not in allowed:
                 raise fail(f"[{stage}] {key}: unknown {v!r} (expected {', '.join(allowed)})")
 
-    ex = stages["extract"] if "extract" in stages else {}
-    for key, allowed in (("precision", PRECISIONS), ("dtype", DTYPES), ("on_error", ON_ERROR),
-                         ("resize", RESIZES)):
-        if key in ex and ex[key] not in allowed:
-            raise fail(f"[extract] {key} = {ex[key]!r}: expected one of {', '.join(allowed)}")
+    try:  # the config's own checks, the error naming the file's key
+        options.from_settings(ExtractConfig, stages.get("extract", {})).check()
+    except FeatstoreError as e:
+        if e.option is None:
+            raise
+        raise fail(options.file_message(e, "extract")) from None
     if "probe" in stages:
         names("probe", True)
         among("probe", "probes", PROBES, ["linear"])
@@ -459,26 +449,20 @@ def _check_stage_values(stages: dict[str, dict[str, Any]],
         ft = stages["finetune"]
         if ft.get("init_head") == "probe":
             _check_lp_ft(stages, backbones, fail)
-        if ft.get("optimizer", "adamw") not in ("adamw", "sgd"):
-            raise fail(f"[finetune] optimizer = {ft['optimizer']!r}: expected adamw or sgd")
         _check_finetune_values(ft, fail)
         if ft.get("on_error", "fail") not in ON_ERROR:
             raise fail(f"[finetune] on_error = {ft['on_error']!r}: expected one of "
                        f"{', '.join(ON_ERROR)}")
-        if ft.get("init_head", "fresh") not in ("fresh", "probe"):
-            raise fail(f"[finetune] init_head = {ft['init_head']!r}: expected fresh or probe")
 
 
 def _check_finetune_values(ft: dict[str, Any], fail) -> None:
-    """The finetuning recipe's values, checked at load as ``featstore finetune`` checks its
-    options, the error naming the file's key (``[finetune] lr``), not the option."""
+    """The finetuning recipe's values, checked at load by the config's own checks, the error
+    naming the file's key (``[finetune] lr = inf: ...``), not the option."""
     from featstore.errors import FinetuneError
     try:
         finetune_config(ft, "binary", "fp32")
     except FinetuneError as e:
-        raise fail("[finetune] " + re.sub(r"--([a-z][a-z-]*)",
-                                          lambda m: m.group(1).replace("-", "_"),
-                                          str(e))) from None
+        raise fail(options.file_message(e, "finetune")) from None
 
 
 def _check_lp_ft(stages: dict[str, dict[str, Any]], backbones: dict[str, BackboneEntry],
@@ -502,27 +486,14 @@ def _check_lp_ft(stages: dict[str, dict[str, Any]], backbones: dict[str, Backbon
                        "seed)")
 
 
-_FINETUNE_FIELDS = ("epochs", "batch_size", "accum_steps", "lr", "optimizer", "weight_decay",
-                    "warmup_epochs", "layer_decay", "freeze_until", "hflip", "init_head")
-
-
 def finetune_settings(finetune: dict[str, Any]) -> dict[str, Any]:
     """The finetuning recipe's keys of a ``[finetune]`` stage (what a run's config holds)."""
-    return {k: finetune[k] for k in (*_FINETUNE_FIELDS, "bootstrap") if k in finetune}
+    return {k: finetune[k] for k in options.toml_types(FinetuneConfig) if k in finetune}
 
 
-def finetune_config(settings: dict[str, Any], task: str, precision: str):
-    """The :class:`FinetuneConfig` of a stage's settings (``featstore finetune``'s defaults
-    where the file is silent)."""
-    from featstore.finetune import FinetuneConfig
-
-    values = {k: settings[k] for k in _FINETUNE_FIELDS if k in settings}
-    epochs = values.get("epochs", 10)
-    values.setdefault("warmup_epochs", min(1, epochs - 1))
-    for k in ("lr", "weight_decay", "layer_decay"):  # 1 and 1.0 are one run
-        if values.get(k) is not None:
-            values[k] = float(values[k])
-    config = FinetuneConfig(task=task, precision=precision,
-                            n_bootstrap=settings.get("bootstrap", 1000), **values)
+def finetune_config(settings: dict[str, Any], task: str, precision: str) -> FinetuneConfig:
+    """The :class:`FinetuneConfig` of a stage's settings (its defaults where the file is
+    silent), checked."""
+    config = options.from_settings(FinetuneConfig, settings, task=task, precision=precision)
     config.check()
     return config

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
-
-import numpy as np
-import zarr
+from typing import TYPE_CHECKING, Any
 
 from featstore._hashing import sha256_json
 from featstore.errors import StoreError
+
+if TYPE_CHECKING:  # the layout's constants and records import without numpy and zarr
+    import numpy as np
+    import zarr
 
 STORE_FORMAT_VERSION = 1
 DEFAULT_SHARD_ROWS = 1024
@@ -109,6 +110,8 @@ def open_child(group: zarr.Group, name: str, where: str) -> zarr.Group | None:
     except Exception as e:  # zarr raises assorted errors for broken metadata
         raise StoreError(f"{where}/{name}/zarr.json: unreadable ({e.__class__.__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    import zarr
+
     return child if isinstance(child, zarr.Group) else None
 
 
@@ -116,7 +119,9 @@ def require_group(parent: zarr.Group, name: str) -> zarr.Group:
     """``parent[name]``, created when missing. Another process (a teammate, a parallel
     pipeline, a second copy) creating it at the same moment is success, not an error: zarr's
     check-then-create loses that race with ContainsGroupError, and the group is then there."""
+    from zarr.errors import ContainsGroupError
+
     try:
         return parent.require_group(name)
-    except zarr.errors.ContainsGroupError:
+    except ContainsGroupError:
         return parent[name]

@@ -151,7 +151,7 @@ CATALOGUE = [
      "--lr 0.0"),
     ("finetune unknown optimizer", lambda t, d, s: [*FINETUNE, "--data", d, "--store", s,
                                                     "--optimizer", "lamb"],
-     "unknown optimizer 'lamb'"),
+     "--optimizer 'lamb'"),
     ("finetune warmup >= epochs", lambda t, d, s: [*FINETUNE, "--data", d, "--store", s,
                                                    "--epochs", "2", "--warmup-epochs", "2"],
      "--warmup-epochs 2"),
@@ -196,7 +196,7 @@ CATALOGUE = [
         *EXTRACT, "--data", d, "--store", s, "--resize", "sideways"], "'sideways' is not one of"),
     ("pipeline finetune lr negative", lambda t, d, s: [
         "run", pipeline(t, d, s, '[finetune]\nbackbones = ["b"]\nlr = -1.0')],
-     "[finetune] lr -1.0"),
+     "[finetune] lr = -1.0"),
     ("report onto a file", lambda t, d, s: [
         "report", "--store", s, "-o", str(Path(d))], "a file is there"),
     ("report unknown dataset", lambda t, d, s: [

@@ -80,7 +80,7 @@ def test_precision_is_part_of_the_key_and_bf16_runs(image_csv, store_dir):
     assert np.abs(a - b).max() < 0.1 * np.abs(a).max()  # bf16 rounding, same features
     attrs = fs.dataset(m).embedding_set(bf16.key).attrs["provenance"]
     assert attrs["precision"] == "bf16" and attrs["batch_size"] == 8
-    with pytest.raises(Exception, match="precision 'fp8'"):
+    with pytest.raises(Exception, match="precision = 'fp8'"):
         run(m, fs, precision="fp8")
 
 

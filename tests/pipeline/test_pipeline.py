@@ -106,7 +106,7 @@ def frames(png: Path) -> int:
     (("${root}/alpha.npz", "${rooot}/alpha.npz"), "${rooot} is not a variable of [vars]"),
     (("seeds = 2", "seeds = 0"), "seeds = 0: expected a count >= 1"),
     (("image_size = 32 }", "image_size = \"big\" }"), "[backbones] resnet: unknown or bad key"),
-    (("batch_size = 32", "batch_size = 0"), "[extract] batch_size = 0: expected 1 or more"),
+    (("batch_size = 32", "batch_size = 0"), "[extract] batch_size = 0: expected at least 1"),
     (("fractions = [0.5, 1.0]", "fractions = [0.5, 0.5]"), "a value is repeated"),
     (('probes = ["linear", "knn"]', 'probes = ["linear"]\nks = [0, 5]'),
      "[probe] ks: 0 is not positive"),
