@@ -1,0 +1,171 @@
+"""JPEG decode + resize + centre crop to model input, per decoder: what a GPU decode would buy.
+
+    python benchmarks/jpeg_decode.py [--n 256] [--sizes 500x375,2048x1536] [--device cuda]
+        [--batch 64] [--workers 14]
+
+Issue 20 asks for GPU JPEG decoding chosen by measurement. Each arm turns the same JPEG files
+into uint8 (B, 3, 224, 224) batches (resize of the shorter side to 256, centre crop), the
+work a loader worker does per image today:
+
+- ``pil``: featstore's worker path, one process: ``read_image`` (libjpeg with DCT draft
+  scaling for large files) and the backbone's timm transform up to its to-tensor; the
+  ``x workers`` line scales it by ``--workers`` (the DataLoader's processes, at best);
+- ``torchvision cpu``: ``torchvision.io.decode_jpeg`` on a list (libjpeg-turbo, full size)
+  and featstore's batched torch resize, one process: the CPU fallback of a device path;
+- ``torchvision <device>``: the same with ``decode_jpeg(..., device=...)`` (nvJPEG, batched)
+  and the resize on the GPU;
+- ``nvimgcodec``: NVIDIA nvImageCodec's batched decoder (``pip install
+  nvidia-nvimgcodec-cu13``), only when it imports and a GPU is there.
+
+The files are read into memory first: the arms time decoding and resizing, not the disk.
+Every arm's output is compared with the PIL path's (mean absolute pixel difference).
+On a CPU only the first two arms run (the GPU arms say why they did not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from featstore.data import load_dataset, read_image
+from featstore.models import Preprocessing
+
+
+def write_jpegs(folder: Path, n: int, width: int, height: int) -> Path:
+    """``n`` photo-like JPEGs (smooth gradients, blobs and sensor noise; quality 90) and
+    their manifest."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = []
+    for k in range(8):
+        img = np.zeros((height, width, 3), np.float32)
+        for c in range(3):
+            cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+            r = rng.uniform(0.2, 0.6) * min(width, height)
+            img[..., c] = 180 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+            img[..., c] += 40 * (xx / width) + 20 * k / 8
+        img += rng.normal(0, 6, img.shape)
+        base.append(Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)))
+    lines = ["id,split,path,label"]
+    for i in range(n):
+        name = f"{width}x{height}-{i:05d}.jpeg"
+        base[i % len(base)].save(folder / name, quality=90)
+        lines.append(f"r{i},train,{name},0")
+    csv = folder / f"{width}x{height}.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    return csv
+
+
+def pil_arm(manifest, prep: Preprocessing, batch: int):
+    stage = prep.pixel_stage()
+    draft = prep.resize  # as featstore's loader views ask: DCT scaling down to 256 px
+
+    def run() -> torch.Tensor:
+        out = []
+        for i in range(len(manifest)):
+            out.append(stage(read_image(manifest, i, draft=draft)))
+            if len(out) == batch:
+                out = [torch.stack(out)]
+        return torch.cat([o if o.ndim == 4 else o[None] for o in out])
+    return run
+
+
+def torchvision_arm(datas: list[torch.Tensor], prep: Preprocessing, batch: int, device: str):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    def run() -> torch.Tensor:
+        out = []
+        for s in range(0, len(datas), batch):
+            imgs = decode_jpeg(datas[s:s + batch], mode=ImageReadMode.RGB, device=device)
+            out += [prep.resize_batch(img.permute(1, 2, 0)[None]) for img in imgs]
+        x = torch.cat(out)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return x
+    return run
+
+
+def nvimgcodec_arm(raw: list[bytes], prep: Preprocessing, batch: int):
+    from nvidia import nvimgcodec  # noqa: PLC0415 (optional)
+
+    decoder = nvimgcodec.Decoder()
+
+    def run() -> torch.Tensor:
+        out = []
+        for s in range(0, len(raw), batch):
+            for img in decoder.decode(raw[s:s + batch]):
+                x = torch.as_tensor(img, device="cuda")  # (H, W, 3) uint8
+                out.append(prep.resize_batch(x[None]))
+        x = torch.cat(out)
+        torch.cuda.synchronize()
+        return x
+    return run
+
+
+def timed(fn, reps: int) -> tuple[list[float], torch.Tensor]:
+    out = fn()  # warm-up (CUDA contexts, nvJPEG handles, allocator)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--sizes", default="500x375,2048x1536")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=14)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    prep = Preprocessing(input_size=224, crop_pct=0.875, interpolation="bilinear",
+                         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes.split(","):
+            w, h = (int(v) for v in size.split("x"))
+            manifest = load_dataset(str(write_jpegs(Path(tmp), args.n, w, h)))
+            raw = [manifest.resolve(i).read_bytes() for i in range(len(manifest))]
+            datas = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in raw]
+            arms = {"pil (featstore's workers)": pil_arm(manifest, prep, args.batch),
+                    "torchvision cpu": torchvision_arm(datas, prep, args.batch, "cpu")}
+            skipped = []
+            if args.device != "cpu":
+                arms[f"torchvision {args.device}"] = torchvision_arm(datas, prep, args.batch,
+                                                                    args.device)
+                try:
+                    arms["nvimgcodec cuda"] = nvimgcodec_arm(raw, prep, args.batch)
+                except ImportError:
+                    skipped.append("nvimgcodec (not installed)")
+            else:
+                skipped.append("GPU arms (no --device cuda)")
+            print(f"\n{args.n} JPEGs {w}x{h} ({sum(map(len, raw)) / len(raw) / 1e3:.0f} kB "
+                  f"each) -> uint8 224x224, batch {args.batch}, median of {args.reps}")
+            print(f"{'arm':<34}{'img/s':>10}{'x pil':>8}{'mean |px diff| vs pil':>24}")
+            ref, base = None, None
+            for name, fn in arms.items():
+                times, out = timed(fn, args.reps)
+                rate = args.n / statistics.median(times)
+                out = out.cpu()
+                if ref is None:
+                    ref, base = out, rate
+                diff = (out.float() - ref.float()).abs().mean().item()
+                print(f"{name:<34}{rate:>10.0f}{rate / base:>8.2f}{diff:>24.3f}")
+                if name.startswith("pil"):
+                    print(f"{'  x ' + str(args.workers) + ' workers (at best)':<34}"
+                          f"{rate * args.workers:>10.0f}{args.workers:>8.2f}")
+            for s in skipped:
+                print(f"  skipped: {s}")
+
+
+if __name__ == "__main__":
+    main()
