@@ -1,7 +1,8 @@
 """Datasets: manifests, readers of raw layouts, validation, pixel loading.
 
 Importing this package loads neither torch nor h5py: the pixel readers
-(:mod:`featstore.data.images`, which hold a torch Dataset) load on first use.
+(:mod:`featstore.data.decode`) and the torch Dataset (:mod:`featstore.data.images`) load on
+first use.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from featstore.data.readers import (
 )
 
 if TYPE_CHECKING:
-    from featstore.data.images import RowDataset, read_image
+    from featstore.data.decode import read_image
+    from featstore.data.images import RowDataset
 
-_FROM_IMAGES = ("RowDataset", "read_image")
+_LAZY = {"RowDataset": "featstore.data.images", "read_image": "featstore.data.decode"}
 
 __all__ = [
     "SPLITS",
@@ -37,8 +39,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _FROM_IMAGES:
-        from featstore.data import images
+    if name in _LAZY:
+        import importlib
 
-        return getattr(images, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -182,7 +182,7 @@ class _PixelStage:
         import numpy as np
         import torch
 
-        from featstore.data.images import to_rgb
+        from featstore.data.decode import to_rgb
 
         px = np.array(self.tf(to_rgb(img)), dtype=np.uint8, copy=True)
         return torch.from_numpy(px).permute(2, 0, 1).contiguous()
@@ -198,7 +198,7 @@ class _RGBThen:
         self.tf = tf
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        from featstore.data.images import to_rgb  # featstore.data needs torch: import late
+        from featstore.data.decode import to_rgb
 
         return self.tf(to_rgb(img))
 

@@ -1,0 +1,127 @@
+"""Reading a manifest row's pixels as an RGB PIL image: the file (or array row) decoded,
+JPEGs at a reduced DCT scale on request, featstore's own pixel limit. Torch-free (PIL and
+numpy), so checking a manifest's images loads no torch; the torch Dataset over rows is
+:mod:`featstore.data.images`."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from featstore.choices import DEFAULT_MAX_PIXELS
+from featstore.data.arrays import ArrayFiles
+from featstore.data.manifest import Manifest
+from featstore.errors import ImageReadError
+
+_IN_MEMORY = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """featstore checks the pixel limit (``--max-pixels``) itself, so that a refusal names
+    the row and skips like any unreadable image. PIL's own decompression-bomb check stays as
+    it is for everyone else in the process: its warning is silenced here, and only where
+    ``max_pixels`` is above PIL's error threshold is its limit lifted, for this open, then
+    put back."""
+    pil = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if pil is None or (max_pixels is not None and max_pixels <= 2 * pil):
+            yield
+            return
+        with _PIL_LIMIT_LOCK:
+            Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max_pixels // 2 + 1
+            try:
+                yield
+            finally:
+                Image.MAX_IMAGE_PIXELS = pil
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB; 16-bit greyscale is scaled by its full range, not clipped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def read_image(manifest: Manifest, i: int, arrays: ArrayFiles | None = None,
+               draft: int | None = None,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Row ``i``'s pixels as an RGB image.
+
+    With ``draft``, a JPEG is decoded at a reduced scale (1/2, 1/4 or 1/8, by libjpeg's DCT
+    scaling) that keeps its shorter side at or above ``draft`` pixels: a 15-MP fundus photo
+    bound for a 256-px resize decodes at 1/8 of the cost. Other formats decode in full.
+
+    Raises
+    ------
+    ImageReadError
+        The file is missing, truncated, not an image, or declares more than ``max_pixels``
+        pixels; the message names id and file.
+    """
+    return read_image_views(manifest, i, arrays, drafts=(draft,), max_pixels=max_pixels)[draft]
+
+
+def read_image_views(manifest: Manifest, i: int, arrays: ArrayFiles | None = None,
+                     drafts: Sequence[int | None] = (None,),
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                     ) -> dict[int | None, Image.Image]:
+    """Row ``i`` decoded once per distinct draft size (once in all for a non-JPEG): the
+    file is read once; see :func:`read_image`."""
+    path = manifest.resolve(i)
+    try:
+        if manifest.array_keys is not None and manifest.array_keys[i]:
+            arrays = arrays or ArrayFiles()
+            arr = arrays.get(path, manifest.array_keys[i])
+            j = int(manifest.index[i])
+            if not 0 <= j < len(arr):
+                raise ImageReadError(_out_of_range(manifest, i, path, len(arr)))
+            px = arr[j]
+            if px.ndim == 3 and px.shape[-1] == 1:
+                px = px[..., 0]
+            img = to_rgb(Image.fromarray(np.ascontiguousarray(px)))
+            return dict.fromkeys(drafts, img)
+        data = path.read_bytes()
+        views: dict[int | None, Image.Image] = {}
+        for d in dict.fromkeys(drafts):
+            with _pixel_limit(max_pixels), Image.open(io.BytesIO(data)) as img:
+                if max_pixels is not None and img.width * img.height > max_pixels:
+                    raise ImageReadError(
+                        f"id {str(manifest.ids[i])!r}: {path}: {img.width}x{img.height} "
+                        f"= {img.width * img.height:,} pixels, above the limit of "
+                        f"{max_pixels:,} (--max-pixels)")
+                if img.format != "JPEG":  # no reduced decoding: one full decode serves all
+                    img.load()
+                    return dict.fromkeys(drafts, to_rgb(img))
+                if d is not None:
+                    img.draft(img.mode, (d, d))
+                img.load()
+                views[d] = to_rgb(img)
+        return views
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(f"id {str(manifest.ids[i])!r}: file not found: {path}") from None
+    except Image.DecompressionBombError:  # PIL's own threshold, at or above max_pixels
+        raise ImageReadError(f"id {str(manifest.ids[i])!r}: {path}: declares more pixels "
+                             f"than the limit of {max_pixels:,} (--max-pixels)") from None
+    except (UnidentifiedImageError, OSError, ValueError, KeyError, SyntaxError) as e:
+        why = _IN_MEMORY.sub("", str(e)).strip()  # PIL names the in-memory copy it read
+        raise ImageReadError(f"id {str(manifest.ids[i])!r}: cannot read {path}: {why}") \
+            from None
+
+
+def _out_of_range(manifest: Manifest, i: int, path: Path, n: int) -> str:
+    return (f"id {str(manifest.ids[i])!r}: index {int(manifest.index[i])} out of range for "
+            f"{path.name}[{manifest.array_keys[i]}] with {n} rows")
