@@ -13,6 +13,7 @@ _EXPORTS = {
     "Classifier": "featstore.finetune.model",
     "FinetuneConfig": "featstore.finetune.config",
     "FinetuneProgress": "featstore.finetune.run",
+    "FinetuneRecord": "featstore.finetune.run",
     "OPTIMIZERS": "featstore.finetune.config",
     "finetune_grid": "featstore.finetune.grid",
     "finetune_run": "featstore.finetune.run",
@@ -23,6 +24,7 @@ __all__ = [
     "Classifier",
     "FinetuneConfig",
     "FinetuneProgress",
+    "FinetuneRecord",
     "OPTIMIZERS",
     "finetune_grid",
     "finetune_run",
@@ -35,4 +37,4 @@ if TYPE_CHECKING:
     from featstore.finetune.config import OPTIMIZERS, FinetuneConfig
     from featstore.finetune.grid import finetune_grid, finetune_run_ids, stored_finetune_records
     from featstore.finetune.model import Classifier
-    from featstore.finetune.run import FinetuneProgress, finetune_run
+    from featstore.finetune.run import FinetuneProgress, FinetuneRecord, finetune_run

@@ -9,9 +9,8 @@ from typing import Any
 from featstore.data.manifest import Manifest
 from featstore.errors import FinetuneError, ProbeError
 from featstore.finetune.config import FinetuneConfig, model_key
-from featstore.finetune.run import FinetuneProgress, finetune_run, stored_finetune_record
+from featstore.finetune.run import FinetuneProgress, FinetuneRecord, finetune_run
 from featstore.models.registry import BackboneSpec
-from featstore.probe import ProbeRecord
 from featstore.store.dataset import DatasetGroup
 from featstore.store.feature_store import FeatureStore
 
@@ -20,13 +19,13 @@ def finetune_grid(manifest: Manifest, specs: Sequence[BackboneSpec], config: Fin
                   store: FeatureStore, fractions: Sequence[float] = (1.0,),
                   seeds: int | Sequence[int] = 1, device: str = "cpu", num_workers: int = 0,
                   recompute: bool = False, progress: FinetuneProgress | None = None,
-                  on_run: Callable[[list[ProbeRecord]], None] | None = None,
-                  on_error: str = "fail") -> list[ProbeRecord]:
+                  on_run: Callable[[list[FinetuneRecord]], None] | None = None,
+                  on_error: str = "fail") -> list[FinetuneRecord]:
     """Every (backbone, fraction, seed) of the grid; finished runs are read back."""
     from dataclasses import replace
 
     seed_list = grid_seeds(fractions, seeds)
-    out: list[ProbeRecord] = []
+    out: list[FinetuneRecord] = []
     for spec in specs:
         for fraction in fractions:
             for seed in seed_list:
@@ -66,7 +65,7 @@ def grid_seeds(fractions: Sequence[float], seeds: int | Sequence[int]) -> list[i
         raise FinetuneError(str(e)) from None
 
 
-def stored_finetune_records(ds: DatasetGroup) -> list[ProbeRecord]:
+def stored_finetune_records(ds: DatasetGroup) -> list[FinetuneRecord]:
     """Every finished finetuning run's records in a dataset group (no computation)."""
-    return [stored_finetune_record(r) for run in ds.finetune_runs.all()
+    return [FinetuneRecord.from_stored(r) for run in ds.finetune_runs.all()
             if run.get("status") == "complete" for r in run.get("records", [])]

@@ -23,9 +23,8 @@ from __future__ import annotations
 import io
 import pickle
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from importlib.metadata import version
-from typing import Any
 
 import numpy as np
 import torch
@@ -64,12 +63,25 @@ from featstore.finetune.state import (
 )
 from featstore.models.preprocessing import pixel_stage
 from featstore.models.registry import BackboneSpec
-from featstore.probe import ProbeRecord
+from featstore.records import ScoreRecord
 from featstore.runtime import autocast, distributed_from_env, resolve_device
 from featstore.store.feature_store import FeatureStore
 from featstore.store.layout import CHECKPOINTS_GROUP as CHECKPOINTS
 from featstore.task import scored_metrics, target_tensor, task_loss
 
+
+@dataclass(kw_only=True)
+class FinetuneRecord(ScoreRecord):
+    """One metric of one finetuning run on test (:class:`ScoreRecord`'s fields, and the
+    starting model). ``probe`` is always ``"finetune"``: tables list finetuning beside the
+    probes of the same backbone, as the study does."""
+
+    backbone: str
+    key: str  # the starting model's key (architecture, weights, preprocessing)
+    val_source: str
+    probe: str = FINETUNE
+    # False: val could not choose (its metric undefined): the first epoch was kept
+    chosen_on_val: bool = True
 
 class FinetuneProgress:
     """What the loop reports: one bar per epoch (img/s, train loss) and the val metric."""
@@ -82,7 +94,7 @@ class FinetuneProgress:
 def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig, *,
                  store: FeatureStore, device: str = "cpu", num_workers: int = 0,
                  recompute: bool = False, progress: FinetuneProgress | None = None,
-                 on_error: str = "fail") -> list[ProbeRecord]:
+                 on_error: str = "fail") -> list[FinetuneRecord]:
     """Finetune ``spec`` on ``manifest`` for one (fraction, seed); records on test.
 
     Every image the run will read is decoded once before epoch 1: an unreadable one stops
@@ -153,7 +165,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         ds = store.dataset(manifest)
     saved = ds.finetune_runs.get(run_id)
     if saved is not None and saved.get("status") == "complete" and not recompute:
-        return [stored_finetune_record(r) for r in saved["records"]] if dist.main else []
+        return [FinetuneRecord.from_stored(r) for r in saved["records"]] if dist.main else []
     unreadable = bad or unreadable_images(manifest, prep.resize, num_workers)
     if unreadable and on_error == "fail":  # before epoch 1, not after training
         raise ImageReadError(next(iter(unreadable.values())) + (
@@ -318,8 +330,8 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     if not chosen_on_val:
         hyper += " (not chosen: val metric undefined)"
     records = [
-        ProbeRecord(dataset=ds.name, backbone=spec.alias, key=mkey, task=task,
-                    probe=FINETUNE, **scored, fraction=config.fraction, seed=config.seed,
+        FinetuneRecord(dataset=ds.name, backbone=spec.alias, key=mkey, task=task,
+                       **scored, fraction=config.fraction, seed=config.seed,
                     hyperparameter=hyper, n_train=len(tr), n_val=len(va), n_test=len(te),
                     val_source=val_source, random_weights=spec.is_random,
                     train_ids_sha256=ids_sha256(manifest.ids[tr]), run_id=run_id,
@@ -340,8 +352,3 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     return records
 
 
-def stored_finetune_record(r: dict[str, Any]) -> ProbeRecord:
-    nan = float("nan")
-    return ProbeRecord(**{**r, "cached": True,
-                          **{k: nan if r[k] is None else float(r[k])
-                             for k in ("value", "ci_low", "ci_high")}})

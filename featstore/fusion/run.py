@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from featstore.errors import FusionError, ProbeError
 from featstore.fusion.dvme import ATTENTIONS, DVME, HEAD_VERSION
 from featstore.probe.linear import fit_with_validation
 from featstore.probe.run import VAL_SPLIT, check_grid, split_rows
+from featstore.records import ScoreRecord
 from featstore.runkeys import run_id as run_key
 from featstore.store.dataset import DatasetGroup
 from featstore.store.embedding_set import EmbeddingSet
@@ -28,41 +29,18 @@ from featstore.task import scored_metrics
 MAX_BACKBONES = 8
 
 
-@dataclass
-class FuseRecord:
-    """One metric of one method (a DVME variant, concat, or a single backbone) on test."""
+@dataclass(kw_only=True)
+class FuseRecord(ScoreRecord):
+    """One metric of one method (a DVME variant, concat, or a single backbone) on test
+    (:class:`ScoreRecord`'s fields, and the method, the sets it fused, what the head did)."""
 
-    dataset: str
     method: str
     backbones: list[str]
     keys: list[str]
-    task: str
-    metric: str
-    value: float
-    primary: bool
-    ci_low: float
-    ci_high: float
-    fraction: float
-    seed: int
-    n_train: int
-    n_val: int
-    n_test: int
-    train_ids_sha256: str
-    run_id: str
-    n_excluded: int = 0  # rows without an embedding in some backbone (skipped images)
-    cached: bool = False
-    random_weights: bool = False
     attention: dict[str, float] = field(default_factory=dict)
     attention_per_class: dict[str, dict[str, float]] = field(default_factory=dict)
     head_path: str | None = None
     epochs: int | None = None
-    hyperparameter: str = ""
-    # the run's configuration (what the DVME head was: dim, options; the val source);
-    # runs of two configurations are two rows, never seeds of one
-    config: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def check_aligned(embs: Sequence[Embeddings]) -> None:
@@ -296,13 +274,8 @@ def fuse_grid(sets: Sequence[EmbeddingSet], *, task: str, fractions: Sequence[fl
 
 
 def stored_fusion_record(r: dict[str, Any]) -> FuseRecord:
-    """A record read back from the store (undefined values were stored as None)."""
-    nan = float("nan")
-    known = {f.name for f in fields(FuseRecord)}
-    return FuseRecord(**{**{k: v for k, v in r.items() if k in known}, "cached": True,
-                         **{k: nan if r[k] is None else float(r[k])
-                            for k in ("value", "ci_low", "ci_high")}})
-
+    """A record read back from the store."""
+    return FuseRecord.from_stored(r)
 
 def stored_fusion_records(datasets: Sequence[DatasetGroup],
                           keys: Sequence[str] | None = None) -> list[FuseRecord]:

@@ -8,7 +8,7 @@ next to the embeddings, so a run is reproducible alone and is never computed twi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from typing import Any
 
@@ -30,6 +30,7 @@ from featstore.data.fractions import (
     training_splits,
 )
 from featstore.errors import ManifestError, ProbeError
+from featstore.records import ScoreRecord
 from featstore.runkeys import run_id as run_key
 from featstore.store.embedding_set import EmbeddingSet
 from featstore.store.layout import Embeddings
@@ -67,41 +68,20 @@ class ProbeConfig:
         return run_key(payload)
 
 
-@dataclass
-class ProbeRecord:
-    """One metric of one probe run on the test split."""
+@dataclass(kw_only=True)
+class ProbeRecord(ScoreRecord):
+    """One metric of one probe run on the test split (:class:`ScoreRecord`'s fields, and
+    the embedding set, the probe, where val came from and what the solver did)."""
 
-    dataset: str
     backbone: str
     key: str
-    task: str
     probe: str
-    metric: str
-    value: float
-    primary: bool
-    ci_low: float
-    ci_high: float
-    fraction: float
-    seed: int
-    hyperparameter: str
-    n_train: int
-    n_val: int
-    n_test: int
     val_source: str
-    random_weights: bool
-    train_ids_sha256: str
-    run_id: str
-    cached: bool = False
-    n_excluded: int = 0  # rows left out: no embedding (image skipped at extraction)
     l2: float | None = None
     converged: bool | None = None
-    config: dict[str, Any] = field(default_factory=dict)
     # False: val could not choose (its metric undefined, e.g. one class in val): the
-    # strongest regularisation (a probe) or the first epoch (finetuning) was kept
+    # strongest regularisation was kept
     chosen_on_val: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def split_rows(emb: Embeddings, y: np.ndarray, task: str,
@@ -148,7 +128,7 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
     if store_set is not None and not recompute:
         saved = store_set.probe_runs.get(run_id)
         if saved is not None:
-            return [_stored_record(r) for r in saved["records"]]
+            return [ProbeRecord.from_stored(r) for r in saved["records"]]
     if emb.X is None:
         raise ProbeError(f"{emb.dataset}: embeddings {emb.alias} were not loaded")
     tr = select_fraction(tr, emb.labels, emb.group, cfg.fraction, cfg.seed)
@@ -256,7 +236,7 @@ def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, 
                     run_cfg = replace(cfg, probe=kind, fraction=float(fraction), seed=seed)
                     saved = None if recompute else es.probe_runs.get(probe_run_id(emb, run_cfg))
                     if saved is not None:
-                        run = [_stored_record(r) for r in saved["records"]]
+                        run = [ProbeRecord.from_stored(r) for r in saved["records"]]
                     else:
                         if emb.X is None:
                             emb = es.load(verify=verify)
@@ -301,14 +281,6 @@ def check_grid(fractions: Sequence[float], seeds: int | Sequence[int]) -> list[i
     return seed_list
 
 
-def _stored_record(r: dict[str, Any]) -> ProbeRecord:
-    """A record read back from the store (undefined values were stored as None)."""
-    nan = float("nan")
-    return ProbeRecord(**{**r, "cached": True,
-                          **{k: nan if r[k] is None else float(r[k])
-                             for k in ("value", "ci_low", "ci_high")}})
-
-
 def stored_records(store_sets: Sequence[EmbeddingSet]) -> list[ProbeRecord]:
     """Every probe record persisted for these embedding sets (no computation).
 
@@ -321,5 +293,5 @@ def stored_records(store_sets: Sequence[EmbeddingSet]) -> list[ProbeRecord]:
             records = run.get("records", [])
             if records and records[0].get("val_source") == LEGACY_VAL_SOURCE:
                 continue
-            out.extend(_stored_record(r) for r in records)
+            out.extend(ProbeRecord.from_stored(r) for r in records)
     return out
