@@ -41,7 +41,7 @@ from featstore.runtime import (
 )
 from featstore.store.embedding_set import EmbeddingSet
 from featstore.store.feature_store import FeatureStore
-from featstore.store.layout import EmbeddingKey
+from featstore.store.layout import EmbeddingKey, Provenance
 
 WAIT_POLL_S = 0.5
 # rows a loader worker decodes per hand-over: small, so many workers fill one model batch
@@ -76,31 +76,31 @@ def provenance(loaded: LoadedBackbone, manifest: Manifest, *, batch_size: int,
     resize = ("batched on the device" + (f" ({pixels.key_resize})" if pixels.keyed else
                                          ", none needed")
               if pixels is not None and pixels.raw_shape is not None else "PIL, in the loader")
-    return {
-        "backbone": spec.name,
-        "architecture": spec.architecture,
-        "weights": "random (untrained, seed 0)" if spec.is_random else str(spec.weights),
-        "random_weights": spec.is_random,
-        "weights_sha256": loaded.weights_sha256,
-        "preprocessing": loaded.preprocessing.to_dict(),
-        "decode": DECODE,
-        "resize": resize,
-        "layer": spec.layer,
-        "manifest": manifest.name,
-        "manifest_sha256": manifest.sha256,
-        "dataset_identity": manifest.identity,
-        "batch_size": batch_size,
-        "batch_size_auto": batch_size_auto,
-        "precision": precision,
-        "compiled": compiled,
-        "device": str(device),
-        "world_size": world,
-        "on_error": on_error,
-        "versions": {p: version(p) for p in ("featstore", "torch", "timm", "zarr")},
-        "host": platform.node(),
-        "user": _user(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    return Provenance(
+        spec=spec.name,
+        architecture=spec.architecture,
+        weights="random (untrained, seed 0)" if spec.is_random else str(spec.weights),
+        random_weights=spec.is_random,
+        weights_sha256=loaded.weights_sha256,
+        preprocessing=loaded.preprocessing.to_dict(),
+        decode=DECODE,
+        resize=resize,
+        layer=spec.layer,
+        manifest=manifest.name,
+        manifest_sha256=manifest.sha256,
+        dataset_identity=manifest.identity,
+        batch_size=batch_size,
+        batch_size_auto=batch_size_auto,
+        precision=precision,
+        compiled=compiled,
+        device=str(device),
+        world_size=world,
+        on_error=on_error,
+        versions={p: version(p) for p in ("featstore", "torch", "timm", "zarr")},
+        host=platform.node(),
+        user=_user(),
+        started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    ).to_dict()
 
 
 def fit_batch_size(peaks: dict[int, float], budget: float, *, cap: int = 1024,

@@ -95,10 +95,10 @@ def init_from_probe(model: Classifier, ds: DatasetGroup, spec: BackboneSpec, loa
     """
     want = loaded.preprocessing.to_dict()
     for es in ds.embedding_sets():
-        prov = es.attrs.get("provenance", {})
-        if (prov.get("weights_sha256") != loaded.weights_sha256 or es.dtype != "float32"
-                or prov.get("preprocessing") != want or prov.get("layer") != spec.layer
-                or prov.get("precision", "fp32") != "fp32"):
+        prov = es.provenance
+        if (prov.weights_sha256 != loaded.weights_sha256 or es.dtype != "float32"
+                or prov.preprocessing != want or prov.layer != spec.layer
+                or prov.precision != "fp32"):
             continue
         for run_id, run in es.probe_runs.by_id().items():
             cfg, recs = run.get("config", {}), run.get("records") or []

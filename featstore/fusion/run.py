@@ -23,7 +23,7 @@ from featstore.records import ScoreRecord
 from featstore.runkeys import run_id as run_key
 from featstore.store.dataset import DatasetGroup
 from featstore.store.embedding_set import EmbeddingSet
-from featstore.store.layout import Embeddings
+from featstore.store.layout import Embeddings, Provenance
 from featstore.task import scored_metrics
 
 MAX_BACKBONES = 8
@@ -110,7 +110,7 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
             "keys": [e.key for e in embs], "task": task, "fraction": fraction, "seed": seed,
             "n_train": len(tr), "n_val": len(va), "n_test": len(te),
             "n_excluded": int(missing.sum()),
-            "random_weights": any(bool(e.attrs.get("provenance", {}).get("random_weights"))
+            "random_weights": any(Provenance.from_dict(e.attrs.get("provenance")).random_weights
                                   for e in embs),
             "train_ids_sha256": ids_sha256(ref.ids[tr])}
 

@@ -33,7 +33,7 @@ from featstore.errors import ManifestError, ProbeError
 from featstore.records import ScoreRecord
 from featstore.runkeys import run_id as run_key
 from featstore.store.embedding_set import EmbeddingSet
-from featstore.store.layout import Embeddings
+from featstore.store.layout import Embeddings, Provenance
 
 # the probes themselves (torch, scikit-learn) load when a run is computed, not to read one back
 
@@ -153,7 +153,7 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
         thresholds = fit_thresholds(expected_grade(model.predict_proba(X[va])), y[va], n_classes)
         pred_test = decode(expected_grade(proba_test), thresholds)
         hyper += ", thresholds=" + ",".join(f"{t:.2f}" for t in thresholds)
-    random_weights = bool(emb.attrs.get("provenance", {}).get("random_weights", False))
+    random_weights = bool(Provenance.from_dict(emb.attrs.get("provenance")).random_weights)
     records = [
         ProbeRecord(dataset=emb.dataset, backbone=emb.alias, key=emb.key, task=task,
                     probe=cfg.probe, **scored, fraction=cfg.fraction, seed=cfg.seed,

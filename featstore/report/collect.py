@@ -61,13 +61,12 @@ def display_names(sets: Sequence[Any]) -> dict[str, str]:
     their key prefix, tell them apart."""
     names, detail = {}, {}
     for es in sets:
-        p = es.attrs.get("provenance", {})
-        if str(p.get("backbone", "")).startswith("finetuned:"):
-            run = p["backbone"].removeprefix("finetuned:")[:8]
-            names[es.key] = f"{p.get('architecture', '?')} finetuned {run}"
+        p = es.provenance
+        if p.finetuned_run is not None:
+            names[es.key] = f"{p.architecture or '?'} finetuned {p.finetuned_run[:8]}"
         else:
             names[es.key] = _base(short(es.alias))
-        detail[es.key] = f"{p.get('precision', 'fp32')}/{es.attrs.get('dtype', '?')}"
+        detail[es.key] = f"{p.precision}/{es.attrs.get('dtype', '?')}"
     out = {}
     for key, n in names.items():
         twins = [k for k, m in names.items() if m == n]
@@ -251,14 +250,13 @@ def _mean_maps(maps: Sequence[dict[str, float]], names: dict[str, str]) -> dict[
 
 def finetuned_from_random(ds, sets: Sequence[Any]) -> set[str]:
     """Keys of the sets embedded by a model finetuned from random weights."""
-    tuned = [s for s in sets if str(s.attrs.get("provenance", {}).get("backbone", ""))
-             .startswith("finetuned:")]
+    tuned = [s for s in sets if s.provenance.finetuned_run is not None]
     if not tuned:
         return set()
     runs = ds.finetune_runs.by_id()
     out = set()
     for es in tuned:
-        prefix = es.attrs["provenance"]["backbone"].removeprefix("finetuned:")
+        prefix = es.provenance.finetuned_run
         run = next((r for rid, r in runs.items() if rid.startswith(prefix)), {})
         if any(rec.get("random_weights") for rec in run.get("records", [])):
             out.add(es.key)
@@ -293,7 +291,7 @@ def table_cells(rep: DatasetReport) -> tuple[list[float], list[list[str]], list[
 
 def random_weights(es) -> bool:
     """Whether an embedding set was extracted with random (untrained) weights."""
-    return bool(es.attrs.get("provenance", {}).get("random_weights"))
+    return bool(es.provenance.random_weights)
 
 
 def provenance_rows(rep: DatasetReport) -> list[dict[str, str]]:
@@ -305,23 +303,21 @@ def provenance_rows(rep: DatasetReport) -> list[dict[str, str]]:
     names = display_names(rep.sets)
     out = []
     for es in rep.sets:
-        p = es.attrs.get("provenance", {})
-        prep = p.get("preprocessing", {})
-        random = "RANDOM WEIGHTS" if p.get("random_weights") else ""
+        p = es.provenance
+        prep = p.preprocessing
+        random = "RANDOM WEIGHTS" if p.random_weights else ""
         if es.key in tuned_random:
             random = "FINETUNED FROM RANDOM WEIGHTS"
-        versions = p.get("versions", {})
         out.append({
             "set": names[es.key], "alias": short(es.alias), "key": es.key[:12],
-            "architecture": str(p.get("architecture", "")),
-            "weights": str(p.get("weights", "")),
-            "weights sha256": str(p.get("weights_sha256", ""))[:16],
+            "architecture": p.architecture,
+            "weights": str(p.weights),
+            "weights sha256": p.weights_sha256[:16],
             "preprocessing": (f"{prep.get('input_size')}px, crop {prep.get('crop_pct')}, "
                               f"{prep.get('interpolation')}, mean {prep.get('mean')}, std "
                               f"{prep.get('std')}") if prep else "",
-            "compute": f"{p.get('precision', '')} on {p.get('device', '')}, stored "
-                       f"{es.attrs.get('dtype', '')}",
-            "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
-            "made": f"{p.get('user') or '?'}@{p.get('host', '?')} {p.get('started', '')}",
+            "compute": f"{p.precision} on {p.device}, stored {es.attrs.get('dtype', '')}",
+            "versions": ", ".join(f"{k} {v}" for k, v in p.versions.items()),
+            "made": f"{p.user or '?'}@{p.host or '?'} {p.started or ''}",
             "random": random})
     return out

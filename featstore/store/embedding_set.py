@@ -20,6 +20,7 @@ from featstore.store.layout import (
     PROBES_GROUP,
     SKIPPED_GROUP,
     Embeddings,
+    Provenance,
     require_group,
 )
 from featstore.store.runlog import RunLog
@@ -56,7 +57,7 @@ class EmbeddingSet:
         """The set as ``ls`` shows it (and its catalog entry holds): dataset, alias, key,
         size, shards done, status, missing rows, and who extracted it when on which host."""
         done = int(self.done_mask().sum())
-        prov = self.attrs.get("provenance", {})
+        prov = self.provenance
         return {
             "dataset": self.dataset.name, "backbone": self.alias, "key": self.key,
             "rows": self.rows, "dim": self.dim, "dtype": self.dtype,
@@ -65,9 +66,9 @@ class EmbeddingSet:
             "shards_done": done, "shards": self.n_shards,
             "status": "complete" if done == self.n_shards else "incomplete",
             "missing": int(self.missing_mask().sum()),
-            "random_weights": bool(prov.get("random_weights")),
-            "user": prov.get("user"), "host": prov.get("host"),
-            "started": prov.get("started"), "finished": self.attrs.get("finished"),
+            "random_weights": bool(prov.random_weights),
+            "user": prov.user, "host": prov.host,
+            "started": prov.started, "finished": self.attrs.get("finished"),
         }
 
     def publish(self) -> None:
@@ -77,6 +78,11 @@ class EmbeddingSet:
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(self.group.attrs)
+
+    @property
+    def provenance(self) -> Provenance:
+        """What produced the set (typed; see :class:`Provenance`)."""
+        return Provenance.from_dict(self.attrs.get("provenance"))
 
     @property
     def rows(self) -> int:

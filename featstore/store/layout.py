@@ -23,7 +23,7 @@ Layout::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +87,67 @@ class Embeddings:
     @property
     def n_missing(self) -> int:
         return 0 if self.missing is None else int(self.missing.sum())
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced an embedding set: its attrs' ``provenance``, typed (written by
+    :func:`featstore.extract.engine.provenance`). A set written before a field existed reads
+    it as its default; keys this featstore does not know are kept in ``extra``.
+
+    ``spec`` is the backbone spec extract was given (``timm:resnet18/64px@random``,
+    ``finetuned:<run>``), stored under the key ``backbone``; records and tables name a set
+    by its alias instead (:attr:`EmbeddingSet.alias`)."""
+
+    spec: str = ""
+    architecture: str = ""
+    weights: str = ""
+    random_weights: bool = False
+    weights_sha256: str = ""
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    decode: str = ""
+    resize: str = ""
+    layer: str | None = None
+    manifest: str = ""
+    manifest_sha256: str = ""
+    dataset_identity: str = ""
+    batch_size: int | None = None
+    batch_size_auto: bool = False
+    precision: str = "fp32"
+    compiled: bool = False
+    device: str = ""
+    world_size: int = 1
+    on_error: str = "fail"
+    versions: dict[str, Any] = field(default_factory=dict)
+    host: str | None = None
+    user: str | None = None
+    started: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _STORED = {"spec": "backbone"}  # field -> its key in the store, where they differ
+
+    @classmethod
+    def from_dict(cls, stored: dict[str, Any] | None) -> Provenance:
+        stored = dict(stored or {})
+        names = {f.name for f in fields(cls)} - {"extra"}
+        values = {}
+        for name in names:
+            key = cls._STORED.get(name, name)
+            if key in stored:
+                values[name] = stored.pop(key)
+        return cls(**values, extra=stored)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form (the keys every set has always had)."""
+        out = {self._STORED.get(f.name, f.name): getattr(self, f.name) for f in fields(self)
+               if f.name != "extra"}
+        return {**out, **self.extra}
+
+    @property
+    def finetuned_run(self) -> str | None:
+        """The finetuning run (its id or prefix) a ``finetuned:`` set was embedded by."""
+        prefix = "finetuned:"
+        return self.spec.removeprefix(prefix) if self.spec.startswith(prefix) else None
 
 
 def children(group: zarr.Group) -> list[str]:

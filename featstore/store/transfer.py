@@ -140,7 +140,7 @@ def copy_finetune_runs(src: DatasetGroup, dst: DatasetGroup,
 
 def finetuned_run_prefixes(sets: Sequence[EmbeddingSet]) -> list[str]:
     """The finetuning runs (id prefixes) whose models embedded these sets."""
-    names = (str(es.attrs.get("provenance", {}).get("backbone", "")) for es in sets)
+    names = (es.provenance.spec for es in sets)
     return [n.removeprefix("finetuned:").rpartition("/")[2] for n in names
             if n.startswith("finetuned:")]
 

@@ -112,3 +112,26 @@ def test_runs_with_the_old_val_carve_are_superseded(capsys, old):
     assert {r["val_source"] for r in records} == {"20% of train patients (seed 0)"}
     code, out, _ = cli(capsys, "results", *data, *store, "--json")
     assert len(json.loads(out)) == len(records)
+
+
+def test_old_provenance_reads_typed_and_writes_back_the_same_keys(capsys, old, npz_file,
+                                                                  tmp_path):
+    from featstore.store import FeatureStore
+    from featstore.store.layout import Provenance
+
+    sets = [es for ds in FeatureStore(str(old / "store")).datasets()
+            for es in ds.embedding_sets()]
+    for es in sets:
+        stored = es.attrs["provenance"]
+        typed = es.provenance
+        assert typed.spec == stored["backbone"] and typed.extra == {}
+        assert typed.to_dict() == {**typed.to_dict(), **stored}  # every stored key kept
+        assert Provenance.from_dict(typed.to_dict()) == typed
+    # what today's extract writes has every key the old store's sets have (and newer ones)
+    store = tmp_path / "new"
+    assert cli(capsys, "extract", "--data", str(npz_file), "-b", TINY, "--image-size", "32",
+               "--store", str(store))[0] == 0
+    (new,) = [es for ds in FeatureStore(str(store)).datasets() for es in ds.embedding_sets()]
+    assert set(sets[0].attrs["provenance"]) < set(new.attrs["provenance"])
+    assert set(new.attrs["provenance"]) == set(Provenance().to_dict())
+    assert new.provenance.spec.startswith("timm:test_resnet")
