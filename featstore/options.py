@@ -60,6 +60,9 @@ class Constraint:
     def accepts(self, value: Any) -> bool:
         if value is None:
             return self.optional
+        if isinstance(value, list | tuple) and not (self.low is None and self.high is None
+                                                    and self.choices is None):
+            return len(value) > 0 and all(self.accepts(v) for v in value)  # each item
         if self.choices is not None:
             return value in self.choices
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -116,7 +119,10 @@ def check(config: Any, error: type[FeatstoreError]) -> None:
     for name, c in constraints(type(config)).items():
         value = getattr(config, name)
         if not c.accepts(value):
-            raise invalid(error, c.flag or name, value, c.expected())
+            expected = c.expected()
+            if isinstance(value, list | tuple):
+                expected = f"a non-empty list, each item {expected}"
+            raise invalid(error, c.flag or name, value, expected)
 
 
 def cli_message(e: FeatstoreError) -> str:
@@ -140,8 +146,13 @@ def toml_types(cls: type) -> dict[str, tuple[tuple[type, ...], str]]:
     for name, c in constraints(cls).items():
         if c.where != "both":
             continue
-        kinds = tuple(t for t in typing.get_args(hints[name]) or (hints[name],)
-                      if t is not type(None))
+        hint = hints[name]
+        if typing.get_origin(hint) in (tuple, list):  # a TOML array
+            item = typing.get_args(hint)[0]
+            out[c.flag or name] = (list, "a list of " + (
+                ", ".join(c.choices) if c.choices is not None else _PLURAL[item]))
+            continue
+        kinds = tuple(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
         if float in kinds:
             kinds = (*kinds, int)
         out[c.flag or name] = (kinds, c.expected() if c.choices is not None
@@ -150,6 +161,7 @@ def toml_types(cls: type) -> dict[str, tuple[tuple[type, ...], str]]:
 
 
 _KIND_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_PLURAL = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
 
 
 def argv(config: Any, where: tuple[str, ...] = ("both", "cli")) -> list[str]:

@@ -12,7 +12,9 @@ from featstore.cli import app
 from featstore.errors import FeatstoreError, FinetuneError
 from featstore.extract.config import ExtractConfig
 from featstore.finetune.config import FinetuneConfig
+from featstore.fusion.config import FuseConfig
 from featstore.pipeline.spec import SCHEMA
+from featstore.probe.config import ProbeConfig
 from tests.conftest import SIZE, TINY
 
 
@@ -21,9 +23,15 @@ def cli_params(command: str) -> dict[str, click.Parameter]:
     return {p.name: p for p in group.commands[command].params}
 
 
+def comma_list(values):
+    return ",".join(map(str, values))
+
+
 @pytest.mark.parametrize("command, cls, renamed", [
     ("extract", ExtractConfig, {"compile": "compile_model"}),
     ("finetune", FinetuneConfig, {}),
+    ("probe", ProbeConfig, {}),
+    ("fuse", FuseConfig, {"attentions": "attention"}),
 ])
 def test_every_config_option_is_a_cli_option_with_the_configs_help_and_default(
         command, cls, renamed):
@@ -32,15 +40,21 @@ def test_every_config_option_is_a_cli_option_with_the_configs_help_and_default(
         if c.where not in ("both", "cli"):  # the front end fills it in (the manifest's task)
             continue
         p = params[renamed.get(name, c.flag or name)]
-        assert p.opts == ["--" + (c.flag or name).replace("_", "-")]
+        flag = "attention" if name == "attentions" else c.flag or name
+        assert p.opts == ["--" + flag.replace("_", "-")]
         want = options.default(cls, name)
         if name != "n_bootstrap":  # --bootstrap is shared by the probing verbs
             assert p.help == c.help
-        assert (p.default.value if hasattr(p.default, "value") else p.default) == want, name
+        got = p.default.value if hasattr(p.default, "value") else p.default
+        if isinstance(want, tuple):  # a list option is comma-separated on the command line
+            assert got in (comma_list(want), None), name  # None: the config's default
+        else:
+            assert got == want, name
 
 
 @pytest.mark.parametrize("stage, cls", [("extract", ExtractConfig),
-                                        ("finetune", FinetuneConfig)])
+                                        ("finetune", FinetuneConfig),
+                                        ("probe", ProbeConfig), ("fuse", FuseConfig)])
 def test_a_pipeline_stage_takes_the_configs_keys(stage, cls):
     keys = {c.flag or n for n, c in options.constraints(cls, where="both").items()}
     assert keys <= set(SCHEMA[stage])
@@ -94,7 +108,20 @@ def test_the_python_api_defaults_are_the_configs():
     import inspect
 
     from featstore.extract import extract_embeddings
+    from featstore.fusion import fuse_grid
 
-    params = inspect.signature(extract_embeddings).parameters
-    for name, value in ExtractConfig().kwargs().items():
-        assert params[name].default == value, name
+    for fn, config in ((extract_embeddings, ExtractConfig()), (fuse_grid, FuseConfig())):
+        params = inspect.signature(fn).parameters
+        for name, value in config.kwargs().items():
+            default = params[name].default
+            assert (list(default) if isinstance(default, tuple) else default) == value, name
+
+
+def test_a_list_option_checks_each_item_and_a_file_list_runs_as_the_cli_tuple():
+    with pytest.raises(FeatstoreError) as e:
+        options.check(ProbeConfig(l2_grid=[1.0, 0.0]), FeatstoreError)
+    assert options.cli_message(e.value).startswith("--l2-grid (1.0, 0.0): expected a "
+                                                   "non-empty list, each item a value > 0")
+    # TOML integers and a list: the run id of the CLI's float tuple
+    assert (ProbeConfig(l2_grid=[1, 10], ks=[5]).run_id("k")
+            == ProbeConfig(l2_grid=(1.0, 10.0), ks=(5,)).run_id("k"))

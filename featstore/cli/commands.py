@@ -50,6 +50,8 @@ from featstore.cli._shared import (
     split_option,
 )
 from featstore.extract.config import ExtractConfig
+from featstore.fusion.config import FuseConfig
+from featstore.probe.config import ProbeConfig
 
 
 def _x(name: str, *decls: str, **kw) -> typer.models.OptionInfo:
@@ -123,6 +125,15 @@ def extract(
     print_notes(notes(results))
 
 
+def _p(name: str, *decls: str, **kw) -> typer.models.OptionInfo:
+    """``featstore probe``'s option for the :class:`ProbeConfig` field ``name``."""
+    return config_option(ProbeConfig, name, *decls, **kw)
+
+
+_KS = ",".join(map(str, options.default(ProbeConfig, "ks")))
+_ORDINAL_DECODE = OrdinalDecode(options.default(ProbeConfig, "ordinal_decode"))
+
+
 @app.command()
 def probe(
     data: DataOpt,
@@ -138,15 +149,11 @@ def probe(
         help="Probes, comma-separated: linear, knn or linear,knn.")] = "linear",
     fractions: FractionsOpt = "1.0",
     seeds: SeedsOpt = 1,
-    l2_grid: Annotated[str | None, typer.Option(
-        metavar="L2,...",
-        help="Comma-separated L2 values (default: 1e-6..1e4, 11 log steps).")] = None,
-    ks: Annotated[str, typer.Option(
-        metavar="K,...", help="k values for the kNN probe.")] = "10,20,50,100,200",
+    l2_grid: Annotated[str | None, _p("l2_grid", metavar="L2,...")] = None,
+    ks: Annotated[str, _p("ks", metavar="K,...")] = _KS,
     bootstrap: BootstrapOpt = 1000,
-    ordinal_decode: Annotated[OrdinalDecode, typer.Option(
-        help="Ordinal tasks: argmax, or expected (expected grade, thresholds fitted on "
-        "val).")] = OrdinalDecode.argmax,
+    ordinal_decode: Annotated[OrdinalDecode, _p("ordinal_decode", metavar=None)]
+    = _ORDINAL_DECODE,
     recompute: RecomputeOpt = False,
     verify: VerifyOpt = True,
     device: Annotated[str, typer.Option(help="Torch device for the solver.")] = "cpu",
@@ -160,15 +167,16 @@ def probe(
 
     Every run is persisted in the store; an identical run is read back, not recomputed.
     """
-    from featstore.probe import DEFAULT_L2_GRID, ProbeConfig, probe_grid
+    from featstore.probe import probe_grid
 
     manifest = load_data(data, root, task)
     sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision,
                           results_store, cache)
     config = ProbeConfig(task=manifest.task, n_bootstrap=bootstrap,
                          ordinal_decode=ordinal_decode.value,
-                         l2_grid=tuple(split_option(l2_grid, "--l2-grid")) if l2_grid
-                         else DEFAULT_L2_GRID, ks=tuple(split_option(ks, "--ks", int)))
+                         l2_grid=split_option(l2_grid, "--l2-grid") if l2_grid
+                         else options.default(ProbeConfig, "l2_grid"),
+                         ks=split_option(ks, "--ks", int))
     records = probe_grid(sets, config, probes=split_option(probes, "--probe", str),
                          fractions=split_option(fractions, "--fractions"), seeds=seeds,
                          recompute=recompute, device=device, verify=verify)
@@ -219,6 +227,14 @@ def results(
     print_fusion_records(fusions, False)
 
 
+def _f(name: str, *decls: str, **kw) -> typer.models.OptionInfo:
+    """``featstore fuse``'s option for the :class:`FuseConfig` field ``name``."""
+    return config_option(FuseConfig, name, *decls, **kw)
+
+
+_ATTENTIONS = ",".join(options.default(FuseConfig, "attentions"))
+
+
 @app.command()
 def fuse(
     data: DataOpt,
@@ -228,17 +244,15 @@ def fuse(
     image_size: ImageSizeOpt = None,
     dtype: DtypeOpt = Dtype.float32,
     precision: PrecisionOpt = Precision.fp32,
-    attention: Annotated[str, typer.Option(
-        metavar=choices_metavar(choices.ATTENTIONS),
-        help="DVME variants, comma-separated.")] = "softmax",
-    dim: Annotated[int, typer.Option(help="Common projection dimension.")] = 256,
+    attention: Annotated[str, _f("attentions", "--attention",
+                                 metavar=choices_metavar(choices.ATTENTIONS))] = _ATTENTIONS,
+    dim: Annotated[int, _f("dim")] = options.default(FuseConfig, "dim"),
     fractions: FractionsOpt = "1.0",
     seeds: SeedsOpt = 1,
     bootstrap: BootstrapOpt = 1000,
     heads_dir: Annotated[Path, typer.Option(
         help="Where the trained DVME heads are saved.")] = Path("./featstore-heads"),
-    baselines: Annotated[bool, typer.Option(
-        help="Also report concat and each single backbone.")] = True,
+    baselines: Annotated[bool, _f("baselines")] = options.default(FuseConfig, "baselines"),
     recompute: RecomputeOpt = False,
     verify: VerifyOpt = True,
     device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",

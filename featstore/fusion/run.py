@@ -277,6 +277,7 @@ def stored_fusion_record(r: dict[str, Any]) -> FuseRecord:
     """A record read back from the store."""
     return FuseRecord.from_stored(r)
 
+
 def stored_fusion_records(datasets: Sequence[DatasetGroup],
                           keys: Sequence[str] | None = None) -> list[FuseRecord]:
     """Every fusion record persisted for these dataset groups (no computation); with

@@ -318,15 +318,17 @@ def _probe_args(probe: dict[str, Any]) -> dict[str, Any]:
 
 
 def _probe_config(probe: dict[str, Any], task: str):
-    from featstore.probe import DEFAULT_KS, DEFAULT_L2_GRID, ProbeConfig
+    """The :class:`ProbeConfig` of a ``[probe]`` stage (its defaults where it is silent)."""
+    from featstore import options
+    from featstore.probe.config import ProbeConfig
 
-    return ProbeConfig(task=task, n_bootstrap=probe["bootstrap"],
-                       ordinal_decode=probe.get("ordinal_decode", "argmax"),
-                       l2_grid=tuple(float(v) for v in probe.get("l2_grid", DEFAULT_L2_GRID)),
-                       ks=tuple(int(k) for k in probe.get("ks", DEFAULT_KS)))
+    return options.from_settings(ProbeConfig, probe, task=task)
 
 
 def _fuse_grid(fuse: dict[str, Any]) -> dict[str, Any]:
+    """``fuse_grid`` keywords of a ``[fuse]`` stage (its config's defaults where silent)."""
+    from featstore import options
+    from featstore.fusion.config import FuseConfig
+
     return {"fractions": fuse["fractions"], "seeds": fuse["seeds"],
-            "attentions": fuse["attentions"], "dim": fuse.get("dim", 256),
-            "n_bootstrap": fuse["bootstrap"], "baselines": fuse.get("baselines", True)}
+            **options.from_settings(FuseConfig, fuse).kwargs()}

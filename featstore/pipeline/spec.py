@@ -48,7 +48,6 @@ from featstore.choices import (
     DTYPES,
     MAX_SEEDS,
     ON_ERROR,
-    ORDINAL_DECODES,
     PRECISIONS,
     PROBES,
     TASKS,
@@ -56,6 +55,8 @@ from featstore.choices import (
 from featstore.errors import FeatstoreError
 from featstore.extract.config import ExtractConfig
 from featstore.finetune.config import FinetuneConfig
+from featstore.fusion.config import FuseConfig
+from featstore.probe.config import ProbeConfig
 
 STAGES = ("extract", "probe", "fuse", "finetune")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -83,14 +84,11 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
     "probe": {
         "probes": (list, "a list of " + ", ".join(PROBES)),
         "backbones": (list, "names from [backbones]"),
-        "ks": (list, "k values for kNN"), "l2_grid": (list, "L2 values"),
-        "ordinal_decode": (str, "one of " + ", ".join(ORDINAL_DECODES)), **_GRID,
+        **options.toml_types(ProbeConfig), **_GRID,  # the recipe, as the config declares it
     },
     "fuse": {
         "backbones": (list, "2 to 8 names from [backbones]"),
-        "attentions": (list, "a list of " + ", ".join(ATTENTIONS)),
-        "dim": (int, "the projection dimension"), "baselines": (bool, "true or false"),
-        **_GRID,
+        **options.toml_types(FuseConfig), **_GRID,  # as the config declares them
     },
     "finetune": {
         "backbones": (list, "names from [backbones]"),
@@ -429,18 +427,15 @@ def _check_stage_values(stages: dict[str, dict[str, Any]],
             if v not in allowed:
                 raise fail(f"[{stage}] {key}: unknown {v!r} (expected {', '.join(allowed)})")
 
-    try:  # the config's own checks, the error naming the file's key
-        options.from_settings(ExtractConfig, stages.get("extract", {})).check()
-    except FeatstoreError as e:
-        if e.option is None:
-            raise
-        raise fail(options.file_message(e, "extract")) from None
+    _check_config(ExtractConfig, stages.get("extract", {}), "extract", fail)
     if "probe" in stages:
         names("probe", True)
         among("probe", "probes", PROBES, ["linear"])
+        _check_config(ProbeConfig, stages["probe"], "probe", fail)
     if "fuse" in stages:
         names("fuse", False)
         among("fuse", "attentions", ATTENTIONS, ["softmax"])
+        _check_config(FuseConfig, stages["fuse"], "fuse", fail)
         n = len(stages["fuse"]["backbones"])
         if not 2 <= n <= 8:
             raise fail(f"[fuse] backbones: fusion takes 2 to 8 backbones, got {n}")
@@ -453,6 +448,17 @@ def _check_stage_values(stages: dict[str, dict[str, Any]],
         if ft.get("on_error", "fail") not in ON_ERROR:
             raise fail(f"[finetune] on_error = {ft['on_error']!r}: expected one of "
                        f"{', '.join(ON_ERROR)}")
+
+
+def _check_config(cls: type, settings: dict[str, Any], section: str, fail) -> None:
+    """A stage's settings against what its config declares, the error naming the file's
+    key (``[extract] batch_size = 0: ...``)."""
+    try:
+        options.check(options.from_settings(cls, settings), FeatstoreError)
+    except FeatstoreError as e:
+        if e.option is None:
+            raise
+        raise fail(options.file_message(e, section)) from None
 
 
 def _check_finetune_values(ft: dict[str, Any], fail) -> None:

@@ -15,7 +15,7 @@ _EXPORTS = {
     "KNNProbe": "featstore.probe.knn",
     "LinearProbe": "featstore.probe.linear",
     "PRIMARY_METRIC": "featstore.metrics",
-    "ProbeConfig": "featstore.probe.run",
+    "ProbeConfig": "featstore.probe.config",
     "ProbeRecord": "featstore.probe.run",
     "SweepResult": "featstore.probe.linear",
     "bootstrap_ci": "featstore.metrics",
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
         primary_score,
         task_metrics,
     )
+    from featstore.probe.config import ProbeConfig
     from featstore.probe.knn import (
         KNNProbe,
         knn_with_validation,
@@ -67,7 +68,6 @@ if TYPE_CHECKING:
         fit_with_validation,
     )
     from featstore.probe.run import (
-        ProbeConfig,
         ProbeRecord,
         probe_embeddings,
         probe_grid,

@@ -14,12 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from featstore import options
 from featstore.choices import (
-    DEFAULT_KS,
-    DEFAULT_L2_GRID,
-    DEFAULT_TOL,
     MAX_SEEDS,
-    ORDINAL_DECODES,
     PROBES,
 )
 from featstore.data.fractions import (
@@ -30,8 +27,8 @@ from featstore.data.fractions import (
     training_splits,
 )
 from featstore.errors import ManifestError, ProbeError
+from featstore.probe.config import ProbeConfig
 from featstore.records import ScoreRecord
-from featstore.runkeys import run_id as run_key
 from featstore.store.embedding_set import EmbeddingSet
 from featstore.store.layout import Embeddings, Provenance
 
@@ -42,30 +39,6 @@ from featstore.store.layout import Embeddings, Provenance
 VAL_CARVE = "whole patients, stratified (split_by_group), seed 0"
 # val_source of runs persisted by the earlier carve (rows, not patients): superseded
 LEGACY_VAL_SOURCE = "20% of train (seed 0)"
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """Everything that determines a probe run's numbers besides the embeddings."""
-
-    probe: str = "linear"
-    task: str = "binary"
-    fraction: float = 1.0
-    seed: int = 0
-    l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
-    ks: tuple[int, ...] = DEFAULT_KS
-    tol: float = DEFAULT_TOL
-    max_iter: int = 500
-    n_bootstrap: int = 1000
-    ordinal_decode: str = "argmax"
-
-    def run_id(self, embedding_key: str, val_carve: str | None = None) -> str:
-        """Content key of a run: the config, the embeddings, how val was carved (when it
-        was) and the featstore version."""
-        payload: dict[str, Any] = {"config": asdict(self), "embedding_key": embedding_key}
-        if val_carve is not None:
-            payload["val_carve"] = val_carve
-        return run_key(payload)
 
 
 @dataclass(kw_only=True)
@@ -187,13 +160,10 @@ def probe_run_id(emb: Embeddings, config: ProbeConfig) -> str:
     Raises
     ------
     ProbeError
-        An unknown probe or ordinal decoding, or splits a probe cannot use.
+        A value the config refuses (an unknown probe or ordinal decoding, an L2 value
+        <= 0, k < 1), or splits a probe cannot use.
     """
-    if config.probe not in PROBES:
-        raise ProbeError(f"unknown probe {config.probe!r} (expected one of "
-                         f"{', '.join(PROBES)})")
-    if config.ordinal_decode not in ORDINAL_DECODES:
-        raise ProbeError(f"unknown ordinal decoding {config.ordinal_decode!r}")
+    options.check(config, ProbeError)  # every field against what the config declares
     y = emb.labels if config.task == "multilabel" else emb.labels[:, 0]
     val_source = split_rows(emb, y, config.task)[3]
     return config.run_id(emb.key, None if val_source == VAL_SPLIT else VAL_CARVE)

@@ -1,0 +1,53 @@
+"""The probe recipe: each option declared once, with its help and the values it takes
+(:mod:`featstore.options`); ``featstore probe``'s help and defaults and the ``[probe]`` keys
+of a pipeline file are read off it. Torch-free and light."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from featstore.choices import (
+    DEFAULT_KS,
+    DEFAULT_L2_GRID,
+    DEFAULT_TOL,
+    ORDINAL_DECODES,
+    PROBES,
+    TASKS,
+)
+from featstore.options import option
+from featstore.runkeys import run_id as run_key
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Everything that determines a probe run's numbers besides the embeddings."""
+
+    probe: str = option("linear", "The probe.", choices=PROBES, where="")
+    task: str = option("binary", "The task (the manifest's).", choices=TASKS, where="")
+    fraction: float = option(1.0, "Labelled fraction of the training rows.", low=0, high=1,
+                             low_open=True, where="")
+    seed: int = option(0, "Seed of the fraction's rows.", low=0, where="")
+    l2_grid: tuple[float, ...] = option(DEFAULT_L2_GRID, "L2 values the linear probe chooses "
+                                        "from on val (default: 1e-6..1e4, 11 log steps).",
+                                        low=0, low_open=True)
+    ks: tuple[int, ...] = option(DEFAULT_KS, "k values the kNN probe chooses from on val.",
+                                 low=1)
+    tol: float = option(DEFAULT_TOL, "Solver tolerance.", low=0, low_open=True, where="")
+    max_iter: int = option(500, "Solver iterations at most.", low=1, where="")
+    n_bootstrap: int = option(1000, "Bootstrap resamples of the test metric's CI (0: none).",
+                              low=0, flag="bootstrap")
+    ordinal_decode: str = option("argmax", "Ordinal tasks: argmax, or expected (expected "
+                                 "grade, thresholds fitted on val).", choices=ORDINAL_DECODES)
+
+    def __post_init__(self) -> None:  # a list from a file or the CLI: the tuple runs hash
+        object.__setattr__(self, "l2_grid", tuple(float(v) for v in self.l2_grid))
+        object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
+
+    def run_id(self, embedding_key: str, val_carve: str | None = None) -> str:
+        """Content key of a run: the config, the embeddings, how val was carved (when it
+        was) and the featstore version."""
+        payload: dict[str, Any] = {"config": asdict(self), "embedding_key": embedding_key}
+        if val_carve is not None:
+            payload["val_carve"] = val_carve
+        return run_key(payload)
