@@ -11,7 +11,7 @@ from featstore import options
 from featstore.cli import app
 from featstore.errors import FeatstoreError, FinetuneError
 from featstore.extract.config import ExtractConfig
-from featstore.finetune.config import FinetuneConfig
+from featstore.finetune.config import FinetuneConfig, FinetuneSettings
 from featstore.fusion.config import FuseConfig
 from featstore.pipeline.spec import SCHEMA
 from featstore.probe.config import ProbeConfig
@@ -30,6 +30,7 @@ def comma_list(values):
 @pytest.mark.parametrize("command, cls, renamed", [
     ("extract", ExtractConfig, {"compile": "compile_model"}),
     ("finetune", FinetuneConfig, {}),
+    ("finetune", FinetuneSettings, {}),
     ("probe", ProbeConfig, {}),
     ("fuse", FuseConfig, {"attentions": "attention"}),
 ])
@@ -54,6 +55,7 @@ def test_every_config_option_is_a_cli_option_with_the_configs_help_and_default(
 
 @pytest.mark.parametrize("stage, cls", [("extract", ExtractConfig),
                                         ("finetune", FinetuneConfig),
+                                        ("finetune", FinetuneSettings),
                                         ("probe", ProbeConfig), ("fuse", FuseConfig)])
 def test_a_pipeline_stage_takes_the_configs_keys(stage, cls):
     keys = {c.flag or n for n, c in options.constraints(cls, where="both").items()}

@@ -30,7 +30,7 @@ from featstore.cli._shared import (
     print_probe_records,
     split_option,
 )
-from featstore.finetune.config import FinetuneConfig
+from featstore.finetune.config import FinetuneConfig, FinetuneSettings
 
 
 def _opt(name: str, *decls: str, **kw) -> typer.models.OptionInfo:
@@ -42,6 +42,11 @@ def _default(name: str):
 
 
 _PRECISION = Precision(_default("precision"))
+_ON_ERROR = OnError(options.default(FinetuneSettings, "on_error"))
+
+
+def _run(name: str, *decls: str, **kw) -> typer.models.OptionInfo:
+    return config_option(FinetuneSettings, name, *decls, **kw)
 
 
 @app.command()
@@ -68,13 +73,9 @@ def finetune(
     image_size: ImageSizeOpt = None,
     precision: Annotated[Precision, _opt("precision", metavar=None)] = _PRECISION,
     bootstrap: BootstrapOpt = 1000,
-    device: Annotated[str, typer.Option(
-        help="Torch device: cpu, cuda, cuda:1, or auto (this rank's GPU when there is one).",
-    )] = "cpu",
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
-    on_error: Annotated[OnError, typer.Option(
-        help="An unreadable image (every one is decoded before epoch 1): fail (stop, naming "
-             "it) or skip (leave its row out of train, val and test).")] = OnError.fail,
+    device: Annotated[str, _run("device")] = options.default(FinetuneSettings, "device"),
+    workers: Annotated[int, _run("workers")] = options.default(FinetuneSettings, "workers"),
+    on_error: Annotated[OnError, _run("on_error", metavar=None)] = _ON_ERROR,
     recompute: RecomputeOpt = False,
     root: RootOpt = None,
     task: TaskOpt = None,
@@ -87,8 +88,7 @@ def finetune(
     from featstore.report.progress import RichFinetuneProgress
     from featstore.store import FeatureStore
 
-    if workers < 0:
-        raise typer.BadParameter(f"--workers {workers}: expected 0 or more")
+    settings = FinetuneSettings(device=device, workers=workers, on_error=on_error.value).check()
     manifest = load_data(data, root, task)
     fs = FeatureStore(store)
     specs = [backbone_spec(fs, b, input_size=image_size) for b in backbone]
@@ -98,9 +98,8 @@ def finetune(
                             n_bootstrap=bootstrap)
     records = finetune_grid(manifest, specs, config, store=fs,
                             fractions=split_option(fractions, "--fractions"), seeds=seeds,
-                            device=device, num_workers=workers, recompute=recompute,
-                            progress=RichFinetuneProgress(err, "finetune"),
-                            on_error=on_error.value)
+                            recompute=recompute, **settings.kwargs(),
+                            progress=RichFinetuneProgress(err, "finetune"))
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for the job
         return
     print_probe_records(records, as_json)

@@ -7,7 +7,7 @@ from typing import Any
 
 from featstore import options
 from featstore._hashing import sha256_json
-from featstore.choices import INIT_HEADS, OPTIMIZERS, PRECISIONS, TASKS
+from featstore.choices import INIT_HEADS, ON_ERROR, OPTIMIZERS, PRECISIONS, TASKS
 from featstore.errors import FinetuneError
 from featstore.models.registry import BackboneSpec
 from featstore.options import option
@@ -94,6 +94,28 @@ class FinetuneConfig:
         if excluded is not None:
             payload["excluded"] = excluded
         return run_key(payload)
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Where and how a finetuning grid runs, not what it computes (not in any run id);
+    declared once, as :class:`FinetuneConfig` (``featstore finetune``'s options, the
+    ``[finetune]`` keys)."""
+
+    device: str = option("cpu", "Torch device: cpu, cuda, cuda:1, or auto (this rank's GPU "
+                         "when there is one).")
+    workers: int = option(0, "DataLoader worker processes.", low=0)
+    on_error: str = option("fail", "An unreadable image (every one is decoded before epoch "
+                           "1): fail (stop, naming it) or skip (leave its row out of train, "
+                           "val and test).", choices=ON_ERROR)
+
+    def check(self) -> FinetuneSettings:
+        options.check(self, FinetuneError)
+        return self
+
+    def kwargs(self) -> dict[str, Any]:
+        """As ``finetune_grid`` keywords."""
+        return {"device": self.device, "num_workers": self.workers, "on_error": self.on_error}
 
 
 def model_key(spec: BackboneSpec, weights_sha256: str, preprocessing: dict[str, Any]) -> str:

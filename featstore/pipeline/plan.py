@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from featstore import options
 from featstore.errors import FeatstoreError, NotExtractedError
+from featstore.finetune.config import FinetuneSettings
 from featstore.pipeline.spec import (
     BackboneEntry,
     DatasetEntry,
@@ -271,10 +273,10 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
                      f"{_human(images)} train images"
                      + (f", {len(done)} stored" if 0 < len(done) < n_runs else ""),
                 args={**base, "stage": "finetune", "backbone": _backbone_args(b),
-                      "config": finetune_settings(finetune), "device":
-                      finetune.get("device", "cpu"), "workers": finetune.get("workers", 0),
+                      "config": finetune_settings(finetune),
                       # the rows extract skipped are left out here too (and named otherwise)
-                      "on_error": finetune.get("on_error", extract.get("on_error", "fail")),
+                      **asdict(options.from_settings(FinetuneSettings, {
+                          "on_error": extract.get("on_error"), **finetune})),
                       "fractions": finetune["fractions"], "seeds": finetune["seeds"]}))
             if not finetune.get("embed", False):
                 continue
@@ -319,7 +321,6 @@ def _probe_args(probe: dict[str, Any]) -> dict[str, Any]:
 
 def _probe_config(probe: dict[str, Any], task: str):
     """The :class:`ProbeConfig` of a ``[probe]`` stage (its defaults where it is silent)."""
-    from featstore import options
     from featstore.probe.config import ProbeConfig
 
     return options.from_settings(ProbeConfig, probe, task=task)
@@ -327,7 +328,6 @@ def _probe_config(probe: dict[str, Any], task: str):
 
 def _fuse_grid(fuse: dict[str, Any]) -> dict[str, Any]:
     """``fuse_grid`` keywords of a ``[fuse]`` stage (its config's defaults where silent)."""
-    from featstore import options
     from featstore.fusion.config import FuseConfig
 
     return {"fractions": fuse["fractions"], "seeds": fuse["seeds"],

@@ -143,6 +143,7 @@ def _run_step(args: dict[str, Any]) -> dict[str, int]:
         return _counted(records)
     if stage == "finetune":
         from featstore.finetune import finetune_grid
+        from featstore.finetune.config import FinetuneSettings
         from featstore.pipeline.spec import finetune_config
 
         b = args["backbone"]
@@ -150,9 +151,7 @@ def _run_step(args: dict[str, Any]) -> dict[str, int]:
         config = finetune_config(args["config"], manifest.task, b["precision"])
         records = finetune_grid(manifest, [spec], config, store=fs,
                                 fractions=args["fractions"], seeds=args["seeds"],
-                                device=args.get("device", "cpu"),
-                                num_workers=args.get("workers", 0),
-                                on_error=args.get("on_error", "fail"))
+                                **options.from_settings(FinetuneSettings, args).kwargs())
         return _counted(records)
     raise ValueError(f"unknown stage {stage!r}")
 

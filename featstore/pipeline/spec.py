@@ -47,14 +47,13 @@ from featstore.choices import (
     ATTENTIONS,
     DTYPES,
     MAX_SEEDS,
-    ON_ERROR,
     PRECISIONS,
     PROBES,
     TASKS,
 )
 from featstore.errors import FeatstoreError
 from featstore.extract.config import ExtractConfig
-from featstore.finetune.config import FinetuneConfig
+from featstore.finetune.config import FinetuneConfig, FinetuneSettings
 from featstore.fusion.config import FuseConfig
 from featstore.probe.config import ProbeConfig
 
@@ -94,8 +93,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "backbones": (list, "names from [backbones]"),
         "embed": (bool, "true: extract (and probe) each finetuned model too"),
         **options.toml_types(FinetuneConfig),  # the recipe's keys, as the config declares them
-        "workers": (int, "DataLoader workers"),
-        "on_error": (str, "one of " + ", ".join(ON_ERROR)), **_GRID,
+        **options.toml_types(FinetuneSettings), **_GRID,
     },
     "slurm": {
         "partition": (str, "a partition"), "account": (str, "an account"),
@@ -445,9 +443,7 @@ def _check_stage_values(stages: dict[str, dict[str, Any]],
         if ft.get("init_head") == "probe":
             _check_lp_ft(stages, backbones, fail)
         _check_finetune_values(ft, fail)
-        if ft.get("on_error", "fail") not in ON_ERROR:
-            raise fail(f"[finetune] on_error = {ft['on_error']!r}: expected one of "
-                       f"{', '.join(ON_ERROR)}")
+        _check_config(FinetuneSettings, ft, "finetune", fail)
 
 
 def _check_config(cls: type, settings: dict[str, Any], section: str, fail) -> None:
