@@ -39,10 +39,12 @@ class Constraint:
     high_open: bool = False
     choices: tuple[str, ...] | None = None
     optional: bool = False
+    finite: bool = True  # False: inf is a value too (a timeout that never runs out)
     flag: str | None = None
     where: str = "both"
 
-    def expected(self) -> str:
+    def expected(self, integer: bool = False) -> str:
+        """What the option takes, in words (``integer``: worded for a whole number)."""
         if self.choices is not None:
             return "one of " + ", ".join(self.choices)
         lo = None if self.low is None else f"{self.low:g}"
@@ -52,7 +54,7 @@ class Constraint:
                     f"{')' if self.high_open else ']'}")
         if lo is not None:
             return (f"a value > {lo}" if self.low_open else
-                    f"at least {lo}" if self.low >= 1 else f"a finite value >= {lo}")
+                    f"at least {lo}" if integer or self.low >= 1 else f"a finite value >= {lo}")
         if hi is not None:
             return f"a value {'<' if self.high_open else '<='} {hi}"
         return self.help.rstrip(".").lower()
@@ -67,7 +69,8 @@ class Constraint:
             return value in self.choices
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return True  # strings, tuples: their own checks
-        if isinstance(value, float) and not math.isfinite(value):
+        if isinstance(value, float) and math.isnan(value) or (
+                self.finite and isinstance(value, float) and math.isinf(value)):
             return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
@@ -118,11 +121,15 @@ def check(config: Any, error: type[FeatstoreError]) -> None:
     value its constraint refuses."""
     for name, c in constraints(type(config)).items():
         value = getattr(config, name)
-        if not c.accepts(value):
-            expected = c.expected()
-            if isinstance(value, list | tuple):
-                expected = f"a non-empty list, each item {expected}"
-            raise invalid(error, c.flag or name, value, expected)
+        if c.accepts(value):
+            continue
+        if isinstance(value, list | tuple):  # name the first bad item (or the empty list)
+            bad = [v for v in value if not c.accepts(v)]
+            if not bad:
+                raise invalid(error, c.flag or name, value, "at least one value")
+            value = bad[0]
+        integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        raise invalid(error, c.flag or name, value, c.expected(integer))
 
 
 def cli_message(e: FeatstoreError) -> str:
@@ -178,6 +185,8 @@ def argv(config: Any, where: tuple[str, ...] = ("both", "cli")) -> list[str]:
         if isinstance(value, bool):
             if value != f.default:
                 out.append(opt if value else "--no-" + opt[2:])
+        elif isinstance(value, list | tuple):  # the command line's comma-separated form
+            out += [opt, ",".join(map(str, value))]
         else:
             out += [opt, str(value)]
     return out

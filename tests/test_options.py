@@ -120,10 +120,29 @@ def test_the_python_api_defaults_are_the_configs():
 
 
 def test_a_list_option_checks_each_item_and_a_file_list_runs_as_the_cli_tuple():
+    with pytest.raises(FeatstoreError) as e:  # the first bad item is named
+        options.check(ProbeConfig(l2_grid=[1.0, 0.0, -1.0]), FeatstoreError)
+    assert options.cli_message(e.value) == "--l2-grid 0.0: expected a value > 0"
     with pytest.raises(FeatstoreError) as e:
-        options.check(ProbeConfig(l2_grid=[1.0, 0.0]), FeatstoreError)
-    assert options.cli_message(e.value).startswith("--l2-grid (1.0, 0.0): expected a "
-                                                   "non-empty list, each item a value > 0")
+        options.check(ProbeConfig(ks=[5, 0]), FeatstoreError)
+    assert options.cli_message(e.value) == "--ks 0: expected at least 1"
+    with pytest.raises(FeatstoreError) as e:
+        options.check(ProbeConfig(ks=[]), FeatstoreError)
+    assert str(e.value) == "ks = (): expected at least one value"
     # TOML integers and a list: the run id of the CLI's float tuple
     assert (ProbeConfig(l2_grid=[1, 10], ks=[5]).run_id("k")
             == ProbeConfig(l2_grid=(1.0, 10.0), ks=(5,)).run_id("k"))
+
+
+def test_whole_numbers_are_worded_as_such_and_a_timeout_may_be_infinite():
+    with pytest.raises(FeatstoreError) as e:
+        ExtractConfig(workers=-1).check()
+    assert options.cli_message(e.value) == "--workers -1: expected at least 0"
+    with pytest.raises(FeatstoreError) as e:
+        FinetuneConfig(weight_decay=float("inf")).check()
+    assert str(e.value) == "weight_decay = inf: expected a finite value >= 0"
+    ExtractConfig(claim_timeout=float("inf")).check()  # never take over a claim
+    with pytest.raises(FeatstoreError):
+        ExtractConfig(claim_timeout=float("nan")).check()
+    argv = options.argv(ProbeConfig(ks=(5, 10)))  # a list as the command line takes it
+    assert argv[argv.index("--ks") + 1] == "5,10"

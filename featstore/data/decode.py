@@ -9,7 +9,6 @@ import contextlib
 import io
 import re
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,27 +22,34 @@ from featstore.errors import ImageReadError
 
 _IN_MEMORY = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 _PIL_LIMIT_LOCK = threading.Lock()
+_lifts = 0  # opens in progress with PIL's limit lifted (under the lock)
+_pil_limit: int | None = None  # PIL's limit as it was before the first of them
 
 
 @contextlib.contextmanager
 def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
     """featstore checks the pixel limit (``--max-pixels``) itself, so that a refusal names
     the row and skips like any unreadable image. PIL's own decompression-bomb check stays as
-    it is for everyone else in the process: its warning is silenced here, and only where
-    ``max_pixels`` is above PIL's error threshold is its limit lifted, for this open, then
-    put back."""
-    pil = Image.MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        if pil is None or (max_pixels is not None and max_pixels <= 2 * pil):
-            yield
-            return
-        with _PIL_LIMIT_LOCK:
-            Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max_pixels // 2 + 1
-            try:
-                yield
-            finally:
-                Image.MAX_IMAGE_PIXELS = pil
+    it is for everyone else in the process; only where ``max_pixels`` is above PIL's error
+    threshold is it lifted, while such opens run, and put back after the last of them (the
+    lifts of several threads are counted under one lock, so none restores another's)."""
+    global _lifts, _pil_limit
+    with _PIL_LIMIT_LOCK:
+        pil = _pil_limit if _lifts else Image.MAX_IMAGE_PIXELS
+        lift = pil is not None and (max_pixels is None or max_pixels > 2 * pil)
+        if lift:
+            if not _lifts:
+                _pil_limit = pil
+            _lifts += 1
+            Image.MAX_IMAGE_PIXELS = None  # featstore's own check below applies
+    try:
+        yield
+    finally:
+        if lift:
+            with _PIL_LIMIT_LOCK:
+                _lifts -= 1
+                if not _lifts:
+                    Image.MAX_IMAGE_PIXELS = _pil_limit
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

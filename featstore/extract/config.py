@@ -45,8 +45,8 @@ class ExtractConfig:
                            where="cli")
     claim_timeout: float | None = option(
         None, "Seconds without a heartbeat before another process takes over a shard claim "
-        "(default 120, or $FEATSTORE_CLAIM_TIMEOUT).", low=0, low_open=True, optional=True,
-        where="cli")
+        "(default 120, or $FEATSTORE_CLAIM_TIMEOUT; inf: never).", low=0, low_open=True,
+        optional=True, finite=False, where="cli")
     verify: bool = option(False, "Check every shard of finished sets against its checksum "
                           "now and recompute those that fail (a cache hit otherwise reads "
                           "nothing; every read checks its shards).", where="cli")

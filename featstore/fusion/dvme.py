@@ -94,7 +94,9 @@ class's backbone) but the mean over rows was a tie that fell to the weaker backb
 0.51 for A / B, which score 0.780 / 0.739 alone). It now starts at the concat probe's
 evidence shares too, and a KL term (weight ``PRIOR_WEIGHT``) holds its batch-mean attention
 near them, so it routes per row around the backbone the probe relies on most: 0.51 / 0.49,
-same routing, test AUC 0.9967 against 0.9971.
+same routing, test AUC 0.9967 against 0.9971. (Since v5 the concat candidate trains first,
+so a v3 or v4 fit made today, as ``benchmarks/fuse.py`` can, draws other shuffles and
+dropout masks than it did: close to those heads, not bit for bit.)
 
 The run id carries the version, so runs of earlier heads are recomputed, never read back
 as current; their saved heads still load.

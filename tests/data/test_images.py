@@ -38,3 +38,30 @@ def test_an_image_above_the_limit_is_refused_naming_the_row_and_the_option(
     with pytest.raises(ImageReadError, match=r"id 'a': .*a\.png.*limit of .*--max-pixels"):
         read_image(manifest, 0, max_pixels=max_pixels)
     assert Image.MAX_IMAGE_PIXELS == pil
+
+
+def test_overlapping_lifts_in_threads_put_pils_limit_back_once_the_last_is_done():
+    import threading
+    import time
+
+    from featstore.data.decode import _pixel_limit
+
+    before = Image.MAX_IMAGE_PIXELS
+    inside = threading.Event()
+
+    def lifting():
+        with _pixel_limit(10 ** 12):
+            inside.set()
+            time.sleep(0.2)
+
+    def plain():  # enters while the other thread has lifted the limit
+        inside.wait()
+        with _pixel_limit(None):
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=f) for f in (lifting, plain, lifting)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Image.MAX_IMAGE_PIXELS == before
