@@ -442,29 +442,21 @@ def _check_stage_values(stages: dict[str, dict[str, Any]],
         ft = stages["finetune"]
         if ft.get("init_head") == "probe":
             _check_lp_ft(stages, backbones, fail)
-        _check_finetune_values(ft, fail)
+        _check_config(FinetuneConfig, ft, "finetune", fail)
         _check_config(FinetuneSettings, ft, "finetune", fail)
 
 
 def _check_config(cls: type, settings: dict[str, Any], section: str, fail) -> None:
     """A stage's settings against what its config declares, the error naming the file's
-    key (``[extract] batch_size = 0: ...``)."""
+    key (``[extract] batch_size = 0: ...``); a config with cross-field rules (finetuning's
+    warmup below its epochs) checks them too."""
     try:
-        options.check(options.from_settings(cls, settings), FeatstoreError)
+        config = options.from_settings(cls, settings)
+        config.check() if hasattr(config, "check") else options.check(config, FeatstoreError)
     except FeatstoreError as e:
         if e.option is None:
             raise
         raise fail(options.file_message(e, section)) from None
-
-
-def _check_finetune_values(ft: dict[str, Any], fail) -> None:
-    """The finetuning recipe's values, checked at load by the config's own checks, the error
-    naming the file's key (``[finetune] lr = inf: ...``), not the option."""
-    from featstore.errors import FinetuneError
-    try:
-        finetune_config(ft, "binary", "fp32")
-    except FinetuneError as e:
-        raise fail(options.file_message(e, "finetune")) from None
 
 
 def _check_lp_ft(stages: dict[str, dict[str, Any]], backbones: dict[str, BackboneEntry],

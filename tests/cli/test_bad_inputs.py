@@ -197,6 +197,19 @@ CATALOGUE = [
     ("pipeline finetune lr negative", lambda t, d, s: [
         "run", pipeline(t, d, s, '[finetune]\nbackbones = ["b"]\nlr = -1.0')],
      "[finetune] lr = -1.0"),
+    ("probe k zero", lambda t, d, s: ["probe", "--data", d, "--store", s, "--probe", "knn",
+                                      "--ks", "5,0"], "--ks 0: expected at least 1"),
+    ("probe l2 negative", lambda t, d, s: ["probe", "--data", d, "--store", s,
+                                           "--l2-grid", "1,-1"], "--l2-grid -1.0"),
+    ("extract claim-timeout nan", lambda t, d, s: [*EXTRACT, "--data", d, "--store", s,
+                                                   "--claim-timeout", "nan"],
+     "--claim-timeout nan"),
+    ("pipeline ordinal decode not a choice", lambda t, d, s: [
+        "run", pipeline(t, d, s, '[probe]\nordinal_decode = "median"')],
+     "[probe] ordinal_decode = 'median'"),
+    ("pipeline finetune workers negative", lambda t, d, s: [
+        "run", pipeline(t, d, s, '[finetune]\nbackbones = ["b"]\nworkers = -2')],
+     "[finetune] workers = -2"),
     ("report onto a file", lambda t, d, s: [
         "report", "--store", s, "-o", str(Path(d))], "a file is there"),
     ("report unknown dataset", lambda t, d, s: [
