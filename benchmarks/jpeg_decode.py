@@ -10,12 +10,16 @@ work a loader worker does per image today:
 - ``pil``: featstore's worker path, one process: ``read_image`` (libjpeg with DCT draft
   scaling for large files) and the backbone's timm transform up to its to-tensor; the
   ``x workers`` line scales it by ``--workers`` (the DataLoader's processes, at best);
-- ``torchvision cpu``: ``torchvision.io.decode_jpeg`` on a list (libjpeg-turbo, full size)
-  and featstore's batched torch resize, one process: the CPU fallback of a device path;
-- ``torchvision <device>``: the same with ``decode_jpeg(..., device=...)`` (nvJPEG, batched)
-  and the resize on the GPU;
+- ``--decode device, <decoder> <device>``: featstore's device path
+  (:func:`featstore.extract.pixels.decode_rows` and ``resize_rows``: a batched
+  ``decode_jpeg`` in full, the block-mean reduction PIL's draft would take, the batched
+  torch resize), with TorchCodec's decoder (the ``decode`` extra; what featstore uses when
+  it is installed) and torchvision's (deprecated since 0.29, the fallback), on the CPU
+  (libjpeg-turbo) and on ``--device`` (nvJPEG);
 - ``nvimgcodec``: NVIDIA nvImageCodec's batched decoder (``pip install
-  nvidia-nvimgcodec-cu13``), only when it imports and a GPU is there.
+  nvidia-nvimgcodec-cu13``) and the same reduction and resize, only when it imports and a
+  GPU is there. NVIDIA DALI is not an arm: it is a whole pipeline of its own, not a
+  decoder to call from featstore's loop.
 
 The files are read into memory first: the arms time decoding and resizing, not the disk.
 Every arm's output is compared with the PIL path's (mean absolute pixel difference).
@@ -77,14 +81,34 @@ def pil_arm(manifest, prep: Preprocessing, batch: int):
     return run
 
 
-def torchvision_arm(datas: list[torch.Tensor], prep: Preprocessing, batch: int, device: str):
-    from torchvision.io import ImageReadMode, decode_jpeg
+def decoders() -> dict[str, object]:
+    """The decode_jpeg functions installed: TorchCodec's and torchvision's."""
+    out = {}
+    try:
+        from torchcodec.decoders import decode_jpeg as codec
+
+        out["torchcodec"] = codec
+    except ImportError:
+        pass
+    from torchvision.io import decode_jpeg as vision
+
+    out["torchvision"] = vision
+    return out
+
+
+def device_arm(datas: list[torch.Tensor], prep: Preprocessing, batch: int, device: str,
+               decoder):
+    """featstore's ``--decode device`` path over the JPEG bytes, with ``decoder``."""
+    from featstore.extract.pixels import decode_rows, resize_rows
+
+    dev = torch.device(device)
 
     def run() -> torch.Tensor:
         out = []
         for s in range(0, len(datas), batch):
-            imgs = decode_jpeg(datas[s:s + batch], mode=ImageReadMode.RGB, device=device)
-            out += [prep.resize_batch(img.permute(1, 2, 0)[None]) for img in imgs]
+            decoded, bad = decode_rows(datas[s:s + batch], dev, decoder=decoder)
+            assert not bad, bad
+            out.append(resize_rows(prep, decoded))
         x = torch.cat(out)
         if device != "cpu":
             torch.cuda.synchronize()
@@ -95,14 +119,16 @@ def torchvision_arm(datas: list[torch.Tensor], prep: Preprocessing, batch: int, 
 def nvimgcodec_arm(raw: list[bytes], prep: Preprocessing, batch: int):
     from nvidia import nvimgcodec  # noqa: PLC0415 (optional)
 
+    from featstore.extract.pixels import Decoded, resize_rows
+
     decoder = nvimgcodec.Decoder()
 
     def run() -> torch.Tensor:
         out = []
         for s in range(0, len(raw), batch):
-            for img in decoder.decode(raw[s:s + batch]):
-                x = torch.as_tensor(img, device="cuda")  # (H, W, 3) uint8
-                out.append(prep.resize_batch(x[None]))
+            imgs = [torch.as_tensor(img, device="cuda").permute(2, 0, 1)  # (H, W, 3) uint8
+                    for img in decoder.decode(raw[s:s + batch])]
+            out.append(resize_rows(prep, Decoded(imgs, [True] * len(imgs))))
         x = torch.cat(out)
         torch.cuda.synchronize()
         return x
@@ -136,12 +162,16 @@ def main() -> None:
             manifest = load_dataset(str(write_jpegs(Path(tmp), args.n, w, h)))
             raw = [manifest.resolve(i).read_bytes() for i in range(len(manifest))]
             datas = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in raw]
-            arms = {"pil (featstore's workers)": pil_arm(manifest, prep, args.batch),
-                    "torchvision cpu": torchvision_arm(datas, prep, args.batch, "cpu")}
-            skipped = []
+            arms = {"pil (featstore's workers)": pil_arm(manifest, prep, args.batch)}
+            found = decoders()
+            for name, fn in found.items():
+                arms[f"--decode device, {name} cpu"] = device_arm(datas, prep, args.batch,
+                                                                   "cpu", fn)
+            skipped = [] if "torchcodec" in found else ["torchcodec (not installed)"]
             if args.device != "cpu":
-                arms[f"torchvision {args.device}"] = torchvision_arm(datas, prep, args.batch,
-                                                                    args.device)
+                for name, fn in found.items():
+                    arms[f"--decode device, {name} {args.device}"] = device_arm(
+                        datas, prep, args.batch, args.device, fn)
                 try:
                     arms["nvimgcodec cuda"] = nvimgcodec_arm(raw, prep, args.batch)
                 except ImportError:
@@ -150,7 +180,7 @@ def main() -> None:
                 skipped.append("GPU arms (no --device cuda)")
             print(f"\n{args.n} JPEGs {w}x{h} ({sum(map(len, raw)) / len(raw) / 1e3:.0f} kB "
                   f"each) -> uint8 224x224, batch {args.batch}, median of {args.reps}")
-            print(f"{'arm':<34}{'img/s':>10}{'x pil':>8}{'mean |px diff| vs pil':>24}")
+            print(f"{'arm':<38}{'img/s':>10}{'x pil':>8}{'mean |px diff| vs pil':>24}")
             ref, base = None, None
             for name, fn in arms.items():
                 times, out = timed(fn, args.reps)
@@ -159,9 +189,9 @@ def main() -> None:
                 if ref is None:
                     ref, base = out, rate
                 diff = (out.float() - ref.float()).abs().mean().item()
-                print(f"{name:<34}{rate:>10.0f}{rate / base:>8.2f}{diff:>24.3f}")
+                print(f"{name:<38}{rate:>10.0f}{rate / base:>8.2f}{diff:>24.3f}")
                 if name.startswith("pil"):
-                    print(f"{'  x ' + str(args.workers) + ' workers (at best)':<34}"
+                    print(f"{'  x ' + str(args.workers) + ' workers (at best)':<38}"
                           f"{rate * args.workers:>10.0f}{args.workers:>8.2f}")
             for s in skipped:
                 print(f"  skipped: {s}")

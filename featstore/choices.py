@@ -19,6 +19,9 @@ DEFAULT_MAX_PIXELS = 178_956_970
 # Where a fixed-size array source (MedMNIST, PCam) is resized: auto = on the GPU when
 # extracting on CUDA, else by PIL in the loader workers.
 RESIZES = ("auto", "cpu", "device")
+# Where JPEG files are decoded: cpu = PIL in the loader workers (reduced DCT scale for large
+# JPEGs); device = torchvision's decode_jpeg where the model runs (nvJPEG on CUDA), in full
+DECODES = ("cpu", "device")
 # The probes' default grids (part of every run's id: keep their exact values)
 # np.logspace(-6, 4, 11) as floats, written out (its 1e-5 is 9.999999999999999e-06), so the
 # CLI loads without numpy and run ids stay those of runs persisted before

@@ -35,6 +35,7 @@ OnError = _enum("OnError", choices.ON_ERROR)
 Task = _enum("Task", choices.TASKS)
 OrdinalDecode = _enum("OrdinalDecode", choices.ORDINAL_DECODES)
 Resize = _enum("Resize", choices.RESIZES)
+Decode = _enum("Decode", choices.DECODES)
 
 
 def split_option(text: str, option: str, kind: Callable = float) -> list:

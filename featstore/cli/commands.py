@@ -16,6 +16,7 @@ from featstore.cli._shared import (
     BootstrapOpt,
     CacheOpt,
     DataOpt,
+    Decode,
     Dtype,
     DtypeOpt,
     FractionsOpt,
@@ -65,6 +66,7 @@ def _xd(name: str):
 
 _PRECISION, _DTYPE = Precision(_xd("precision")), Dtype(_xd("dtype"))
 _ON_ERROR, _RESIZE = OnError(_xd("on_error")), Resize(_xd("resize"))
+_DECODE = Decode(_xd("decode"))
 
 
 @app.command()
@@ -87,6 +89,7 @@ def extract(
     claim_timeout: Annotated[float | None, _x("claim_timeout")] = _xd("claim_timeout"),
     max_pixels: Annotated[int, _x("max_pixels")] = _xd("max_pixels"),
     resize: Annotated[Resize, _x("resize", metavar=None)] = _RESIZE,
+    decode: Annotated[Decode, _x("decode", metavar=None)] = _DECODE,
     verify: Annotated[bool, _x("verify", "--verify")] = _xd("verify"),
     root: RootOpt = None,
     task: TaskOpt = None,
@@ -111,7 +114,7 @@ def extract(
         fs, batch_size=batch_size, num_workers=workers, device=device,
         dtype=dtype.value, precision=precision.value, shard_rows=shard_rows,
         on_error=on_error.value, compile=compile_model, claim_timeout=claim_timeout,
-        max_pixels=max_pixels, resize=resize.value, verify=verify,
+        max_pixels=max_pixels, resize=resize.value, decode=decode.value, verify=verify,
         progress=None if as_json or not rank0 else progress_bar())
     if not rank0:  # torchrun: rank 0 reports for the job
         return

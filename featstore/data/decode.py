@@ -86,27 +86,13 @@ def read_image_views(manifest: Manifest, i: int, arrays: ArrayFiles | None = Non
     """Row ``i`` decoded once per distinct draft size (once in all for a non-JPEG): the
     file is read once; see :func:`read_image`."""
     path = manifest.resolve(i)
-    try:
+    with _row_errors(manifest, i, path, max_pixels):
         if manifest.array_keys is not None and manifest.array_keys[i]:
-            arrays = arrays or ArrayFiles()
-            arr = arrays.get(path, manifest.array_keys[i])
-            j = int(manifest.index[i])
-            if not 0 <= j < len(arr):
-                raise ImageReadError(_out_of_range(manifest, i, path, len(arr)))
-            px = arr[j]
-            if px.ndim == 3 and px.shape[-1] == 1:
-                px = px[..., 0]
-            img = to_rgb(Image.fromarray(np.ascontiguousarray(px)))
-            return dict.fromkeys(drafts, img)
+            return dict.fromkeys(drafts, to_rgb(_array_row(manifest, i, path, arrays)))
         data = path.read_bytes()
         views: dict[int | None, Image.Image] = {}
         for d in dict.fromkeys(drafts):
-            with _pixel_limit(max_pixels), Image.open(io.BytesIO(data)) as img:
-                if max_pixels is not None and img.width * img.height > max_pixels:
-                    raise ImageReadError(
-                        f"id {str(manifest.ids[i])!r}: {path}: {img.width}x{img.height} "
-                        f"= {img.width * img.height:,} pixels, above the limit of "
-                        f"{max_pixels:,} (--max-pixels)")
+            with _opened(data, manifest, i, path, max_pixels) as img:
                 if img.format != "JPEG":  # no reduced decoding: one full decode serves all
                     img.load()
                     return dict.fromkeys(drafts, to_rgb(img))
@@ -115,6 +101,67 @@ def read_image_views(manifest: Manifest, i: int, arrays: ArrayFiles | None = Non
                 img.load()
                 views[d] = to_rgb(img)
         return views
+
+
+def read_encoded(manifest: Manifest, i: int, arrays: ArrayFiles | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Row ``i`` as ``--decode device`` hands it to the model's side: a JPEG file's bytes
+    as read (1-D uint8; an RGB or grey JPEG, its header checked), else the pixels decoded
+    in full, grey (H, W) or RGB (H, W, 3) uint8 (as :func:`to_rgb` makes them).
+
+    Raises
+    ------
+    ImageReadError
+        As :func:`read_image`; a JPEG's body is only decoded on the model's side, which
+        names the row in the same way.
+    """
+    path = manifest.resolve(i)
+    with _row_errors(manifest, i, path, max_pixels):
+        if manifest.array_keys is not None and manifest.array_keys[i]:
+            img = _array_row(manifest, i, path, arrays)
+        else:
+            data = path.read_bytes()
+            with _opened(data, manifest, i, path, max_pixels) as img:
+                if img.format == "JPEG" and img.mode in ("RGB", "L"):
+                    return np.frombuffer(bytearray(data), dtype=np.uint8)
+                img.load()
+                img = img.copy()
+        return np.array(img if img.mode == "L" else to_rgb(img))  # writable, for torch
+
+
+def _array_row(manifest: Manifest, i: int, path: Path, arrays: ArrayFiles | None,
+               ) -> Image.Image:
+    """An array row's pixels as a PIL image (a trailing channel of 1 dropped)."""
+    arrays = arrays or ArrayFiles()
+    arr = arrays.get(path, manifest.array_keys[i])
+    j = int(manifest.index[i])
+    if not 0 <= j < len(arr):
+        raise ImageReadError(_out_of_range(manifest, i, path, len(arr)))
+    px = arr[j]
+    if px.ndim == 3 and px.shape[-1] == 1:
+        px = px[..., 0]
+    return Image.fromarray(np.ascontiguousarray(px))
+
+
+@contextlib.contextmanager
+def _opened(data: bytes, manifest: Manifest, i: int, path: Path,
+            max_pixels: int | None) -> Iterator[Image.Image]:
+    """A file's bytes opened by PIL (its header read), refused above ``max_pixels``."""
+    with _pixel_limit(max_pixels), Image.open(io.BytesIO(data)) as img:
+        if max_pixels is not None and img.width * img.height > max_pixels:
+            raise ImageReadError(
+                f"id {str(manifest.ids[i])!r}: {path}: {img.width}x{img.height} "
+                f"= {img.width * img.height:,} pixels, above the limit of "
+                f"{max_pixels:,} (--max-pixels)")
+        yield img
+
+
+@contextlib.contextmanager
+def _row_errors(manifest: Manifest, i: int, path: Path,
+                max_pixels: int | None) -> Iterator[None]:
+    """Any failure to read row ``i`` as one ImageReadError naming its id and file."""
+    try:
+        yield
     except ImageReadError:
         raise
     except FileNotFoundError:

@@ -15,6 +15,7 @@ from featstore.choices import DEFAULT_MAX_PIXELS
 from featstore.data.arrays import ArrayFiles
 from featstore.data.decode import (  # noqa: F401  (re-exported: featstore.data.images names)
     _out_of_range,
+    read_encoded,
     read_image,
     read_image_views,
     to_rgb,
@@ -27,13 +28,17 @@ from featstore.errors import ImageReadError
 class View:
     """One way a backbone wants a row: ``transform`` to a tensor of ``shape`` and ``dtype``
     (JPEGs decoded at ``draft`` size); or, ``raw``, the row's array pixels as stored (uint8,
-    ``shape`` (H, W) or (H, W, 3)), for the model's side to resize in batches."""
+    ``shape`` (H, W) or (H, W, 3)), for the model's side to resize in batches; or,
+    ``encoded``, a JPEG's bytes or other pixels decoded in full
+    (:func:`featstore.data.decode.read_encoded`), for the model's side to decode and resize
+    (a bad row: zeros of ``shape``). Encoded views collate to lists (rows of any size)."""
 
     transform: Callable[[Image.Image], torch.Tensor] | None
     shape: tuple[int, ...]
     draft: int | None = None
     dtype: torch.dtype = torch.float32
     raw: bool = False
+    encoded: bool = False
 
 
 class ViewsDataset(torch.utils.data.Dataset):
@@ -61,12 +66,17 @@ class ViewsDataset(torch.utils.data.Dataset):
             self._arrays = ArrayFiles()
         views = [self.views[v] for v in wanted]
         try:
-            drafts = [v.draft for v in views if not v.raw]
+            drafts = [v.draft for v in views if not (v.raw or v.encoded)]
             imgs = read_image_views(self.manifest, i, self._arrays, drafts,
                                     self.max_pixels) if drafts else {}
+            encoded = (torch.from_numpy(read_encoded(self.manifest, i, self._arrays,
+                                                     self.max_pixels))
+                       if any(v.encoded for v in views) else None)
             xs = []
             for w, v in zip(wanted, views, strict=True):
-                if v.raw:
+                if v.encoded:
+                    xs.append(encoded)
+                elif v.raw:
                     raw, _, errors = self._raw_rows([i], (w,))
                     if errors[0]:
                         raise ImageReadError(errors[0])
@@ -132,13 +142,14 @@ class _Collated:
     errors: list[str]
 
 
-def collate_views(items):
+def collate_views(items, lists: frozenset[int] = frozenset()):
     """Stack a batch of :class:`ViewsDataset` items (one ``views`` tuple per batch):
-    ({view: images}, rows, errors)."""
+    ({view: images}, rows, errors); the views in ``lists`` (encoded) as lists of rows."""
     if isinstance(items, _Collated):
         return items.xs, items.rows, items.errors
     xs, wanted, rows, errors = zip(*items, strict=True)
-    stacked = {v: torch.stack([x[k] for x in xs]) for k, v in enumerate(wanted[0])}
+    stacked = {v: [x[k] for x in xs] if v in lists else torch.stack([x[k] for x in xs])
+               for k, v in enumerate(wanted[0])}
     return stacked, torch.tensor(rows), list(errors)
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from featstore import options
-from featstore.choices import DEFAULT_MAX_PIXELS, DTYPES, ON_ERROR, PRECISIONS, RESIZES
+from featstore.choices import DECODES, DEFAULT_MAX_PIXELS, DTYPES, ON_ERROR, PRECISIONS, RESIZES
 from featstore.errors import FeatstoreError
 from featstore.options import option
 from featstore.store.layout import DEFAULT_SHARD_ROWS
@@ -38,6 +38,10 @@ class ExtractConfig:
     resize: str = option("auto", "Where equal-sized uint8 arrays (.npz, HDF5) are resized: "
                          "device (batched, its own key), cpu (PIL per image) or auto (device "
                          "on CUDA).", choices=RESIZES)
+    decode: str = option("cpu", "Where image files are decoded: cpu (PIL in the loader "
+                         "workers) or device (JPEGs by torchvision where the model runs, "
+                         "nvJPEG on CUDA; every row resized there; its own key).",
+                         choices=DECODES)
     max_pixels: int | None = option(DEFAULT_MAX_PIXELS, "An image file declaring more pixels "
                                     "is unreadable (fails, or is skipped with --on-error "
                                     "skip).", low=1, optional=True, where="cli")

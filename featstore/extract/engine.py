@@ -10,6 +10,7 @@ never leave a shard marked done without its data and checksum.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import queue
@@ -27,7 +28,14 @@ from featstore.data.manifest import Manifest
 from featstore.errors import FeatstoreError, ImageReadError
 from featstore.extract.claims import ClaimBoard
 from featstore.extract.keys import DECODE, embedding_key
-from featstore.extract.pixels import PixelPath, key_resizes, pixel_paths
+from featstore.extract.pixels import (
+    Decoded,
+    PixelPath,
+    decode_rows,
+    jpeg_decoder,
+    key_pixels,
+    pixel_paths,
+)
 from featstore.extract.results import CPU_BATCH_SIZE, ExtractProgress, ExtractResult
 from featstore.models.build import build_backbone
 from featstore.models.identity import BackboneIdentity
@@ -73,9 +81,14 @@ def provenance(loaded: LoadedBackbone, manifest: Manifest, *, batch_size: int,
                pixels: PixelPath | None = None) -> dict:
     """What produced an embedding set, recorded in its attrs."""
     spec = loaded.spec
-    resize = ("batched on the device" + (f" ({pixels.key_resize})" if pixels.keyed else
-                                         ", none needed")
-              if pixels is not None and pixels.raw_shape is not None else "PIL, in the loader")
+    if pixels is not None and pixels.encoded:
+        resize = (f"batched on the device ({pixels.key_resize}); JPEGs decoded there in full "
+                  f"by {jpeg_decoder()[1]}, then reduced as PIL's draft")
+    elif pixels is not None and pixels.raw_shape is not None:
+        resize = "batched on the device" + (f" ({pixels.key_resize})" if pixels.keyed else
+                                            ", none needed")
+    else:
+        resize = "PIL, in the loader"
     return Provenance(
         spec=spec.name,
         architecture=spec.architecture,
@@ -83,7 +96,7 @@ def provenance(loaded: LoadedBackbone, manifest: Manifest, *, batch_size: int,
         random_weights=spec.is_random,
         weights_sha256=loaded.weights_sha256,
         preprocessing=loaded.preprocessing.to_dict(),
-        decode=DECODE,
+        decode=pixels.key_decode if pixels is not None else DECODE,
         resize=resize,
         layer=spec.layer,
         manifest=manifest.name,
@@ -182,14 +195,14 @@ def _recompute_corrupt(store: FeatureStore, manifest: Manifest,
 
 def _key(store: FeatureStore, manifest: Manifest, ident: BackboneIdentity | LoadedBackbone,
          dtype: str, precision: str, resize: str, path: PixelPath) -> EmbeddingKey:
-    """The key this extract writes for a backbone: its pixel path's; under ``auto``, a
-    finished set of the same backbone resized the other way instead (reused, not made
-    again)."""
-    key = embedding_key(ident, dtype, precision, path.key_resize)
-    if resize != "auto" or _complete(store, manifest, key):
+    """The key this extract writes for a backbone: its pixel path's; under ``--resize
+    auto``, a finished set of the same backbone resized the other way instead (reused, not
+    made again)."""
+    key = embedding_key(ident, dtype, precision, path.key_resize, path.key_decode)
+    if resize != "auto" or path.encoded or _complete(store, manifest, key):
         return key
-    for other in key_resizes(manifest, ident.preprocessing):
-        alt = embedding_key(ident, dtype, precision, other)
+    for other in key_pixels(manifest, ident.preprocessing):
+        alt = embedding_key(ident, dtype, precision, *other)
         if alt.digest != key.digest and _complete(store, manifest, alt):
             return alt
     return key
@@ -238,6 +251,7 @@ def run_extract(
     claim_timeout: float | None,
     max_pixels: int | None,
     resize: str,
+    decode: str,
     verify: bool,
     progress: ExtractProgress | None,
 ) -> list[ExtractResult]:
@@ -251,7 +265,8 @@ def run_extract(
     try:
         idents = [identify(spec) for spec in backbones]
         preps = list(dict.fromkeys(i.preprocessing for i in idents))
-        paths = pixel_paths(manifest, preps, resize=resize, device_type=dev.type)
+        paths = pixel_paths(manifest, preps, resize=resize, device_type=dev.type,
+                            decode=decode)
         built = [(ident, _key(store, manifest, ident, dtype, precision, resize,
                               paths[preps.index(ident.preprocessing)]))
                  for ident in idents]
@@ -462,8 +477,10 @@ def _run_pass(jobs: Sequence[_Job], dataset: ViewsDataset, paths: Sequence[Pixel
         return 0
     workers = (default_workers(sampler.rows, batch_size) if num_workers is None
                else num_workers)
+    encoded = frozenset(v for v, p in enumerate(paths) if p.encoded)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_views,
+        dataset, batch_sampler=sampler, num_workers=workers,
+        collate_fn=functools.partial(collate_views, lists=encoded),
         pin_memory=device.type == "cuda",
         prefetch_factor=max(2, -(-4 * batch_size // (sampler.worker_batch * workers)))
         if workers else None,
@@ -471,7 +488,7 @@ def _run_pass(jobs: Sequence[_Job], dataset: ViewsDataset, paths: Sequence[Pixel
     shard_rows = jobs[0].es.shard_rows
     outs: dict[tuple[int, int], list[torch.Tensor]] = {}
     errors_of: dict[int, dict[int, str]] = {}
-    parts: list[tuple[dict[int, torch.Tensor], torch.Tensor]] = []
+    parts: list[tuple[dict[int, torch.Tensor | list[torch.Tensor]], torch.Tensor]] = []
     writer = _ShardWriter()
     wrote = 0
     if progress:
@@ -482,19 +499,19 @@ def _run_pass(jobs: Sequence[_Job], dataset: ViewsDataset, paths: Sequence[Pixel
                 r0 = int(rows[0])
                 shard = r0 // shard_rows
                 bad = {int(r): e for r, e in zip(rows.tolist(), errors, strict=True) if e}
-                if bad and on_error == "fail":
-                    first = next(iter(bad.values()))
-                    more = f" (and {len(bad) - 1} more in this batch)" if len(bad) > 1 else ""
-                    raise ImageReadError(first + more)
+                _bad_rows(bad, on_error)
                 errors_of.setdefault(shard, {}).update(bad)
-                parts.append(({v: x.to(device, non_blocking=True) for v, x in xs.items()},
-                              rows))
+                parts.append(({v: x if v in encoded else x.to(device, non_blocking=True)
+                               for v, x in xs.items()}, rows))
                 last = int(rows[-1]) + 1
                 if progress:
                     progress.advance(len(rows))
                 if last < sampler.model_batch_end(r0):
                     continue  # more worker batches of this model batch to come
-                _forward(sampler.owned[shard], parts, paths, outs, shard, device, precision)
+                bad = _forward(sampler.owned[shard], parts, paths, outs, shard, device,
+                               precision, dataset.manifest)
+                _bad_rows(bad, on_error)
+                errors_of[shard].update(bad)
                 parts = []
                 start, stop = jobs[0].es.shard_bounds(shard)
                 if last == stop:
@@ -510,24 +527,47 @@ def _run_pass(jobs: Sequence[_Job], dataset: ViewsDataset, paths: Sequence[Pixel
     return wrote
 
 
+def _bad_rows(bad: dict[int, str], on_error: str) -> None:
+    """Under ``on_error="fail"``, one ImageReadError naming the first of the ``bad`` rows."""
+    if bad and on_error == "fail":
+        first = next(iter(bad.values()))
+        more = f" (and {len(bad) - 1} more in this batch)" if len(bad) > 1 else ""
+        raise ImageReadError(first + more)
+
+
 def _forward(owned: Sequence[_Job], parts: list, paths: Sequence[PixelPath],
              outs: dict[tuple[int, int], list[torch.Tensor]], shard: int,
-             device: torch.device, precision: str) -> None:
+             device: torch.device, precision: str, manifest: Manifest) -> dict[int, str]:
     """One model batch (the worker batches in ``parts``) through each backbone that owns
-    the shard: each view's pixels prepared once on the device, in channels_last once for
-    all the CNNs that want it."""
+    the shard: each view's pixels prepared once on the device (encoded rows decoded once
+    for all the views that want them), in channels_last once for all the CNNs that want
+    it. Returns {row: why} of the rows that could not be decoded on the device (each fed
+    as a placeholder; the caller marks it missing)."""
     ready: dict[tuple[int, bool], torch.Tensor] = {}
+    decoded: Decoded | None = None
+    bad: dict[int, str] = {}
     for j in owned:
         if (j.view, False) not in ready:
-            x = torch.cat([xs[j.view] for xs, _ in parts]) if len(parts) > 1 else (
-                parts[0][0][j.view])
-            ready[(j.view, False)] = paths[j.view].to_model(x)
+            path = paths[j.view]
+            if path.encoded:
+                if decoded is None:  # every encoded view holds the same rows
+                    decoded, at = decode_rows([r for xs, _ in parts for r in xs[j.view]],
+                                              device)
+                    rows = torch.cat([r for _, r in parts]).tolist()
+                    bad = {rows[k]: f"id {str(manifest.ids[rows[k]])!r}: cannot decode "
+                           f"{manifest.resolve(rows[k])}: {why}" for k, why in at.items()}
+                x = decoded
+            else:
+                x = torch.cat([xs[j.view] for xs, _ in parts]) if len(parts) > 1 else (
+                    parts[0][0][j.view])
+            ready[(j.view, False)] = path.to_model(x)
         if j.channels_last and (j.view, True) not in ready:
             ready[(j.view, True)] = ready[(j.view, False)].contiguous(
                 memory_format=torch.channels_last)
         with autocast(device, precision):
             y = j.model(ready[(j.view, j.channels_last)])
         outs.setdefault((id(j), shard), []).append(y.float())
+    return bad
 
 
 def _finish_shard(owned: Sequence[_Job], shard: int, start: int, stop: int,

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 # JPEGs decode at the smallest DCT scale (1, 1/2, 1/4, 1/8) that keeps the backbone's resize
 # size; part of every key, because it changes the numbers of large JPEGs.
 DECODE = "jpeg-draft"
+# ``--decode device``: JPEGs decoded in full where the model runs (TorchCodec's or
+# torchvision's decode_jpeg: nvJPEG on CUDA, libjpeg-turbo on CPU; the two may differ in the
+# last bit of a pixel, so each names its own keys), then reduced by the scale PIL's draft
+# takes (block means); other images decoded in full by PIL in the loader; every row resized
+# on the device in batches (BATCHED_RESIZE).
+DEVICE_DECODES = {"cuda": "device-nvjpeg-v1", "cpu": "device-libjpeg-v1"}
 
 
 def check_precision(precision: str) -> str:
@@ -44,10 +50,12 @@ def check_dtype(dtype: str) -> str:
 
 
 def key_fields(loaded: LoadedBackbone | BackboneIdentity, dtype: str = "float32",
-               precision: str = "fp32", resize: str | None = None) -> dict[str, Any]:
+               precision: str = "fp32", resize: str | None = None,
+               decode: str = DECODE) -> dict[str, Any]:
     """Everything that changes the embedding numbers of a loaded backbone. ``resize``: the
     version of the batched device resize when it made the set
-    (:data:`featstore.models.preprocessing.BATCHED_RESIZE`), None for PIL's."""
+    (:data:`featstore.models.preprocessing.BATCHED_RESIZE`), None for PIL's; ``decode``:
+    how JPEGs were decoded (:data:`DECODE`, or one of :data:`DEVICE_DECODES`)."""
     check_precision(precision)
     check_dtype(dtype)
     spec = loaded.spec
@@ -57,7 +65,7 @@ def key_fields(loaded: LoadedBackbone | BackboneIdentity, dtype: str = "float32"
         "preprocessing": loaded.preprocessing.to_dict(),
         "layer": spec.layer,
         "dtype": dtype,
-        "decode": DECODE,
+        "decode": decode,
     }
     if precision != "fp32":  # fp32 keys stay those written before precision existed
         fields["precision"] = precision
@@ -67,9 +75,22 @@ def key_fields(loaded: LoadedBackbone | BackboneIdentity, dtype: str = "float32"
 
 
 def embedding_key(loaded: LoadedBackbone | BackboneIdentity, dtype: str = "float32",
-                  precision: str = "fp32", resize: str | None = None) -> EmbeddingKey:
+                  precision: str = "fp32", resize: str | None = None,
+                  decode: str = DECODE) -> EmbeddingKey:
     """The embedding key of a loaded backbone's numbers (see :func:`key_fields`)."""
-    return EmbeddingKey(key_fields(loaded, dtype, precision, resize))
+    return EmbeddingKey(key_fields(loaded, dtype, precision, resize, decode))
+
+
+def other_pixel_keys(loaded: LoadedBackbone | BackboneIdentity, dtype: str = "float32",
+                     precision: str = "fp32") -> list[EmbeddingKey]:
+    """The keys of the same backbone's numbers with its pixels made on a device, in the
+    order a spec falls back to them when PIL's set is not there: resized on a GPU in
+    batches (an extract on CUDA makes it), then decoded on CUDA, then decoded on a CPU by
+    torch (``--decode device``)."""
+    from featstore.models.preprocessing import BATCHED_RESIZE
+
+    return [embedding_key(loaded, dtype, precision, BATCHED_RESIZE, decode)
+            for decode in (DECODE, DEVICE_DECODES["cuda"], DEVICE_DECODES["cpu"])]
 
 
 def resolve_key(spec: BackboneSpec, dtype: str = "float32", precision: str = "fp32",
@@ -98,7 +119,8 @@ def resolve_embedding_set(ds: DatasetGroup, text: str, *, image_size: int | None
     ``text`` is the alias a set is listed under (``featstore ls``), a key prefix, or a spec
     (``timm:...``, a registered name, anything with ``@``) given as to extract: a spec is
     resolved to its key from the weights on disk, so changed weights never silently match
-    older embeddings (the set resized by PIL, else the one resized on a GPU).
+    older embeddings (the set made by PIL, else one whose pixels were made on a device:
+    :func:`other_pixel_keys`).
 
     Raises
     ------
@@ -120,17 +142,15 @@ def resolve_embedding_set(ds: DatasetGroup, text: str, *, image_size: int | None
             if ambiguous or not ("@" in text or text.startswith("timm:")):
                 raise not_in_store from None  # several sets match: it lists their keys
             raise not_a_spec from None
-    from featstore.models.preprocessing import BATCHED_RESIZE
-
     loaded, key = resolve_key(spec, dtype, precision)
     try:
         return ds.embedding_set(key.digest)
-    except NotExtractedError:  # made on a GPU, resized there in batches: its own key
-        try:
-            return ds.embedding_set(embedding_key(loaded, dtype, precision,
-                                                  BATCHED_RESIZE).digest)
-        except NotExtractedError:
-            pass
+    except NotExtractedError:  # pixels made on a device: keys of their own
+        for other in other_pixel_keys(loaded, dtype, precision):
+            try:
+                return ds.embedding_set(other.digest)
+            except NotExtractedError:
+                pass
         raise
 
 

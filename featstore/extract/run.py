@@ -18,7 +18,7 @@ from featstore.choices import DEFAULT_MAX_PIXELS
 from featstore.errors import FeatstoreError
 from featstore.extract.config import ExtractConfig
 from featstore.extract.keys import embedding_key
-from featstore.extract.pixels import key_resizes
+from featstore.extract.pixels import key_pixels
 from featstore.extract.results import ExtractProgress, ExtractResult
 from featstore.store.layout import DEFAULT_SHARD_ROWS
 
@@ -45,6 +45,7 @@ def extract_embeddings(
     claim_timeout: float | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     resize: str = "auto",
+    decode: str = "cpu",
     verify: bool = False,
     progress: ExtractProgress | None = None,
 ) -> list[ExtractResult]:
@@ -64,7 +65,10 @@ def extract_embeddings(
     Workers hand over uint8 pixels; normalisation runs batched on ``device`` (see
     :mod:`featstore.extract.pixels`). ``resize``: where a source of equal-sized uint8
     arrays is resized, ``device`` (batched; its own key), ``cpu`` (PIL, per image) or
-    ``auto`` (the device on CUDA; a finished set made either way is reused). ``verify``
+    ``auto`` (the device on CUDA; a finished set made either way is reused). ``decode``:
+    where image files are decoded, ``cpu`` (PIL in the workers) or ``device`` (JPEGs by
+    torchvision where the model runs, nvJPEG on CUDA, and every row resized there; its own
+    key). ``verify``
     checks every shard of finished sets now and recomputes those that fail.
 
     Raises
@@ -78,12 +82,12 @@ def extract_embeddings(
     """
     ExtractConfig(batch_size=batch_size, workers=num_workers, device=device,
                   precision=precision, dtype=dtype, shard_rows=shard_rows, on_error=on_error,
-                  resize=resize, max_pixels=max_pixels, compile=compile,
+                  resize=resize, decode=decode, max_pixels=max_pixels, compile=compile,
                   claim_timeout=claim_timeout, verify=verify).check()
     # a named accelerator is checked by torch (the engine) even when nothing is left to do
     if not verify and device in ("auto", "cpu") and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         hit = cached_results(manifest, backbones, store, dtype=dtype, precision=precision,
-                             resize=resize, device=device)
+                             resize=resize, decode=decode, device=device)
         if hit is not None:
             return hit
     from featstore.extract.engine import run_extract
@@ -92,7 +96,7 @@ def extract_embeddings(
                        num_workers=num_workers, device=device, dtype=dtype,
                        precision=precision, shard_rows=shard_rows, on_error=on_error,
                        compile=compile, claim_timeout=claim_timeout, max_pixels=max_pixels,
-                       resize=resize, verify=verify, progress=progress)
+                       resize=resize, decode=decode, verify=verify, progress=progress)
 
 
 def _device_type(device: str) -> str | None:
@@ -105,7 +109,8 @@ def _device_type(device: str) -> str | None:
 
 def cached_results(manifest: Manifest, backbones: Sequence[BackboneSpec],
                    store: FeatureStore, *, dtype: str = "float32", precision: str = "fp32",
-                   resize: str = "auto", device: str = "auto") -> list[ExtractResult] | None:
+                   resize: str = "auto", decode: str = "cpu", device: str = "auto",
+                   ) -> list[ExtractResult] | None:
     """The results of an extract whose every set is finished in ``store`` (a cache hit),
     from the remembered identities and the sets' attrs alone; None when anything is left
     to do or cannot be told without building a backbone."""
@@ -122,8 +127,9 @@ def cached_results(manifest: Manifest, backbones: Sequence[BackboneSpec],
         if ident is None:
             return None
         es = None
-        for field_ in key_resizes(manifest, ident.preprocessing, resize, _device_type(device)):
-            key = embedding_key(ident, dtype, precision, field_)
+        for fields in key_pixels(manifest, ident.preprocessing, resize,
+                                 _device_type(device), decode):
+            key = embedding_key(ident, dtype, precision, *fields)
             candidate = ds.open_set(key.short)
             if (candidate is not None and candidate.key == key.digest
                     and candidate.attrs.get("status") == "complete" and candidate.complete):

@@ -126,17 +126,28 @@ class Preprocessing:
         return (self.interpolation in ("bilinear", "bicubic") and self.crop_mode == "center"
                 and self.input_size <= min(h, w))
 
+    def can_resize_any(self) -> bool:
+        """Whether :meth:`resize_crop` serves images of any size (files of unknown sizes):
+        a bilinear or bicubic centre crop no larger than the resized shorter side."""
+        return (self.interpolation in ("bilinear", "bicubic") and self.crop_mode == "center"
+                and self.input_size <= self.resize)
+
     def resize_batch(self, x: torch.Tensor) -> torch.Tensor:
         """Equal-sized uint8 images (B, H, W) grey or (B, H, W, 3) RGB, on any device ->
-        uint8 (B, 3, input_size, input_size): resize and centre crop, batched. PIL's resize
-        done PIL's way: torch's antialiased bilinear/bicubic (PIL's kernels), the width
-        first, then the height, each pass rounded half up to uint8. On real images it
-        equals PIL's result in all but a few pixels in a million (off by one), so it is
-        not bit-equal: :data:`BATCHED_RESIZE` enters the key of a set made this way."""
+        uint8 (B, 3, input_size, input_size): :meth:`resize_crop`, batched."""
+        return self.resize_crop(x[:, None].expand(-1, 3, -1, -1) if x.ndim == 3
+                                else x.permute(0, 3, 1, 2))
+
+    def resize_crop(self, x: torch.Tensor) -> torch.Tensor:
+        """Equal-sized uint8 images (B, 3, H, W), on any device -> uint8 (B, 3, input_size,
+        input_size): resize and centre crop, batched. PIL's resize done PIL's way: torch's
+        antialiased bilinear/bicubic (PIL's kernels), the width first, then the height, each
+        pass rounded half up to uint8. On real images it equals PIL's result in all but a
+        few pixels in a million (off by one), so it is not bit-equal:
+        :data:`BATCHED_RESIZE` enters the key of a set made this way."""
         import torch
         import torch.nn.functional as F
 
-        x = x[:, None].expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
         h, w = self.resize_size(*x.shape[-2:])
         for size in ((x.shape[-2], w), (h, w)):  # PIL: the horizontal pass, then vertical
             if size != tuple(x.shape[-2:]):

@@ -64,7 +64,7 @@ class _Key:
     digest: str | None
     loaded: Any = None
     note: str = ""
-    resized: str | None = None  # the key of the same numbers resized on a GPU in batches
+    others: tuple[str, ...] = ()  # keys of the same numbers with pixels made on a device
 
 
 def _dataset_args(entry: DatasetEntry, store: str) -> dict[str, Any]:
@@ -101,20 +101,20 @@ def plan_pipeline(pipe: Pipeline, *, results_store: str | None = None) -> Plan:
     def key_of(b: BackboneEntry) -> _Key:
         which = (b.spec, b.image_size, b.precision, b.dtype)
         if which not in keys:
-            from featstore.extract import embedding_key, resolve_key
-            from featstore.models.preprocessing import BATCHED_RESIZE
+            from featstore.extract import resolve_key
+            from featstore.extract.keys import other_pixel_keys
 
             try:
                 spec = backbone_spec(fs, b.spec, input_size=b.image_size)
                 loaded, key = resolve_key(spec, b.dtype, b.precision)
-                resized = embedding_key(loaded, b.dtype, b.precision, BATCHED_RESIZE).digest
-                keys[which] = _Key(key.digest, loaded, resized=resized)
-                key_of.resized[key.digest] = resized
+                others = tuple(k.digest for k in other_pixel_keys(loaded, b.dtype, b.precision))
+                keys[which] = _Key(key.digest, loaded, others=others)
+                key_of.others[key.digest] = others
             except FeatstoreError as e:
                 keys[which] = _Key(None, note=str(e))
         return keys[which]
 
-    key_of.resized = {}  # a key -> the key of the same numbers resized on a GPU
+    key_of.others = {}  # a key -> the keys of the same numbers with pixels made on a device
 
     steps: list[Step] = []
     for entry in pipe.datasets:
@@ -152,9 +152,9 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
     by_key = {es.key: es for es in ds.embedding_sets()} if ds is not None else {}
 
     def embedded(digest: str | None):
-        """The complete set of a key in this dataset's group (or of the same backbone
-        resized on a GPU: an extract on CUDA makes that one), or None."""
-        for d in (digest, key_of.resized.get(digest)):
+        """The complete set of a key in this dataset's group (or of the same backbone with
+        its pixels made on a device: an extract on CUDA makes one), or None."""
+        for d in (digest, *key_of.others.get(digest, ())):
             es = by_key.get(d) if d is not None else None
             if es is not None and es.complete:
                 return es

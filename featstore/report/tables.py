@@ -225,8 +225,10 @@ def store_table(rows: Sequence[dict[str, Any]], store: str) -> Table:
     for r in rows:
         who = "@".join(x for x in (r.get("user"), r.get("host")) if x) or "?"
         if shared[(r["dataset"], r["backbone"])] > 1:  # one alias, several sets: tell them
+            pixels = r.get("pixels", "PIL")
             r = {**r, "backbone": f"{r['backbone']} [{r.get('precision', '?')}/"
-                                  f"{r.get('dtype', '?')}]"}
+                                  f"{r.get('dtype', '?')}"
+                                  f"{'' if pixels == 'PIL' else ', ' + pixels}]"}
         when = (r.get("finished") or r.get("started") or "")[:16].replace("T", " ")
         table.add_row(escape(r["dataset"]), escape(r["backbone"]), r["key"][:20],
                       f"{r['rows']} x {r['dim']}", _size(r.get("bytes")),

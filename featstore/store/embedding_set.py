@@ -55,13 +55,18 @@ class EmbeddingSet:
 
     def summary(self) -> dict[str, Any]:
         """The set as ``ls`` shows it (and its catalog entry holds): dataset, alias, key,
-        size, shards done, status, missing rows, and who extracted it when on which host."""
+        size, how its pixels were made, shards done, status, missing rows, and who
+        extracted it when on which host."""
         done = int(self.done_mask().sum())
         prov = self.provenance
+        fields = self.attrs.get("key_fields") or {}
+        decode = str(fields.get("decode", ""))
+        pixels = (f"{decode.split('-')[1]}, torch resize" if decode.startswith("device-")
+                  else "torch resize" if fields.get("resize") else "PIL")
         return {
             "dataset": self.dataset.name, "backbone": self.alias, "key": self.key,
             "rows": self.rows, "dim": self.dim, "dtype": self.dtype,
-            "precision": (self.attrs.get("key_fields") or {}).get("precision", "fp32"),
+            "precision": fields.get("precision", "fp32"), "pixels": pixels,
             "bytes": self.rows * self.dim * np.dtype(self.dtype).itemsize,
             "shards_done": done, "shards": self.n_shards,
             "status": "complete" if done == self.n_shards else "incomplete",

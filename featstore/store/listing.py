@@ -23,9 +23,9 @@ def list_sets(store: FeatureStore, *, use_catalog: bool = True) -> list[dict[str
     for ds in store.datasets():
         for name in ds.set_names():
             row = entries.get((ds.name, name))
-            if row is not None and row["status"] == "complete" and "precision" in row:
+            if row is not None and row["status"] == "complete" and "pixels" in row:
                 rows.append(row)
-                continue  # (an entry from before precision was listed is written again)
+                continue  # (an entry from before pixels were listed is written again)
             es = ds.open_set(name)
             if es is None:
                 continue

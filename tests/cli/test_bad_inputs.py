@@ -46,6 +46,20 @@ def bomb_csv(tmp: Path) -> Path:
     return path
 
 
+def truncated_jpeg_csv(tmp: Path) -> Path:
+    """A manifest whose row ``b`` is a JPEG cut short: its header reads, its body does not
+    decode (found by the device's decoder under ``--decode device``)."""
+    path = csv_file(tmp, ["a,train,a.jpeg,0", "b,train,b.jpeg,1", "c,test,c.jpeg,0",
+                          "d,test,d.jpeg,1"])
+    rng = np.random.default_rng(0)
+    for name in "abcd":
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(
+            path.parent / f"{name}.jpeg", quality=90)
+    b = path.parent / "b.jpeg"
+    b.write_bytes(b.read_bytes()[: b.stat().st_size * 3 // 4])
+    return path
+
+
 def npz_with(tmp: Path, dtype: str) -> Path:
     path = make_medmnist(tmp / "base.npz")
     with np.load(path) as z:
@@ -128,6 +142,11 @@ CATALOGUE = [
         t, "object"))], "train_images cannot be read without pickle"),
     ("decompression bomb", lambda t, d, s: [*EXTRACT, "--data", str(bomb_csv(t)),
                                             "--store", s], "id 'b'"),
+    ("JPEG body truncated, decoded on the device", lambda t, d, s: [
+        *EXTRACT, "--data", str(truncated_jpeg_csv(t)), "--store", s, "--decode", "device"],
+     "id 'b': cannot decode"),
+    ("decode not a choice", lambda t, d, s: [*EXTRACT, "--data", d, "--store", s,
+                                             "--decode", "gpu"], "'gpu' is not one of"),
     ("store is a file", lambda t, d, s: ["ls", "--store", str(csv_file(t, ["a,train,0.png,0"]))],
      "a file, not a store folder"),
     ("fraction 0", lambda t, d, s: ["probe", "--data", d, "--store", s, "--fractions", "0"],
