@@ -220,3 +220,38 @@ def test_without_torchcodec_torchvision_s_decoder_gives_the_same_bits(tmp_path, 
     assert jpeg_decoder()[1].startswith("torchvision ")
     for a, b in zip(first, decode_rows(rows, CPU)[0].rows, strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_pipeline_extracting_with_decode_device_plans_as_cached(capsys, tmp_path):
+    from featstore.pipeline import load_pipeline
+    from featstore.pipeline.plan import plan_pipeline
+
+    csv_path = jpeg_dataset(tmp_path / "j", n=16)
+    toml = tmp_path / "p.toml"
+    toml.write_text(f"""
+name = "decoded"
+store = "{tmp_path / 'store'}"
+fractions = [1.0]
+seeds = 1
+bootstrap = 10
+
+[datasets]
+jpegs = "{csv_path}"
+
+[backbones]
+resnet = {{ spec = "{TINY}", image_size = {SIZE} }}
+
+[extract]
+device = "cpu"
+workers = 0
+decode = "device"
+
+[probe]
+probes = ["linear"]
+""")
+    code, out, err = cli(capsys, "run", str(toml), "--json")
+    assert code == 0, err
+    [es] = FeatureStore(tmp_path / "store").datasets()[0].embedding_sets()
+    assert es.attrs["key_fields"]["decode"] == DEVICE_DECODES["cpu"]
+    plan = plan_pipeline(load_pipeline(toml))
+    assert [s.cached for s in plan.steps] == [True, True], [s.id for s in plan.steps]
