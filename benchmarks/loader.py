@@ -1,19 +1,22 @@
 """What the loader alone delivers: images/s per worker and bytes per image across the worker
 boundary, before (float32 per image, timm's whole eval transform in the worker) and after
 (uint8: PIL's resize/crop in the worker, normalisation on the model's side; or, for
-equal-sized arrays, the stored rows in one indexed read per batch, resized on the device).
+equal-sized arrays, the stored rows in one indexed read per batch, resized on the device;
+or, with ``--decode device``, a JPEG's bytes as read, its header checked, decoded on the
+device).
 
     python benchmarks/loader.py [--rows 2048] [--workers 2] [--size 224]
 
 Sources (generated): a MedMNIST-like .npz of 64 px greyscale rows, and a folder of 500x375
-JPEGs. Each arm drains a ``DataLoader`` over the same rows (the model's side is not timed;
-the device-side resize is timed separately on this machine's CPU, as it would run batched on a
-GPU). Ratios are against the float32 arm of the same source, in one run.
+photo-like JPEGs. Each arm drains a ``DataLoader`` over the same rows (the model's side is
+not timed; the device-side resize is timed separately on this machine's CPU, as it would run
+batched on a GPU). Ratios are against the float32 arm of the same source, in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +49,10 @@ def jpeg_source(folder: Path, rows: int) -> Path:
     rng = np.random.default_rng(0)
     img_dir = folder / "jpegs"
     img_dir.mkdir()
-    base = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
+    # photo-like (smooth blobs and sensor noise): compresses as a photograph does (~40 kB)
+    small = Image.fromarray(rng.integers(20, 230, (6, 8, 3), dtype=np.uint8))
+    base = np.asarray(small.resize((500, 375), Image.BICUBIC), dtype=np.int16)
+    base = np.clip(base + rng.integers(-8, 9, base.shape), 0, 255).astype(np.uint8)
     lines = ["id,split,label,path"]
     for i in range(rows):
         name = f"{i:06d}.jpg"
@@ -63,14 +69,17 @@ def drain(dataset: ViewsDataset, batch: int, workers: int) -> tuple[float, int]:
     """(images/s, bytes per image) of a DataLoader over the whole dataset."""
     rows = [[(r, (0,)) for r in range(b, min(b + batch, len(dataset)))]
             for b in range(0, len(dataset), batch)]
+    lists = frozenset({0} if dataset.views[0].encoded else ())
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=rows, num_workers=workers,
-                                         collate_fn=collate_views,
+                                         collate_fn=functools.partial(collate_views,
+                                                                      lists=lists),
                                          prefetch_factor=4 if workers else None)
     n, nbytes = 0, 0
     t0 = time.perf_counter()
     for xs, r, _ in loader:
         n += len(r)
-        nbytes += xs[0].numel() * xs[0].element_size()
+        x = xs[0] if isinstance(xs[0], list) else [xs[0]]
+        nbytes += sum(t.numel() * t.element_size() for t in x)
     return n / (time.perf_counter() - t0), nbytes // max(n, 1)
 
 
@@ -100,6 +109,9 @@ def main() -> None:
             if name.startswith("npz"):
                 arms["uint8, stored rows, one read/batch"] = (View(None, (64, 64), raw=True),
                                                               256)
+            else:
+                arms["JPEG bytes (--decode device)"] = (
+                    View(None, (8, 8), dtype=torch.uint8, encoded=True), 32)
             base = None
             for arm, (view, batch) in arms.items():
                 rate, nbytes = drain(ViewsDataset(m, [view]), batch, args.workers)
