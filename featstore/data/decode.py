@@ -106,8 +106,10 @@ def read_image_views(manifest: Manifest, i: int, arrays: ArrayFiles | None = Non
 def read_encoded(manifest: Manifest, i: int, arrays: ArrayFiles | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Row ``i`` as ``--decode device`` hands it to the model's side: a JPEG file's bytes
-    as read (1-D uint8; an RGB or grey JPEG, its header checked), else the pixels decoded
-    in full, grey (H, W) or RGB (H, W, 3) uint8 (as :func:`to_rgb` makes them).
+    as read (1-D uint8; an RGB or grey JPEG without an EXIF orientation, its header
+    checked), else the pixels decoded in full, grey (H, W) or RGB (H, W, 3) uint8 (as
+    :func:`to_rgb` makes them). A JPEG tagged with an orientation is decoded here because
+    TorchCodec's decoder turns it upright and PIL (the loader's path) does not.
 
     Raises
     ------
@@ -122,11 +124,18 @@ def read_encoded(manifest: Manifest, i: int, arrays: ArrayFiles | None = None,
         else:
             data = path.read_bytes()
             with _opened(data, manifest, i, path, max_pixels) as img:
-                if img.format == "JPEG" and img.mode in ("RGB", "L"):
+                if img.format == "JPEG" and img.mode in ("RGB", "L") and not _oriented(img):
                     return np.frombuffer(bytearray(data), dtype=np.uint8)
                 img.load()
                 img = img.copy()
         return np.array(img if img.mode == "L" else to_rgb(img))  # writable, for torch
+
+
+def _oriented(img: Image.Image) -> bool:
+    """Whether a JPEG's EXIF asks for a rotation or flip (orientation other than 1)."""
+    if "exif" not in img.info:
+        return False
+    return img.getexif().get(0x0112, 1) not in (0, 1)
 
 
 def _array_row(manifest: Manifest, i: int, path: Path, arrays: ArrayFiles | None,

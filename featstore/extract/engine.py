@@ -194,15 +194,19 @@ def _recompute_corrupt(store: FeatureStore, manifest: Manifest,
 
 
 def _key(store: FeatureStore, manifest: Manifest, ident: BackboneIdentity | LoadedBackbone,
-         dtype: str, precision: str, resize: str, path: PixelPath) -> EmbeddingKey:
-    """The key this extract writes for a backbone: its pixel path's; under ``--resize
-    auto``, a finished set of the same backbone resized the other way instead (reused, not
-    made again)."""
+         dtype: str, precision: str, path: PixelPath, *, resize: str, decode: str,
+         device_type: str) -> EmbeddingKey:
+    """The key this extract writes for a backbone: its pixel path's, unless a finished set
+    of the same backbone made another way these options accept is there (reused, not made
+    again: PIL's or the GPU's resize under ``--resize auto``; the other device's decoder
+    under ``--decode device --device auto``). The cache hit
+    (:func:`featstore.extract.run.cached_results`) and pipeline plans accept the same
+    sets (:func:`featstore.extract.pixels.key_pixels`)."""
     key = embedding_key(ident, dtype, precision, path.key_resize, path.key_decode)
-    if resize != "auto" or path.encoded or _complete(store, manifest, key):
+    if _complete(store, manifest, key):
         return key
-    for other in key_pixels(manifest, ident.preprocessing):
-        alt = embedding_key(ident, dtype, precision, *other)
+    for fields in key_pixels(manifest, ident.preprocessing, resize, device_type, decode):
+        alt = embedding_key(ident, dtype, precision, *fields)
         if alt.digest != key.digest and _complete(store, manifest, alt):
             return alt
     return key
@@ -267,8 +271,9 @@ def run_extract(
         preps = list(dict.fromkeys(i.preprocessing for i in idents))
         paths = pixel_paths(manifest, preps, resize=resize, device_type=dev.type,
                             decode=decode)
-        built = [(ident, _key(store, manifest, ident, dtype, precision, resize,
-                              paths[preps.index(ident.preprocessing)]))
+        built = [(ident, _key(store, manifest, ident, dtype, precision,
+                              paths[preps.index(ident.preprocessing)], resize=resize,
+                              decode=decode, device_type=dev.type))
                  for ident in idents]
         recomputed = (_recompute_corrupt(store, manifest, [k for _, k in built],
                                          complete_too=verify) if dist.rank == 0 else {})

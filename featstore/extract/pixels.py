@@ -151,12 +151,14 @@ def decode_rows(rows: Sequence[torch.Tensor], device: torch.device, *, decoder=N
         data = [rows[k].cpu() for k in at]  # the decoders read their input on the CPU
         try:
             decoded = decode_jpeg(data, mode="RGB", device=where)
-        except RuntimeError:  # one bad file fails the batch: find it
+        except RuntimeError as e:  # one bad file fails the batch: find it
+            _not_the_file(e)
             decoded = []
             for k, d in zip(at, data, strict=True):
                 try:
                     decoded.append(decode_jpeg(d, mode="RGB", device=where))
                 except RuntimeError as e:
+                    _not_the_file(e)
                     bad[k] = _TORCHVISION_SOURCE.sub("", str(e)).strip()
                     decoded.append(None)
         for k, x in zip(at, decoded, strict=True):
@@ -168,6 +170,15 @@ def decode_rows(rows: Sequence[torch.Tensor], device: torch.device, *, decoder=N
         elif out[k] is None:
             out[k] = torch.zeros((3, 8, 8), dtype=torch.uint8, device=device)
     return Decoded(out, [r.ndim == 1 and k not in bad for k, r in enumerate(rows)]), bad
+
+
+def _not_the_file(e: RuntimeError) -> None:
+    """Raise ``e`` again when the device failed, not the file: out of memory, or a CUDA
+    error (an image it names would otherwise be skipped, or blamed, for the device)."""
+    import torch
+
+    if isinstance(e, torch.OutOfMemoryError) or str(e).lstrip().startswith("CUDA error"):
+        raise e
 
 
 def draft_scale(height: int, width: int, size: int) -> int:
@@ -248,21 +259,31 @@ def pixel_paths(manifest: Manifest, preps: Sequence[Preprocessing], *, resize: s
     return paths
 
 
+def device_type(device: str) -> str | None:
+    """``cuda`` or ``cpu`` for a named device (``cuda:1``, ``cpu``, ...); None for ``auto``
+    (not known without asking torch)."""
+    return None if device == "auto" else "cuda" if device.startswith("cuda") else "cpu"
+
+
 def key_pixels(manifest: Manifest, prep: Preprocessing, resize: str = "auto",
                device_type: str | None = None, decode: str = "cpu",
                ) -> list[tuple[str | None, str]]:
-    """The key ``(resize, decode)`` fields a set of ``manifest`` made with ``prep`` may
-    carry, the one an extract on ``device_type`` would write first. ``auto`` on an unknown
-    device (None): either way, PIL's first; a finished set made either way is reused."""
+    """The key ``(resize, decode)`` fields of the sets of ``manifest`` made with ``prep``
+    that an extract with these options accepts as done, the one it would make on a device
+    of ``device_type`` first (None: not known, CUDA's first for a device decoder, else
+    PIL's). Under ``--resize auto`` a set resized either way; under ``--decode device`` a
+    set decoded on either kind of device; otherwise only the set these options make."""
     shape = uniform_array_shape(manifest)
     if device_decoder(prep, shape, decode, "cpu") is not None:
-        types = [device_type] if device_type is not None else ["cuda", "cpu"]
-        return [(BATCHED_RESIZE, device_decoder(prep, shape, decode, t)) for t in types]
-    if device_type is not None or resize != "auto":
-        raw, changes = batched_resize(prep, shape, resize, device_type or "cpu")
-        return [(BATCHED_RESIZE if raw and changes else None, DECODE)]
-    out = [(None, DECODE)]
-    raw, changes = batched_resize(prep, shape, "device", "cuda")
-    if raw and changes:
-        out.append((BATCHED_RESIZE, DECODE))
+        order = ("cpu", "cuda") if device_type == "cpu" else ("cuda", "cpu")
+        return [(BATCHED_RESIZE, DEVICE_DECODES[t]) for t in order]
+    ways = [device_type or "cpu"]
+    if resize == "auto":
+        ways.append("cuda" if ways[0] == "cpu" else "cpu")
+    out: list[tuple[str | None, str]] = []
+    for way in ways:
+        raw, changes = batched_resize(prep, shape, resize, way)
+        fields = (BATCHED_RESIZE if raw and changes else None, DECODE)
+        if fields not in out:
+            out.append(fields)
     return out

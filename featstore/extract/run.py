@@ -18,7 +18,7 @@ from featstore.choices import DEFAULT_MAX_PIXELS
 from featstore.errors import FeatstoreError
 from featstore.extract.config import ExtractConfig
 from featstore.extract.keys import embedding_key
-from featstore.extract.pixels import key_pixels
+from featstore.extract.pixels import device_type, key_pixels
 from featstore.extract.results import ExtractProgress, ExtractResult
 from featstore.store.layout import DEFAULT_SHARD_ROWS
 
@@ -99,13 +99,6 @@ def extract_embeddings(
                        resize=resize, decode=decode, verify=verify, progress=progress)
 
 
-def _device_type(device: str) -> str | None:
-    """``cuda`` or ``cpu`` for a named device; None for ``auto`` (unknown without torch)."""
-    if device == "auto":
-        return None
-    return "cuda" if device.startswith("cuda") else "cpu"
-
-
 
 def cached_results(manifest: Manifest, backbones: Sequence[BackboneSpec],
                    store: FeatureStore, *, dtype: str = "float32", precision: str = "fp32",
@@ -128,7 +121,7 @@ def cached_results(manifest: Manifest, backbones: Sequence[BackboneSpec],
             return None
         es = None
         for fields in key_pixels(manifest, ident.preprocessing, resize,
-                                 _device_type(device), decode):
+                                 device_type(device), decode):
             key = embedding_key(ident, dtype, precision, *fields)
             candidate = ds.open_set(key.short)
             if (candidate is not None and candidate.key == key.digest

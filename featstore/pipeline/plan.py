@@ -64,7 +64,6 @@ class _Key:
     digest: str | None
     loaded: Any = None
     note: str = ""
-    others: tuple[str, ...] = ()  # keys of the same numbers with pixels made on a device
 
 
 def _dataset_args(entry: DatasetEntry, store: str) -> dict[str, Any]:
@@ -102,19 +101,14 @@ def plan_pipeline(pipe: Pipeline, *, results_store: str | None = None) -> Plan:
         which = (b.spec, b.image_size, b.precision, b.dtype)
         if which not in keys:
             from featstore.extract import resolve_key
-            from featstore.extract.keys import other_pixel_keys
 
             try:
                 spec = backbone_spec(fs, b.spec, input_size=b.image_size)
                 loaded, key = resolve_key(spec, b.dtype, b.precision)
-                others = tuple(k.digest for k in other_pixel_keys(loaded, b.dtype, b.precision))
-                keys[which] = _Key(key.digest, loaded, others=others)
-                key_of.others[key.digest] = others
+                keys[which] = _Key(key.digest, loaded)
             except FeatstoreError as e:
                 keys[which] = _Key(None, note=str(e))
         return keys[which]
-
-    key_of.others = {}  # a key -> the keys of the same numbers with pixels made on a device
 
     steps: list[Step] = []
     for entry in pipe.datasets:
@@ -150,12 +144,20 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
     n_train = int((manifest.split == "train").sum())
 
     by_key = {es.key: es for es in ds.embedding_sets()} if ds is not None else {}
+    pixels = pixel_options(extract)
 
-    def embedded(digest: str | None):
-        """The complete set of a key in this dataset's group (or of the same backbone with
-        its pixels made on a device: an extract on CUDA makes one), or None."""
-        for d in (digest, *key_of.others.get(digest, ())):
-            es = by_key.get(d) if d is not None else None
+    def embedded(b: BackboneEntry | None):
+        """The complete set of ``b`` in this dataset's group made a way the ``[extract]``
+        options accept (as the extract step itself would: ``key_pixels``), or None."""
+        from featstore.extract import embedding_key
+        from featstore.extract.pixels import device_type, key_pixels
+
+        k = key_of(b) if b is not None else None
+        if k is None or k.loaded is None:
+            return None
+        for fields in key_pixels(manifest, k.loaded.preprocessing, pixels["resize"],
+                                 device_type(pixels["device"]), pixels["decode"]):
+            es = by_key.get(embedding_key(k.loaded, b.dtype, b.precision, *fields).digest)
             if es is not None and es.complete:
                 return es
         return None
@@ -175,7 +177,7 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
     for (precision, dtype, alone), members in groups.items():
         sid = f"extract {entry.name}" + (f" [{precision}, {dtype}]" if len(sound) > 1
                                           else "") + (f" {alone}" if alone else "")
-        done = [b for b in members if embedded(key_of(b).digest) is not None]
+        done = [b for b in members if embedded(b) is not None]
         notes = [f"{b.name}: {key_of(b).note}" for b in members if key_of(b).note]
         steps.append(Step(
             id=sid, stage="extract", dataset=entry.name, rows=rows,
@@ -188,14 +190,13 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
         for b in members:
             extract_ids[b.name] = sid
 
-    def probe_step(b: BackboneEntry, deps: list[str], digest: str | None,
-                   label: str) -> Step:
+    def probe_step(b: BackboneEntry, deps: list[str], label: str, known: bool = True) -> Step:
         from featstore.probe import probe_run_ids
 
         assert probe is not None
         cfg = _probe_config(probe, manifest.task)
         n_runs = len(probe["probes"]) * len(probe["fractions"]) * len(probe["seeds"])
-        es = embedded(digest)
+        es = embedded(b if known else None)
         have = 0
         if es is not None:
             # val as the stage makes it: without the rows skipped at extraction
@@ -210,27 +211,26 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
             work=f"{n_runs} runs ({'+'.join(probe['probes'])} x "
                  f"{len(probe['fractions'])} fractions x {len(probe['seeds'])} seeds)"
                  + (f", {have} stored" if 0 < have < n_runs else ""),
-            args={**base, **_probe_args(probe), "stage": "probe",
+            args={**base, **_probe_args(probe), "stage": "probe", "pixels": pixels,
                   "backbone": _backbone_args(b)})
 
     if probe is not None:
         for name in probe["backbones"]:
             b = pipe.backbones[name]
-            steps.append(probe_step(b, [extract_ids[name]], key_of(b).digest, name))
+            steps.append(probe_step(b, [extract_ids[name]], name))
     if fuse is not None:
         from featstore.fusion import fusion_run_ids
 
         members = [pipe.backbones[n] for n in fuse["backbones"]]
-        digests = [key_of(b).digest for b in members]
         n_methods = len(fuse["attentions"]) + (
             1 + len(members) if fuse.get("baselines", True) else 0)
         n_runs = n_methods * len(fuse["fractions"]) * len(fuse["seeds"])
         have = 0
-        if ds is not None and all(embedded(d) is not None for d in digests):
+        if ds is not None and all(embedded(b) is not None for b in members):
             missing = np.zeros(len(manifest), bool)
-            for d in digests:  # a row is fused only where every set has it
-                missing |= embedded(d).missing_mask()
-            ids = fusion_run_ids([embedded(d).key for d in digests],
+            for b in members:  # a row is fused only where every set has it
+                missing |= embedded(b).missing_mask()
+            ids = fusion_run_ids([embedded(b).key for b in members],
                                  val_source(manifest.split[~missing]),
                                  task=manifest.task, **_fuse_grid(fuse))
             stored = ds.fusion_runs.by_id()
@@ -244,7 +244,7 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
                  + (", concat, singles" if fuse.get("baselines", True) else "")
                  + f" x {len(fuse['fractions'])} fractions x {len(fuse['seeds'])} seeds)"
                  + (f", {have} stored" if 0 < have < n_runs else ""),
-            args={**base, "stage": "fuse", **_fuse_grid(fuse),
+            args={**base, "stage": "fuse", **_fuse_grid(fuse), "pixels": pixels,
                   "device": fuse.get("device", "cpu"),
                   "backbones": [_backbone_args(b) for b in members]}))
     if finetune is not None:
@@ -291,20 +291,28 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
                                        spec=f"finetuned:{group}/{rid}" if rid else "",
                                        image_size=None, precision=b.precision,
                                        dtype=b.dtype)
-                    digest = None
-                    if rid and rid in done:
-                        digest = key_of(fb).digest
+                    known = bool(rid) and rid in done
                     xid = f"extract {entry.name} {label}"
                     steps.append(Step(
                         id=xid, stage="extract", dataset=entry.name, rows=rows,
-                        deps=[sid], cached=embedded(digest) is not None, gpu=True,
+                        deps=[sid], cached=embedded(fb if known else None) is not None,
+                        gpu=True,
                         work=f"{rows} images x 1 backbone (finetuned)",
                         args={**base, **extract, "stage": "extract",
                               "precision": b.precision, "dtype": b.dtype,
                               "backbones": [_backbone_args(fb)]}))
                     if probe is not None:
-                        steps.append(probe_step(fb, [xid], digest, label))
+                        steps.append(probe_step(fb, [xid], label, known))
     return steps
+
+def pixel_options(extract: dict[str, Any]) -> dict[str, str]:
+    """The ``[extract]`` options that decide which sets of a backbone count as its own:
+    how pixels are resized and decoded, and on which device."""
+    from featstore.extract.config import ExtractConfig
+
+    return {k: extract.get(k, options.default(ExtractConfig, k))
+            for k in ("resize", "decode", "device")}
+
 
 def _human(n: float) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from featstore import options
+from featstore.errors import FeatstoreError, NotExtractedError
 from featstore.pipeline.plan import Plan, Step
 
 EXECUTORS = ("local", "slurm", "submitit-local")
@@ -63,10 +64,30 @@ def _store(args: dict[str, Any]):
                         results_store=args.get("results_store") or default_results_store())
 
 
-def _embedding_set(fs, manifest, b: dict[str, Any]):
-    from featstore.extract import resolve_embedding_set
+def _embedding_set(fs, manifest, b: dict[str, Any], pixels: dict[str, str] | None = None):
+    """The set a probe or fusion step reads: of the ways the pipeline's ``[extract]``
+    options (``pixels``) accept, the first the store holds (as its plan and its extract
+    step find it), else what ``--backbone SPEC`` names."""
+    from featstore.extract import embedding_key, resolve_embedding_set, resolve_key
+    from featstore.extract.pixels import device_type, key_pixels
+    from featstore.models.registry import backbone_spec
 
-    return resolve_embedding_set(fs.dataset(manifest), b["spec"], image_size=b["image_size"],
+    ds = fs.dataset(manifest)
+    if pixels:
+        try:
+            loaded, _ = resolve_key(backbone_spec(fs, b["spec"], input_size=b["image_size"]),
+                                    b["dtype"], b["precision"])
+        except FeatstoreError:
+            loaded = None  # resolve_embedding_set below names the reason
+        for fields in (key_pixels(manifest, loaded.preprocessing, pixels["resize"],
+                                  device_type(pixels["device"]), pixels["decode"])
+                       if loaded is not None else ()):
+            try:
+                return ds.embedding_set(embedding_key(loaded, b["dtype"], b["precision"],
+                                                      *fields).digest)
+            except NotExtractedError:
+                continue
+    return resolve_embedding_set(ds, b["spec"], image_size=b["image_size"],
                                  dtype=b["dtype"], precision=b["precision"])
 
 
@@ -127,7 +148,7 @@ def _run_step(args: dict[str, Any]) -> dict[str, int]:
         from featstore.pipeline.plan import _probe_config
         from featstore.probe import probe_grid
 
-        es = _embedding_set(fs, manifest, args["backbone"])
+        es = _embedding_set(fs, manifest, args["backbone"], args.get("pixels"))
         records = probe_grid([es], _probe_config(args, manifest.task), probes=args["probes"],
                              fractions=args["fractions"], seeds=args["seeds"],
                              device=args.get("device", "cpu"))
@@ -135,7 +156,7 @@ def _run_step(args: dict[str, Any]) -> dict[str, int]:
     if stage == "fuse":
         from featstore.fusion import fuse_grid
 
-        sets = [_embedding_set(fs, manifest, b) for b in args["backbones"]]
+        sets = [_embedding_set(fs, manifest, b, args.get("pixels")) for b in args["backbones"]]
         records = fuse_grid(sets, task=manifest.task, fractions=args["fractions"],
                             seeds=args["seeds"], attentions=args["attentions"],
                             dim=args["dim"], n_bootstrap=args["n_bootstrap"],

@@ -255,3 +255,97 @@ probes = ["linear"]
     assert es.attrs["key_fields"]["decode"] == DEVICE_DECODES["cpu"]
     plan = plan_pipeline(load_pipeline(toml))
     assert [s.cached for s in plan.steps] == [True, True], [s.id for s in plan.steps]
+
+
+def test_an_exif_rotated_jpeg_is_not_turned_upright(tmp_path):
+    """TorchCodec turns a JPEG by its EXIF orientation, PIL's path does not: such a file
+    is decoded in the worker, so both paths see it as stored."""
+    img = textured(np.random.default_rng(4), (60, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    m = load_dataset(write_images(tmp_path, {"turned.jpeg": img, "plain.jpeg": img},
+                                  quality=90, exif=exif.tobytes()))
+    rows = [torch.from_numpy(read_encoded(m, i)) for i in range(len(m))]
+    assert [r.ndim for r in rows] == [3, 3]  # both tagged (the tag is written to both)
+    for i, (x, _) in enumerate(zip(decode_rows(rows, CPU)[0].rows, rows, strict=True)):
+        with Image.open(m.resolve(i)) as im:
+            assert np.array_equal(x.permute(1, 2, 0).numpy(), np.asarray(im.convert("RGB")))
+    m = load_dataset(write_images(tmp_path / "plain", {"plain.jpeg": img}, quality=90))
+    assert read_encoded(m, 0).ndim == 1  # no orientation: its bytes go
+
+
+def test_a_device_out_of_memory_is_not_blamed_on_an_image(tmp_path, monkeypatch):
+    import featstore.extract.pixels as pixels
+
+    m = load_dataset(jpeg_dataset(tmp_path / "j", n=8))
+
+    def out_of_memory(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(pixels, "jpeg_decoder", lambda: (out_of_memory, "a full GPU"))
+    with pytest.raises(torch.OutOfMemoryError):  # not skipped as unreadable rows
+        extract_embeddings(m, [parse_backbone(TINY, input_size=SIZE)],
+                           FeatureStore(tmp_path / "s"), decode="device", on_error="skip",
+                           num_workers=0)
+
+
+def test_a_set_decoded_on_the_other_device_is_a_cache_hit_either_way(tmp_path, monkeypatch):
+    import featstore.extract.keys as keys
+    import featstore.extract.pixels as pixels
+
+    m = load_dataset(jpeg_dataset(tmp_path / "j", n=8))
+    spec = parse_backbone(TINY, input_size=SIZE)
+    fs = FeatureStore(tmp_path / "s")
+    as_if_cuda = {"cuda": DEVICE_DECODES["cuda"], "cpu": DEVICE_DECODES["cuda"]}
+    monkeypatch.setattr(pixels, "DEVICE_DECODES", as_if_cuda)  # a set made on a GPU
+    [made] = extract_embeddings(m, [spec], fs, decode="device", num_workers=0)
+    monkeypatch.setattr(pixels, "DEVICE_DECODES", keys.DEVICE_DECODES)
+    assert fs.dataset(m).embedding_set(made.key).attrs["key_fields"]["decode"] == \
+        DEVICE_DECODES["cuda"]
+    for device in ("auto", "cpu"):  # the fast cache hit and the engine agree
+        [hit] = extract_embeddings(m, [spec], fs, decode="device", device=device,
+                                   num_workers=0)
+        assert (hit.key, hit.status) == (made.key, "cached"), device
+    [pil] = extract_embeddings(m, [spec], fs, num_workers=0)  # --decode cpu: PIL's own set
+    assert pil.key != made.key and pil.status == "extracted"
+
+
+def test_a_pipeline_with_decode_device_makes_and_probes_its_own_set(capsys, tmp_path):
+    """A PIL set already in the store is not what ``decode = "device"`` asks for: the plan
+    does not count it, the extract step makes the device's set, the probe reads that."""
+    from featstore.pipeline import load_pipeline
+    from featstore.pipeline.plan import plan_pipeline
+
+    csv_path = jpeg_dataset(tmp_path / "j", n=16)
+    store = tmp_path / "store"
+    code, out, err = cli(capsys, "extract", "--data", str(csv_path), "--store", str(store),
+                         "-b", TINY, "--image-size", str(SIZE), "--json")
+    assert code == 0, err
+    pil_key = json.loads(out)[0]["key"]
+    toml = tmp_path / "p.toml"
+    toml.write_text(f"""
+store = "{store}"
+fractions = [1.0]
+seeds = 1
+bootstrap = 10
+[datasets]
+jpegs = "{csv_path}"
+[backbones]
+resnet = {{ spec = "{TINY}", image_size = {SIZE} }}
+[extract]
+device = "cpu"
+workers = 0
+decode = "device"
+[probe]
+probes = ["linear"]
+""")
+    assert [s.cached for s in plan_pipeline(load_pipeline(toml)).steps] == [False, False]
+    code, out, err = cli(capsys, "run", str(toml), "--json")
+    assert code == 0, err
+    ds = FeatureStore(store).datasets()[0]
+    [device_set] = [es for es in ds.embedding_sets() if es.key != pil_key]
+    assert device_set.attrs["key_fields"]["decode"] == DEVICE_DECODES["cpu"]
+    assert len(device_set.probe_runs.by_id()) == 1
+    assert not FeatureStore(store).dataset(load_dataset(csv_path)).embedding_set(
+        pil_key).probe_runs.by_id()
+    assert [s.cached for s in plan_pipeline(load_pipeline(toml)).steps] == [True, True]
