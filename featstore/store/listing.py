@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -20,12 +21,14 @@ def list_sets(store: FeatureStore, *, use_catalog: bool = True) -> list[dict[str
     """
     entries = read_catalog(store.objects) if use_catalog else {}
     rows = []
+    where: list[tuple] = []  # each row's (dataset group, set name)
     for ds in store.datasets():
         for name in ds.set_names():
             row = entries.get((ds.name, name))
-            if row is not None and row["status"] == "complete" and "pixels" in row:
+            if row is not None and row["status"] == "complete" and "precision" in row:
                 rows.append(row)
-                continue  # (an entry from before pixels were listed is written again)
+                where.append((ds, name))
+                continue  # (an entry from before precision was listed is written again)
             es = ds.open_set(name)
             if es is None:
                 continue
@@ -33,6 +36,16 @@ def list_sets(store: FeatureStore, *, use_catalog: bool = True) -> list[dict[str
             if use_catalog and row["status"] == "complete":
                 es.publish()  # a set made before the catalog, or completed by a killed run
             rows.append(row)
+            where.append((ds, name))
+    # entries written before pixels were listed: read from the set where ls shows them (an
+    # alias with several sets), and the entry written again
+    shared = Counter((r["dataset"], r["backbone"]) for r in rows)
+    for k, (r, (ds, name)) in enumerate(zip(rows, where, strict=True)):
+        if "pixels" not in r and shared[(r["dataset"], r["backbone"])] > 1:
+            es = ds.open_set(name)
+            if es is not None:
+                rows[k] = es.summary()
+                es.publish()
     return sorted(rows, key=lambda r: (r["dataset"], r["backbone"], r["key"]))
 
 

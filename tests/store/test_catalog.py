@@ -83,3 +83,36 @@ def test_the_snapshot_never_hides_a_change(capsys, npz_file, store_dir):
     assert len(list_sets(fs)) == 1 and (store_dir / CATALOG_GROUP / "snapshot.json").exists()
     extract(capsys, npz_file, store_dir)  # a second backbone completes after the snapshot
     assert len(list_sets(fs)) == 2 and list_sets(fs) == list_sets(fs, use_catalog=False)
+
+
+def test_entries_from_before_pixels_were_listed_are_read_where_ls_needs_them(
+        capsys, tmp_path, monkeypatch):
+    """An entry written before ``pixels`` was listed is used as it is, except where one
+    alias has several sets (ls then tells them apart by how their pixels were made): those
+    sets are opened once and their entries written again."""
+    from featstore.store.dataset import DatasetGroup
+    from tests.conftest import make_medmnist
+
+    npz = make_medmnist(tmp_path / "m.npz", size=28)
+    store = tmp_path / "s"
+    for resize in ("cpu", "device"):  # one alias, two sets: PIL's and the device's resize
+        code, _, err = cli(capsys, "extract", "--data", str(npz), "-b", TINY, "--image-size",
+                           str(SIZE), "--store", str(store), "--resize", resize)
+        assert code == 0, err
+    code, _, err = cli(capsys, "extract", "--data", str(npz), "-b", TINY_VIT, "--image-size",
+                       str(SIZE), "--store", str(store))
+    assert code == 0, err
+    for path in (store / CATALOG_GROUP).rglob("*.json"):  # as an older featstore wrote them
+        row = json.loads(path.read_text())
+        row.pop("pixels", None)
+        path.write_text(json.dumps(row))
+    opened = []
+    real = DatasetGroup.open_set
+    monkeypatch.setattr(DatasetGroup, "open_set",
+                        lambda self, name: opened.append(name) or real(self, name))
+    code, out, _ = cli(capsys, "ls", "--store", str(store))
+    assert code == 0 and "torch resize" in out
+    assert len(opened) == 2  # the two sets of one alias; the third entry as it was
+    rows = list_sets(FeatureStore(store))
+    assert sorted(r.get("pixels", "-") for r in rows) == ["-", "PIL", "torch resize"]
+    assert list_sets(FeatureStore(store), use_catalog=False)[0]["pixels"]
