@@ -195,19 +195,16 @@ def _recompute_corrupt(store: FeatureStore, manifest: Manifest,
 
 def _key(store: FeatureStore, manifest: Manifest, ident: BackboneIdentity | LoadedBackbone,
          dtype: str, precision: str, path: PixelPath, *, resize: str, decode: str,
-         device_type: str) -> EmbeddingKey:
-    """The key this extract writes for a backbone: its pixel path's, unless a finished set
-    of the same backbone made another way these options accept is there (reused, not made
-    again: PIL's or the GPU's resize under ``--resize auto``; the other device's decoder
-    under ``--decode device --device auto``). The cache hit
-    (:func:`featstore.extract.run.cached_results`) and pipeline plans accept the same
-    sets (:func:`featstore.extract.pixels.key_pixels`)."""
+         device_type: str | None) -> EmbeddingKey:
+    """The key this extract writes for a backbone: the first finished set these options
+    accept (:func:`featstore.extract.pixels.key_pixels`: PIL's or the GPU's resize under
+    ``--resize auto``, either device's decoder under ``--decode device``), in the order the
+    cache hit (:func:`featstore.extract.run.cached_results`) and pipeline plans take them
+    (``device_type`` None for ``--device auto``, as they do), else its pixel path's."""
     key = embedding_key(ident, dtype, precision, path.key_resize, path.key_decode)
-    if _complete(store, manifest, key):
-        return key
     for fields in key_pixels(manifest, ident.preprocessing, resize, device_type, decode):
         alt = embedding_key(ident, dtype, precision, *fields)
-        if alt.digest != key.digest and _complete(store, manifest, alt):
+        if _complete(store, manifest, alt):
             return alt
     return key
 
@@ -273,7 +270,8 @@ def run_extract(
                             decode=decode)
         built = [(ident, _key(store, manifest, ident, dtype, precision,
                               paths[preps.index(ident.preprocessing)], resize=resize,
-                              decode=decode, device_type=dev.type))
+                              decode=decode,
+                              device_type=None if device == "auto" else dev.type))
                  for ident in idents]
         recomputed = (_recompute_corrupt(store, manifest, [k for _, k in built],
                                          complete_too=verify) if dist.rank == 0 else {})

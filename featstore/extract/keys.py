@@ -143,15 +143,17 @@ def resolve_embedding_set(ds: DatasetGroup, text: str, *, image_size: int | None
                 raise not_in_store from None  # several sets match: it lists their keys
             raise not_a_spec from None
     loaded, key = resolve_key(spec, dtype, precision)
-    try:
-        return ds.embedding_set(key.digest)
-    except NotExtractedError:  # pixels made on a device: keys of their own
-        for other in other_pixel_keys(loaded, dtype, precision):
-            try:
-                return ds.embedding_set(other.digest)
-            except NotExtractedError:
-                pass
-        raise
+    found = []  # pixels made on a device: keys of their own; a finished set first
+    for k in (key, *other_pixel_keys(loaded, dtype, precision)):
+        try:
+            found.append(ds.embedding_set(k.digest))
+        except NotExtractedError:
+            continue
+        if found[-1].complete:
+            return found[-1]
+    if found:
+        return found[0]  # unfinished: reading it says so
+    return ds.embedding_set(key.digest)  # raises, listing the sets there are
 
 
 def resolve_embedding_sets(store: FeatureStore, manifest: Manifest,

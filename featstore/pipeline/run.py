@@ -83,10 +83,12 @@ def _embedding_set(fs, manifest, b: dict[str, Any], pixels: dict[str, str] | Non
                                   device_type(pixels["device"]), pixels["decode"])
                        if loaded is not None else ()):
             try:
-                return ds.embedding_set(embedding_key(loaded, b["dtype"], b["precision"],
-                                                      *fields).digest)
+                es = ds.embedding_set(embedding_key(loaded, b["dtype"], b["precision"],
+                                                    *fields).digest)
             except NotExtractedError:
                 continue
+            if es.complete:  # an unfinished one is not what the extract step took as done
+                return es
     return resolve_embedding_set(ds, b["spec"], image_size=b["image_size"],
                                  dtype=b["dtype"], precision=b["precision"])
 
@@ -117,6 +119,8 @@ def _step_claim(args: dict[str, Any]):
     from featstore.store import FeatureStore
 
     what = {k: v for k, v in args.items() if k not in ("results_store", "device")}
+    if "pixels" in what:  # the same sets are read whichever device extracted them
+        what["pixels"] = {k: v for k, v in what["pixels"].items() if k != "device"}
     path = ClaimBoard.path("_steps", sha256_json(what)[:24], "lock")
     board = ClaimBoard(FeatureStore(args["store"]))
     try:

@@ -349,3 +349,25 @@ probes = ["linear"]
     assert not FeatureStore(store).dataset(load_dataset(csv_path)).embedding_set(
         pil_key).probe_runs.by_id()
     assert [s.cached for s in plan_pipeline(load_pipeline(toml)).steps] == [True, True]
+
+
+def test_with_device_auto_the_cache_hit_and_the_engine_take_the_same_set(tmp_path,
+                                                                        monkeypatch):
+    import featstore.extract.keys as keys
+    import featstore.extract.pixels as pixels
+
+    m = load_dataset(jpeg_dataset(tmp_path / "j", n=8))
+    spec = parse_backbone(TINY, input_size=SIZE)
+    fs = FeatureStore(tmp_path / "s")
+    made = {}
+    for name in ("cuda", "cpu"):  # both decoders' sets finished in one store
+        label = DEVICE_DECODES[name]
+        monkeypatch.setattr(pixels, "DEVICE_DECODES", {"cuda": label, "cpu": label})
+        made[name] = extract_embeddings(m, [spec], fs, decode="device", num_workers=0)[0].key
+    monkeypatch.setattr(pixels, "DEVICE_DECODES", keys.DEVICE_DECODES)
+    fast = extract_embeddings(m, [spec], fs, decode="device", num_workers=0)[0]
+    engine = extract_embeddings(m, [spec], fs, decode="device", num_workers=0, verify=True)[0]
+    assert fast.key == engine.key == made["cuda"]  # auto: the order the cache hit knows
+    on_cpu = extract_embeddings(m, [spec], fs, decode="device", device="cpu", verify=True,
+                                num_workers=0)[0]
+    assert on_cpu.key == made["cpu"]  # a named device: its own decoder's set first

@@ -224,3 +224,56 @@ probes = ["linear"]
                          "--json")  # auto on a CPU: the finished device-resized set is reused
     assert code == 0 and json.loads(out)[0]["key"] == es.key, err
     assert json.loads(out)[0]["status"] == "cached"
+
+
+def test_an_unfinished_set_gives_way_to_a_finished_one_made_the_other_way(capsys, tmp_path,
+                                                                        monkeypatch):
+    """A PIL set left unfinished (an interrupted CPU run) beside a finished set resized on
+    a GPU: the extract is a cache hit on the finished one, and what reads by spec (probe,
+    a pipeline's probe step) reads that one too, not the unfinished one."""
+    from featstore.pipeline import load_pipeline
+    from featstore.pipeline.plan import plan_pipeline
+
+    npz = make_medmnist(tmp_path / "m.npz", size=28)
+    m = load_dataset(npz)
+    fs = FeatureStore(tmp_path / "s")
+    spec = parse_backbone(TINY, input_size=SIZE)
+    [gpu] = extract_embeddings(m, [spec], fs, resize="device", shard_rows=16, num_workers=0)
+    real, calls = EmbeddingSet.write_shard, []
+
+    def fail_after_one(self, *a, **k):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(EmbeddingSet, "write_shard", fail_after_one)
+    with pytest.raises(OSError):
+        extract_embeddings(m, [spec], fs, resize="cpu", shard_rows=16, num_workers=0)
+    monkeypatch.setattr(EmbeddingSet, "write_shard", real)
+    [hit] = extract_embeddings(m, [spec], fs, num_workers=0)  # --resize auto
+    assert (hit.key, hit.status) == (gpu.key, "cached")
+    data = ["--data", str(npz), "--store", str(tmp_path / "s")]
+    code, out, err = cli(capsys, "probe", *data, "-b", TINY, "--image-size", str(SIZE),
+                         "--bootstrap", "0", "--json")
+    assert code == 0 and json.loads(out)[0]["key"] == gpu.key, err
+    toml = tmp_path / "p.toml"
+    toml.write_text(f"""
+store = "{tmp_path / 's'}"
+fractions = [0.5]
+seeds = 1
+bootstrap = 10
+[datasets]
+m = "{npz}"
+[backbones]
+resnet = {{ spec = "{TINY}", image_size = {SIZE} }}
+[extract]
+device = "cpu"
+workers = 0
+[probe]
+probes = ["linear"]
+""")
+    assert [s.cached for s in plan_pipeline(load_pipeline(toml)).steps] == [True, False]
+    code, out, err = cli(capsys, "run", str(toml), "--json")
+    assert code == 0, err
+    assert FeatureStore(tmp_path / "s").dataset(m).embedding_set(gpu.key).probe_runs.by_id()
