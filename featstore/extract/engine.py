@@ -83,7 +83,8 @@ def provenance(loaded: LoadedBackbone, manifest: Manifest, *, batch_size: int,
     spec = loaded.spec
     if pixels is not None and pixels.encoded:
         resize = (f"batched on the device ({pixels.key_resize}); JPEGs decoded there in full "
-                  f"by {jpeg_decoder()[1]}, then reduced as PIL's draft")
+                  f"by {jpeg_decoder(device if device.type == 'cuda' else 'cpu')[1]}, "
+                  "then reduced as PIL's draft")
     elif pixels is not None and pixels.raw_shape is not None:
         resize = "batched on the device" + (f" ({pixels.key_resize})" if pixels.keyed else
                                             ", none needed")

@@ -20,6 +20,8 @@ and the batched resize.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -107,20 +109,57 @@ DECODE_CHUNK = 32
 _TORCHVISION_SOURCE = re.compile(r"^.*?\.cpp:\d+, ")
 
 
-def jpeg_decoder():
-    """(decode_jpeg, its name and version): TorchCodec's (``pip install
-    'featstore[decode]'``), which supersedes torchvision's image decoders, else
+def jpeg_decoder(device: torch.device | str = "cpu"):
+    """(decode_jpeg, its name and version) that works on ``device``: TorchCodec's (``pip
+    install 'featstore[decode]'``), which supersedes torchvision's image decoders, else
     torchvision's (deprecated since 0.29). Both decode with libjpeg-turbo on the CPU (PIL's
-    bits) and nvJPEG on CUDA, and take the same arguments."""
-    from importlib.metadata import version
+    bits) and nvJPEG on CUDA, and take the same arguments. Each is tried on a small JPEG
+    first (once per device), so a decoder that imports but cannot run there (a wheel built
+    for another torch, no nvJPEG) gives way to the next instead of failing every file.
 
-    try:
-        from torchcodec.decoders import decode_jpeg
-    except ImportError:  # the optional extra is not installed
-        from torchvision.io import decode_jpeg
+    Raises
+    ------
+    FeatstoreError
+        Neither decodes a JPEG on ``device``; the message says why each failed.
+    """
+    return _working_decoder(str(device))
 
-        return decode_jpeg, f"torchvision {version('torchvision')}"
-    return decode_jpeg, f"torchcodec {version('torchcodec')}"
+
+@functools.cache
+def _working_decoder(device: str):
+    import io
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+    from PIL import Image
+
+    sample = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 40, 90)).save(sample, "JPEG")
+    data = torch.frombuffer(bytearray(sample.getvalue()), dtype=torch.uint8)
+    why = []
+    for lib, module in (("torchcodec", "torchcodec.decoders"), ("torchvision", "torchvision.io")):
+        try:
+            decode_jpeg = importlib.import_module(module).decode_jpeg
+            if lib == "torchvision":  # its mode as the enum (a name only since 0.19)
+                decode_jpeg = functools.partial(_torchvision_decode, decode_jpeg)
+            if decode_jpeg([data], mode="RGB", device=device)[0].shape != (3, 8, 16):
+                raise RuntimeError("decoded a 16x8 JPEG to the wrong shape")
+        except Exception as e:  # not installed, or cannot run here: the next one
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            why.append(f"{lib}: {type(e).__name__}: {first}")
+            continue
+        try:
+            return decode_jpeg, f"{lib} {version(lib)}"
+        except PackageNotFoundError:  # importable without its metadata (a bare copy)
+            return decode_jpeg, lib
+    raise FeatstoreError(f"--decode device: no JPEG decoder runs on {device} ("
+                         + "; ".join(why) + ")")
+
+
+def _torchvision_decode(decode_jpeg, data, *, mode: str, device):
+    from torchvision.io import ImageReadMode
+
+    return decode_jpeg(data, mode=ImageReadMode[mode], device=device)
 
 
 @dataclass
@@ -141,11 +180,11 @@ def decode_rows(rows: Sequence[torch.Tensor], device: torch.device, *, decoder=N
     (H, W, 3) row is pixels PIL decoded already."""
     import torch
 
-    decode_jpeg = decoder or jpeg_decoder()[0]
+    where = device if device.type == "cuda" else torch.device("cpu")
+    decode_jpeg = decoder or jpeg_decoder(where)[0]
     out: list[torch.Tensor | None] = [None] * len(rows)
     bad: dict[int, str] = {}
     jpegs = [k for k, r in enumerate(rows) if r.ndim == 1]
-    where = device if device.type == "cuda" else "cpu"
     for c in range(0, len(jpegs), DECODE_CHUNK):
         at = jpegs[c:c + DECODE_CHUNK]
         data = [rows[k].cpu() for k in at]  # the decoders read their input on the CPU

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -209,17 +210,43 @@ def test_a_jpeg_is_reduced_to_the_size_pil_s_draft_decodes_it_at(tmp_path, width
 
 
 def test_without_torchcodec_torchvision_s_decoder_gives_the_same_bits(tmp_path, monkeypatch):
-    import sys
-
-    from featstore.extract.pixels import jpeg_decoder
+    from featstore.extract.pixels import _working_decoder, jpeg_decoder
 
     m = load_dataset(jpeg_dataset(tmp_path / "j", n=6))
     rows = [torch.from_numpy(read_encoded(m, i)) for i in range(len(m))]
     first = decode_rows(rows, CPU)[0].rows
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # the extra not installed
-    assert jpeg_decoder()[1].startswith("torchvision ")
-    for a, b in zip(first, decode_rows(rows, CPU)[0].rows, strict=True):
-        assert torch.equal(a, b)
+    _working_decoder.cache_clear()
+    try:
+        assert jpeg_decoder()[1].startswith("torchvision ")
+        for a, b in zip(first, decode_rows(rows, CPU)[0].rows, strict=True):
+            assert torch.equal(a, b)
+    finally:
+        _working_decoder.cache_clear()
+
+
+def test_a_decoder_that_imports_but_cannot_run_gives_way(monkeypatch):
+    import types
+
+    from featstore.errors import FeatstoreError
+    from featstore.extract.pixels import _working_decoder, jpeg_decoder
+
+    def broken(*a, **k):
+        raise RuntimeError("undefined symbol: _ZN2at4_ops (built for another torch)")
+
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders",
+                        types.SimpleNamespace(decode_jpeg=broken))
+    _working_decoder.cache_clear()
+    try:
+        assert jpeg_decoder()[1].startswith("torchvision ")  # not every file failing
+        monkeypatch.setitem(sys.modules, "torchvision.io",
+                            types.SimpleNamespace(decode_jpeg=broken))
+        _working_decoder.cache_clear()
+        with pytest.raises(FeatstoreError, match="no JPEG decoder runs on cpu.*torchcodec: "
+                                                 "RuntimeError: undefined symbol"):
+            jpeg_decoder()
+    finally:
+        _working_decoder.cache_clear()
 
 
 def test_a_pipeline_extracting_with_decode_device_plans_as_cached(capsys, tmp_path):
@@ -282,7 +309,7 @@ def test_a_device_out_of_memory_is_not_blamed_on_an_image(tmp_path, monkeypatch)
     def out_of_memory(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(pixels, "jpeg_decoder", lambda: (out_of_memory, "a full GPU"))
+    monkeypatch.setattr(pixels, "jpeg_decoder", lambda device: (out_of_memory, "a full GPU"))
     with pytest.raises(torch.OutOfMemoryError):  # not skipped as unreadable rows
         extract_embeddings(m, [parse_backbone(TINY, input_size=SIZE)],
                            FeatureStore(tmp_path / "s"), decode="device", on_error="skip",
