@@ -350,9 +350,14 @@ class EmbeddingSet:
     def verify(self) -> list[int]:
         """Done shards whose stored bytes no longer match their checksum, or cannot be read
         (empty list: intact)."""
+        # the done marks first: a writer puts a shard's checksum before its mark, so every
+        # shard marked now has its checksum in what is read next (read the other way round,
+        # a shard finished in between by another process would meet a stale zero checksum
+        # and be invalidated: that process then finds its finished set incomplete)
+        done = self.done_mask()
         sums = self.group["checksums"][...]
         bad: list[tuple[int, str]] = []
-        mismatched = [i for i, data in self.iter_shards(errors=bad)
+        mismatched = [i for i, data in self.iter_shards(errors=bad, done=done)
                       if array_sha256(data) != sums[i].tobytes()]
         return sorted(mismatched + [s for s, _ in bad])
 
