@@ -13,8 +13,6 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import queue
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from featstore.extract.pixels import (
     pixel_paths,
 )
 from featstore.extract.results import CPU_BATCH_SIZE, ExtractProgress, ExtractResult
+from featstore.extract.writer import ShardWriter
 from featstore.models.build import build_backbone
 from featstore.models.identity import BackboneIdentity
 from featstore.models.registry import BackboneSpec, LoadedBackbone
@@ -55,7 +54,6 @@ WAIT_POLL_S = 0.5
 # rows a loader worker decodes per hand-over: small, so many workers fill one model batch
 # together (a worker building a whole 1024-row batch alone keeps the model waiting)
 WORKER_BATCH = 32
-WRITE_QUEUE = 2  # finished shards waiting for the writer thread
 
 
 def default_workers(n_rows: int, batch_size: int) -> int:
@@ -435,40 +433,6 @@ class _ClaimedBatches:
                     yield [(r, views) for r in range(w, min(w + self.worker_batch, end))]
 
 
-class _ShardWriter:
-    """Writes finished shards on a thread behind a bounded queue, so the model never waits
-    on the store (or on a device-to-host copy: a task waits for its copy's event). The
-    first error stops the writes and is raised in the main thread; shards queued before it
-    are still written, so an interrupted pass keeps every shard it finished."""
-
-    def __init__(self, depth: int = WRITE_QUEUE) -> None:
-        self._tasks: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="featstore-writer",
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (task := self._tasks.get()) is not None:
-            if self.error is None:
-                try:
-                    task()
-                except BaseException as e:  # handed to the main thread
-                    self.error = e
-
-    def submit(self, task) -> None:
-        if self.error is not None:
-            raise self.error
-        self._tasks.put(task)
-
-    def close(self) -> None:
-        """Wait for every queued write; raise the first error."""
-        self._tasks.put(None)
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 def _run_pass(jobs: Sequence[_Job], dataset: ViewsDataset, paths: Sequence[PixelPath],
               board: ClaimBoard, dist: Distributed, *, batch_size: int,
               num_workers: int | None, device: torch.device, precision: str, on_error: str,
@@ -493,7 +457,7 @@ def _run_pass(jobs: Sequence[_Job], dataset: ViewsDataset, paths: Sequence[Pixel
     outs: dict[tuple[int, int], list[torch.Tensor]] = {}
     errors_of: dict[int, dict[int, str]] = {}
     parts: list[tuple[dict[int, torch.Tensor | list[torch.Tensor]], torch.Tensor]] = []
-    writer = _ShardWriter()
+    writer = ShardWriter()
     wrote = 0
     if progress:
         progress.start(" + ".join(j.loaded.alias for j in jobs), int(sampler.rows))
@@ -576,7 +540,7 @@ def _forward(owned: Sequence[_Job], parts: list, paths: Sequence[PixelPath],
 
 def _finish_shard(owned: Sequence[_Job], shard: int, start: int, stop: int,
                   outs: dict[tuple[int, int], list[torch.Tensor]], errors: dict[int, str],
-                  dataset: ViewsDataset, board: ClaimBoard, writer: _ShardWriter,
+                  dataset: ViewsDataset, board: ClaimBoard, writer: ShardWriter,
                   device: torch.device) -> int:
     """Hand a whole shard of each backbone that owns it to the writer thread (which writes
     it, then releases its claim); returns the shards handed over."""

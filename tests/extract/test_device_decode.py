@@ -59,6 +59,29 @@ def jpeg_dataset(folder: Path, n: int = 24, seed: int = 0) -> Path:
                                  for i in range(n)}, quality=90)
 
 
+def decode_device_pipeline(tmp: Path, store: Path, data: Path) -> Path:
+    """A pipeline file: one tiny backbone over ``data``, extracted with ``decode =
+    "device"`` on the CPU, probed linearly at fraction 1."""
+    toml = tmp / "p.toml"
+    toml.write_text(f"""
+store = "{store}"
+fractions = [1.0]
+seeds = 1
+bootstrap = 10
+[datasets]
+jpegs = "{data}"
+[backbones]
+resnet = {{ spec = "{TINY}", image_size = {SIZE} }}
+[extract]
+device = "cpu"
+workers = 0
+decode = "device"
+[probe]
+probes = ["linear"]
+""")
+    return toml
+
+
 def test_rows_decoded_on_the_device_equal_pil_s_full_decode(tmp_path):
     rng = np.random.default_rng(1)
     images = {"rgb.jpeg": textured(rng, (48, 40)), "grey.jpeg": textured(rng, (40, 48), "L"),
@@ -254,28 +277,7 @@ def test_a_pipeline_extracting_with_decode_device_plans_as_cached(capsys, tmp_pa
     from featstore.pipeline.plan import plan_pipeline
 
     csv_path = jpeg_dataset(tmp_path / "j", n=16)
-    toml = tmp_path / "p.toml"
-    toml.write_text(f"""
-name = "decoded"
-store = "{tmp_path / 'store'}"
-fractions = [1.0]
-seeds = 1
-bootstrap = 10
-
-[datasets]
-jpegs = "{csv_path}"
-
-[backbones]
-resnet = {{ spec = "{TINY}", image_size = {SIZE} }}
-
-[extract]
-device = "cpu"
-workers = 0
-decode = "device"
-
-[probe]
-probes = ["linear"]
-""")
+    toml = decode_device_pipeline(tmp_path, tmp_path / "store", csv_path)
     code, out, err = cli(capsys, "run", str(toml), "--json")
     assert code == 0, err
     [es] = FeatureStore(tmp_path / "store").datasets()[0].embedding_sets()
@@ -349,23 +351,7 @@ def test_a_pipeline_with_decode_device_makes_and_probes_its_own_set(capsys, tmp_
                          "-b", TINY, "--image-size", str(SIZE), "--json")
     assert code == 0, err
     pil_key = json.loads(out)[0]["key"]
-    toml = tmp_path / "p.toml"
-    toml.write_text(f"""
-store = "{store}"
-fractions = [1.0]
-seeds = 1
-bootstrap = 10
-[datasets]
-jpegs = "{csv_path}"
-[backbones]
-resnet = {{ spec = "{TINY}", image_size = {SIZE} }}
-[extract]
-device = "cpu"
-workers = 0
-decode = "device"
-[probe]
-probes = ["linear"]
-""")
+    toml = decode_device_pipeline(tmp_path, store, csv_path)
     assert [s.cached for s in plan_pipeline(load_pipeline(toml)).steps] == [False, False]
     code, out, err = cli(capsys, "run", str(toml), "--json")
     assert code == 0, err
