@@ -100,7 +100,8 @@ def init_from_probe(model: Classifier, ds: DatasetGroup, spec: BackboneSpec, loa
                 or prov.preprocessing != want or prov.layer != spec.layer
                 or prov.precision != "fp32"):
             continue
-        for run_id, run in es.probe_runs.by_id().items():
+        runs = es.probe_runs.by_id().items()  # the current solver's probe before an older one
+        for run_id, run in sorted(runs, key=lambda r: "solver" not in r[1].get("config", {})):
             cfg, recs = run.get("config", {}), run.get("records") or []
             if (cfg.get("probe") == "linear" and recs
                     and recs[0].get("train_ids_sha256") == train_ids):

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from featstore.choices import LINEAR_SOLVER
 from featstore.data.fractions import ids_sha256, select_fraction
 from featstore.errors import FusionError, ProbeError
 from featstore.fusion.dvme import ATTENTIONS, DVME, HEAD_VERSION
 from featstore.probe.linear import fit_with_validation
-from featstore.probe.run import VAL_SPLIT, check_grid, split_rows
+from featstore.probe.run import check_grid, split_rows
 from featstore.records import ScoreRecord
 from featstore.runkeys import run_id as run_key
 from featstore.store.dataset import DatasetGroup
@@ -114,28 +115,22 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
                                   for e in embs),
             "train_ids_sha256": ids_sha256(ref.ids[tr])}
 
-    # runs persisted before runs were keyed per method hold every method of a (fraction,
-    # seed) under one id; reused where val was not carved (the earlier carve is superseded)
-    legacy_id = run_key({k: v for k, v in cfg.items() if k != "val"}) if (
-        val_source == VAL_SPLIT) else None
+    # (runs persisted before runs were keyed per method, one id per fraction and seed, were
+    # all fitted by an earlier linear solver: the solver in ``cfg`` keeps them from matching)
 
     def method_run(method: str, fit: Callable[[str], list[FuseRecord]],
-                   identity: str | None = None, legacy: bool = True) -> list[FuseRecord]:
+                   identity: str | None = None) -> list[FuseRecord]:
         """A method's records: read back when persisted under its id (``identity``: what
-        the method is, when its display name does not say it all), else computed and saved;
-        ``legacy``: whether an earlier run of the method still gives its numbers."""
+        the method is, when its display name does not say it all), else computed and saved."""
         run_config = {**cfg, "method": identity or method}
         rid = run_key(run_config)
         shown = record_config(run_config)
         if dataset is not None and not recompute:
             saved = dataset.fusion_runs.get(rid)
-            old = [] if saved is not None or not legacy_id or not legacy else [
-                r for r in (dataset.fusion_runs.get(legacy_id) or {}).get("records", [])
-                if r["method"] == method]
-            if saved is not None or old:
+            if saved is not None:
                 return [replace(stored_fusion_record(r), random_weights=base["random_weights"],
                                 config=shown)
-                        for r in (saved["records"] if saved is not None else old)]
+                        for r in saved["records"]]
         recs = [replace(r, config=shown) for r in fit(rid)]
         if dataset is not None:
             dataset.fusion_runs.save(rid, {"config": run_config,
@@ -176,7 +171,7 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
     records: list[FuseRecord] = []
     for attention in attentions:
         records += method_run(f"dvme-{attention}", partial(dvme, attention),
-                              identity=_dvme_identity(attention), legacy=False)
+                              identity=_dvme_identity(attention))
     if baselines:
         records += method_run("concat", partial(linear, "concat", embs))
         for e, name in zip(embs, names, strict=True):
@@ -187,12 +182,15 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
 
 def _run_config(keys: Sequence[str], *, task: str, fraction: float, seed: int, dim: int,
                 n_bootstrap: int, val_source: str, **dvme_options) -> dict[str, Any]:
-    """What a fusion run of one (fraction, seed) is, beside its method."""
+    """What a fusion run of one (fraction, seed) is, beside its method. Every method fits
+    the linear probe's solver (the baselines are probes; a DVME head starts from the concat
+    probe), so the solver is part of every run."""
     return {"task": task, "fraction": fraction, "seed": seed, "dim": dim,
-            "n_bootstrap": n_bootstrap, "keys": list(keys), "val": val_source, **dvme_options}
+            "n_bootstrap": n_bootstrap, "keys": list(keys), "val": val_source, **dvme_options,
+            "solver": LINEAR_SOLVER}
 
 
-_HEAD_FREE = ("task", "fraction", "seed", "n_bootstrap", "keys", "val", "method")
+_HEAD_FREE = ("task", "fraction", "seed", "n_bootstrap", "keys", "val", "method", "solver")
 
 
 def record_config(run_config: dict[str, Any]) -> dict[str, Any]:
@@ -283,21 +281,26 @@ def stored_fusion_records(datasets: Sequence[DatasetGroup],
     """Every fusion record persisted for these dataset groups (no computation); with
     ``keys``, only runs that fused some of these embedding keys. Runs whose val was carved
     by the earlier, patient-unaware rule are superseded and not listed, and so is a method of
-    an earlier (one id per fraction and seed) run that was recomputed since."""
+    an earlier (one id per fraction and seed) run, or a run of an earlier linear solver, that
+    was recomputed since."""
     wanted = None if keys is None else set(keys)
     out = []
     for ds in datasets:
         has_val = bool((ds.index["split"] == "val").any())
-        runs = ds.fusion_runs.all()
+        runs = ds.fusion_runs.by_id()
 
         def what(r: dict[str, Any]) -> tuple:
             return (r["method"], tuple(r.get("keys", [])), r["fraction"], r["seed"])
 
-        current = {what(r) for run in runs if "config" in run for r in run.get("records", [])}
-        for run in runs:
+        current = {what(r) for run in runs.values() if "config" in run
+                   for r in run.get("records", [])}
+        for run in runs.values():
             legacy = "config" not in run
             if legacy and not has_val:
                 continue  # an earlier run whose val was carved by the superseded rule
+            if not legacy and "solver" not in run["config"] and run_key(
+                    {**run["config"], "solver": LINEAR_SOLVER}) in runs:
+                continue  # an earlier solver's run, recomputed since by the current one
             for r in run.get("records", []):
                 if legacy and what(r) in current:
                     continue  # recomputed since, under its own id

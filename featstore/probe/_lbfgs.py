@@ -13,6 +13,19 @@ feature covariance S = U diag(e) U^T (estimated once, from a row sample), W = U 
 d = sqrt(CURVATURE * e + l2) per problem. This is an exact change of variables (same objective,
 same minimiser, convergence still tested on the gradient with respect to W); it only
 equalises the curvature L-BFGS sees.
+
+Fewer training rows than dimensions (a small labelled fraction of a wide embedding, the
+study's own setting) is solved in the row space of X: with the thin SVD X = Us diag(s) Vs^T,
+W = Vs Wr exactly, because the gradient of the mean loss, X^T G, always lies in that space and
+the L2 term only shrinks what is outside it (from W = 0, the iterates above never leave it).
+The same eigen-coordinates (e = s^2 / N), on the N x N design Us diag(s) instead of the
+N x D one, and no D x D eigendecomposition.
+
+Each iteration computes the change of the logits along its search direction once
+(dZ = X dW, one matmul); the line search then evaluates the loss at Z + t dZ in float64
+without touching X, and only an accepted step pays for its gradient. The logits are carried in
+float64 from step to step, so the line search sees decreases far below float32's resolution
+of the loss; a strongly regularised problem (l2 = 1e4) no longer stalls at its noise floor.
 """
 
 from __future__ import annotations
@@ -41,6 +54,38 @@ def covariance_eigh(X: torch.Tensor, *, rows: int = PRECONDITION_ROWS,
 
 
 @dataclass
+class _Design:
+    """What the logits are computed from, and how the solver's coordinates map to W.
+
+    ``X`` (N, K): the design; ``rotate`` (K, K): W = rotate @ (V / scale) (eigen-coordinates
+    of X itself), or None; ``lift`` (D, K): W = lift @ (V / scale) with ``X`` the row-space
+    design (N < D), or None; ``e`` (K,): the curvature per coordinate, None unpreconditioned.
+    """
+
+    X: torch.Tensor
+    rotate: torch.Tensor | None = None
+    lift: torch.Tensor | None = None
+    e: torch.Tensor | None = None
+
+
+def _design(X: torch.Tensor, precondition: bool) -> _Design:
+    n, d = X.shape
+    if not precondition:
+        return _Design(X)
+    if n < d and n <= PRECONDITION_ROWS:
+        Us, s, Vh = torch.linalg.svd(X.double(), full_matrices=False)
+        # X's rank at its own precision (numpy's matrix_rank rule): smaller singular values
+        # are rounding (X is centred, so one is always ~0), and their directions, at a weak
+        # l2, would take weight from rounding noise amplified by 1 / sqrt(l2)
+        keep = s > s[:1].clamp(min=1e-300) * max(n, d) * torch.finfo(X.dtype).eps
+        Us, s, Vh = Us[:, keep], s[keep], Vh[keep]
+        return _Design((Us * s).to(X.dtype), lift=Vh.T.contiguous().to(X.dtype),
+                       e=(s * s / n).to(X.dtype))
+    e, U = covariance_eigh(X)
+    return _Design(X, rotate=U, e=e)
+
+
+@dataclass
 class BatchedSolution:
     """Per-problem weights (P, D, C), biases (P, C), iterations, convergence, final loss."""
 
@@ -52,40 +97,34 @@ class BatchedSolution:
     loss: torch.Tensor
 
 
-def _loss_grad(X: torch.Tensor, target: torch.Tensor, kind: str, W: torch.Tensor,
-               b: torch.Tensor, l2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                             torch.Tensor]:
-    """Mean loss + l2/2 ||W||^2 (float64) and its gradients for p problems at once.
+def _data_loss(Z: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean loss (p,) of logits ``Z`` (N, p, C) (float64 in, float64 out).
 
-    W: (p, D, C), b: (p, C), l2: (p,). ``kind`` is ``softmax`` (target: (N,) class ids) or
-    ``sigmoid`` (target: (N, C) 0/1, the C losses summed per row).
+    ``kind`` is ``softmax`` (target: (N,) class ids) or ``sigmoid`` (target: (N, C) 0/1, the
+    C losses summed per row).
     """
-    p, d, c = W.shape
-    n = X.shape[0]
-    Z = (X @ W.permute(1, 0, 2).reshape(d, p * c)).view(n, p, c) + b
+    n, p, _ = Z.shape
     if kind == "softmax":
         logp = torch.log_softmax(Z, dim=2)
-        picked = logp.gather(2, target.view(n, 1, 1).expand(n, p, 1)).squeeze(2)
-        data_loss = -picked.sum(0, dtype=torch.float64) / n
+        return -logp.gather(2, target.view(n, 1, 1).expand(n, p, 1)).squeeze(2).sum(0) / n
+    # softplus(z) - t z  is the BCE with logits, stable for large |z|
+    T = target.view(n, 1, -1).to(Z.dtype)
+    return (torch.nn.functional.softplus(Z) - T * Z).sum(2).sum(0) / n
+
+
+def _residual(Z: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """d(mean loss)/dZ (N, p, C) in float32: (softmax or sigmoid of Z - target) / N."""
+    n, p, _ = Z.shape
+    if kind == "softmax":
+        logp = torch.log_softmax(Z, dim=2)
         # probabilities below 1e-30 become exact zeros: left alone, near-separable problems
         # fill G with denormal floats, which make the matmuls 10x slower on x86 CPUs
         G = logp.exp().masked_fill_(logp < TINY_LOG, 0.0)
         G.scatter_add_(2, target.view(n, 1, 1).expand(n, p, 1),
                        torch.full((n, p, 1), -1.0, dtype=G.dtype, device=G.device))
     else:
-        T = target.view(n, 1, c)
-        # softplus(z) - t z  is the BCE with logits, stable for large |z|
-        data_loss = (torch.nn.functional.softplus(Z) - T * Z).sum(2).sum(
-            0, dtype=torch.float64) / n
-        G = torch.sigmoid(Z).masked_fill_(Z < TINY_LOG, 0.0) - T
-    G /= n
-    # G^T X reads X row-major; X^T G walks it column-wise and is ~3x slower on a CPU
-    gW = (G.reshape(n, p * c).T @ X).view(p, c, d).transpose(1, 2) + l2.view(p, 1, 1) * W
-    gb = G.sum(0, dtype=torch.float64).to(G.dtype)
-    # the loss is accumulated in float64: near the optimum, float32 sums over N rows are
-    # noisier than the decrease the line search must see
-    loss = data_loss + 0.5 * l2.double() * (W.double() ** 2).sum((1, 2))
-    return loss, gW, gb
+        G = torch.sigmoid(Z).masked_fill_(Z < TINY_LOG, 0.0) - target.view(n, 1, -1)
+    return G.div_(n)
 
 
 def solve(X: torch.Tensor, target: torch.Tensor, kind: str, n_out: int, l2: torch.Tensor, *,
@@ -93,36 +132,49 @@ def solve(X: torch.Tensor, target: torch.Tensor, kind: str, n_out: int, l2: torc
           precondition: bool = True) -> BatchedSolution:
     """Minimise P logistic objectives, one per entry of ``l2``, over the same ``X``.
 
-    Convergence: the largest absolute component of the gradient with respect to (W, b) is
-    <= ``tol`` (as scipy's ``pgtol`` in sklearn's lbfgs). A problem whose line search cannot
-    decrease the loss stops and is reported as not converged.
+    Each objective is the mean loss + l2/2 ||W||^2 (the bias not penalised). Convergence:
+    the largest absolute component of the gradient with respect to (W, b) is <= ``tol`` (as
+    scipy's ``pgtol`` in sklearn's lbfgs). A problem whose line search cannot decrease the
+    loss stops and is reported as not converged.
     """
     P = l2.shape[0]
-    d = X.shape[1]
+    n = X.shape[0]
     dt, dev = X.dtype, X.device
+    C = n_out
     l2 = l2.to(dev, dt)
-    if precondition:
-        e, U = covariance_eigh(X)
-        scale = (CURVATURE * e.view(1, d) + l2.view(P, 1)).sqrt()  # (P, D)
+    des = _design(X, precondition)
+    Xd = des.X
+    k = Xd.shape[1]
+    if des.e is None:
+        scale = torch.ones(P, k, dtype=dt, device=dev)
     else:
-        U, scale = None, torch.ones(P, d, dtype=dt, device=dev)
+        scale = (CURVATURE * des.e.view(1, k) + l2.view(P, 1)).sqrt()  # (P, K)
 
-    def to_w(V: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def to_design(V: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         Wr = V / scale[idx].unsqueeze(2)
-        return Wr if U is None else torch.einsum("ij,pjc->pic", U, Wr)
+        return Wr if des.rotate is None else torch.einsum("ij,pjc->pic", des.rotate, Wr)
 
-    def evaluate(xv: torch.Tensor, idx: torch.Tensor):
-        V, b = xv[:, : d * n_out].view(-1, d, n_out), xv[:, d * n_out:]
-        f, gW, gb = _loss_grad(X, target, kind, to_w(V, idx), b, l2[idx])
+    def gradient(Z: torch.Tensor, Wd: torch.Tensor, idx: torch.Tensor):
+        """(f's gradient in the solver's coordinates (p, M), its largest component in W)."""
+        p = len(idx)
+        G = _residual(Z.to(dt), target, kind)
+        # G^T X reads X row-major; X^T G walks it column-wise and is ~3x slower on a CPU
+        gD = (G.reshape(n, p * C).T @ Xd).view(p, C, k).transpose(1, 2) + (
+            l2[idx].view(p, 1, 1) * Wd)
+        gb = G.sum(0, dtype=torch.float64).to(dt)
+        gW = gD if des.lift is None else torch.einsum("ij,pjc->pic", des.lift, gD)
         gmax = torch.maximum(gW.abs().amax((1, 2)), gb.abs().amax(1))
-        gV = gW if U is None else torch.einsum("ji,pjc->pic", U, gW)
+        gV = gD if des.rotate is None else torch.einsum("ji,pjc->pic", des.rotate, gD)
         gV = gV / scale[idx].unsqueeze(2)
-        return f, torch.cat([gV.reshape(len(idx), -1), gb], dim=1), gmax
+        return torch.cat([gV.reshape(p, -1), gb], dim=1), gmax
 
     every = torch.arange(P, device=dev)
-    x = torch.zeros(P, d * n_out + n_out, dtype=dt, device=dev)
-    f, g, gmax = evaluate(x, every)
-    M = x.shape[1]
+    M = k * C + C
+    x = torch.zeros(P, M, dtype=dt, device=dev)
+    Wd = torch.zeros(P, k, C, dtype=dt, device=dev)  # W, or its row-space coordinates
+    Z = torch.zeros(n, P, C, dtype=torch.float64, device=dev)  # the logits X W + b
+    f = _data_loss(Z, target, kind)
+    g, gmax = gradient(Z, Wd, every)
     S = torch.zeros(history, P, M, dtype=dt, device=dev)
     Yh = torch.zeros(history, P, M, dtype=dt, device=dev)
     rho = torch.zeros(history, P, dtype=dt, device=dev)
@@ -135,11 +187,12 @@ def solve(X: torch.Tensor, target: torch.Tensor, kind: str, n_out: int, l2: torc
         if not active.any():
             break
         idx = active.nonzero().squeeze(1)
+        p = len(idx)
         # two-loop recursion, batched over problems; rho == 0 marks an unused pair
         q = -g[idx]
         alphas = []
-        for k in range(history):
-            j = (head - 1 - k) % history
+        for h in range(history):
+            j = (head - 1 - h) % history
             a = rho[j, idx] * (S[j, idx] * q).sum(1)
             q -= a[:, None] * Yh[j, idx]
             alphas.append((j, a))
@@ -154,36 +207,52 @@ def solve(X: torch.Tensor, target: torch.Tensor, kind: str, n_out: int, l2: torc
         if bad.any():
             q[bad] = -g[idx][bad]
             gtd[bad] = -(g[idx][bad] ** 2).sum(1)
-        t = torch.ones(len(idx), dtype=dt, device=dev)
-        accepted = torch.zeros(len(idx), dtype=torch.bool, device=dev)
-        f_new, x_new, g_new = f[idx].clone(), x[idx].clone(), g[idx].clone()
-        gmax_new = gmax[idx].clone()
+        # the logits along the direction, once: Z + t dZ for every step length t
+        dWd = to_design(q[:, : k * C].view(p, k, C), idx)
+        dZ = ((Xd @ dWd.permute(1, 0, 2).reshape(k, p * C)).view(n, p, C)
+              + q[:, k * C:]).double()
+        Z0, W0 = Z[:, idx], Wd[idx].double()
+        # ||Wd + t dWd||^2 = a0 + 2 t a1 + t^2 a2 (||W|| = ||Wd||: the maps are orthonormal)
+        a0, a1 = (W0 * W0).sum((1, 2)), (W0 * dWd).sum((1, 2))
+        a2 = (dWd.double() ** 2).sum((1, 2))
+        half_l2 = 0.5 * l2[idx].double()
+        t = torch.ones(p, dtype=torch.float64, device=dev)
+        accepted = torch.zeros(p, dtype=torch.bool, device=dev)
+        f_new = f[idx].clone()
         for _ in range(MAX_BACKTRACK):
             todo = (~accepted).nonzero().squeeze(1)
-            xt = x[idx[todo]] + t[todo, None] * q[todo]
-            ft, gt, gm = evaluate(xt, idx[todo])
-            ok = torch.isfinite(ft) & (ft <= f[idx[todo]] + ARMIJO * t[todo] * gtd[todo])
-            done = todo[ok]
-            f_new[done], x_new[done], g_new[done], gmax_new[done] = ft[ok], xt[ok], gt[ok], gm[ok]
-            accepted[done] = True
+            tt = t[todo]
+            ft = _data_loss(Z0[:, todo] + tt.view(1, -1, 1) * dZ[:, todo], target, kind) + (
+                half_l2[todo] * (a0[todo] + 2 * tt * a1[todo] + tt * tt * a2[todo]))
+            ok = torch.isfinite(ft) & (ft <= f[idx[todo]] + ARMIJO * tt * gtd[todo].double())
+            f_new[todo[ok]] = ft[ok]
+            accepted[todo[ok]] = True
             if accepted.all():
                 break
             t[todo[~ok]] *= 0.5
         stalled[idx[~accepted]] = True
-        ok_idx = idx[accepted]
-        s = x_new[accepted] - x[ok_idx]
-        yv = g_new[accepted] - g[ok_idx]
-        sy = (s * yv).sum(1)
-        good = sy > 1e-10 * (s * s).sum(1).sqrt() * (yv * yv).sum(1).sqrt()
-        S[head, ok_idx] = s
-        Yh[head, ok_idx] = yv
-        rho[head, ok_idx] = torch.where(good, 1.0 / sy.clamp(min=1e-30), torch.zeros_like(sy))
         rho[head, idx[~accepted]] = 0
-        gamma[ok_idx[good]] = sy[good] / (yv[good] * yv[good]).sum(1)
+        if accepted.any():
+            acc = accepted.nonzero().squeeze(1)
+            ok_idx = idx[acc]
+            ta = t[acc]
+            Z_new = Z0[:, acc] + ta.view(1, -1, 1) * dZ[:, acc]
+            Wd_new = Wd[ok_idx] + ta.to(dt).view(-1, 1, 1) * dWd[acc]
+            x_new = x[ok_idx] + ta.to(dt)[:, None] * q[acc]
+            g_new, gmax_new = gradient(Z_new, Wd_new, ok_idx)
+            s = x_new - x[ok_idx]
+            yv = g_new - g[ok_idx]
+            sy = (s * yv).sum(1)
+            good = sy > 1e-10 * (s * s).sum(1).sqrt() * (yv * yv).sum(1).sqrt()
+            S[head, ok_idx] = s
+            Yh[head, ok_idx] = yv
+            rho[head, ok_idx] = torch.where(good, 1.0 / sy.clamp(min=1e-30),
+                                            torch.zeros_like(sy))
+            gamma[ok_idx[good]] = sy[good] / (yv[good] * yv[good]).sum(1)
+            x[ok_idx], g[ok_idx], gmax[ok_idx] = x_new, g_new, gmax_new
+            f[ok_idx], Z[:, ok_idx], Wd[ok_idx] = f_new[acc], Z_new, Wd_new
+            n_iter[ok_idx] += 1
         head = (head + 1) % history
-        x[ok_idx], f[ok_idx], g[ok_idx] = x_new[accepted], f_new[accepted], g_new[accepted]
-        gmax[ok_idx] = gmax_new[accepted]
-        n_iter[ok_idx] += 1
-    W = to_w(x[:, : d * n_out].view(P, d, n_out), every)
-    return BatchedSolution(W=W.clone(), b=x[:, d * n_out:].clone(), n_iter=n_iter,
+    W = Wd if des.lift is None else torch.einsum("ij,pjc->pic", des.lift, Wd)
+    return BatchedSolution(W=W.clone(), b=x[:, k * C:].clone(), n_iter=n_iter,
                            converged=gmax <= tol, grad_max=gmax, loss=f)

@@ -11,6 +11,7 @@ from featstore.choices import (
     DEFAULT_KS,
     DEFAULT_L2_GRID,
     DEFAULT_TOL,
+    LINEAR_SOLVER,
     ORDINAL_DECODES,
     PROBES,
     TASKS,
@@ -44,10 +45,18 @@ class ProbeConfig:
         object.__setattr__(self, "l2_grid", tuple(float(v) for v in self.l2_grid))
         object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
 
+    def stored(self) -> dict[str, Any]:
+        """The configuration a run persists and shows: the fields, and for a linear probe
+        the solver that fitted it (``LINEAR_SOLVER``)."""
+        out = asdict(self)
+        if self.probe == "linear":
+            out["solver"] = LINEAR_SOLVER
+        return out
+
     def run_id(self, embedding_key: str, val_carve: str | None = None) -> str:
-        """Content key of a run: the config, the embeddings, how val was carved (when it
-        was) and the featstore version."""
-        payload: dict[str, Any] = {"config": asdict(self), "embedding_key": embedding_key}
+        """Content key of a run: the config (with a linear probe's solver), the embeddings,
+        how val was carved (when it was) and the featstore version."""
+        payload: dict[str, Any] = {"config": self.stored(), "embedding_key": embedding_key}
         if val_carve is not None:
             payload["val_carve"] = val_carve
         return run_key(payload)

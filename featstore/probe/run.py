@@ -8,7 +8,7 @@ next to the embeddings, so a run is reproducible alone and is never computed twi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from importlib.metadata import version
 from typing import Any
 
@@ -135,7 +135,7 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
                     random_weights=random_weights, train_ids_sha256=ids_sha256(emb.ids[tr]),
                     run_id=run_id, n_excluded=emb.n_missing, l2=l2, converged=converged,
                     chosen_on_val=chosen_on_val,
-                    config={**asdict(cfg), "standardise": "train mean/std" if
+                    config={**cfg.stored(), "standardise": "train mean/std" if
                             cfg.probe == "linear" else "L2-normalise",
                             "versions": {p: version(p) for p in
                                          ("featstore", "torch", "scikit-learn")}})
@@ -148,7 +148,7 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
             store_set.save_probe_head(run_id, {
                 "coef": model.coef_, "intercept": model.intercept_, "mean": model.mean_,
                 "scale": model.scale_, "classes": np.asarray(model.classes_)})
-        store_set.probe_runs.save(run_id, {"config": asdict(cfg), "embedding_key": emb.key,
+        store_set.probe_runs.save(run_id, {"config": cfg.stored(), "embedding_key": emb.key,
                                           "records": [r.to_dict() for r in records]})
     return records
 
@@ -255,13 +255,33 @@ def stored_records(store_sets: Sequence[EmbeddingSet]) -> list[ProbeRecord]:
     """Every probe record persisted for these embedding sets (no computation).
 
     Runs whose val was carved by the earlier, patient-unaware rule are superseded (a probe
-    recomputes them) and not listed.
+    recomputes them) and not listed; so is a linear run of an earlier solver once the same
+    run has been recomputed with the current one (until then it is listed, its configuration
+    naming no solver, so it is never averaged with the current solver's runs).
     """
     out = []
     for es in store_sets:
-        for run in es.probe_runs.all():
+        runs = es.probe_runs.by_id()
+        for run in runs.values():
             records = run.get("records", [])
             if records and records[0].get("val_source") == LEGACY_VAL_SOURCE:
                 continue
+            if records and _current_solver_id(es.key, run) in runs:
+                continue
             out.extend(ProbeRecord.from_stored(r) for r in records)
     return out
+
+
+def _current_solver_id(embedding_key: str, run: dict[str, Any]) -> str | None:
+    """For a linear run fitted by an earlier solver (its config names none), the id the same
+    run has when the current solver fits it; None for any other run."""
+    cfg = run.get("config") or {}
+    if cfg.get("probe") != "linear" or "solver" in cfg:
+        return None
+    known = {f.name for f in fields(ProbeConfig)}
+    try:
+        config = ProbeConfig(**{k: v for k, v in cfg.items() if k in known})
+    except (TypeError, ValueError):
+        return None
+    val_source = run["records"][0].get("val_source")
+    return config.run_id(embedding_key, None if val_source == VAL_SPLIT else VAL_CARVE)

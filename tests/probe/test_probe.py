@@ -219,3 +219,76 @@ def test_knn_never_reports_more_neighbours_than_training_rows():
     sweep = knn_with_validation(X[:30], y[:30], X[30:], y[30:], task="binary",
                                 ks=(10, 20, 50, 100, 200))
     assert sweep.k <= 30 and max(sweep.val_scores) == 30  # 50, 100, 200 are all 30 rows
+
+
+def embedding_like(n, d, seed=0, classes=2):
+    """Correlated ReLU features from a 16-dim latent that carries the class (a pooled CNN
+    embedding's shape): wide and low-rank, as a small labelled fraction of one."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    latent = rng.normal(0, 1, (n, 16)) + 0.5 * rng.normal(0, 1, (classes, 16))[y]
+    X = np.maximum(latent @ rng.normal(0, 1, (16, d)) + rng.normal(0, 0.3, (n, d)), 0)
+    return X.astype(np.float32), y
+
+
+@pytest.mark.parametrize("task,classes", [("binary", 2), ("multiclass", 3)])
+def test_fewer_rows_than_dims_puts_no_weight_where_the_rows_say_nothing(task, classes):
+    """55 rows x 512 dims, the study's small-fraction regime: the minimiser lies in the span
+    of the training rows (outside it the penalty only grows). The earlier solver put up to 84%
+    of a weak-L2 probe's weight norm outside it (rounding noise, amplified by 1/sqrt(l2)),
+    which moved its val and test predictions at random."""
+    import torch
+
+    from featstore.probe.linear import _prepare, _solve
+
+    X, y = embedding_like(55, 512, classes=classes)
+    grid = [1e4, 1.0, 1e-2, 1e-4, 1e-6]
+    prob = _prepare(task, X, y, "cpu")
+    sol = _solve(prob, grid, 500, 1e-4)
+    assert bool(sol.converged.all())
+    _, s, Vh = torch.linalg.svd(prob.Xs.double(), full_matrices=False)
+    rows = Vh[s > 1e-6 * s[0]]
+    W = sol.W.double()  # (P, D, C)
+    outside = W - torch.einsum("kd,ke,pec->pdc", rows, rows, W)
+    share = outside.flatten(1).norm(dim=1) / W.flatten(1).norm(dim=1)
+    assert share.max() < 1e-5, share
+
+
+def test_fewer_rows_than_dims_solves_sklearns_problem():
+    """120 rows x 700 dims (solved in the rows' span): in float64 the solution is sklearn's
+    LogisticRegression's, on held-out rows too (which see every direction of W)."""
+    import torch
+
+    from featstore.probe import _lbfgs
+
+    X, y = embedding_like(400, 700, seed=1, classes=3)
+    Xs = ((X - X[:120].mean(0)) / X[:120].std(0)).astype(np.float64)
+    Xt = torch.as_tensor(Xs, dtype=torch.float64)
+    grid = (1.0, 0.1, 1e-3)
+    sol = _lbfgs.solve(Xt[:120], torch.as_tensor(y[:120]), "softmax", 3,
+                       torch.tensor(grid, dtype=torch.float64), max_iter=3000, tol=1e-9)
+    assert bool(sol.converged.all()), sol.n_iter
+    for i, l2 in enumerate(grid):
+        sk = LogisticRegression(C=1 / (l2 * 120), max_iter=5000, tol=1e-10).fit(Xs[:120],
+                                                                                 y[:120])
+        ours = torch.softmax(Xt[120:] @ sol.W[i] + sol.b[i], 1).numpy()
+        np.testing.assert_allclose(ours, sk.predict_proba(Xs[120:]), atol=1e-4)
+
+
+@pytest.mark.parametrize("seed,decay", [(0, 2.0), (3, 2.0), (11, 1.0), (11, 2.0)])
+def test_strong_l2_converges_in_a_few_iterations(seed, decay):
+    """l2 = 1e4 on features with one dominant direction (random convnext embeddings look like
+    this): near the optimum the loss moves by less than float32 resolves, and the earlier line
+    search wandered there without converging (34, 59, 500 and 17 iterations on these four, 500
+    on BreastMNIST's convnext probe); with the logits carried in float64 it takes a few."""
+    from featstore.probe.linear import _prepare, _solve
+
+    rng = np.random.default_rng(seed)
+    n, d = 546, 320
+    y = (rng.random(n) < 0.5).astype(int)
+    spectrum = np.sqrt(np.arange(1, d + 1) ** -decay)
+    basis = np.linalg.qr(rng.normal(0, 1, (d, d)))[0]
+    X = (rng.normal(0, 1, (n, d)) * spectrum) @ basis + 0.2 * y[:, None] * rng.normal(0, 1, d)
+    prob = _prepare("binary", X.astype(np.float32), y, "cpu")
+    sol = _solve(prob, [1e4], 500, 1e-4)
+    assert bool(sol.converged[0]) and int(sol.n_iter[0]) <= 12, sol.n_iter

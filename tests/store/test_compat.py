@@ -73,29 +73,47 @@ def test_an_old_group_is_adopted_and_found_from_a_copy_of_the_data(capsys, old, 
     assert len(FeatureStore(store).datasets()) == 2  # tiny and noval/demo, nothing new
 
 
-def test_old_probe_and_fusion_runs_are_reused_and_listed(capsys, old):
+def test_old_probe_and_fusion_runs_are_listed_then_superseded_by_the_current_solver(
+        capsys, old):
+    """The fixture's runs were fitted by an earlier linear solver: they are listed as they
+    are, never read back as the current solver's; once recomputed, only the new runs are."""
+    from featstore.choices import LINEAR_SOLVER
+
     store = ["--store", str(old / "store")]
     data = ["--data", str(old / "tiny.npz")]
-    code, out, _ = cli(capsys, "probe", *data, *store, "-b", TINY, "--image-size", "32",
-                       "--bootstrap", "20", "--json")
+    code, out, _ = cli(capsys, "results", *data, *store, "--json")
+    before = json.loads(out)
+    old_probe = [r for r in before if r.get("probe") == "linear"]
+    assert code == 0 and old_probe and all("solver" not in r["config"] for r in old_probe)
+    assert any("method" in r for r in before)
+    code, out, _ = cli(capsys, "probe", *data, *store, "-b", TINY, "-b", TINY_VIT,
+                       "--image-size", "32", "--bootstrap", "20", "--json")
     records = json.loads(out)
-    assert code == 0 and records and all(r["cached"] for r in records)
+    assert code == 0 and records and not any(r["cached"] for r in records)
+    assert {r["config"]["solver"] for r in records} == {LINEAR_SOLVER}
     code, out, _ = cli(capsys, "fuse", *data, *store, "-b", TINY, "-b", TINY_VIT,
                        "--image-size", "32", "--bootstrap", "20", "--heads-dir",
                        str(old / "heads"), "--json")
     assert code == 0
     fused = json.loads(out)
-    # the baselines are read from the run written before; the DVME head changed since
-    # (head version 2), so its run is recomputed, never read back as current
     assert {r["method"]: r["cached"] for r in fused} == {
-        "dvme-softmax": False, "concat": True, "single:timm:test_resnet/32px@random": True,
-        "single:timm:test_vit/32px@random": True}
+        "dvme-softmax": False, "concat": False, "single:timm:test_resnet/32px@random": False,
+        "single:timm:test_vit/32px@random": False}
     code, out, _ = cli(capsys, "results", *data, *store, "--json")
     listed = json.loads(out)
-    assert {r["probe"] for r in listed if "probe" in r} == {"linear"}
+    probes = [r for r in listed if r.get("probe") == "linear"]
+    assert len(probes) == len(old_probe)  # each run once: the old one superseded
+    assert {r["config"]["solver"] for r in probes} == {LINEAR_SOLVER}
+    assert {r["run_id"] for r in probes} == {r["run_id"] for r in records}
     methods = [r["method"] for r in listed if "method" in r and r["primary"]]
     assert sorted(methods) == ["concat", "dvme-softmax", "single:timm:test_resnet/32px@random",
                                "single:timm:test_vit/32px@random"]
+    assert all(r["config"]["solver"] == LINEAR_SOLVER
+               for r in listed if "method" in r)
+    # read back from now on
+    code, out, _ = cli(capsys, "probe", *data, *store, "-b", TINY, "-b", TINY_VIT,
+                       "--image-size", "32", "--bootstrap", "20", "--json")
+    assert code == 0 and all(r["cached"] for r in json.loads(out))
 
 
 def test_runs_with_the_old_val_carve_are_superseded(capsys, old):
