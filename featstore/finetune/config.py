@@ -7,7 +7,7 @@ from typing import Any
 
 from featstore import options
 from featstore._hashing import sha256_json
-from featstore.choices import INIT_HEADS, ON_ERROR, OPTIMIZERS, PRECISIONS, TASKS
+from featstore.choices import INIT_HEADS, LINEAR_SOLVER, ON_ERROR, OPTIMIZERS, PRECISIONS, TASKS
 from featstore.errors import FinetuneError
 from featstore.models.registry import BackboneSpec
 from featstore.options import option
@@ -85,12 +85,18 @@ class FinetuneConfig:
         """What distinguishes this run's training from another's beside fraction and seed
         (runs of one recipe are the seeds of one table row)."""
         skip = ("fraction", "seed", "n_bootstrap")
-        return sha256_json({k: v for k, v in asdict(self).items() if k not in skip})[:8]
+        return sha256_json({**{k: v for k, v in asdict(self).items() if k not in skip},
+                            **self._head_solver()})[:8]
+
+    def _head_solver(self) -> dict[str, str]:
+        """LP-FT starts from a linear probe: the solver that fits it is part of the run."""
+        return {"solver": LINEAR_SOLVER} if self.init_head == "probe" else {}
 
     def run_id(self, model_key: str, val_source: str, excluded: str | None = None) -> str:
         """Content key of a run; ``excluded``: the hash of the ids of unreadable rows left
         out (runs that left none keep the ids they always had)."""
-        payload = {"finetune": asdict(self), "model": model_key, "val": val_source}
+        payload = {"finetune": asdict(self), "model": model_key, "val": val_source,
+                   **self._head_solver()}
         if excluded is not None:
             payload["excluded"] = excluded
         return run_key(payload)

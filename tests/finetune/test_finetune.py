@@ -374,3 +374,18 @@ def test_an_unreadable_image_stops_finetuning_before_epoch_1_or_is_skipped(capsy
     assert code == 0, err
     rec = json.loads(out)[0]
     assert rec["n_excluded"] == 1 and rec["n_test"] == 3
+
+
+def test_an_lp_ft_run_is_keyed_by_the_solver_of_the_probe_it_starts_from(monkeypatch):
+    """A finetuning run that starts from a linear probe (LP-FT) gets another id and recipe
+    when the probe's solver changes, so a run started from an earlier solver's head is never
+    read back as today's; a fresh head's run keeps its id."""
+    import featstore.finetune.config as fc
+    from featstore.finetune.config import FinetuneConfig
+
+    lpft, fresh = FinetuneConfig(init_head="probe"), FinetuneConfig()
+    before = [(c.run_id("m", "val split"), c.recipe()) for c in (lpft, fresh)]
+    monkeypatch.setattr(fc, "LINEAR_SOLVER", "lbfgs-next")
+    after = [(c.run_id("m", "val split"), c.recipe()) for c in (lpft, fresh)]
+    assert before[0][0] != after[0][0] and before[0][1] != after[0][1]
+    assert before[1] == after[1]
