@@ -29,7 +29,7 @@ part() {  # part NAME SECONDS COMMAND
   timeout -k 5 "$secs" bash -c "$*" >"$OUT/$name.log" 2>&1; local rc=$?
   echo "== $name rc=$rc $(python3 -c "import time;print(f'{time.time()-$t0:.1f}')")s" \
     | tee -a "$summary"
-  grep -E "^(ok|FAIL)|img/s|of pure|x pil|^(pil|--decode|nvimgcodec|  x |  skipped)|JPEGs|^(ResNet|ViT|5 in 1)|wall|target|ratio|plain|featstore  |^device|AUC|error|Error" \
+  grep -E "^(ok|FAIL)|img/s|of pure|x pil|^(pil|--decode|nvimgcodec|  x |  skipped)|JPEGs|^(ResNet|ViT|5 in 1)|wall|target| ratio |plain|^featstore |featstore  |^device|AUC|error|Error|^│ (extract|probe|fuse|finetune) |steps: " \
     "$OUT/$name.log" | tail -n 60 >>"$summary"
   [ $rc -eq 0 ] || tail -n 15 "$OUT/$name.log" | sed 's/^/   | /' >>"$summary"
 }
@@ -49,12 +49,13 @@ EOF
 
 if [ -n "$SMALL" ]; then  # a dry run: tiny sizes, the same code paths
   N=64; NL=4; JN=8; EXTRA="--size 64 --iters 2 --backbones 1 --five 0 --workers 2"
-  B=timm:resnet18@random; BIG=400; PN=16; IMG="--image-size 64"
+  B=timm:resnet18@random; BIG=400; PN=16; IMG="--image-size 64"; PSECS=300
+  FT="--arch resnet18 --size 64 --rows 256 --batch-size 32 --workers 2"
 else
   N=20000; NL=256; JN=64; EXTRA="--workers 14"; B=timm:resnet50@random; BIG=50000; PN=256
-  IMG=""
+  IMG=""; PSECS=100; FT="--arch resnet50 --size 224 --rows 4096 --batch-size 128 --workers 8"
 fi
-export N NL JN EXTRA B BIG PN IMG
+export N NL JN EXTRA B BIG PN IMG PSECS FT
 
 # decode: JPEG -> 224 px uint8, PIL workers vs featstore's --decode device per decoder
 part decode 90 "python3 benchmarks/jpeg_decode.py --device $DEV --n $JN --reps 2 --sizes 500x375,4928x3264"
@@ -83,9 +84,10 @@ fs ls --store \$S/dec-device"
 # cli: 50k generated 64-px images -> 224 px through the CLI, end to end (target >= 8,000 img/s)
 part cli 80 "set -e; python3 -c \"import numpy as np; r=np.random.default_rng(0); n=$BIG; np.savez('\$S/big.npz', train_images=r.integers(0,255,(n,64,64),dtype=np.uint8), train_labels=(np.arange(n)%2).astype(np.uint8), val_images=r.integers(0,255,(512,64,64),dtype=np.uint8), val_labels=(np.arange(512)%2).astype(np.uint8), test_images=r.integers(0,255,(512,64,64),dtype=np.uint8), test_labels=(np.arange(512)%2).astype(np.uint8))\"; t0=\$(date +%s%N); fs extract --data \$S/big.npz -b \$B \$IMG --device \$DEV --precision bf16 --dtype float16 --store \$S/big --workers 14; ms=\$(( (\$(date +%s%N)-t0)/1000000 )); echo \"CLI extract $((BIG + 1024)) images wall \$ms ms: \$(( ($BIG + 1024) * 1000 / ms )) img/s (target 8000)\""
 # pipeline: the quick study with every stage on the device, cold (target <= 60 s on a GPU)
-part pipeline 100 "t0=\$(date +%s); fs run pipelines/medmnist-quick.toml --set 'data_root=\"\$ACC\"' --store \$S/quick --set 'extract.device=\"\$DEV\"' --set 'extract.workers=4' --set 'finetune.device=\"\$DEV\"' --set 'probe.device=\"\$DEV\"' --set 'fuse.device=\"\$DEV\"' && echo \"pipeline wall \$(( \$(date +%s)-t0 )) s (target 60)\""
+# (TOML literal strings inside double quotes, so that the shell expands \$ACC and \$DEV)
+part pipeline $PSECS "t0=\$(date +%s); fs run pipelines/medmnist-quick.toml --set \"data_root='\$ACC'\" --store \$S/quick --set \"extract.device='\$DEV'\" --set 'extract.workers=4' --set \"finetune.device='\$DEV'\" --set \"probe.device='\$DEV'\" --set \"fuse.device='\$DEV'\" && echo \"pipeline wall \$(( \$(date +%s)-t0 )) s (target 60)\""
 # finetune: img/s against a plain loop (ResNet-50, 224 px, bf16; target >= 0.90)
-part finetune 130 "python3 benchmarks/finetune.py --device \$DEV --precision bf16 --arch resnet50 --size 224 --rows 4096 --batch-size 128 --workers 8"
+part finetune 130 "python3 benchmarks/finetune.py --device \$DEV --precision bf16 $FT"
 # torchrun, one rank (the NCCL path): the same array as one process
 part torchrun 60 "set -e; D=\$ACC/pneumoniamnist_balanced.npz; python3 -m torch.distributed.run --nproc-per-node=1 -m featstore extract --data \$D -b timm:resnet18@random --image-size 64 --device \$DEV --store \$S/tr && fs extract --data \$D -b timm:resnet18@random --image-size 64 --device \$DEV --store \$S/one && fs export --data \$D -b timm:resnet18@random --image-size 64 --store \$S/tr --format npy -o \$S/x-tr && fs export --data \$D -b timm:resnet18@random --image-size 64 --store \$S/one --format npy -o \$S/x-one && python3 \$ACC/parity.py \$S/x-tr \$S/x-one 'torchrun 1 rank vs 1 process' 0.99999"
 cat "$summary"
