@@ -4,8 +4,10 @@
 
 ``featstore --help``, ``featstore probe --help``, ``featstore ls`` (a store of 2 sets),
 ``featstore models``, a cache-hit ``featstore extract`` (the demo's two backbones, nothing to
-do) and a ``featstore probe`` that only reads its persisted runs back (every set, and one
-named by its spec), as whole processes, beside ``python -c "import torch, timm, zarr,
+do), a ``featstore probe`` that only reads its persisted runs back (every set, and one
+named by its spec), ``featstore results`` (probe and fusion runs read back) and a
+``featstore run`` of a pipeline whose every step is cached (extract, probe, fuse: planned,
+nothing computed), as whole processes, beside ``python -c "import torch, timm, zarr,
 sklearn"`` (what every command paid before the imports became lazy) and an empty Python.
 Targets: --help and ls under 1 s; the cache hit and the read-back under 1.5 s.
 """
@@ -23,6 +25,27 @@ from pathlib import Path
 from featstore.demo import DEMO_BACKBONES, DEMO_INPUT_SIZE
 
 FEATSTORE = [sys.executable, "-m", "featstore"]
+PIPELINE = """
+name = "startup"
+store = "{store}"
+fractions = [1.0]
+seeds = 1
+bootstrap = 20
+
+[datasets]
+demo = "{csv}"
+
+[backbones]
+a = {{ spec = "{a}", image_size = {size} }}
+b = {{ spec = "{b}", image_size = {size} }}
+
+[probe]
+probes = ["linear"]
+
+[fuse]
+backbones = ["a", "b"]
+dim = 16
+"""
 
 
 def wall(cmd: list[str], runs: int) -> list[float]:
@@ -45,6 +68,12 @@ def main() -> None:
                        stderr=subprocess.DEVNULL)
         data = ["--data", str(Path(tmp) / "d" / "demo.csv"), "--store", store]
         specs = [a for b in DEMO_BACKBONES for a in ("-b", b)]
+        pipeline = Path(tmp) / "demo.toml"
+        pipeline.write_text(PIPELINE.format(store=store, csv=Path(tmp) / "d" / "demo.csv",
+                                            a=DEMO_BACKBONES[0], b=DEMO_BACKBONES[1],
+                                            size=DEMO_INPUT_SIZE))
+        subprocess.run([*FEATSTORE, "run", str(pipeline)], check=True,  # fuses: once, here
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         rows = {
             "python -c pass": [sys.executable, "-c", "pass"],
             "import torch, timm, zarr, sklearn": [
@@ -59,6 +88,8 @@ def main() -> None:
             "probe -b SPEC, runs read back": [
                 *FEATSTORE, "probe", *data, "-b", specs[1], "--image-size",
                 str(DEMO_INPUT_SIZE)],
+            "results (probe + fusion runs)": [*FEATSTORE, "results", *data],
+            "run PIPELINE, every step cached": [*FEATSTORE, "run", str(pipeline)],
         }
         times = {name: wall(cmd, args.runs) for name, cmd in rows.items()}
     ref = statistics.median(times["import torch, timm, zarr, sklearn"])

@@ -35,6 +35,12 @@ DEFAULT_TOL = 1e-4
 # coordinates for fewer rows than dimensions, float64 line search (before it, up to 84% of a
 # weak-L2 probe's weights on 55 rows x 512 dims lay where the training rows say nothing).
 LINEAR_SOLVER = "lbfgs-v2"
+# The DVME head's version (featstore.fusion.dvme), part of every DVME run's id, so that the
+# fusion stage can key its runs without importing torch. 1: scorer on the raw projections,
+# random start; 2: one head from a random start; 3: that head or the concat start, chosen on
+# val; 4: the concat start's attention is each backbone's share of the probe's evidence;
+# 5: the random start begins at that prior too and must beat the concat start by val's noise
+HEAD_VERSION = 5
 DEFAULT_KS = (10, 20, 50, 100, 200)
 # Seeds of one grid at most: a study uses 3 to 10; a typo of 1e9 must not build a 1e9 list
 MAX_SEEDS = 1000

@@ -13,7 +13,7 @@ _EXPORTS = {
     "Classifier": "featstore.finetune.model",
     "FinetuneConfig": "featstore.finetune.config",
     "FinetuneProgress": "featstore.finetune.run",
-    "FinetuneRecord": "featstore.finetune.run",
+    "FinetuneRecord": "featstore.finetune.config",
     "OPTIMIZERS": "featstore.finetune.config",
     "finetune_grid": "featstore.finetune.grid",
     "finetune_run": "featstore.finetune.run",
@@ -34,7 +34,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
-    from featstore.finetune.config import OPTIMIZERS, FinetuneConfig
+    from featstore.finetune.config import OPTIMIZERS, FinetuneConfig, FinetuneRecord
     from featstore.finetune.grid import finetune_grid, finetune_run_ids, stored_finetune_records
     from featstore.finetune.model import Classifier
-    from featstore.finetune.run import FinetuneProgress, FinetuneRecord, finetune_run
+    from featstore.finetune.run import FinetuneProgress, finetune_run

@@ -1,4 +1,5 @@
-"""The finetuning recipe: its options (checked), the run id they make, and the model key."""
+"""The finetuning recipe: its options (checked), the run id they make, the model key, and the
+record a run leaves (torch-free: a plan keys runs and `results` reads them back without it)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from featstore.choices import INIT_HEADS, LINEAR_SOLVER, ON_ERROR, OPTIMIZERS, P
 from featstore.errors import FinetuneError
 from featstore.models.registry import BackboneSpec
 from featstore.options import option
+from featstore.records import ScoreRecord
 from featstore.runkeys import run_id as run_key
 
 FINETUNE = "finetune"
@@ -128,3 +130,17 @@ def model_key(spec: BackboneSpec, weights_sha256: str, preprocessing: dict[str, 
     """What the starting network is: architecture, the weights' sha256, preprocessing."""
     return sha256_json({"architecture": spec.architecture, "weights_sha256": weights_sha256,
                         "preprocessing": preprocessing, "layer": spec.layer})
+
+
+@dataclass(kw_only=True)
+class FinetuneRecord(ScoreRecord):
+    """One metric of one finetuning run on test (:class:`ScoreRecord`'s fields, and the
+    starting model). ``probe`` is always ``"finetune"``: tables list finetuning beside the
+    probes of the same backbone, as the study does."""
+
+    backbone: str
+    key: str  # the starting model's key (architecture, weights, preprocessing)
+    val_source: str
+    probe: str = FINETUNE
+    # False: val could not choose (its metric undefined): the first epoch was kept
+    chosen_on_val: bool = True

@@ -4,15 +4,20 @@ store holds."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from featstore.data.manifest import Manifest
 from featstore.errors import FinetuneError, ProbeError
-from featstore.finetune.config import FinetuneConfig, model_key
-from featstore.finetune.run import FinetuneProgress, FinetuneRecord, finetune_run
+from featstore.finetune.config import FinetuneConfig, FinetuneRecord, model_key
 from featstore.models.registry import BackboneSpec
 from featstore.store.dataset import DatasetGroup
 from featstore.store.feature_store import FeatureStore
+
+if TYPE_CHECKING:
+    from featstore.finetune.run import FinetuneProgress
+
+# training (torch, timm) loads when a run is computed, not to key one (a pipeline's plan) or
+# to read one back (results, report)
 
 
 def finetune_grid(manifest: Manifest, specs: Sequence[BackboneSpec], config: FinetuneConfig, *,
@@ -23,6 +28,8 @@ def finetune_grid(manifest: Manifest, specs: Sequence[BackboneSpec], config: Fin
                   on_error: str = "fail") -> list[FinetuneRecord]:
     """Every (backbone, fraction, seed) of the grid; finished runs are read back."""
     from dataclasses import replace
+
+    from featstore.finetune.run import finetune_run
 
     seed_list = grid_seeds(fractions, seeds)
     out: list[FinetuneRecord] = []
@@ -66,6 +73,40 @@ def grid_seeds(fractions: Sequence[float], seeds: int | Sequence[int]) -> list[i
 
 
 def stored_finetune_records(ds: DatasetGroup) -> list[FinetuneRecord]:
-    """Every finished finetuning run's records in a dataset group (no computation)."""
-    return [FinetuneRecord.from_stored(r) for run in ds.finetune_runs.all()
-            if run.get("status") == "complete" for r in run.get("records", [])]
+    """Every finished finetuning run's records in a dataset group (no computation). An LP-FT
+    run whose head an earlier linear solver fitted (its recipe is not the one its settings
+    give today) is listed until the same run has been made with the current solver, then
+    hidden, as probe and fusion runs are."""
+    done = [run for run in ds.finetune_runs.all()
+            if run.get("status") == "complete" and run.get("records")]
+    made = {_same_run(run["records"][0]) for run in done}
+    out = []
+    for run in done:
+        first = run["records"][0]
+        now = _current_recipe(first.get("config") or {})
+        if now not in (None, first["config"].get("recipe")) and _same_run(first, now) in made:
+            continue  # an earlier solver's LP-FT run, made again since with the current one
+        out.extend(FinetuneRecord.from_stored(r) for r in run["records"])
+    return out
+
+
+def _same_run(record: dict[str, Any], recipe: str | None = None) -> tuple:
+    """What two records of one finetuning run share (``recipe``: in place of its own)."""
+    cfg = record.get("config") or {}
+    return (cfg.get("model_key"), recipe or cfg.get("recipe"), record.get("fraction"),
+            record.get("seed"), record.get("val_source"), record.get("train_ids_sha256"),
+            record.get("n_excluded", 0))
+
+
+def _current_recipe(cfg: dict[str, Any]) -> str | None:
+    """The recipe an LP-FT run's settings give today (the current solver's); None for a run
+    that starts from a fresh head (no solver in it) or settings this version cannot read."""
+    from dataclasses import fields
+
+    if cfg.get("init_head") != "probe":
+        return None
+    known = {f.name for f in fields(FinetuneConfig)}
+    try:
+        return FinetuneConfig(**{k: v for k, v in cfg.items() if k in known}).recipe()
+    except (TypeError, ValueError):
+        return None

@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import pickle
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib.metadata import version
 
 import numpy as np
@@ -35,7 +35,7 @@ from featstore.data.fractions import ids_sha256, select_fraction, training_split
 from featstore.data.images import RowDataset
 from featstore.data.manifest import Manifest
 from featstore.errors import FeatstoreError, FinetuneError, ImageReadError, ManifestError
-from featstore.finetune.config import FINETUNE, FinetuneConfig, model_key
+from featstore.finetune.config import FinetuneConfig, FinetuneRecord, model_key
 from featstore.finetune.data import (
     SeededRows,
     check_errors,
@@ -63,25 +63,11 @@ from featstore.finetune.state import (
 )
 from featstore.models.preprocessing import pixel_stage
 from featstore.models.registry import BackboneSpec
-from featstore.records import ScoreRecord
 from featstore.runtime import autocast, distributed_from_env, resolve_device
 from featstore.store.feature_store import FeatureStore
 from featstore.store.layout import CHECKPOINTS_GROUP as CHECKPOINTS
 from featstore.task import scored_metrics, target_tensor, task_loss
 
-
-@dataclass(kw_only=True)
-class FinetuneRecord(ScoreRecord):
-    """One metric of one finetuning run on test (:class:`ScoreRecord`'s fields, and the
-    starting model). ``probe`` is always ``"finetune"``: tables list finetuning beside the
-    probes of the same backbone, as the study does."""
-
-    backbone: str
-    key: str  # the starting model's key (architecture, weights, preprocessing)
-    val_source: str
-    probe: str = FINETUNE
-    # False: val could not choose (its metric undefined): the first epoch was kept
-    chosen_on_val: bool = True
 
 class FinetuneProgress:
     """What the loop reports: one bar per epoch (img/s, train loss) and the val metric."""

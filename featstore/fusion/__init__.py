@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from featstore._lazy import lazy_exports
 
 _EXPORTS = {
-    "ATTENTIONS": "featstore.fusion.dvme",
+    "ATTENTIONS": "featstore.choices",
     "DVME": "featstore.fusion.dvme",
     "FuseRecord": "featstore.fusion.run",
     "check_aligned": "featstore.fusion.run",
@@ -32,10 +32,8 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
-    from featstore.fusion.dvme import (
-        ATTENTIONS,
-        DVME,
-    )
+    from featstore.choices import ATTENTIONS
+    from featstore.fusion.dvme import DVME
     from featstore.fusion.run import (
         FuseRecord,
         check_aligned,

@@ -117,7 +117,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 
-from featstore.choices import ATTENTIONS
+from featstore.choices import ATTENTIONS, HEAD_VERSION  # the versions: the docstring above
 from featstore.errors import FusionError, ProbeError
 from featstore.metrics import paired_bootstrap_sd, primary_score
 from featstore.task import (
@@ -129,10 +129,6 @@ from featstore.task import (
     proba_to_labels,
 )
 
-HEAD_VERSION = 5  # 1: scorer on the raw projections, random start (before the fix above);
-# 2: one head from a random start; 3: that head or the concat start, chosen on val (below);
-# 4: the concat start's attention is each backbone's share of the probe's evidence;
-# 5: the random start begins at that prior too and must beat the concat start by val's noise
 ATTENTION_LR = 1e-2  # the attention-only stage from the concat start (few parameters)
 PRIOR_WEIGHT = 0.3  # the random start (v5): KL(prior || batch-mean attention) in its loss
 

@@ -14,18 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from featstore.choices import LINEAR_SOLVER
+from featstore.choices import ATTENTIONS, HEAD_VERSION, LINEAR_SOLVER
 from featstore.data.fractions import ids_sha256, select_fraction
 from featstore.errors import FusionError, ProbeError
-from featstore.fusion.dvme import ATTENTIONS, DVME, HEAD_VERSION
-from featstore.probe.linear import fit_with_validation
 from featstore.probe.run import check_grid, split_rows
 from featstore.records import ScoreRecord
 from featstore.runkeys import run_id as run_key
 from featstore.store.dataset import DatasetGroup
 from featstore.store.embedding_set import EmbeddingSet
 from featstore.store.layout import Embeddings, Provenance
-from featstore.task import scored_metrics
+
+# the head and the probes (torch, scikit-learn) load when a run is computed, not to key one
+# (a pipeline's plan) or to read one back (results, report)
 
 MAX_BACKBONES = 8
 
@@ -67,6 +67,8 @@ def check_aligned(embs: Sequence[Embeddings]) -> None:
 
 def _records(method: str, task: str, y_te: np.ndarray, proba: np.ndarray, cfg: dict,
              base: dict, label_names: Sequence[str] = (), **extra) -> list[FuseRecord]:
+    from featstore.task import scored_metrics
+
     return [FuseRecord(method=method, **scored, **base, **extra)
             for scored in scored_metrics(task, y_te, proba, n_bootstrap=cfg["n_bootstrap"],
                                          seed=cfg["seed"], label_names=label_names)]
@@ -91,6 +93,9 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
     FusionError
         The sets do not align, an unknown attention, bad labels or features.
     """
+    from featstore.fusion.dvme import DVME
+    from featstore.probe.linear import fit_with_validation
+
     check_aligned(embs)
     for attention in attentions:
         if attention not in ATTENTIONS:

@@ -389,3 +389,37 @@ def test_an_lp_ft_run_is_keyed_by_the_solver_of_the_probe_it_starts_from(monkeyp
     after = [(c.run_id("m", "val split"), c.recipe()) for c in (lpft, fresh)]
     assert before[0][0] != after[0][0] and before[0][1] != after[0][1]
     assert before[1] == after[1]
+
+
+def test_an_earlier_solvers_lp_ft_run_is_listed_until_made_again_then_hidden(
+        capsys, monkeypatch, npz_file, store_dir):
+    """As probe and fusion runs: an LP-FT run whose head an earlier solver fitted stays in
+    ``results`` (its own recipe, so never averaged with today's) until the same run is made
+    with the current solver; then only the current one is listed."""
+    import featstore.finetune.config as fc
+
+    data = ["--data", str(npz_file), "--store", str(store_dir)]
+    vit = ["-b", "timm:test_vit@random", "--image-size", str(SIZE)]
+    for args in (["extract", *data, *vit], ["probe", *data, *vit, "--bootstrap", "10"]):
+        code, _, err = cli(capsys, *args)
+        assert code == 0, err
+    lpft = ["finetune", *data, *vit, "--init-head", "probe", "--epochs", "1",
+            "--warmup-epochs", "0", "--bootstrap", "10", "--json"]
+
+    def listed() -> set[tuple[str, str]]:
+        code, out, err = cli(capsys, "results", *data, "--json")
+        assert code == 0, err
+        return {(r["run_id"], r["config"]["recipe"]) for r in json.loads(out)
+                if r.get("probe") == "finetune"}
+
+    with monkeypatch.context() as m:
+        m.setattr(fc, "LINEAR_SOLVER", "lbfgs-v1")  # as if fitted before the current solver
+        code, out, err = cli(capsys, *lpft)
+        assert code == 0, err
+        old = json.loads(out)[0]
+    assert listed() == {(old["run_id"], old["config"]["recipe"])}
+    code, out, err = cli(capsys, *lpft)  # the same run, today: made again, not read back
+    assert code == 0, err
+    new = json.loads(out)[0]
+    assert new["run_id"] != old["run_id"] and not new.get("cached")
+    assert listed() == {(new["run_id"], new["config"]["recipe"])}

@@ -178,6 +178,34 @@ def test_set_store_and_environment_override_the_file(tmp_path, data_root, monkey
 
 
 @pytest.mark.slow
+def _in_fresh_process(*commands: list[str]) -> tuple[list[str], list[str]]:
+    """Each featstore command's stdout, run one after another in a new Python process, and
+    which of torch, timm, torchvision and sklearn that process had imported by the end."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import contextlib, io, json, sys\n"
+        "from featstore.cli import main\n"
+        "outs = []\n"
+        f"for argv in {json.dumps(commands)}:\n"
+        "    buf = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(buf):\n"
+        "        try:\n"
+        "            main(argv)\n"
+        "        except SystemExit as e:\n"
+        "            assert not e.code, (argv, e.code)\n"
+        "    outs.append(buf.getvalue())\n"
+        "heavy = [m for m in ('torch', 'timm', 'torchvision', 'sklearn') if m in sys.modules]\n"
+        "print(json.dumps({'outs': outs, 'heavy': heavy}))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = json.loads(done.stdout.strip().splitlines()[-1])
+    return last["outs"], last["heavy"]
+
+
 def test_run_does_the_grid_once_then_nothing_and_report_draws_it(tmp_path, data_root, capsys):
     path = write(tmp_path, data_root, PROBE, FUSE, FINETUNE)
     code, out, err = cli(capsys, "run", str(path), "--dry-run", "--json")
@@ -198,15 +226,16 @@ def test_run_does_the_grid_once_then_nothing_and_report_draws_it(tmp_path, data_
     assert outcomes["fuse beta"]["runs"] == 2 * 4  # 2 seeds x (dvme, concat, 2 singles)
     assert outcomes["extract alpha"]["runs"] == 2
 
-    code, out, err = cli(capsys, "run", str(path), "--json")  # warm: nothing to do
-    assert code == 0, err
-    assert {o["status"] for o in json.loads(out)} == {"cached"}
-
-    code, out, err = cli(capsys, "results", "--data", str(data_root / "alpha.npz"),
-                         "--store", str(tmp_path / "store"), "--json")
-    records = json.loads(out)
+    # warm: nothing to do; planning it (probe, fusion and finetune run ids) and reading the
+    # runs back (results) load neither torch nor timm: seconds of imports a command saved
+    outs, heavy = _in_fresh_process(["run", str(path), "--json"], [
+        "results", "--data", str(data_root / "alpha.npz"), "--store", str(tmp_path / "store"),
+        "--json"])
+    assert {o["status"] for o in json.loads(outs[0])} == {"cached"}
+    records = json.loads(outs[1])
     assert {r.get("probe", r.get("method")) for r in records} >= {
         "linear", "knn", "finetune", "dvme-softmax", "concat"}
+    assert heavy == []
 
     report = tmp_path / "report"
     code, out, err = cli(capsys, "report", str(path), "-o", str(report))
