@@ -83,8 +83,9 @@ def stored_finetune_records(ds: DatasetGroup) -> list[FinetuneRecord]:
     out = []
     for run in done:
         first = run["records"][0]
-        now = _current_recipe(first.get("config") or {})
-        if now not in (None, first["config"].get("recipe")) and _same_run(first, now) in made:
+        cfg = first.get("config") or {}
+        now = _current_recipe(cfg)
+        if now not in (None, cfg.get("recipe")) and _same_run(first, now) in made:
             continue  # an earlier solver's LP-FT run, made again since with the current one
         out.extend(FinetuneRecord.from_stored(r) for r in run["records"])
     return out
@@ -98,14 +99,23 @@ def _same_run(record: dict[str, Any], recipe: str | None = None) -> tuple:
             record.get("n_excluded", 0))
 
 
+# what a finetuning record's config holds beside FinetuneConfig's fields (finetune.run)
+_RECORD_KEYS = frozenset({"backbone", "model_key", "layer", "weights_sha256", "preprocessing",
+                          "device", "world_size", "val_source", "versions", "recipe",
+                          "best_epoch", "history", "finetuned_sha256"})
+
+
 def _current_recipe(cfg: dict[str, Any]) -> str | None:
     """The recipe an LP-FT run's settings give today (the current solver's); None for a run
-    that starts from a fresh head (no solver in it) or settings this version cannot read."""
+    that starts from a fresh head (no solver in it) or settings this version cannot read (a
+    value it refuses, a setting it does not know: a newer featstore's run is never hidden)."""
     from dataclasses import fields
 
     if cfg.get("init_head") != "probe":
         return None
     known = {f.name for f in fields(FinetuneConfig)}
+    if set(cfg) - known - _RECORD_KEYS:
+        return None
     try:
         return FinetuneConfig(**{k: v for k, v in cfg.items() if k in known}).recipe()
     except (TypeError, ValueError):

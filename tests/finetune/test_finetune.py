@@ -423,3 +423,28 @@ def test_an_earlier_solvers_lp_ft_run_is_listed_until_made_again_then_hidden(
     new = json.loads(out)[0]
     assert new["run_id"] != old["run_id"] and not new.get("cached")
     assert listed() == {(new["run_id"], new["config"]["recipe"])}
+
+    # never hidden: a run whose settings this version does not know (a newer featstore's),
+    # and a record without its config (listed, as before, not an error)
+    from types import SimpleNamespace
+
+    from featstore.finetune import stored_finetune_records
+
+    ds = FeatureStore(str(store_dir)).dataset(load_dataset(npz_file))
+    runs = {r["records"][0]["run_id"]: r for r in ds.finetune_runs.all()}
+    earlier, current = runs[old["run_id"]], runs[new["run_id"]]
+
+    def shown(*variants) -> list[str]:
+        stub = SimpleNamespace(finetune_runs=SimpleNamespace(all=lambda: list(variants)))
+        return sorted({r.run_id for r in stored_finetune_records(stub)})
+
+    def edited(run, **config):
+        recs = [{**r, "config": {**r["config"], **config}} for r in run["records"]]
+        return {**run, "records": recs}
+
+    assert shown(earlier, current) == [new["run_id"]]
+    assert shown(edited(earlier, label_smoothing=0.1), current) == sorted(runs)
+    bare = {**earlier, "records": [{k: v for k, v in r.items() if k != "config"}
+                                   for r in earlier["records"]]}
+    assert shown(bare, current) == sorted(runs)
+    assert shown(edited(earlier, init_head="fresh"), current) == sorted(runs)

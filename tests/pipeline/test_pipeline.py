@@ -177,7 +177,6 @@ def test_set_store_and_environment_override_the_file(tmp_path, data_root, monkey
 # ------------------------------------------------------------------------- run + report
 
 
-@pytest.mark.slow
 def _in_fresh_process(*commands: list[str]) -> tuple[list[str], list[str]]:
     """Each featstore command's stdout, run one after another in a new Python process, and
     which of torch, timm, torchvision and sklearn that process had imported by the end."""
@@ -206,6 +205,7 @@ def _in_fresh_process(*commands: list[str]) -> tuple[list[str], list[str]]:
     return last["outs"], last["heavy"]
 
 
+@pytest.mark.slow
 def test_run_does_the_grid_once_then_nothing_and_report_draws_it(tmp_path, data_root, capsys):
     path = write(tmp_path, data_root, PROBE, FUSE, FINETUNE)
     code, out, err = cli(capsys, "run", str(path), "--dry-run", "--json")
