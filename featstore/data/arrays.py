@@ -27,7 +27,13 @@ class ArrayFiles:
         self._files: list[Any] = []
 
     def get(self, path: Path, key: str) -> Any:
-        """The array ``key`` of the file at ``path`` (indexable by row, with ``len``)."""
+        """The array ``key`` of the file at ``path`` (indexable by row, with ``len``).
+
+        Raises
+        ------
+        OSError, KeyError, ValueError
+            The file or array cannot be read (a damaged .npz member: ValueError naming it).
+        """
         k = (str(path), key)
         if k not in self._arrays:
             if path.suffix.lower() in H5_SUFFIXES:
@@ -37,8 +43,14 @@ class ArrayFiles:
                 self._files.append(f)
                 self._arrays[k] = f[key]
             else:
-                with np.load(path, allow_pickle=False) as npz:
-                    self._arrays[k] = npz[key]
+                import zipfile
+                import zlib
+
+                try:
+                    with np.load(path, allow_pickle=False) as npz:
+                        self._arrays[k] = npz[key]
+                except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # damaged bytes
+                    raise ValueError(f"array {key}: {e}") from None
         return self._arrays[k]
 
     def header(self, path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:

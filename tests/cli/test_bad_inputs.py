@@ -74,6 +74,19 @@ def npz_with(tmp: Path, dtype: str) -> Path:
     return tmp / f"{dtype}.npz"
 
 
+def npz_damaged(tmp: Path) -> Path:
+    """A MedMNIST file one of whose train_images bytes is flipped (its CRC no longer fits)."""
+    import zipfile
+
+    path = make_medmnist(tmp / "damaged.npz")
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("train_images.npy")
+    data = bytearray(path.read_bytes())
+    data[info.header_offset + 30 + len(info.filename) + len(info.extra) + 200] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
 def image_folder_with_non_utf8_name(tmp: Path) -> Path:
     root = tmp / "folder"
     for split in ("train", "test"):
@@ -140,6 +153,10 @@ CATALOGUE = [
         t, "int64"))], "train_images holds int64 pixels"),
     ("npz object images", lambda t, d, s: ["manifest", "validate", str(npz_with(
         t, "object"))], "train_images cannot be read without pickle"),
+    ("npz member damaged (bad CRC)", lambda t, d, s: [*EXTRACT, "--data", str(npz_damaged(
+        t)), "--store", s], "id 'train-00000': cannot read"),
+    ("npz member damaged, check-files", lambda t, d, s: [
+        "manifest", "validate", "--check-files", str(npz_damaged(t))], "Bad CRC-32"),
     ("decompression bomb", lambda t, d, s: [*EXTRACT, "--data", str(bomb_csv(t)),
                                             "--store", s], "id 'b'"),
     ("JPEG body truncated, decoded on the device", lambda t, d, s: [

@@ -63,7 +63,7 @@ def read_medmnist(path: str | Path, *, task: str | None = None) -> Manifest:
                 raise ManifestError(f"{path.name}: has {ik if ik in keys else lk} but not "
                                     f"{lk if ik in keys else ik}")
             labels = npz[lk]
-            n_img = _npz_rows(npz, ik, path)
+            n_img = _npz_rows(ik, path)
             if labels.ndim == 1:
                 labels = labels[:, None]
             if labels.ndim != 2 or labels.shape[0] != n_img:
@@ -104,21 +104,29 @@ def read_medmnist(path: str | Path, *, task: str | None = None) -> Manifest:
     )
 
 
-def _npz_rows(npz, key: str, path: Path) -> int:
-    """Number of images in one npz array, checked for an image shape and pixel type."""
+def _npz_rows(key: str, path: Path) -> int:
+    """Number of images in one npz array, checked for an image shape and pixel type. Reads
+    the array's header only: its pixels (hundreds of MB for a large MedMNIST+ file) are read
+    where rows are embedded (``manifest validate --check-files`` reads them all)."""
+    import zipfile
+
+    from featstore.data.arrays import ArrayFiles
+
     try:
-        arr = npz[key]
-    except ValueError as e:  # object arrays need pickle, which is never allowed
-        raise ManifestError(f"{path.name}: {key} cannot be read without pickle ({e}); "
-                            "store the images as uint8") from None
-    if arr.dtype not in (np.uint8, np.uint16):
-        raise ManifestError(f"{path.name}: {key} holds {arr.dtype} pixels; expected uint8 "
+        shape, dtype = ArrayFiles().header(path, key)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise ManifestError(f"{path.name}: {key} cannot be read ({e})") from None
+    if dtype.hasobject:  # an object array needs pickle, which is never allowed
+        raise ManifestError(f"{path.name}: {key} cannot be read without pickle (it holds "
+                            "Python objects); store the images as uint8")
+    if dtype not in (np.uint8, np.uint16):
+        raise ManifestError(f"{path.name}: {key} holds {dtype} pixels; expected uint8 "
                             "(or uint16) images, as MedMNIST ships them")
-    if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] not in (1, 3)):
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] not in (1, 3)):
         raise ManifestError(
-            f"{path.name}: {key} has shape {arr.shape}, expected (N, H, W) or (N, H, W, 1|3)"
+            f"{path.name}: {key} has shape {shape}, expected (N, H, W) or (N, H, W, 1|3)"
         )
-    return int(arr.shape[0])
+    return int(shape[0])
 
 
 LAYOUT = Layout("medmnist", detect=looks_like_medmnist, build=read_medmnist)
