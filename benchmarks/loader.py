@@ -3,7 +3,8 @@ boundary, before (float32 per image, timm's whole eval transform in the worker) 
 (uint8: PIL's resize/crop in the worker, normalisation on the model's side; or, for
 equal-sized arrays, the stored rows in one indexed read per batch, resized on the device;
 or, with ``--decode device``, a JPEG's bytes as read, its header checked, decoded on the
-device).
+device). The stored-rows arm is also run with the arrays read once in the main process and
+shared by the forked workers (``ViewsDataset.share_arrays``, as extract does), the read timed.
 
     python benchmarks/loader.py [--rows 2048] [--workers 2] [--size 224]
 
@@ -65,8 +66,13 @@ def jpeg_source(folder: Path, rows: int) -> Path:
     return csv
 
 
-def drain(dataset: ViewsDataset, batch: int, workers: int) -> tuple[float, int]:
-    """(images/s, bytes per image) of a DataLoader over the whole dataset."""
+def drain(dataset: ViewsDataset, batch: int, workers: int, share: bool = False,
+          ) -> tuple[float, int]:
+    """(images/s, bytes per image) of a DataLoader over the whole dataset; with ``share``,
+    the arrays read in this process first (timed too) and shared by the forked workers."""
+    t0 = time.perf_counter()
+    if share:
+        dataset.share_arrays()
     rows = [[(r, (0,)) for r in range(b, min(b + batch, len(dataset)))]
             for b in range(0, len(dataset), batch)]
     lists = frozenset({0} if dataset.views[0].encoded else ())
@@ -75,7 +81,6 @@ def drain(dataset: ViewsDataset, batch: int, workers: int) -> tuple[float, int]:
                                                                       lists=lists),
                                          prefetch_factor=4 if workers else None)
     n, nbytes = 0, 0
-    t0 = time.perf_counter()
     for xs, r, _ in loader:
         n += len(r)
         x = xs[0] if isinstance(xs[0], list) else [xs[0]]
@@ -88,6 +93,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=2048)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--only", default="", help="Only the arms whose source or name holds "
+                    "this text (e.g. 'stored rows' with --rows 51024).")
     args = ap.parse_args()
     prep = Preprocessing(args.size, 0.875, "bicubic", *IMAGENET)
     shape = (3, args.size, args.size)
@@ -109,12 +116,17 @@ def main() -> None:
             if name.startswith("npz"):
                 arms["uint8, stored rows, one read/batch"] = (View(None, (64, 64), raw=True),
                                                               256)
+                arms["uint8, stored rows, shared arrays"] = (
+                    View(None, (64, 64), raw=True), 256)
             else:
                 arms["JPEG bytes (--decode device)"] = (
                     View(None, (8, 8), dtype=torch.uint8, encoded=True), 32)
             base = None
             for arm, (view, batch) in arms.items():
-                rate, nbytes = drain(ViewsDataset(m, [view]), batch, args.workers)
+                if args.only and args.only not in f"{name} {arm}":
+                    continue
+                rate, nbytes = drain(ViewsDataset(m, [view]), batch, args.workers,
+                                     share="shared" in arm)
                 per_worker = rate / max(args.workers, 1)
                 base = base or per_worker
                 print(f"{name:10s} {arm:34s} {per_worker:13.0f} {nbytes:10d} "

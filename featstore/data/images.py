@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from featstore.choices import DEFAULT_MAX_PIXELS
-from featstore.data.arrays import ArrayFiles
+from featstore.data.arrays import H5_SUFFIXES, ArrayFiles
 from featstore.data.decode import (  # noqa: F401  (re-exported: featstore.data.images names)
     _out_of_range,
     read_encoded,
@@ -59,6 +59,36 @@ class ViewsDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.manifest)
+
+    def __getstate__(self) -> dict:
+        """Pickled (a loader worker started by spawn) without the arrays read so far: the
+        worker reads its own, as it would have."""
+        return {**self.__dict__, "_arrays": None}
+
+    def share_arrays(self) -> None:
+        """Read the .npz arrays the rows come from here, once, before a DataLoader forks its
+        workers: the workers then share this copy (copy-on-write, only ever read) instead of
+        each reading its own before its first batch (one copy per worker of a 16 GB
+        MedMNIST+ array does not fit). HDF5 files stay per worker (an h5py handle does not
+        survive a fork), and an array that cannot be read is left to the workers, which name
+        its rows."""
+        keys = self.manifest.array_keys
+        if keys is None:
+            return
+        if self._arrays is None:
+            self._arrays = ArrayFiles()
+        first: dict[tuple[str, str], int] = {}
+        for i, pair in enumerate(zip(self.manifest.paths, keys, strict=True)):
+            if pair[1]:
+                first.setdefault(pair, i)
+        for (_, key), i in first.items():
+            path = self.manifest.resolve(i)
+            if path.suffix.lower() in H5_SUFFIXES:
+                continue
+            try:
+                self._arrays.get(path, key)
+            except (OSError, KeyError, ValueError):
+                pass
 
     def __getitem__(self, item):
         i, wanted = item if isinstance(item, tuple) else (item, tuple(range(len(self.views))))

@@ -1,4 +1,5 @@
-"""Reading pixels: featstore's pixel limit is its own, PIL's global one is left to others."""
+"""Reading pixels: featstore's pixel limit is its own, PIL's global one is left to others;
+loader workers share the arrays the main process read."""
 
 from __future__ import annotations
 
@@ -65,3 +66,45 @@ def test_overlapping_lifts_in_threads_put_pils_limit_back_once_the_last_is_done(
     for t in threads:
         t.join()
     assert Image.MAX_IMAGE_PIXELS == before
+
+
+def _pixels(img: Image.Image):
+    import torch
+
+    return torch.from_numpy(np.asarray(img).copy())
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["stored rows", "PIL per row"])
+def test_loader_workers_share_the_arrays_read_before_they_start(tmp_path, raw):
+    """After ``share_arrays`` the forked workers read no file (the .npz can be gone and
+    every row still arrives, as it is stored): one copy of the arrays, read once, instead of
+    one per worker. Pickled for a spawned worker, the dataset carries none of them."""
+    import pickle
+
+    import torch
+
+    from featstore.data.images import View, ViewsDataset, collate_views
+    from tests.conftest import make_medmnist
+
+    npz = make_medmnist(tmp_path / "m.npz", n=(40, 12, 16), size=28)
+    manifest = load_dataset(str(npz))
+    with np.load(npz) as z:
+        stored = np.stack([z[manifest.array_keys[i]][int(manifest.index[i])]
+                           for i in range(len(manifest))])
+    view = (View(None, (28, 28), raw=True) if raw else
+            View(_pixels, (28, 28, 3), dtype=torch.uint8))
+    dataset = ViewsDataset(manifest, [view])
+    dataset.share_arrays()
+    assert pickle.loads(pickle.dumps(dataset))._arrays is None
+    npz.unlink()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16, num_workers=2,
+                                         collate_fn=collate_views,
+                                         multiprocessing_context="fork")
+    rows, errors, pixels = [], [], []
+    for xs, r, e in loader:
+        rows += r.tolist()
+        errors += e
+        pixels.append(xs[0].numpy())
+    assert rows == list(range(len(manifest))) and not any(errors), errors[:1]
+    got = np.concatenate(pixels)
+    assert np.array_equal(got if raw else got[..., 0], stored)
