@@ -49,23 +49,36 @@ class ArrayFiles:
                 try:
                     with np.load(path, allow_pickle=False) as npz:
                         self._arrays[k] = npz[key]
-                except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # damaged bytes
-                    raise ValueError(f"array {key}: {e}") from None
+                except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
+                    raise ValueError(f"array {key}: {e}") from None  # damaged, short, objects
         return self._arrays[k]
 
     def header(self, path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
         """(shape, dtype) of array ``key`` without reading its data (an .npz member's
-        header, an HDF5 dataset's metadata)."""
+        header, an HDF5 dataset's metadata).
+
+        Raises
+        ------
+        OSError, KeyError, ValueError
+            The file or array cannot be read (a damaged .npz header: ValueError naming it).
+        """
         if path.suffix.lower() in H5_SUFFIXES:
             arr = self.get(path, key)
             return tuple(arr.shape), np.dtype(arr.dtype)
         import zipfile
+        import zlib
 
-        with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
-            major, _ = np.lib.format.read_magic(f)
-            read = (np.lib.format.read_array_header_1_0 if major == 1 else
-                    np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read(f)
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = set(z.namelist())  # np.savez writes KEY.npy; a bare KEY loads too
+                member = f"{key}.npy" if f"{key}.npy" in names or key not in names else key
+                with z.open(member) as f:
+                    major, _ = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if major == 1 else
+                            np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(f)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+            raise ValueError(f"array {key}: {e}") from None
         return tuple(shape), np.dtype(dtype)
 
     def __del__(self) -> None:

@@ -65,28 +65,35 @@ class ViewsDataset(torch.utils.data.Dataset):
         worker reads its own, as it would have."""
         return {**self.__dict__, "_arrays": None}
 
-    def share_arrays(self) -> None:
-        """Read the .npz arrays the rows come from here, once, before a DataLoader forks its
-        workers: the workers then share this copy (copy-on-write, only ever read) instead of
-        each reading its own before its first batch (one copy per worker of a 16 GB
-        MedMNIST+ array does not fit). HDF5 files stay per worker (an h5py handle does not
-        survive a fork), and an array that cannot be read is left to the workers, which name
-        its rows."""
+    def share_arrays(self, rows: Sequence[int] | np.ndarray | None = None) -> None:
+        """Read the .npz arrays that ``rows`` (default: all) come from here, once, before a
+        DataLoader forks its workers: the workers then share this copy (copy-on-write, only
+        ever read) instead of each reading its own before its first batch (one copy per
+        worker of a 16 GB MedMNIST+ array does not fit). Nothing is read where workers do
+        not fork (a spawn or forkserver start method: they read their own, as before), for
+        HDF5 files (an h5py handle does not survive a fork), or for an array that cannot be
+        read (the workers name its rows)."""
+        import multiprocessing
+
         keys = self.manifest.array_keys
-        if keys is None:
+        method = (multiprocessing.get_start_method(allow_none=True)  # (not fixing it)
+                  or multiprocessing.get_all_start_methods()[0])  # the platform's default
+        if keys is None or method != "fork":
             return
         if self._arrays is None:
             self._arrays = ArrayFiles()
-        first: dict[tuple[str, str], int] = {}
-        for i, pair in enumerate(zip(self.manifest.paths, keys, strict=True)):
-            if pair[1]:
-                first.setdefault(pair, i)
-        for (_, key), i in first.items():
+        at = np.arange(len(self.manifest)) if rows is None else np.asarray(rows, dtype=int)
+        if not len(at):
+            return
+        paths = self.manifest.paths[at].astype(str)
+        pairs = np.char.add(np.char.add(paths, "\0"), keys[at].astype(str))
+        _, first = np.unique(pairs, return_index=True)
+        for i in at[np.sort(first)].tolist():
             path = self.manifest.resolve(i)
-            if path.suffix.lower() in H5_SUFFIXES:
+            if not keys[i] or path.suffix.lower() in H5_SUFFIXES:
                 continue
             try:
-                self._arrays.get(path, key)
+                self._arrays.get(path, keys[i])
             except (OSError, KeyError, ValueError):
                 pass
 

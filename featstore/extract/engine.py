@@ -445,8 +445,9 @@ def _run_pass(jobs: Sequence[_Job], dataset: ViewsDataset, paths: Sequence[Pixel
         return 0
     workers = (default_workers(sampler.rows, batch_size) if num_workers is None
                else num_workers)
-    if workers:
-        dataset.share_arrays()  # (once: every pass after the first finds them read)
+    if workers:  # the arrays of the shards this pass may take, read once for all workers
+        dataset.share_arrays(np.concatenate([np.arange(*jobs[0].es.shard_bounds(s))
+                                             for s in sampler.order]))
     encoded = frozenset(v for v, p in enumerate(paths) if p.encoded)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=workers,

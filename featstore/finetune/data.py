@@ -79,7 +79,7 @@ def make_loader(manifest: Manifest, rows: np.ndarray, transform, size: int, batc
     """Evaluation rows in order, each once, as uint8 (normalised on the device)."""
     dataset = RowDataset(manifest, transform, (3, size, size), dtype=torch.uint8)
     if num_workers:
-        dataset.share_arrays()
+        dataset.share_arrays(rows)
     return torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, rows.tolist()), batch_size=batch_size,
         num_workers=num_workers, pin_memory=pin)

@@ -224,8 +224,8 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     train_rows = SeededRows(RowDataset(manifest, train_tf, (3, prep.input_size,
                                                              prep.input_size),
                                         dtype=torch.uint8))
-    if num_workers:  # each epoch's workers share one copy of the arrays
-        train_rows.base.share_arrays()
+    if num_workers:  # each epoch's workers share one copy of the train rows' arrays
+        train_rows.base.share_arrays(tr)
     evaluate = {"manifest": manifest, "transform": eval_tf, "size": prep.input_size,
                 "batch_size": config.batch_size * 2, "device": dev,
                 "normalize": prep.normalize,

@@ -74,15 +74,17 @@ def npz_with(tmp: Path, dtype: str) -> Path:
     return tmp / f"{dtype}.npz"
 
 
-def npz_damaged(tmp: Path) -> Path:
-    """A MedMNIST file one of whose train_images bytes is flipped (its CRC no longer fits)."""
+def npz_damaged(tmp: Path, member: str = "train_images", at: int = 200) -> Path:
+    """A MedMNIST file (compressed, as MedMNIST ships) with byte ``at`` of ``member``'s
+    deflate stream flipped: the stream breaks there, or its CRC no longer fits."""
     import zipfile
 
     path = make_medmnist(tmp / "damaged.npz")
     with zipfile.ZipFile(path) as z:
-        info = z.getinfo("train_images.npy")
+        start = z.getinfo(f"{member}.npy").header_offset
     data = bytearray(path.read_bytes())
-    data[info.header_offset + 30 + len(info.filename) + len(info.extra) + 200] ^= 0xFF
+    names, extra = np.frombuffer(bytes(data[start + 26:start + 30]), "<u2")  # local header
+    data[start + 30 + int(names) + int(extra) + at] ^= 0xFF
     path.write_bytes(bytes(data))
     return path
 
@@ -157,6 +159,11 @@ CATALOGUE = [
         t)), "--store", s], "id 'train-00000': cannot read"),
     ("npz member damaged, check-files", lambda t, d, s: [
         "manifest", "validate", "--check-files", str(npz_damaged(t))], "Bad CRC-32"),
+    ("npz labels damaged", lambda t, d, s: ["manifest", "validate", str(npz_damaged(
+        t, "train_labels", at=40))], "train_labels cannot be read"),
+    ("npz compressed, images header damaged", lambda t, d, s: [
+        "manifest", "validate", str(npz_damaged(t, at=2))],
+     "train_images cannot be read"),
     ("decompression bomb", lambda t, d, s: [*EXTRACT, "--data", str(bomb_csv(t)),
                                             "--store", s], "id 'b'"),
     ("JPEG body truncated, decoded on the device", lambda t, d, s: [

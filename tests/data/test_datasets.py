@@ -465,3 +465,26 @@ def test_a_built_csv_keeps_the_task_and_classes(capsys, tmp_path, kind):
     sidecar.write_text("{broken")
     with pytest.raises(ManifestError, match="manifest.csv.json: unreadable manifest sidecar"):
         load_dataset(out)
+
+
+def test_an_npz_whose_members_lack_the_npy_suffix_reads_as_numpy_loads_it(tmp_path):
+    """np.load accepts members named ``train_images`` as well as ``train_images.npy``; the
+    header-only check of a MedMNIST file does too, and the pixels read are the stored ones."""
+    import io
+    import zipfile
+
+    from tests.conftest import make_medmnist
+
+    src = make_medmnist(tmp_path / "src.npz")
+    bare = tmp_path / "bare.npz"
+    with np.load(src) as z, zipfile.ZipFile(bare, "w") as out:
+        arrays = dict(z)
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.save(buf, arr)
+            out.writestr(name, buf.getvalue())
+    m = load_dataset(str(bare))
+    assert len(m) == sum(len(a) for k, a in arrays.items() if k.endswith("_images"))
+    i = int(np.flatnonzero(m.split == "test")[3])
+    px = np.asarray(read_image(m, i).convert("L"))
+    assert np.array_equal(px, arrays[m.array_keys[i]][int(m.index[i])])

@@ -108,3 +108,43 @@ def test_loader_workers_share_the_arrays_read_before_they_start(tmp_path, raw):
     assert rows == list(range(len(manifest))) and not any(errors), errors[:1]
     got = np.concatenate(pixels)
     assert np.array_equal(got if raw else got[..., 0], stored)
+
+
+def test_only_the_arrays_of_the_rows_to_load_are_shared_and_only_for_forked_workers(
+        tmp_path, monkeypatch):
+    """``share_arrays(rows)`` reads the arrays those rows come from, not the whole file's (a
+    validation pass must not read train), and nothing where workers are not forked (they
+    would read their own anyway: one more copy, not one fewer)."""
+    import multiprocessing
+
+    import torch
+
+    from featstore.data.images import View, ViewsDataset, collate_views
+    from tests.conftest import make_medmnist
+
+    npz = make_medmnist(tmp_path / "m.npz", n=(40, 12, 16), size=28)
+    manifest = load_dataset(str(npz))
+    val = np.flatnonzero(manifest.split == "val")
+
+    def errors_after_the_file_is_gone(dataset, rows) -> list[str]:
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, rows.tolist()), batch_size=8, num_workers=2,
+            collate_fn=collate_views, multiprocessing_context="fork")
+        return [e for _, _, errors in loader for e in errors]
+
+    view = View(None, (28, 28), raw=True)
+    kept = npz.read_bytes()
+    shared = ViewsDataset(manifest, [view])
+    shared.share_arrays(val)
+    npz.unlink()
+    assert not any(errors_after_the_file_is_gone(shared, val))
+    train_errors = errors_after_the_file_is_gone(shared, np.flatnonzero(manifest.split == "train"))
+    assert train_errors and all("No such file" in e for e in train_errors)
+
+    npz.write_bytes(kept)
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda *a, **k: "spawn")
+    unshared = ViewsDataset(manifest, [view])
+    unshared.share_arrays(val)
+    npz.unlink()
+    errors = errors_after_the_file_is_gone(unshared, val)
+    assert errors and all("No such file" in e for e in errors)

@@ -62,7 +62,7 @@ def read_medmnist(path: str | Path, *, task: str | None = None) -> Manifest:
             if ik not in keys or lk not in keys:
                 raise ManifestError(f"{path.name}: has {ik if ik in keys else lk} but not "
                                     f"{lk if ik in keys else ik}")
-            labels = npz[lk]
+            labels = _npz_labels(npz, lk, path)
             n_img = _npz_rows(ik, path)
             if labels.ndim == 1:
                 labels = labels[:, None]
@@ -102,6 +102,17 @@ def read_medmnist(path: str | Path, *, task: str | None = None) -> Manifest:
         path.stem, cols, root=path.parent, task=task, num_classes=num_classes,
         sources={path.name: sha256_file(path)},
     )
+
+
+def _npz_labels(npz, key: str, path: Path) -> np.ndarray:
+    """One labels array, read whole (N numbers), or one error naming the file and array."""
+    import zipfile
+    import zlib
+
+    try:
+        return npz[key]
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
+        raise ManifestError(f"{path.name}: {key} cannot be read ({e})") from None
 
 
 def _npz_rows(key: str, path: Path) -> int:
