@@ -4,6 +4,8 @@ before any model or loader starts."""
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,8 @@ import numpy as np
 from featstore.data.manifest import Manifest
 
 H5_SUFFIXES = (".h5", ".hdf5")
+# what reading a damaged .npz member raises (a broken deflate stream, a bad CRC, short data)
+DAMAGED_NPZ = (zipfile.BadZipFile, zlib.error, EOFError)
 
 
 class ArrayFiles:
@@ -43,13 +47,10 @@ class ArrayFiles:
                 self._files.append(f)
                 self._arrays[k] = f[key]
             else:
-                import zipfile
-                import zlib
-
                 try:
                     with np.load(path, allow_pickle=False) as npz:
                         self._arrays[k] = npz[key]
-                except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
+                except (*DAMAGED_NPZ, ValueError) as e:
                     raise ValueError(f"array {key}: {e}") from None  # damaged, short, objects
         return self._arrays[k]
 
@@ -65,9 +66,6 @@ class ArrayFiles:
         if path.suffix.lower() in H5_SUFFIXES:
             arr = self.get(path, key)
             return tuple(arr.shape), np.dtype(arr.dtype)
-        import zipfile
-        import zlib
-
         try:
             with zipfile.ZipFile(path) as z:
                 names = set(z.namelist())  # np.savez writes KEY.npy; a bare KEY loads too
@@ -77,7 +75,7 @@ class ArrayFiles:
                     read = (np.lib.format.read_array_header_1_0 if major == 1 else
                             np.lib.format.read_array_header_2_0)
                     shape, _, dtype = read(f)
-        except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        except DAMAGED_NPZ as e:
             raise ValueError(f"array {key}: {e}") from None
         return tuple(shape), np.dtype(dtype)
 
