@@ -2,15 +2,18 @@
 wall time of a full fractions x seeds DVME grid, and the attention variants against the plain
 mean before and after the attention fix (module docstring of featstore/fusion/dvme.py).
 
-    python benchmarks/fuse.py [--sections speed,pneumonia,generated] [--rows 50000]
+    python benchmarks/fuse.py [--sections speed,run,pneumonia,generated] [--rows 50000]
         [--seeds 5] [--fusion-seeds 3] [--data FILE.npz] [--store DIR] [--fractions 1,0.1]
 
 speed: three generated embedding sets of dims 2048, 2048 and 384 (two ResNet-50s and a
 ViT-S/16), each carrying part of a 5-class signal; split 80/10/10.
+run: one fusion run as ``featstore fuse`` makes it (DVME softmax with the concat and single
+baselines, then all three attentions with them) on the speed section's data: seconds and the
+number of linear-probe sweeps fitted (run it on two commits to compare).
 pneumonia: the balanced PneumoniaMNIST file of ../shared/data (or --data), embedded by three
 random-weight backbones at 64 px (into a temporary store, or --store to reuse one); test AUC
 of each DVME attention, of the linear probe on the concatenation and of the best single
-backbone, mean +- sd over seeds, for DVME head version 2 (before issue 21) and 4 (now).
+backbone, mean +- sd over seeds, for DVME head version 2 (before issue 21) and now.
 generated: the same comparison on generated embeddings: every backbone carries the same
 signal; one backbone is pure noise; each backbone is informative for different classes; one
 informative backbone beside two loud noise ones (issue 21's known answer).
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featstore.choices import HEAD_VERSION
 from featstore.fusion import ATTENTIONS, DVME, fuse_embeddings
 from featstore.store.layout import Embeddings
 
@@ -37,7 +41,7 @@ PNEUMONIA = (Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist
 RANDOM_BACKBONES = ("timm:resnet18@random", "timm:test_vit@random",
                     "timm:mobilenetv3_small_100@random")
 IMAGE_SIZE = 64
-VERSIONS = (2, 5)  # the DVME heads compared: before issue 21 and now
+VERSIONS = (2, HEAD_VERSION)  # the DVME heads compared: before issue 21 and now
 
 
 def generated(rows: int, classes: int = 5, seed: int = 0) -> list[Embeddings]:
@@ -94,6 +98,37 @@ def speed(args: argparse.Namespace) -> None:
     grid = time.perf_counter() - t0
     print(f"full DVME grid, fractions {FRACTIONS} x {args.seeds} seeds: {grid:.0f} s "
           f"(target: under 300 s on a 2-core CPU)")
+
+
+def one_run(args: argparse.Namespace) -> None:
+    import featstore.probe.linear as linear
+
+    embs = generated(args.rows)
+    fits = []
+    fit = linear.fit_with_validation
+
+    def counted(X, *a, **k):
+        fits.append(X.shape[1])
+        return fit(X, *a, **k)
+
+    linear.fit_with_validation = counted
+    print(f"\none fusion run, {args.rows} rows x dims {DIMS}, 5 classes, fraction 1.0, "
+          f"{args.seeds} seeds")
+    print(f"{'methods':<44}{'s per run':>10}{'probe sweeps (dims)':>34}")
+    try:
+        for attentions in (("softmax",), ATTENTIONS):
+            times = []
+            for seed in range(args.seeds):
+                fits.clear()
+                t0 = time.perf_counter()
+                fuse_embeddings(embs, task="multiclass", seed=seed, n_bootstrap=0,
+                                attentions=attentions, baselines=True)
+                times.append(time.perf_counter() - t0)
+            label = f"DVME {'+'.join(attentions)}, concat, singles"
+            print(f"{label:<44}{np.median(times):>10.1f}{len(fits):>6} "
+                  f"{str(sorted(fits, reverse=True)):>28}")
+    finally:
+        linear.fit_with_validation = fit
 
 
 @contextlib.contextmanager
@@ -270,7 +305,8 @@ def main() -> None:
     ap.add_argument("--fractions", type=lambda t: [float(f) for f in t.split(",")],
                     default=[1.0, 0.1])
     args = ap.parse_args()
-    sections = {"speed": speed, "pneumonia": pneumonia, "generated": generated_cases}
+    sections = {"speed": speed, "run": one_run, "pneumonia": pneumonia,
+                "generated": generated_cases}
     for name in args.sections.split(","):
         sections[name](args)
 

@@ -39,8 +39,9 @@ LINEAR_SOLVER = "lbfgs-v2"
 # fusion stage can key its runs without importing torch. 1: scorer on the raw projections,
 # random start; 2: one head from a random start; 3: that head or the concat start, chosen on
 # val; 4: the concat start's attention is each backbone's share of the probe's evidence;
-# 5: the random start begins at that prior too and must beat the concat start by val's noise
-HEAD_VERSION = 5
+# 5: the random start begins at that prior too and must beat the concat start by val's noise;
+# 6: the concat start is the concat baseline's probe (on the embeddings as given), fitted once
+HEAD_VERSION = 6
 DEFAULT_KS = (10, 20, 50, 100, 200)
 # Seeds of one grid at most: a study uses 3 to 10; a typo of 1e9 must not build a 1e9 list
 MAX_SEEDS = 1000

@@ -98,8 +98,20 @@ same routing, test AUC 0.9967 against 0.9971. (Since v5 the concat candidate tra
 so a v3 or v4 fit made today, as ``benchmarks/fuse.py`` can, draws other shuffles and
 dropout masks than it did: close to those heads, not bit for bit.)
 
+Head version 6 (speed, same method). Up to v5 the concat start fitted its probe on the
+head's standardised copies of the embeddings: the concat baseline's probe up to rounding
+(the probe standardises its input itself), fitted once more for every attention variant, so
+one fusion run with three heads fitted the widest probe four times, the most expensive
+part of the run. v6 starts from the probe on the embeddings as given, the concat baseline
+itself, and writes it onto the standardised copies exactly (x = s * x~ + m: weights times
+s / s_probe, offsets folded into the bias), so a run fits it once (``fuse_embeddings``
+hands it to every head; ``fit(..., concat_probe=...)``); the head is the same bit for bit
+whether it is handed the probe or fits it itself. Same start up to rounding, so v6 heads
+score as v5 heads did, but not bit for bit: hence a new version.
+
 The run id carries the version, so runs of earlier heads are recomputed, never read back
-as current; their saved heads still load.
+as current; their saved heads still load. Once the same run is made by the current head,
+the earlier head's run is no longer listed (``stored_fusion_records``).
 """
 
 from __future__ import annotations
@@ -111,6 +123,7 @@ import math
 import pickle
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -128,6 +141,9 @@ from featstore.task import (
     make_targets,
     proba_to_labels,
 )
+
+if TYPE_CHECKING:
+    from featstore.probe.linear import SweepResult
 
 ATTENTION_LR = 1e-2  # the attention-only stage from the concat start (few parameters)
 PRIOR_WEIGHT = 0.3  # the random start (v5): KL(prior || batch-mean attention) in its loss
@@ -293,14 +309,21 @@ class DVME(ClassifierMixin, BaseEstimator):
                                        self._head_version).to(self.device)
 
     def fit(self, Xs: Sequence[np.ndarray], y: np.ndarray, Xs_val: Sequence[np.ndarray],
-            y_val: np.ndarray) -> DVME:
+            y_val: np.ndarray, *, concat_probe: SweepResult | None = None) -> DVME:
         """Train on ``Xs`` (one (N, d_k) array per backbone) and ``y``; early-stop on val.
+
+        The head starts from the linear probe on the concatenation of ``Xs`` (L2 chosen on
+        ``Xs_val``), as ``fit_with_validation(np.concatenate(Xs, axis=1), y,
+        np.concatenate(Xs_val, axis=1), y_val, task=..., device=...)`` fits it. A caller
+        that has that probe from these very arrays (the concat baseline, or another head's
+        ``concat_probe_``) passes it as ``concat_probe`` and it is not fitted again: the
+        head is the same, bit for bit. Heads before version 6 fit their own.
 
         Raises
         ------
         FusionError
             Unknown task/attention, fewer than 2 backbones, rows that do not align, NaN/inf,
-            a single class in ``y``.
+            a single class in ``y``, a ``concat_probe`` of another task or width.
         """
         self._check_params()
         if len(Xs) < 2:
@@ -321,6 +344,9 @@ class DVME(ClassifierMixin, BaseEstimator):
         self.classes_ = targets.classes
         self.n_out_ = n_out
         dims = [X.shape[1] for X in Xt]
+        self.concat_probe_ = None
+        if self._head_version >= 6:
+            self.concat_probe_ = self._concat_probe(Xs, y, Xs_val, y_val, concat_probe, n_out)
         self._build(dims, n_out)
         gen = torch.Generator().manual_seed(self.seed)
         with torch.random.fork_rng(devices=[]):
@@ -336,6 +362,27 @@ class DVME(ClassifierMixin, BaseEstimator):
         self.best_val_ = float(best)
         self.n_epochs_ = len(self.history_)
         return self
+
+    def _concat_probe(self, Xs: Sequence[np.ndarray], y: np.ndarray,
+                      Xs_val: Sequence[np.ndarray], y_val: np.ndarray,
+                      given: SweepResult | None, n_out: int) -> SweepResult:
+        """The linear probe on the concatenated embeddings as given (head version 6 on):
+        ``given``, checked against this head, or fitted here."""
+        width = sum(np.shape(X)[1] for X in Xs)
+        if given is not None:
+            probe = given.probe
+            if probe.task != self.task or np.shape(probe.coef_) != (width, n_out):
+                raise FusionError(
+                    f"concat_probe: a {probe.task} probe of {np.shape(probe.coef_)[0]} "
+                    f"features and {np.shape(probe.coef_)[1]} outputs; this {self.task} head "
+                    f"fuses {width} features into {n_out} outputs")
+            return given
+        from featstore.probe.linear import fit_with_validation
+
+        return fit_with_validation(np.concatenate([np.asarray(X) for X in Xs], axis=1),
+                                   np.asarray(y),
+                                   np.concatenate([np.asarray(X) for X in Xs_val], axis=1),
+                                   np.asarray(y_val), task=self.task, device=self.device)
 
     def _fit_two_starts(self, dims: Sequence[int], n_out: int, Xt: Sequence[torch.Tensor],
                         y: np.ndarray, target: torch.Tensor, loss_fn: nn.Module,
@@ -455,12 +502,20 @@ class DVME(ClassifierMixin, BaseEstimator):
         if self.dim < self.n_out_:
             raise FusionError(f"dim={self.dim}: a DVME head needs at least its {self.n_out_} "
                               "outputs")
-        cat = torch.cat(Xt, 1).cpu().numpy()
-        sweep = fit_with_validation(cat, np.asarray(y), torch.cat(Xv, 1).cpu().numpy(),
-                                    np.asarray(y_val), task=self.task, device=self.device)
-        probe = sweep.probe
-        W = probe.coef_ / probe.scale_[:, None]  # (D, outputs) on these features
-        b = probe.intercept_ - (probe.mean_ / probe.scale_) @ probe.coef_
+        if self.concat_probe_ is None:  # before v6: a probe on the standardised copies
+            cat = torch.cat(Xt, 1).cpu().numpy()
+            probe = fit_with_validation(cat, np.asarray(y), torch.cat(Xv, 1).cpu().numpy(),
+                                        np.asarray(y_val), task=self.task,
+                                        device=self.device).probe
+            W = probe.coef_ / probe.scale_[:, None]  # (D, outputs) on these features
+            b = probe.intercept_ - (probe.mean_ / probe.scale_) @ probe.coef_
+        else:  # v6: the probe on the embeddings as given, x = s * x~ + m, onto the copies x~
+            probe = self.concat_probe_.probe
+            m, s = (np.concatenate([t.cpu().numpy() for t in ts]).astype(np.float64)
+                    for ts in (self.means_, self.scales_))
+            coef = probe.coef_.astype(np.float64)
+            W = coef * (s / probe.scale_)[:, None]
+            b = probe.intercept_ + ((m - probe.mean_) / probe.scale_) @ coef
         n_out = self.n_out_
         bounds = np.cumsum([0] + [X.shape[1] for X in Xt])
         blocks = [W[bounds[i]:bounds[i + 1]] for i in range(k)]

@@ -5,12 +5,13 @@ Every method of one (fraction, seed) trains on the same rows, so rows of the tab
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from featstore.runkeys import run_id as run_key
 from featstore.store.dataset import DatasetGroup
 from featstore.store.embedding_set import EmbeddingSet
 from featstore.store.layout import Embeddings, Provenance
+
+if TYPE_CHECKING:
+    from featstore.probe.linear import SweepResult
 
 # the head and the probes (torch, scikit-learn) load when a run is computed, not to key one
 # (a pipeline's plan) or to read one back (results, report)
@@ -142,10 +146,22 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
                                           "records": [r.to_dict() for r in recs]})
         return recs
 
+    concat: list[SweepResult] = []
+
+    def concat_probe() -> SweepResult:
+        """The linear probe on the concatenation: the concat baseline, and the start of
+        every DVME head (fitted once a run, whichever needs it first)."""
+        if not concat:
+            Xtr, Xva = (np.concatenate([e.X[rows] for e in embs], axis=1) for rows in (tr, va))
+            concat.append(fit_with_validation(Xtr, y[tr], Xva, y[va], task=task,
+                                              device=device))
+        return concat[0]
+
     def dvme(attention: str, rid: str) -> list[FuseRecord]:
         head = DVME(task, dim=dim, attention=attention, seed=seed, device=device,
                     **dvme_options)
-        head.fit([e.X[tr] for e in embs], y[tr], [e.X[va] for e in embs], y[va])
+        head.fit([e.X[tr] for e in embs], y[tr], [e.X[va] for e in embs], y[va],
+                 concat_probe=concat_probe())
         Xte = [e.X[te] for e in embs]
         alpha = head.attention_weights(Xte)
         overall = {n: float(a) for n, a in zip(names, alpha.mean(0), strict=True)}
@@ -166,9 +182,12 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
                         hyperparameter=f"epochs={head.n_epochs_}, start={head.start_}")
 
     def linear(method: str, parts: Sequence[Embeddings], rid: str) -> list[FuseRecord]:
-        Xtr, Xva, Xte = (np.concatenate([e.X[rows] for e in parts], axis=1)
-                         for rows in (tr, va, te))
-        sweep = fit_with_validation(Xtr, y[tr], Xva, y[va], task=task, device=device)
+        if method == "concat":
+            sweep = concat_probe()
+        else:
+            Xtr, Xva = (np.concatenate([e.X[rows] for e in parts], axis=1) for rows in (tr, va))
+            sweep = fit_with_validation(Xtr, y[tr], Xva, y[va], task=task, device=device)
+        Xte = np.concatenate([e.X[te] for e in parts], axis=1)
         return _records(method, task, y[te], sweep.probe.predict_proba(Xte), cfg,
                         {**base, "run_id": rid}, ref.label_names,
                         hyperparameter=f"l2={sweep.l2:g}")
@@ -281,13 +300,24 @@ def stored_fusion_record(r: dict[str, Any]) -> FuseRecord:
     return FuseRecord.from_stored(r)
 
 
+def _made_again(config: dict[str, Any], runs: dict[str, Any]) -> bool:
+    """Whether a run of an earlier linear solver or DVME head version was made again, the
+    same run otherwise, by the current ones (its id is among ``runs``)."""
+    method = str(config.get("method", ""))
+    head = re.fullmatch(r"dvme-(\w+)@head-v(\d+)", method)
+    if head and int(head[2]) < HEAD_VERSION:
+        method = _dvme_identity(head[1])
+    current = {**config, "method": method, "solver": LINEAR_SOLVER}
+    return current != config and run_key(current) in runs
+
+
 def stored_fusion_records(datasets: Sequence[DatasetGroup],
                           keys: Sequence[str] | None = None) -> list[FuseRecord]:
     """Every fusion record persisted for these dataset groups (no computation); with
     ``keys``, only runs that fused some of these embedding keys. Runs whose val was carved
     by the earlier, patient-unaware rule are superseded and not listed, and so is a method of
-    an earlier (one id per fraction and seed) run, or a run of an earlier linear solver, that
-    was recomputed since."""
+    an earlier (one id per fraction and seed) run, or a run of an earlier linear solver or
+    DVME head version, that was recomputed since."""
     wanted = None if keys is None else set(keys)
     out = []
     for ds in datasets:
@@ -303,9 +333,8 @@ def stored_fusion_records(datasets: Sequence[DatasetGroup],
             legacy = "config" not in run
             if legacy and not has_val:
                 continue  # an earlier run whose val was carved by the superseded rule
-            if not legacy and "solver" not in run["config"] and run_key(
-                    {**run["config"], "solver": LINEAR_SOLVER}) in runs:
-                continue  # an earlier solver's run, recomputed since by the current one
+            if not legacy and _made_again(run["config"], runs):
+                continue  # an earlier solver's or head's run, recomputed since
             for r in run.get("records", []):
                 if legacy and what(r) in current:
                     continue  # recomputed since, under its own id

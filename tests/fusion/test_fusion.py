@@ -304,3 +304,50 @@ def test_a_random_start_that_wins_val_by_less_than_its_noise_does_not_replace_th
     monkeypatch.setattr(DVME, "_head_version", 4)
     old = fit()
     assert old.start_ == "random" and old.score([e.X[te] for e in embs], y[te]) < concat - 0.1
+
+
+def test_one_fusion_run_fits_the_concat_probe_once_for_the_baseline_and_every_head(
+        monkeypatch):
+    import featstore.probe.linear as linear
+    from featstore.fusion import ATTENTIONS
+
+    widths = []
+    fit = linear.fit_with_validation
+
+    def counted(X, *a, **k):
+        widths.append(X.shape[1])
+        return fit(X, *a, **k)
+
+    monkeypatch.setattr(linear, "fit_with_validation", counted)
+    recs = fuse_embeddings(complementary(n=600), task="binary", attentions=ATTENTIONS,
+                           n_bootstrap=0, max_epochs=3)
+    assert {r.method for r in recs} == {*(f"dvme-{a}" for a in ATTENTIONS), "concat",
+                                        "single:A", "single:B"}
+    assert sorted(widths) == [32, 48, 80]  # before: the concat probe once per head too
+
+
+def test_a_head_given_the_concat_probe_is_the_head_that_fits_it_itself():
+    from featstore.probe.linear import fit_with_validation
+
+    Xs, y = one_informative(0, 600)
+    tr, va, te = np.split(np.arange(600), [360, 480])
+    cat = [np.concatenate([X[rows] for X in Xs], 1) for rows in (tr, va, te)]
+    concat = fit_with_validation(cat[0], y[tr], cat[1], y[va], task="binary")
+
+    def head(**given):
+        return DVME("binary", attention="uniform", seed=1).fit(
+            [X[tr] for X in Xs], y[tr], [X[va] for X in Xs], y[va], **given)
+
+    alone, shared = head(), head(concat_probe=concat)
+    for (name, a), b in zip(alone.module_.state_dict().items(),
+                            shared.module_.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    # uniform attention learns nothing from the concat start: that head is the concat probe,
+    # written onto the standardised embeddings
+    assert shared.start_ == "concat probe"
+    np.testing.assert_allclose(shared.predict_proba([X[te] for X in Xs]),
+                               concat.probe.predict_proba(cat[2]), atol=1e-5)
+    other = fit_with_validation(cat[0][:, :32], y[tr], cat[1][:, :32], y[va], task="binary")
+    with pytest.raises(FusionError, match="32 features and 1 outputs; this binary head "
+                                          "fuses 256 features"):
+        head(concat_probe=other)

@@ -65,3 +65,35 @@ def test_an_alias_shared_by_two_sets_asks_for_a_key(capsys, npz_file, tmp_path):
         assert code == 0
     code, _, err = cli(capsys, "probe", *store, "-b", "timm:test_resnet/32px@random")
     assert code == 1 and "matches 2 embedding sets" in err and "pass a key prefix" in err
+
+
+def test_an_earlier_heads_dvme_run_is_listed_until_made_again_then_hidden(npz_file, tmp_path,
+                                                                          monkeypatch):
+    """A DVME run of an earlier head version is never read back as the current head's, and
+    is listed until the same run is made by the current head: then only that one is."""
+    import featstore.fusion.run as fusion_run
+    from featstore import FeatureStore, extract_embeddings, load_dataset, parse_backbone
+    from featstore.choices import HEAD_VERSION
+    from featstore.fusion import DVME, fuse_grid, stored_fusion_records
+
+    m = load_dataset(npz_file)
+    fs = FeatureStore(tmp_path / "s")
+    results = extract_embeddings(m, [parse_backbone(b, input_size=SIZE)
+                                     for b in (TINY, TINY_VIT)], fs)
+    sets = [fs.dataset(m).embedding_set(r.key) for r in results]
+    kw = {"task": m.task, "attentions": ["softmax"], "n_bootstrap": 0, "max_epochs": 3,
+          "baselines": False}
+
+    def listed() -> list[tuple[int, str]]:
+        return sorted((r.seed, r.config["method"]) for r in stored_fusion_records(
+            [sets[0].dataset]) if r.primary)
+
+    old = f"dvme-softmax@head-v{HEAD_VERSION - 1}"
+    with monkeypatch.context() as mp:
+        mp.setattr(fusion_run, "HEAD_VERSION", HEAD_VERSION - 1)
+        mp.setattr(DVME, "_head_version", HEAD_VERSION - 1)
+        assert not any(r.cached for r in fuse_grid(sets, seeds=2, **kw))
+    assert listed() == [(0, old), (1, old)]
+    again = fuse_grid(sets, seeds=1, **kw)
+    assert not any(r.cached for r in again)  # never read back as the current head's
+    assert listed() == [(0, f"dvme-softmax@head-v{HEAD_VERSION}"), (1, old)]
