@@ -1,5 +1,8 @@
 """Error types. Every error names the offending item; the CLI prints it as one line."""
 
+import contextlib
+from collections.abc import Iterator
+
 
 class FeatstoreError(Exception):
     """Base class of every error featstore raises on purpose."""
@@ -51,6 +54,18 @@ class ProbeError(FeatstoreError, ValueError):
 class FusionError(ProbeError):
     """Embedding sets cannot be fused (different datasets, rows that do not align), or the
     DVME head got invalid arguments or data."""
+
+
+@contextlib.contextmanager
+def as_fusion_error() -> Iterator[None]:
+    """The shared task and probe checks raise ProbeError; fusion says FusionError (a
+    subclass)."""
+    try:
+        yield
+    except FusionError:
+        raise
+    except ProbeError as e:
+        raise FusionError(str(e)) from None
 
 
 class FinetuneError(FeatstoreError, ValueError):

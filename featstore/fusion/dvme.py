@@ -116,12 +116,11 @@ the earlier head's run is no longer listed (``stored_fusion_records``).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -131,7 +130,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 
 from featstore.choices import ATTENTIONS, HEAD_VERSION  # the versions: the docstring above
-from featstore.errors import FusionError, ProbeError
+from featstore.errors import FusionError, ProbeError, as_fusion_error
 from featstore.metrics import paired_bootstrap_sd, primary_score
 from featstore.task import (
     Standardiser,
@@ -190,17 +189,6 @@ class _DVMEModule(nn.Module):
         """Output logits (B, n_out) and attention weights (B, K)."""
         w, alpha = self.weights(xs)
         return self.head(self.drop((alpha.unsqueeze(2) * w).sum(1))), alpha
-
-
-@contextlib.contextmanager
-def _as_fusion_error() -> Iterator[None]:
-    """The shared task checks raise ProbeError; a DVME says FusionError (a subclass)."""
-    try:
-        yield
-    except FusionError:
-        raise
-    except ProbeError as e:
-        raise FusionError(str(e)) from None
 
 
 def _evidence_shares(Xt: Sequence[torch.Tensor], blocks: Sequence[np.ndarray],
@@ -280,7 +268,7 @@ class DVME(ClassifierMixin, BaseEstimator):
             raise FusionError(f"DVME was fitted on {len(self.means_)} backbones, got {len(Xs)}")
         out = []
         for k, (X, m, s) in enumerate(zip(Xs, self.means_, self.scales_, strict=True)):
-            with _as_fusion_error():
+            with as_fusion_error():
                 Xt = check_features(X, self.device)
             if Xt.shape[1] != len(m):
                 raise FusionError(f"backbone {k}: {Xt.shape[1]} dims, the head expects {len(m)}")
@@ -288,7 +276,7 @@ class DVME(ClassifierMixin, BaseEstimator):
         return out
 
     def _check_params(self) -> None:
-        with _as_fusion_error():
+        with as_fusion_error():
             check_task(self.task)
         if self.attention not in ATTENTIONS:
             raise FusionError(f"unknown attention {self.attention!r} "
@@ -332,7 +320,7 @@ class DVME(ClassifierMixin, BaseEstimator):
         if len(rows) != 1 or len(y) not in rows:
             raise FusionError(f"backbone row counts {sorted(len(X) for X in Xs)} and "
                               f"{len(y)} labels do not align")
-        with _as_fusion_error():
+        with as_fusion_error():
             Xt = [check_features(X, self.device) for X in Xs]
             targets = make_targets(self.task, y, self.device)
         scalers = [Standardiser.fit(X) for X in Xt]
@@ -344,6 +332,9 @@ class DVME(ClassifierMixin, BaseEstimator):
         self.classes_ = targets.classes
         self.n_out_ = n_out
         dims = [X.shape[1] for X in Xt]
+        if self._head_version >= 3 and self.dim < n_out:
+            raise FusionError(f"dim={self.dim}: a DVME head needs at least its {n_out} "
+                              "outputs")
         self.concat_probe_ = None
         if self._head_version >= 6:
             self.concat_probe_ = self._concat_probe(Xs, y, Xs_val, y_val, concat_probe, n_out)
@@ -376,6 +367,11 @@ class DVME(ClassifierMixin, BaseEstimator):
                     f"concat_probe: a {probe.task} probe of {np.shape(probe.coef_)[0]} "
                     f"features and {np.shape(probe.coef_)[1]} outputs; this {self.task} head "
                     f"fuses {width} features into {n_out} outputs")
+            m, s = (np.concatenate([t.cpu().numpy() for t in ts]).astype(np.float64)
+                    for ts in (self.means_, self.scales_))
+            if not np.allclose(probe.mean_, m, rtol=0, atol=1e-4 * s.max()):
+                raise FusionError("concat_probe: fitted on other rows than these (its feature "
+                                  "means differ from theirs)")
             return given
         from featstore.probe.linear import fit_with_validation
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from featstore.choices import ATTENTIONS, HEAD_VERSION, LINEAR_SOLVER
 from featstore.data.fractions import ids_sha256, select_fraction
-from featstore.errors import FusionError, ProbeError
+from featstore.errors import FusionError, ProbeError, as_fusion_error
 from featstore.probe.run import check_grid, split_rows
 from featstore.records import ScoreRecord
 from featstore.runkeys import run_id as run_key
@@ -153,8 +153,9 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
         every DVME head (fitted once a run, whichever needs it first)."""
         if not concat:
             Xtr, Xva = (np.concatenate([e.X[rows] for e in embs], axis=1) for rows in (tr, va))
-            concat.append(fit_with_validation(Xtr, y[tr], Xva, y[va], task=task,
-                                              device=device))
+            with as_fusion_error():
+                concat.append(fit_with_validation(Xtr, y[tr], Xva, y[va], task=task,
+                                                  device=device))
         return concat[0]
 
     def dvme(attention: str, rid: str) -> list[FuseRecord]:
@@ -186,7 +187,8 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
             sweep = concat_probe()
         else:
             Xtr, Xva = (np.concatenate([e.X[rows] for e in parts], axis=1) for rows in (tr, va))
-            sweep = fit_with_validation(Xtr, y[tr], Xva, y[va], task=task, device=device)
+            with as_fusion_error():
+                sweep = fit_with_validation(Xtr, y[tr], Xva, y[va], task=task, device=device)
         Xte = np.concatenate([e.X[te] for e in parts], axis=1)
         return _records(method, task, y[te], sweep.probe.predict_proba(Xte), cfg,
                         {**base, "run_id": rid}, ref.label_names,
@@ -303,12 +305,11 @@ def stored_fusion_record(r: dict[str, Any]) -> FuseRecord:
 def _made_again(config: dict[str, Any], runs: dict[str, Any]) -> bool:
     """Whether a run of an earlier linear solver or DVME head version was made again, the
     same run otherwise, by the current ones (its id is among ``runs``)."""
-    method = str(config.get("method", ""))
-    head = re.fullmatch(r"dvme-(\w+)@head-v(\d+)", method)
-    if head and int(head[2]) < HEAD_VERSION:
-        method = _dvme_identity(head[1])
-    current = {**config, "method": method, "solver": LINEAR_SOLVER}
-    return current != config and run_key(current) in runs
+    remade = [{**config, "solver": LINEAR_SOLVER}]
+    head = re.fullmatch(r"dvme-(\w+)@head-v(\d+)", str(config.get("method", "")))
+    if head and int(head[2]) < HEAD_VERSION:  # by the current head (and solver)
+        remade.append({**remade[0], "method": _dvme_identity(head[1])})
+    return any(c != config and run_key(c) in runs for c in remade)
 
 
 def stored_fusion_records(datasets: Sequence[DatasetGroup],

@@ -351,3 +351,14 @@ def test_a_head_given_the_concat_probe_is_the_head_that_fits_it_itself():
     with pytest.raises(FusionError, match="32 features and 1 outputs; this binary head "
                                           "fuses 256 features"):
         head(concat_probe=other)
+    fewer = fit_with_validation(cat[0][:200], y[tr][:200], cat[1], y[va], task="binary")
+    with pytest.raises(FusionError, match="fitted on other rows than these"):
+        head(concat_probe=fewer)
+
+
+def test_bad_features_in_a_fusion_run_are_a_fusion_error():
+    embs = complementary(n=300)
+    embs[1].X[7, 3] = np.nan
+    for attentions in (("softmax",), ()):
+        with pytest.raises(FusionError, match="NaN or inf"):
+            fuse_embeddings(embs, task="binary", attentions=attentions, n_bootstrap=0)

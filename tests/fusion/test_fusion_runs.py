@@ -75,6 +75,7 @@ def test_an_earlier_heads_dvme_run_is_listed_until_made_again_then_hidden(npz_fi
     from featstore import FeatureStore, extract_embeddings, load_dataset, parse_backbone
     from featstore.choices import HEAD_VERSION
     from featstore.fusion import DVME, fuse_grid, stored_fusion_records
+    from featstore.runkeys import run_id as run_key
 
     m = load_dataset(npz_file)
     fs = FeatureStore(tmp_path / "s")
@@ -94,6 +95,12 @@ def test_an_earlier_heads_dvme_run_is_listed_until_made_again_then_hidden(npz_fi
         mp.setattr(DVME, "_head_version", HEAD_VERSION - 1)
         assert not any(r.cached for r in fuse_grid(sets, seeds=2, **kw))
     assert listed() == [(0, old), (1, old)]
+    group = sets[0].dataset
+    for run in list(group.fusion_runs.by_id().values()):  # seed 1 as an earlier solver made
+        if run["config"]["seed"] == 1:  # it too, before the current solver made it again
+            older = {k: v for k, v in run["config"].items() if k != "solver"}
+            group.fusion_runs.save(run_key(older), {**run, "config": older})
+    assert len(group.fusion_runs.by_id()) == 3 and listed() == [(0, old), (1, old)]
     again = fuse_grid(sets, seeds=1, **kw)
     assert not any(r.cached for r in again)  # never read back as the current head's
     assert listed() == [(0, f"dvme-softmax@head-v{HEAD_VERSION}"), (1, old)]
