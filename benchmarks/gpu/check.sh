@@ -13,7 +13,9 @@ set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 ROOT=$PWD; ACC=${ACC:-$ROOT/.gpu}; DEV=${DEV:-cuda}; SMALL=${SMALL:-}
 PARTS=${PARTS:-decode extract parity cli pipeline}
-export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$ROOT MPLBACKEND=Agg
+# the checkout first: a featstore wheel left in .whl from an older commit gives only its
+# metadata (importlib.metadata), never its code
+export PYTHONUNBUFFERED=1 PYTHONPATH=$ROOT:/tmp/site MPLBACKEND=Agg
 if [ -z "${SKIP_WHL:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl >/tmp/setup.log 2>&1 || { cat /tmp/setup.log; exit 1; }
