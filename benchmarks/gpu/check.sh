@@ -31,7 +31,7 @@ part() {  # part NAME SECONDS COMMAND
   timeout -k 5 "$secs" bash -c "$*" >"$OUT/$name.log" 2>&1; local rc=$?
   echo "== $name rc=$rc $(python3 -c "import time;print(f'{time.time()-$t0:.1f}')")s" \
     | tee -a "$summary"
-  grep -E "^(ok|FAIL)|img/s|of pure|x pil|^(pil|--decode|nvimgcodec|  x |  skipped)|JPEGs|^(ResNet|ViT|5 in 1)|wall|target| ratio |plain|^featstore |featstore  |^device|AUC|error|Error|^│ (extract|probe|fuse|finetune) |steps: " \
+  grep -E "^(ok|FAIL)|img/s|of pure|x pil|^(pil|--decode|nvimgcodec|  x |  skipped)|JPEGs|PNGs|^(ResNet|ViT|5 in 1)|wall|target| ratio |plain|^featstore |featstore  |^device|AUC|error|Error|^│ (extract|probe|fuse|finetune) |steps: " \
     "$OUT/$name.log" | tail -n 60 >>"$summary"
   [ $rc -eq 0 ] || tail -n 15 "$OUT/$name.log" | sed 's/^/   | /' >>"$summary"
 }
@@ -59,8 +59,9 @@ else
 fi
 export N NL JN EXTRA B BIG PN IMG PSECS FT
 
-# decode: JPEG -> 224 px uint8, PIL workers vs featstore's --decode device per decoder
-part decode 90 "python3 benchmarks/jpeg_decode.py --device $DEV --n $JN --reps 2 --sizes 500x375,4928x3264"
+# decode: JPEG and grey PNG -> 224 px uint8, PIL workers vs featstore's --decode device per
+# decoder, and nvImageCodec
+part decode 90 "python3 benchmarks/jpeg_decode.py --device $DEV --n $JN --reps 2 --sizes 500x375,4928x3264 --pngs 1024x1024"
 # extract: every source against the pure forward pass (ResNet-50, ViT-S/16, bf16, 224 px)
 part extract 210 "python3 benchmarks/gpu_extract.py --device $DEV --n $N --n-large $NL $EXTRA"
 # parity: real PneumoniaMNIST test images as JPEG files, PIL path vs --decode device (fp32)
