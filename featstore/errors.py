@@ -56,6 +56,14 @@ class FusionError(ProbeError):
     DVME head got invalid arguments or data."""
 
 
+def retyped(e: FeatstoreError, cls: type[FeatstoreError]) -> FeatstoreError:
+    """``e`` as a ``cls``: its message, and the option it names (so the command line still
+    words it ``--fractions 2: ...``)."""
+    out = cls(str(e))
+    out.option = e.option
+    return out
+
+
 @contextlib.contextmanager
 def as_fusion_error() -> Iterator[None]:
     """The shared task and probe checks raise ProbeError; fusion says FusionError (a
@@ -65,7 +73,7 @@ def as_fusion_error() -> Iterator[None]:
     except FusionError:
         raise
     except ProbeError as e:
-        raise FusionError(str(e)) from None
+        raise retyped(e, FusionError) from None
 
 
 class FinetuneError(FeatstoreError, ValueError):

@@ -39,8 +39,9 @@ class ExtractConfig:
                          "device (batched, its own key), cpu (PIL per image) or auto (device "
                          "on CUDA).", choices=RESIZES)
     decode: str = option("cpu", "Where image files are decoded: cpu (PIL in the loader "
-                         "workers) or device (JPEGs by torchvision where the model runs, "
-                         "nvJPEG on CUDA; every row resized there; its own key).",
+                         "workers) or device (JPEGs where the model runs, by TorchCodec if "
+                         "installed, else torchvision: nvJPEG on CUDA; every row resized "
+                         "there; its own key).",
                          choices=DECODES)
     max_pixels: int | None = option(DEFAULT_MAX_PIXELS, "An image file declaring more pixels "
                                     "is unreadable (fails, or is skipped with --on-error "

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from featstore.data.manifest import Manifest
-from featstore.errors import FinetuneError, ProbeError
+from featstore.errors import FinetuneError, ProbeError, retyped
 from featstore.finetune.config import FinetuneConfig, FinetuneRecord, model_key
 from featstore.models.registry import BackboneSpec
 from featstore.store.dataset import DatasetGroup
@@ -69,7 +69,7 @@ def grid_seeds(fractions: Sequence[float], seeds: int | Sequence[int]) -> list[i
     try:
         return check_grid(fractions, seeds)
     except ProbeError as e:
-        raise FinetuneError(str(e)) from None
+        raise retyped(e, FinetuneError) from None
 
 
 def stored_finetune_records(ds: DatasetGroup) -> list[FinetuneRecord]:

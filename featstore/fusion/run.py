@@ -17,7 +17,7 @@ import numpy as np
 
 from featstore.choices import ATTENTIONS, HEAD_VERSION, LINEAR_SOLVER
 from featstore.data.fractions import ids_sha256, select_fraction
-from featstore.errors import FusionError, ProbeError, as_fusion_error
+from featstore.errors import FusionError, as_fusion_error
 from featstore.probe.run import check_grid, split_rows
 from featstore.records import ScoreRecord
 from featstore.runkeys import run_id as run_key
@@ -243,10 +243,8 @@ def fusion_run_ids(keys: Sequence[str], val_source: str, *, task: str,
     methods = [_dvme_identity(a) for a in attentions]
     if baselines:
         methods += ["concat", *[f"single:{k}" for k in keys]]
-    try:
+    with as_fusion_error():
         seed_list = check_grid(fractions, seeds)
-    except ProbeError as e:
-        raise FusionError(str(e)) from None
     return [run_key({**_run_config(keys, task=task, fraction=float(f), seed=s, dim=dim,
                                    n_bootstrap=n_bootstrap, val_source=val_source,
                                    **dvme_options), "method": m})
@@ -280,10 +278,8 @@ def fuse_grid(sets: Sequence[EmbeddingSet], *, task: str, fractions: Sequence[fl
     """
     if not 2 <= len(sets) <= MAX_BACKBONES:
         raise FusionError(f"fusion takes 2 to {MAX_BACKBONES} embedding sets, got {len(sets)}")
-    try:
+    with as_fusion_error():
         seed_list = check_grid(fractions, seeds)
-    except ProbeError as e:
-        raise FusionError(str(e)) from None
     embs = [es.load(verify=verify) for es in sets]
     records: list[FuseRecord] = []
     for fraction in fractions:

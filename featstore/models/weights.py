@@ -128,11 +128,23 @@ def download_weights(spec: BackboneSpec, folder: Path | None = None) -> Path:
 
     Release files go to ``folder`` (default: the first weights folder); timm tags go through
     timm's own download into the Hugging Face cache.
+
+    Raises
+    ------
+    WeightsNotFoundError
+        No download URL, or the download failed (no network, the host unreachable, the
+        file gone): the message names the spec, the URL or hub and why; no partial file is
+        left where the weights are looked for.
     """
     if not spec.weights_file:
         import timm
 
-        timm.create_model(spec.architecture, pretrained=True)
+        try:
+            timm.create_model(spec.architecture, pretrained=True)
+        except OSError as e:  # URLError, the hub's LocalEntryNotFoundError, ConnectionError
+            raise WeightsNotFoundError(
+                f"backbone {spec.name}: downloading {spec.architecture}'s pretrained weights "
+                f"(timm, Hugging Face hub) failed: {_why(e)}") from None
         found = find_weights(spec)
         if found is None:
             raise WeightsNotFoundError(f"timm downloaded {spec.architecture} but featstore "
@@ -145,5 +157,16 @@ def download_weights(spec: BackboneSpec, folder: Path | None = None) -> Path:
     folder = folder or weights_dirs()[0]
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / spec.weights_file
-    torch.hub.download_url_to_file(spec.url, str(dest), progress=True)
+    try:  # written to a temporary file beside dest, moved into place when complete
+        torch.hub.download_url_to_file(spec.url, str(dest), progress=True)
+    except OSError as e:
+        raise WeightsNotFoundError(
+            f"backbone {spec.name}: downloading {spec.url} failed: {_why(e)} (or fetch it "
+            f"elsewhere and put {spec.weights_file} in {folder})") from None
     return dest
+
+
+def _why(e: BaseException) -> str:
+    """An exception's type and first line (a hub error runs to a paragraph)."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__

@@ -238,10 +238,10 @@ def check_grid(fractions: Sequence[float], seeds: int | Sequence[int]) -> list[i
         No fractions, a fraction outside (0, 1], no seeds or a negative seed.
     """
     if not len(fractions):
-        raise ProbeError("no label fractions given")
+        raise options.invalid(ProbeError, "fractions", list(fractions), "at least one value")
     for f in fractions:
         if not 0 < float(f) <= 1:
-            raise ProbeError(f"fraction {f} is outside (0, 1]")
+            raise options.invalid(ProbeError, "fractions", f, "values in (0, 1]")
     if (seeds if isinstance(seeds, int) else len(seeds)) > MAX_SEEDS:
         raise ProbeError(f"--seeds {seeds if isinstance(seeds, int) else len(seeds)}: at most "
                          f"{MAX_SEEDS} seeds")

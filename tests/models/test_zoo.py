@@ -283,3 +283,37 @@ def test_dino_vit_runs_at_another_input_size(tmp_path, dino_vit, size):
     assert len(keys) == 2
     last4 = f"dino-vits16-last4@{tmp_path / 'dino_deitsmall16_pretrain.pth'}"
     assert build_backbone(parse_backbone(last4, input_size=size)).dim == 1536
+
+
+def test_a_failed_download_is_one_error_naming_the_spec_and_leaves_no_file(tmp_path,
+                                                                           monkeypatch,
+                                                                           capsys):
+    import urllib.error
+
+    import timm
+    import torch.hub
+
+    from featstore.cli import main
+
+    def offline(*a, **k):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    def hub_offline(*a, **k):  # what timm raises through huggingface_hub without network
+        raise FileNotFoundError("An error happened while trying to locate the file on the "
+                                "Hub and we cannot find the requested files in the local "
+                                "cache.\nPlease check your connection and try again.")
+
+    monkeypatch.setenv("FEATSTORE_WEIGHTS_DIR", str(tmp_path / "team"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(timm, "create_model", hub_offline)
+    for spec, said in (("swav-rn50", "downloading https://dl.fbaipublicfiles.com/deepcluster/"
+                                     "swav_800ep_pretrain.pth.tar failed: URLError"),
+                       ("timm:resnet18", "(timm, Hugging Face hub) failed: "
+                                         "FileNotFoundError: An error happened")):
+        with pytest.raises(SystemExit) as exc:
+            main(["models", "--download", spec])
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert exc.value.code == 1 and len(lines) == 1 and "internal" not in err, err
+        assert lines[0].startswith(f"error: backbone {spec}: ") and said in lines[0], err
+    assert not any((tmp_path / "team").glob("*"))
