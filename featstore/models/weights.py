@@ -126,25 +126,27 @@ def resolve_weights(spec: BackboneSpec) -> Path:
 def download_weights(spec: BackboneSpec, folder: Path | None = None) -> Path:
     """Download the spec's release file (needs network); returns where it was written.
 
-    Release files go to ``folder`` (default: the first weights folder); timm tags go through
-    timm's own download into the Hugging Face cache.
+    Release files go to ``folder`` (default: the first weights folder), through a temporary
+    file beside it that is moved into place only once the whole file (as many bytes as the
+    server announced) has arrived; timm tags go through timm's own download into the Hugging
+    Face cache.
 
     Raises
     ------
     WeightsNotFoundError
-        No download URL, or the download failed (no network, the host unreachable, the
-        file gone): the message names the spec, the URL or hub and why; no partial file is
-        left where the weights are looked for.
+        No download URL, no such pretrained model, or the download failed (no network, a
+        host or proxy refusing, the connection cut, the file gone): one message naming the
+        spec, the URL or hub and why (``--debug`` shows the cause's traceback).
     """
     if not spec.weights_file:
         import timm
 
         try:
             timm.create_model(spec.architecture, pretrained=True)
-        except OSError as e:  # URLError, the hub's LocalEntryNotFoundError, ConnectionError
+        except Exception as e:  # the hub's errors, its HTTP client's, timm's "no weights"
             raise WeightsNotFoundError(
                 f"backbone {spec.name}: downloading {spec.architecture}'s pretrained weights "
-                f"(timm, Hugging Face hub) failed: {_why(e)}") from None
+                f"(timm, Hugging Face hub) failed: {_why(e)}") from e
         found = find_weights(spec)
         if found is None:
             raise WeightsNotFoundError(f"timm downloaded {spec.architecture} but featstore "
@@ -152,18 +154,41 @@ def download_weights(spec: BackboneSpec, folder: Path | None = None) -> Path:
         return found
     if not spec.url:
         raise WeightsNotFoundError(f"backbone {spec.name}: no download URL; {spec.manual_download}")
-    import torch.hub
-
     folder = folder or weights_dirs()[0]
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / spec.weights_file
-    try:  # written to a temporary file beside dest, moved into place when complete
-        torch.hub.download_url_to_file(spec.url, str(dest), progress=True)
-    except OSError as e:
+    try:
+        _fetch(spec.url, dest)
+    except Exception as e:  # URLError, http.client's IncompleteRead, a short body
         raise WeightsNotFoundError(
             f"backbone {spec.name}: downloading {spec.url} failed: {_why(e)} (or fetch it "
-            f"elsewhere and put {spec.weights_file} in {folder})") from None
+            f"elsewhere and put {spec.weights_file} in {folder})") from e
     return dest
+
+
+def _fetch(url: str, dest: Path, timeout: float = 60.0) -> None:
+    """``url`` to ``dest`` whole or not at all, with a progress bar on stderr."""
+    import shutil
+    import urllib.request
+
+    from rich.console import Console
+    from rich.progress import wrap_file
+
+    part = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            size = response.headers.get("Content-Length")
+            total = int(size) if size and size.isdigit() else None
+            with (wrap_file(response, total=total or 0, description=dest.name,
+                            console=Console(stderr=True), disable=total is None) as src,
+                  open(part, "wb") as out):
+                shutil.copyfileobj(src, out, 1 << 20)
+        got = part.stat().st_size
+        if total is not None and got != total:
+            raise OSError(f"the connection ended after {got} of {total} bytes")
+        os.replace(part, dest)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _why(e: BaseException) -> str:

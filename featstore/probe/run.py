@@ -241,13 +241,14 @@ def check_grid(fractions: Sequence[float], seeds: int | Sequence[int]) -> list[i
         raise options.invalid(ProbeError, "fractions", list(fractions), "at least one value")
     for f in fractions:
         if not 0 < float(f) <= 1:
-            raise options.invalid(ProbeError, "fractions", f, "values in (0, 1]")
+            raise options.invalid(ProbeError, "fractions", float(f), "values in (0, 1]")
     if (seeds if isinstance(seeds, int) else len(seeds)) > MAX_SEEDS:
-        raise ProbeError(f"--seeds {seeds if isinstance(seeds, int) else len(seeds)}: at most "
-                         f"{MAX_SEEDS} seeds")
+        raise options.invalid(ProbeError, "seeds", seeds if isinstance(seeds, int)
+                              else len(seeds), f"at most {MAX_SEEDS} seeds")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list or min(seed_list) < 0:
-        raise ProbeError(f"seeds {seeds!r}: expected at least one seed, none negative")
+        raise options.invalid(ProbeError, "seeds", seeds if isinstance(seeds, int)
+                              else seed_list, "at least one seed, none negative")
     return seed_list
 
 

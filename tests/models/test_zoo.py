@@ -285,35 +285,75 @@ def test_dino_vit_runs_at_another_input_size(tmp_path, dino_vit, size):
     assert build_backbone(parse_backbone(last4, input_size=size)).dim == 1536
 
 
-def test_a_failed_download_is_one_error_naming_the_spec_and_leaves_no_file(tmp_path,
-                                                                           monkeypatch,
-                                                                           capsys):
-    import urllib.error
+@pytest.fixture
+def weights_server():
+    """An HTTP server on 127.0.0.1: /full serves a whole file, /cut announces 100,000 bytes
+    and closes after 1,000, /gone is a 404."""
+    import http.server
+    import threading
 
+    body = bytes(range(256)) * 40
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            if self.path == "/gone":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body) if self.path == "/full"
+                                                   else 100_000))
+            self.end_headers()
+            self.wfile.write(body if self.path == "/full" else body[:1000])
+            self.close_connection = True
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", body
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_download_is_written_whole_or_is_one_error_and_leaves_no_file(tmp_path,
+                                                                        weights_server):
+    import dataclasses
+
+    from featstore.models.weights import download_weights
+
+    url, body = weights_server
+    spec = parse_backbone("swav-rn50")
+    got = download_weights(dataclasses.replace(spec, url=f"{url}/full"), tmp_path / "a")
+    assert got == tmp_path / "a" / spec.weights_file and got.read_bytes() == body
+    for path, said in (("cut", "the connection ended after 1000 of 100000 bytes"),
+                       ("gone", "HTTPError: HTTP Error 404")):
+        with pytest.raises(WeightsNotFoundError) as exc:
+            download_weights(dataclasses.replace(spec, url=f"{url}/{path}"), tmp_path / path)
+        msg = str(exc.value)
+        assert msg.startswith(f"backbone swav-rn50: downloading {url}/{path} failed: "), msg
+        assert said in msg and "\n" not in msg
+        assert not any((tmp_path / path).iterdir())  # nothing, not even a .partial
+
+
+def test_a_failed_hub_download_is_one_error_naming_the_spec_not_internal(tmp_path,
+                                                                         monkeypatch, capsys):
     import timm
-    import torch.hub
 
     from featstore.cli import main
 
-    def offline(*a, **k):
-        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+    class ReadError(Exception):  # the hub's HTTP client's errors are not OSErrors
+        pass
 
-    def hub_offline(*a, **k):  # what timm raises through huggingface_hub without network
-        raise FileNotFoundError("An error happened while trying to locate the file on the "
-                                "Hub and we cannot find the requested files in the local "
-                                "cache.\nPlease check your connection and try again.")
+    def cut(*a, **k):
+        raise ReadError("[Errno 104] Connection reset by peer\n(more lines)")
 
-    monkeypatch.setenv("FEATSTORE_WEIGHTS_DIR", str(tmp_path / "team"))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    monkeypatch.setattr(timm, "create_model", hub_offline)
-    for spec, said in (("swav-rn50", "downloading https://dl.fbaipublicfiles.com/deepcluster/"
-                                     "swav_800ep_pretrain.pth.tar failed: URLError"),
-                       ("timm:resnet18", "(timm, Hugging Face hub) failed: "
-                                         "FileNotFoundError: An error happened")):
-        with pytest.raises(SystemExit) as exc:
-            main(["models", "--download", spec])
-        err = capsys.readouterr().err
-        lines = err.strip().splitlines()
-        assert exc.value.code == 1 and len(lines) == 1 and "internal" not in err, err
-        assert lines[0].startswith(f"error: backbone {spec}: ") and said in lines[0], err
-    assert not any((tmp_path / "team").glob("*"))
+    monkeypatch.setattr(timm, "create_model", cut)
+    with pytest.raises(SystemExit) as exc:
+        main(["models", "--download", "timm:resnet18"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert exc.value.code == 1 and len(lines) == 1 and "internal" not in err, err
+    assert lines[0] == ("error: backbone timm:resnet18: downloading resnet18's pretrained "
+                        "weights (timm, Hugging Face hub) failed: ReadError: [Errno 104] "
+                        "Connection reset by peer"), err
