@@ -13,7 +13,7 @@ import numpy as np
 
 from featstore.errors import FeatstoreError, ManifestError
 from featstore.report.numbers import ci, mean_sd
-from featstore.runkeys import config_variant
+from featstore.runkeys import config_variant, variant_labels
 
 
 @dataclass
@@ -186,12 +186,13 @@ def _dataset_report(ds, wanted) -> DatasetReport:
         return names.get(key, _base(short(alias)))
 
     probes = [r for r in stored_records(sets) if wanted("probe", r, r.probe)]
-    variants: dict[tuple[str, str], set[str]] = {}
+    variants: dict[tuple[str, str], dict[str, Any]] = {}
     for r in probes:
-        variants.setdefault((r.key, r.probe), set()).add(config_variant(r.config))
+        variants.setdefault((r.key, r.probe), {})[config_variant(r.config)] = r.config
+    labels = {subject: variant_labels(configs) for subject, configs in variants.items()}
     for r in probes:
         v = config_variant(r.config)
-        label = r.probe + (f" ~{v}" if len(variants[(r.key, r.probe)]) > 1 else "")
+        label = " ".join(filter(None, (r.probe, labels[(r.key, r.probe)][v])))
         add(name(r.key, r.backbone), label, r, r.key in random_keys or r.random_weights, v)
     finetunes = [r for r in stored_finetune_records(ds) if wanted("finetune", r)]
     recipes = {(r.config or {}).get("recipe") for r in finetunes}
@@ -200,16 +201,17 @@ def _dataset_report(ds, wanted) -> DatasetReport:
         add(_base(short(r.backbone)), "finetune" + (f" {recipe}" if len(recipes) > 1 else ""),
             r, bool(r.random_weights), str(recipe))
     fusions = [r for r in stored_fusion_records([ds]) if wanted("fuse", r)]
-    fusion_variants: dict[tuple, set[str]] = {}
+    fusion_variants: dict[tuple, dict[str, Any]] = {}
     for r in fusions:
-        fusion_variants.setdefault((r.method, tuple(r.keys)), set()).add(
-            config_variant(r.config))
+        fusion_variants.setdefault((r.method, tuple(r.keys)), {})[
+            config_variant(r.config)] = r.config
+    fusion_labels = {subject: variant_labels(c) for subject, c in fusion_variants.items()}
     for r in fusions:
         if not r.method.startswith("single:"):
             fused = " + ".join(name(k, b) for k, b in zip(r.keys, r.backbones, strict=False))
             v = config_variant(r.config)
-            several = len(fusion_variants[(r.method, tuple(r.keys))]) > 1
-            add(fused, r.method + (f" ~{v}" if several else ""), r, bool(r.random_weights), v)
+            label = fusion_labels[(r.method, tuple(r.keys))][v]
+            add(fused, " ".join(filter(None, (r.method, label))), r, bool(r.random_weights), v)
     attention = _attention(fusions, name)
     ordered = sorted(rows.values(), key=lambda r: (" + " in r.backbone, r.backbone,
                                                     r.method))  # fusions last

@@ -44,14 +44,17 @@ def _ci(records: Sequence[Any]) -> str:
 def _by_configuration(records: Sequence[Any], what) -> dict[tuple, list]:
     """Records grouped into table cells: ``what(r)`` (the row's subject), the configuration
     label, and the fraction. Runs of different configurations (:func:`config_variant`) are
-    different rows, labelled ``~<variant>`` where one subject has several (a finetuning run
-    always by its recipe hash); within a cell a seed counts once per metric (the same seed again,
-    e.g. at another bootstrap count, is not another sample)."""
-    from featstore.runkeys import config_variant
+    different rows, labelled by what tells them apart (:func:`variant_labels`) where one
+    subject has several (a finetuning run always by its recipe hash); within a cell a seed
+    counts once per metric (the same seed again, e.g. at another bootstrap count, is not
+    another sample)."""
+    from featstore.runkeys import config_variant, variant_labels
 
-    variants: dict[tuple, set[str]] = {}
+    variants: dict[tuple, dict[str, Any]] = {}
     for r in records:
-        variants.setdefault(what(r), set()).add(config_variant(getattr(r, "config", None)))
+        config = getattr(r, "config", None)
+        variants.setdefault(what(r), {})[config_variant(config)] = config
+    labels = {subject: variant_labels(configs) for subject, configs in variants.items()}
     cells: dict[tuple, list] = {}
     seen: set[tuple] = set()
     for r in records:
@@ -60,7 +63,7 @@ def _by_configuration(records: Sequence[Any], what) -> dict[tuple, list]:
         if "recipe" in config:  # finetuning runs are always labelled by their recipe
             label = v
         else:
-            label = f"~{v}" if len(variants[what(r)]) > 1 else ""
+            label = labels[what(r)][v]
         cell = (*what(r), label, r.fraction)
         if (cell, r.seed, r.metric) in seen:
             continue

@@ -40,7 +40,9 @@ def test_probes_with_another_l2_grid_are_another_row_not_a_second_seed(capsys, e
     rows = _rows(out, "linear")
     assert len(rows) == 2, out
     assert all(_seeds(r) == 1 for r in rows), out
-    assert len({re.search(r"~(\w+)", r).group(1) for r in rows}) == 2
+    # each row says what sets it apart
+    assert sorted(re.search(r"linear (l2_grid=\[[^]]*\])", r).group(1) for r in rows) == [
+        "l2_grid=[0.1, 1.0]", "l2_grid=[100.0]"], out
 
 
 def test_the_readme_ordinal_decode_example_is_two_rows_of_one_seed(capsys, tmp_path):
@@ -70,6 +72,8 @@ def test_dvme_at_two_widths_is_two_rows_and_the_baselines_one(capsys, extracted)
     code, out, _ = cli(capsys, "results", *extracted)
     dvme, concat = _rows(out, "dvme-softmax"), _rows(out, "concat")
     assert len(dvme) == 2 and all(_seeds(r) == 1 for r in dvme), out
+    assert sorted(re.search(r"dvme-softmax (dim=\d+)", r).group(1) for r in dvme) == [
+        "dim=16", "dim=32"], out
     assert len(concat) == 1 and _seeds(concat[0]) == 1, out  # dim does not change concat
 
 
@@ -185,3 +189,21 @@ def test_sets_of_one_alias_at_two_dtypes_are_told_apart_and_exported(capsys, npz
                        "--dtype", "float16", "-o", str(tmp_path / "x"))
     assert code == 0, err
     assert json.loads((tmp_path / "x" / "meta.json").read_text())["key"] == keys["float16"]
+
+
+def test_variants_are_labelled_by_what_sets_them_apart():
+    from featstore.runkeys import variant_labels
+
+    base = {"task": "binary", "fraction": 0.1, "seed": 0, "dim": 256, "solver": "lbfgs-v2",
+            "method": "dvme-softmax@head-v6"}
+    assert variant_labels({"a": base}) == {"a": ""}  # one variant: no label
+    older = {**base, "method": "dvme-softmax@head-v5", "seed": 3}  # a seed is not a setting
+    assert variant_labels({"a": base, "b": older}) == {"a": "head v6", "b": "head v5"}
+    no_solver = {k: v for k, v in base.items() if k != "solver"}
+    assert variant_labels({"a": base, "b": no_solver}) == {"a": "solver=lbfgs-v2",
+                                                           "b": "no solver"}
+    wide = {**base, "dim": 64}
+    assert variant_labels({"a": base, "b": wide, "c": older}) == {
+        "a": "dim=256, head v6", "b": "dim=64, head v6", "c": "dim=256, head v5"}
+    long = {**base, "l2_grid": [10.0 ** k for k in range(-6, 5)]}
+    assert variant_labels({"a": base, "b": long}) == {"a": "~a", "b": "~b"}  # too long
