@@ -191,6 +191,18 @@ def timed(fn, reps: int) -> tuple[list[float], torch.Tensor]:
     return times, out
 
 
+def nvimgcodec(arms: dict, skipped: list[str], raw: list[bytes], prep: Preprocessing,
+               args: argparse.Namespace) -> None:
+    """Add the nvImageCodec arm where it can run, else say why not."""
+    if args.device == "cpu":
+        skipped.append("GPU arms (no --device cuda)")
+        return
+    try:
+        arms["nvimgcodec cuda"] = nvimgcodec_arm(raw, prep, args.batch)
+    except ImportError:
+        skipped.append("nvimgcodec (not installed)")
+
+
 def table(title: str, arms: dict, skipped: list[str], args: argparse.Namespace) -> None:
     print(f"\n{title}, batch {args.batch}, median of {args.reps}")
     print(f"{'arm':<44}{'img/s':>10}{'x pil':>8}{'mean |px diff| vs pil':>24}")
@@ -243,12 +255,7 @@ def main() -> None:
                 for name, fn in found.items():
                     arms[f"--decode device, {name} {args.device}"] = device_arm(
                         datas, prep, args.batch, args.device, fn)
-                try:
-                    arms["nvimgcodec cuda"] = nvimgcodec_arm(raw, prep, args.batch)
-                except ImportError:
-                    skipped.append("nvimgcodec (not installed)")
-            else:
-                skipped.append("GPU arms (no --device cuda)")
+            nvimgcodec(arms, skipped, raw, prep, args)
             table(f"{args.n} JPEGs {w}x{h} ({sum(map(len, raw)) / len(raw) / 1e3:.0f} kB "
                   "each) -> uint8 224x224", arms, skipped, args)
         for size in filter(None, args.pngs.split(",")):
@@ -259,13 +266,7 @@ def main() -> None:
                     f"--decode device (PIL decodes, {args.device} resizes)":
                         worker_decode_arm(manifest, prep, args.batch, args.device)}
             skipped = []
-            if args.device != "cpu":
-                try:
-                    arms["nvimgcodec cuda"] = nvimgcodec_arm(raw, prep, args.batch)
-                except ImportError:
-                    skipped.append("nvimgcodec (not installed)")
-            else:
-                skipped.append("nvimgcodec (no --device cuda)")
+            nvimgcodec(arms, skipped, raw, prep, args)
             table(f"{args.n} grey PNGs {w}x{h} ({sum(map(len, raw)) / len(raw) / 1e3:.0f} kB "
                   "each) -> uint8 224x224", arms, skipped, args)
 

@@ -98,16 +98,11 @@ same routing, test AUC 0.9967 against 0.9971. (Since v5 the concat candidate tra
 so a v3 or v4 fit made today, as ``benchmarks/fuse.py`` can, draws other shuffles and
 dropout masks than it did: close to those heads, not bit for bit.)
 
-Head version 6 (speed, same method). Up to v5 the concat start fitted its probe on the
-head's standardised copies of the embeddings: the concat baseline's probe up to rounding
-(the probe standardises its input itself), fitted once more for every attention variant, so
-one fusion run with three heads fitted the widest probe four times, the most expensive
-part of the run. v6 starts from the probe on the embeddings as given, the concat baseline
-itself, and writes it onto the standardised copies exactly (x = s * x~ + m: weights times
-s / s_probe, offsets folded into the bias), so a run fits it once (``fuse_embeddings``
-hands it to every head; ``fit(..., concat_probe=...)``); the head is the same bit for bit
-whether it is handed the probe or fits it itself. Same start up to rounding, so v6 heads
-score as v5 heads did, but not bit for bit: hence a new version.
+Head version 6 (speed, same method). v5's concat start fitted its probe on the head's
+standardised copies: the concat baseline's probe up to rounding, fitted again by every head.
+v6 starts from the baseline's probe itself, written exactly onto the standardised copies
+(x = s * x~ + m), so a run fits it once (``fit(..., concat_probe=...)``; the head is the same
+bit for bit either way). Same start up to rounding, not bit for bit: a new version.
 
 The run id carries the version, so runs of earlier heads are recomputed, never read back
 as current; their saved heads still load. Once the same run is made by the current head,
@@ -300,12 +295,10 @@ class DVME(ClassifierMixin, BaseEstimator):
             y_val: np.ndarray, *, concat_probe: SweepResult | None = None) -> DVME:
         """Train on ``Xs`` (one (N, d_k) array per backbone) and ``y``; early-stop on val.
 
-        The head starts from the linear probe on the concatenation of ``Xs`` (L2 chosen on
-        ``Xs_val``), as ``fit_with_validation(np.concatenate(Xs, axis=1), y,
-        np.concatenate(Xs_val, axis=1), y_val, task=..., device=...)`` fits it. A caller
-        that has that probe from these very arrays (the concat baseline, or another head's
-        ``concat_probe_``) passes it as ``concat_probe`` and it is not fitted again: the
-        head is the same, bit for bit. Heads before version 6 fit their own.
+        The head starts from ``fit_with_validation`` on the concatenated ``Xs`` and
+        ``Xs_val``; a caller holding that probe for these arrays (the concat baseline,
+        another head's ``concat_probe_``) passes it as ``concat_probe``: same head, bit for
+        bit, one fit fewer (heads before version 6 fit their own).
 
         Raises
         ------
@@ -362,13 +355,12 @@ class DVME(ClassifierMixin, BaseEstimator):
         width = sum(np.shape(X)[1] for X in Xs)
         if given is not None:
             probe = given.probe
-            if probe.task != self.task or np.shape(probe.coef_) != (width, n_out):
-                raise FusionError(
-                    f"concat_probe: a {probe.task} probe of {np.shape(probe.coef_)[0]} "
-                    f"features and {np.shape(probe.coef_)[1]} outputs; this {self.task} head "
-                    f"fuses {width} features into {n_out} outputs")
-            m, s = (np.concatenate([t.cpu().numpy() for t in ts]).astype(np.float64)
-                    for ts in (self.means_, self.scales_))
+            (d, k) = np.shape(probe.coef_)
+            if probe.task != self.task or (d, k) != (width, n_out):
+                raise FusionError(f"concat_probe: a {probe.task} probe of {d} features and {k} "
+                                  f"outputs; this {self.task} head fuses {width} features "
+                                  f"into {n_out} outputs")
+            m, s = self._flat_standardiser()
             if not np.allclose(probe.mean_, m, rtol=0, atol=1e-4 * s.max()):
                 raise FusionError("concat_probe: fitted on other rows than these (its feature "
                                   "means differ from theirs)")
@@ -379,6 +371,10 @@ class DVME(ClassifierMixin, BaseEstimator):
                                    np.asarray(y),
                                    np.concatenate([np.asarray(X) for X in Xs_val], axis=1),
                                    np.asarray(y_val), task=self.task, device=self.device)
+
+    def _flat_standardiser(self) -> tuple[np.ndarray, np.ndarray]:  # float64, concatenated
+        return tuple(np.concatenate([t.cpu().numpy() for t in ts]).astype(np.float64)
+                     for ts in (self.means_, self.scales_))
 
     def _fit_two_starts(self, dims: Sequence[int], n_out: int, Xt: Sequence[torch.Tensor],
                         y: np.ndarray, target: torch.Tensor, loss_fn: nn.Module,
@@ -507,8 +503,7 @@ class DVME(ClassifierMixin, BaseEstimator):
             b = probe.intercept_ - (probe.mean_ / probe.scale_) @ probe.coef_
         else:  # v6: the probe on the embeddings as given, x = s * x~ + m, onto the copies x~
             probe = self.concat_probe_.probe
-            m, s = (np.concatenate([t.cpu().numpy() for t in ts]).astype(np.float64)
-                    for ts in (self.means_, self.scales_))
+            m, s = self._flat_standardiser()
             coef = probe.coef_.astype(np.float64)
             W = coef * (s / probe.scale_)[:, None]
             b = probe.intercept_ + ((m - probe.mean_) / probe.scale_) @ coef
