@@ -355,7 +355,8 @@ def verify(
              "them.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Recompute every done shard's checksum; exit 1 if any shard is corrupt or unreadable."""
+    """Recompute every done shard's checksum; exit 1 if any shard is corrupt or unreadable,
+    or a set's numbers were made by other weights than its key names."""
     from featstore.report.tables import verify_lines
     from featstore.store import FeatureStore
     from featstore.store.listing import verify_store
@@ -370,7 +371,8 @@ def verify(
             out.print(line)
         for u in unreadable:
             out.print(f"UNREADABLE {escape(u['error'])}")
-    if unreadable or (any(r["corrupt_shards"] for r in rows) and not repair):
+    if (unreadable or any(r["wrong_weights"] for r in rows)
+            or (any(r["corrupt_shards"] for r in rows) and not repair)):
         raise typer.Exit(1)
 
 

@@ -10,9 +10,12 @@ A file's fingerprint is its size and a sha256 of its bytes: all of them for file
 :data:`FULL_HASH_BYTES`, three :data:`SAMPLE_BYTES` blocks (start, middle, end) for larger
 ones (array files of several GB). It catches a replaced, truncated, re-encoded or resized
 file; it does not catch an edit that keeps the size and falls between the samples of a large
-file. Fingerprints are cached per user, keyed by the file's path, device, inode, size and
-mtime (``$XDG_CACHE_HOME/featstore/fingerprints.sqlite``), so the second look at a dataset
-costs one ``stat`` per file.
+file. Fingerprints are cached per user, keyed by the file's path, device, inode, size,
+modification and change times (``$XDG_CACHE_HOME/featstore/fingerprints.sqlite``), so the
+second look at a dataset costs one ``stat`` per file. The change time is what no user tool
+sets: an image replaced in place by another of the same size, its modification time
+restored, is hashed again. A file that changed while it was hashed, or shortly before
+(:func:`featstore._hashing.settled`), is not cached.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from featstore._hashing import FileState, settled
 from featstore.errors import ManifestError
 
 if TYPE_CHECKING:
@@ -68,12 +74,13 @@ class _Cache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, timeout=30)
-            self.db.execute("CREATE TABLE IF NOT EXISTS fp (path TEXT PRIMARY KEY, dev INT, "
-                            "ino INT, size INT, mtime INT, fp TEXT)")
+            # fp2: the state holds the change time (fp, the table before it, is not read)
+            self.db.execute("CREATE TABLE IF NOT EXISTS fp2 (path TEXT PRIMARY KEY, dev INT, "
+                            "ino INT, size INT, mtime INT, ctime INT, fp TEXT)")
         except (OSError, sqlite3.Error):
             self.db = None
 
-    def get(self, stats: dict[str, os.stat_result]) -> dict[str, str]:
+    def get(self, stats: dict[str, FileState]) -> dict[str, str]:
         if self.db is None:
             return {}
         hits: dict[str, str] = {}
@@ -82,26 +89,23 @@ class _Cache:
             for i in range(0, len(names), _SQL_BATCH):
                 batch = names[i:i + _SQL_BATCH]
                 rows = self.db.execute(
-                    f"SELECT path, dev, ino, size, mtime, fp FROM fp WHERE path IN "
+                    f"SELECT path, dev, ino, size, mtime, ctime, fp FROM fp2 WHERE path IN "
                     f"({','.join('?' * len(batch))})", batch)
-                for path, dev, ino, size, mtime, fp in rows:
-                    st = stats[path]
-                    if (dev, ino, size, mtime) == (st.st_dev, st.st_ino, st.st_size,
-                                                   st.st_mtime_ns):
+                for path, *state, fp in rows:
+                    if FileState(*state) == stats[path]:
                         hits[path] = fp
         except sqlite3.Error:
             return {}
         return hits
 
-    def put(self, stats: dict[str, os.stat_result], fps: dict[str, str]) -> None:
+    def put(self, stats: dict[str, FileState], fps: dict[str, str]) -> None:
         if self.db is None or not fps:
             return
         try:
             with self.db:
                 self.db.executemany(
-                    "INSERT OR REPLACE INTO fp VALUES (?, ?, ?, ?, ?, ?)",
-                    [(p, stats[p].st_dev, stats[p].st_ino, stats[p].st_size,
-                      stats[p].st_mtime_ns, fp) for p, fp in fps.items()])
+                    "INSERT OR REPLACE INTO fp2 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(p, *astuple(stats[p]), fp) for p, fp in fps.items()])
         except sqlite3.Error:
             pass
 
@@ -124,10 +128,11 @@ def fingerprints(paths: Sequence[Path], *, who: Sequence[str] | None = None) -> 
         return ManifestError(f"{label}{reason}: {paths[i]}")
 
     full = [os.path.abspath(p) for p in paths]
-    stats: dict[str, os.stat_result] = {}
+    looked = time.time_ns()
+    stats: dict[str, FileState] = {}
     for i, p in enumerate(full):
         try:
-            stats[p] = os.stat(p)
+            stats[p] = FileState.of(p)
         except OSError as e:
             raise missing(i, e) from None
     cache = _Cache(cache_path())
@@ -135,15 +140,18 @@ def fingerprints(paths: Sequence[Path], *, who: Sequence[str] | None = None) -> 
         known = cache.get(stats)
         todo = [i for i, p in enumerate(full) if p not in known]
 
-        def one(i: int) -> str:
+        def one(i: int) -> tuple[str, bool]:
+            """The file's fingerprint, and whether it may be cached under its state."""
             try:
-                return file_fingerprint(full[i], stats[full[i]].st_size)
+                fp = file_fingerprint(full[i], stats[full[i]].size)
+                return fp, settled(stats[full[i]], FileState.of(full[i]), looked)
             except OSError as e:
                 raise missing(i, e) from None
 
         with ThreadPoolExecutor(min(_THREADS, max(len(todo), 1))) as pool:
-            new = dict(zip((full[i] for i in todo), pool.map(one, todo), strict=True))
-        cache.put(stats, new)
+            done = dict(zip((full[i] for i in todo), pool.map(one, todo), strict=True))
+        new = {p: fp for p, (fp, _) in done.items()}
+        cache.put(stats, {p: fp for p, (fp, keep) in done.items() if keep})
     finally:
         cache.close()
     known.update(new)

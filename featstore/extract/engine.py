@@ -23,7 +23,7 @@ import torch
 
 from featstore.data.images import ViewsDataset, collate_views
 from featstore.data.manifest import Manifest
-from featstore.errors import FeatstoreError, ImageReadError
+from featstore.errors import BackboneError, FeatstoreError, ImageReadError
 from featstore.extract.claims import ClaimBoard
 from featstore.extract.keys import DECODE, embedding_key
 from featstore.extract.pixels import (
@@ -208,6 +208,19 @@ def _key(store: FeatureStore, manifest: Manifest, ident: BackboneIdentity | Load
     return key
 
 
+def _check_weights(loaded: LoadedBackbone | BackboneIdentity, key: EmbeddingKey,
+                   es: EmbeddingSet) -> None:
+    """Refuse to write rows of a set with a network whose weights are not the key's: a repair
+    or a resume would mix two models' embeddings under one key."""
+    want = key.fields["weights_sha256"]
+    if loaded.weights_sha256 != want:
+        raise BackboneError(
+            f"backbone {loaded.alias}: its weights now hash to {loaded.weights_sha256[:12]}, "
+            f"but set {es.key[:12]} in {es.dataset.name} was made from weights "
+            f"{want[:12]}; its missing shards are not computed from other weights (put the "
+            "original file back, or extract the new weights under their own key)")
+
+
 def _complete(store: FeatureStore, manifest: Manifest, key: EmbeddingKey) -> bool:
     """Whether ``key``'s set of ``manifest`` is already finished (read only)."""
     try:
@@ -267,17 +280,24 @@ def run_extract(
         preps = list(dict.fromkeys(i.preprocessing for i in idents))
         paths = pixel_paths(manifest, preps, resize=resize, device_type=dev.type,
                             decode=decode)
-        built = [(ident, _key(store, manifest, ident, dtype, precision,
-                              paths[preps.index(ident.preprocessing)], resize=resize,
-                              decode=decode,
-                              device_type=None if device == "auto" else dev.type))
-                 for ident in idents]
+
+        def key_of(ident: BackboneIdentity | LoadedBackbone) -> EmbeddingKey:
+            return _key(store, manifest, ident, dtype, precision,
+                        paths[preps.index(ident.preprocessing)], resize=resize, decode=decode,
+                        device_type=None if device == "auto" else dev.type)
+
+        built = [(ident, key_of(ident)) for ident in idents]
         recomputed = (_recompute_corrupt(store, manifest, [k for _, k in built],
                                          complete_too=verify) if dist.rank == 0 else {})
         cl = dev.type == "cuda"
-        # only a set with work to do needs its network (a remembered identity is built now)
-        built = [(ident if _complete(store, manifest, key) or isinstance(ident, LoadedBackbone)
-                  else build_backbone(ident.spec), key) for ident, key in built]
+        # only a set with work to do needs its network (a remembered identity is built now);
+        # a network built from other weights than the remembered ones (the file changed
+        # since it was looked at) is keyed by what was built, never by the memory
+        for i, (ident, key) in enumerate(built):
+            if not (_complete(store, manifest, key) or isinstance(ident, LoadedBackbone)):
+                loaded = build_backbone(ident.spec)
+                built[i] = (loaded, key if loaded.weights_sha256 == ident.weights_sha256
+                            else key_of(loaded))
         todo = [(loaded, key) for loaded, key in built if not _complete(store, manifest, key)]
         if batch_size is None:  # measured only when there is work (a cache hit runs nothing)
             bs = auto_batch_size(
@@ -319,6 +339,7 @@ def run_extract(
                     loaded = build_backbone(loaded.spec)
                     model = loaded.model
                     is_cnn = cl and _is_cnn(model)
+                _check_weights(loaded, key, es)
                 model = model.to(dev).eval()
                 if is_cnn:
                     model = model.to(memory_format=torch.channels_last)

@@ -7,8 +7,8 @@ from dataclasses import replace
 import timm
 import torch
 
-from featstore._hashing import sha256_file, state_dict_sha256
-from featstore.errors import BackboneError
+from featstore._hashing import read_settled, sha256_bytes, state_dict_sha256
+from featstore.errors import BackboneError, CheckpointError
 from featstore.models.checkpoint import load_checkpoint_strict
 from featstore.models.identity import remember
 from featstore.models.preprocessing import Preprocessing
@@ -32,6 +32,7 @@ def build_backbone(spec: BackboneSpec) -> LoadedBackbone:
     CheckpointError
         The checkpoint's keys or shapes do not match the architecture exactly.
     """
+    state = None
     if spec.is_random:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
@@ -40,8 +41,16 @@ def build_backbone(spec: BackboneSpec) -> LoadedBackbone:
     else:
         path = resolve_weights(spec)
         model = _create(spec)
-        weights_sha = sha256_file(path)
-        load_checkpoint_strict(model, path, spec.adapter, label=spec.alias)
+        # read once: the key's sha256 and the network come from the same bytes, whatever
+        # happens to the file meanwhile (a training script saving over it)
+        try:
+            data, state = read_settled(path)
+        except OSError as e:  # gone or unreadable since it was found
+            raise CheckpointError(f"backbone {spec.alias}: cannot read {path}: "
+                                  f"{e.strerror or e}") from None
+        weights_sha = sha256_bytes(data)
+        load_checkpoint_strict(model, path, spec.adapter, label=spec.alias, data=data)
+        del data
     model.eval()
     prep = spec.preprocessing or Preprocessing.from_timm(model)
     if spec.input_size:
@@ -67,7 +76,7 @@ def build_backbone(spec: BackboneSpec) -> LoadedBackbone:
             f"backbone {spec.alias}: embedding has shape {tuple(out.shape[1:])}, expected ({dim},)"
         )
     loaded = LoadedBackbone(spec, model, prep, weights_sha, int(out.shape[1]))
-    remember(loaded)  # the next key of this spec needs no build
+    remember(loaded, state)  # the next key of this spec needs no build
     return loaded
 
 

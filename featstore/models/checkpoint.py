@@ -9,6 +9,7 @@ or shapes do not match the architecture exactly.
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +25,11 @@ if TYPE_CHECKING:
 _WEIGHTS_ONLY_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
+def read_checkpoint(path: Path, data: bytes | None = None) -> dict[str, Any]:
     """A checkpoint file's top-level dict (safetensors, or torch pickle with weights_only).
 
+    ``data``: the file's bytes, already read (the ones whose sha256 keys the embeddings), so
+    what is loaded is what was hashed; ``path`` then only names the file and its format.
     Only tensors, containers and ``_WEIGHTS_ONLY_GLOBALS`` (``argparse.Namespace``) are
     unpickled.
 
@@ -37,11 +40,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load, load_file
 
-            return load_file(str(path))
+            return load(data) if data is not None else load_file(str(path))
         with torch.serialization.safe_globals(list(_WEIGHTS_ONLY_GLOBALS)):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(io.BytesIO(data) if data is not None else path,
+                             map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file
         first = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: "
@@ -79,15 +83,16 @@ def _resample_pos_embed(model: torch.nn.Module, state: dict[str, torch.Tensor],
 
 
 def load_checkpoint_strict(model: torch.nn.Module, path: Path, adapter: CheckpointAdapter,
-                           *, label: str = "") -> None:
-    """Load ``path`` into ``model`` through ``adapter``; every key must match exactly.
+                           *, label: str = "", data: bytes | None = None) -> None:
+    """Load ``path`` (or its bytes ``data``, already read) into ``model`` through
+    ``adapter``; every key must match exactly.
 
     Raises
     ------
     CheckpointError
         Lists the missing and unexpected keys (first ten of each) or mismatched shapes.
     """
-    top = read_checkpoint(path)
+    top = read_checkpoint(path, data)
     state = _select_subdict(top, adapter.subdicts)
     drop = adapter.drop_prefixes
     if drop is None:

@@ -3,10 +3,14 @@
 Building a spec (timm, the checkpoint, hashing the weights) takes seconds; a cache hit, a
 read-back probe or a plan needs only the result: the weights' sha256, the preprocessing
 and the embedding width. Each build is remembered per user, under a fingerprint of
-everything the result depends on: the spec, the weights file as the file system sees it
-(path, size, modification time, inode; ``@random`` weights by the versions that draw them)
-and the versions of featstore, torch and timm. A changed file, spec or version misses and
-builds again. Specs whose weights timm resolves itself (``timm:<model>`` without ``@``) are
+everything the result depends on: the spec, the weights file as the file system saw it just
+before the build read it (path, device, inode, size, modification and change times;
+``@random`` weights by the versions that draw them) and the versions of featstore, torch and
+timm. A changed file, spec or version misses and builds again. The change time (``ctime``)
+is what no user tool can set: a file overwritten with its old size and modification time
+restored, or deleted and re-created on the same inode, has another. A build whose file
+changed while it was read, or shortly before (:func:`featstore._hashing.settled`), is not
+remembered. Specs whose weights timm resolves itself (``timm:<model>`` without ``@``) are
 always built.
 """
 
@@ -19,13 +23,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from featstore._hashing import sha256_json
+from featstore._hashing import FileState, sha256_json
 from featstore.models.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     from featstore.models.registry import BackboneSpec, LoadedBackbone
 
-IDENTITY_VERSION = 1
+IDENTITY_VERSION = 2  # 2: the file's state holds its device and change time
 
 
 @dataclass(frozen=True)
@@ -55,9 +59,10 @@ def _version(package: str) -> str | None:
         return None
 
 
-def fingerprint(spec: BackboneSpec) -> str | None:
-    """The cache name of ``spec``'s identity on this machine now, or None when it cannot be
-    known without building (weights resolved by timm, or a weights file not here)."""
+def fingerprint(spec: BackboneSpec, state: FileState | None = None) -> str | None:
+    """The cache name of ``spec``'s identity, its weights file in ``state`` (default: as it
+    is now), or None when it cannot be known without building (weights resolved by timm, or
+    a weights file not here)."""
     from featstore.models.weights import find_weights
 
     if spec.is_random:
@@ -66,9 +71,11 @@ def fingerprint(spec: BackboneSpec) -> str | None:
         path = find_weights(spec)
         if path is None:
             return None  # building names the missing file
-        st = path.stat()
-        weights = {"path": str(path.resolve()), "size": st.st_size,
-                   "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+        try:
+            state = state or FileState.of(path)
+        except OSError:
+            return None
+        weights = {"path": str(path.resolve()), **state.to_dict()}
     else:
         return None
     return sha256_json({"spec": asdict(spec), "weights": weights, "v": IDENTITY_VERSION,
@@ -90,9 +97,15 @@ def remembered(spec: BackboneSpec) -> BackboneIdentity | None:
         return None  # not there, or unreadable: build again
 
 
-def remember(loaded: LoadedBackbone) -> None:
-    """Keep a built backbone's identity (best effort: a read-only cache is skipped)."""
-    name = fingerprint(loaded.spec)
+def remember(loaded: LoadedBackbone, weights_state: FileState | None = None) -> None:
+    """Keep a built backbone's identity (best effort: a read-only cache is skipped).
+
+    ``weights_state``: its weights file's state before the build read the bytes it hashed
+    and loaded; a file-backed spec without one (the file was changing) is not remembered.
+    """
+    if not loaded.spec.is_random and weights_state is None:
+        return
+    name = fingerprint(loaded.spec, weights_state)
     if name is None:
         return
     folder = identity_cache()

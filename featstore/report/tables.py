@@ -271,6 +271,11 @@ def info_tables(records: Sequence[dict[str, Any]]) -> list[Table]:
 def verify_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     """``featstore verify``: one line per set, ok or the corrupt shards."""
     def state(r: dict[str, Any]) -> str:
+        if r.get("wrong_weights"):
+            w = r["wrong_weights"]
+            return (f"WRONG WEIGHTS: made from weights {w['made_by'][:12]} but keyed by "
+                    f"{w['key'][:12]}; its numbers are not its key's: delete the set and "
+                    "extract again")
         if not r["corrupt_shards"]:
             return "ok"
         if r.get("marked_for_recompute"):

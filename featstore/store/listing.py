@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from featstore.errors import NotExtractedError, StoreError
 from featstore.store.catalog import read_catalog
 from featstore.store.feature_store import FeatureStore
+
+if TYPE_CHECKING:
+    from featstore.store.embedding_set import EmbeddingSet
 
 
 def list_sets(store: FeatureStore, *, use_catalog: bool = True) -> list[dict[str, Any]]:
@@ -66,6 +69,15 @@ def find_sets(store: FeatureStore, target: str) -> list[dict[str, Any]]:
              **es.attrs} for es in hits]
 
 
+def _wrong_weights(es: EmbeddingSet) -> dict[str, str] | None:
+    """A set whose provenance names other weights than its key (written by a featstore whose
+    remembered backbone identity could outlive its weights file): {"key": sha, "made_by":
+    sha}; None when they agree or either is not recorded."""
+    key = (es.attrs.get("key_fields") or {}).get("weights_sha256")
+    made = (es.attrs.get("provenance") or {}).get("weights_sha256")
+    return {"key": key, "made_by": made} if key and made and key != made else None
+
+
 def verify_store(store: FeatureStore, *, repair: bool = False) -> list[dict[str, Any]]:
     """Recompute every done shard's checksum: one row per set with its corrupt shards (ones
     that fail their checksum or cannot be read). With ``repair``, those shards are marked
@@ -87,5 +99,6 @@ def verify_store(store: FeatureStore, *, repair: bool = False) -> list[dict[str,
                 es.invalidate(bad)
             rows.append({"dataset": ds.name, "backbone": es.alias, "key": es.key,
                          "shards_checked": checked, "corrupt_shards": bad,
-                         "marked_for_recompute": bad if repair else []})
+                         "marked_for_recompute": bad if repair else [],
+                         "wrong_weights": _wrong_weights(es)})
     return rows

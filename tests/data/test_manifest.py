@@ -169,3 +169,59 @@ def test_parquet_manifest_equals_its_csv(image_csv):
     pq = image_csv.with_suffix(".parquet")
     frame.to_parquet(pq)
     assert load_dataset(pq).sha256 == load_dataset(image_csv).sha256
+
+
+def test_an_image_replaced_in_place_with_its_size_and_mtime_kept_is_another_dataset(
+        tmp_path, monkeypatch):
+    """The file fingerprint cache (one ``stat`` per file on a second look) recognises a file
+    by its change time too, which no user tool can set: another image of the same size, its
+    modification time restored (``touch -r``), is hashed again and changes the identity."""
+    import os
+
+    import featstore._hashing
+
+    monkeypatch.setattr(featstore._hashing, "RACY_NS", 0)  # cache files written just now
+    for name, value in (("a.bmp", 10), ("b.bmp", 200)):
+        Image.new("L", (8, 8), value).save(tmp_path / name)  # BMP: same size, any pixels
+    path = write_csv(tmp_path / "m.csv", ["id", "split", "path", "label"],
+                     [["a", "train", "a.bmp", 0], ["b", "test", "b.bmp", 1]])
+    first = load_dataset(path).identity
+    assert load_dataset(path).identity == first  # (from the cache)
+    st = (tmp_path / "a.bmp").stat()
+    Image.new("L", (8, 8), 90).save(tmp_path / "a.bmp")
+    os.utime(tmp_path / "a.bmp", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (tmp_path / "a.bmp").stat().st_size == st.st_size
+    assert load_dataset(path).identity != first
+
+
+def test_a_file_that_changed_while_it_was_hashed_is_not_cached(tmp_path, monkeypatch):
+    import os
+
+    import featstore._hashing
+    import featstore.data.identity as identity
+
+    monkeypatch.setattr(featstore._hashing, "RACY_NS", 0)
+    for name in ("a.bmp", "b.bmp"):
+        Image.new("L", (8, 8), 10).save(tmp_path / name)
+    path = write_csv(tmp_path / "m.csv", ["id", "split", "path", "label"],
+                     [["a", "train", "a.bmp", 0], ["b", "test", "b.bmp", 1]])
+    real = identity.file_fingerprint
+
+    def rewritten_after_the_read(file, size=None):
+        fp = real(file, size)
+        if file.endswith("a.bmp"):  # saved again while featstore hashed it, mtime kept
+            st = os.stat(file)
+            Image.new("L", (8, 8), 250).save(file)
+            os.utime(file, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return fp
+
+    monkeypatch.setattr(identity, "file_fingerprint", rewritten_after_the_read)
+    load_dataset(path).identity  # noqa: B018  (hashes and caches what it may)
+    monkeypatch.setattr(identity, "file_fingerprint", real)
+    fresh = tmp_path / "copy"
+    fresh.mkdir()
+    for name in ("a.bmp", "b.bmp"):
+        (fresh / name).write_bytes((tmp_path / name).read_bytes())
+    copy = write_csv(fresh / "m.csv", ["id", "split", "path", "label"],
+                     [["a", "train", "a.bmp", 0], ["b", "test", "b.bmp", 1]])
+    assert load_dataset(path).identity == load_dataset(copy).identity  # a.bmp as it is now
