@@ -135,3 +135,45 @@ def test_probe_sweep_over_fractions_and_seeds(capsys, image_csv, store_dir):
         main(["probe", "--data", str(image_csv), *store, "--fractions", "0.5", "--seeds", "2",
               "--bootstrap", "50"])
     assert exc.value.code == 0 and "±" in capsys.readouterr().out
+
+
+def _select_fraction_as_before(rows, labels, groups, fraction, seed):
+    """select_fraction as it was written before it was vectorised (a Python loop over the
+    groups, quadratic without patient groups): the subsets a stored run trained on."""
+    rows = np.asarray(rows)
+    if groups is None:
+        groups = np.full(len(labels), "", dtype=object)
+    sub = groups[rows]
+    keys = np.asarray([g if g else f"\0row{r}" for g, r in zip(sub, rows, strict=True)])
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    y = labels.reshape(len(labels), -1)[rows, 0]
+    group_label = np.empty(len(uniq), dtype=y.dtype)
+    for g in range(len(uniq)):
+        values, counts = np.unique(y[inverse == g], return_counts=True)
+        group_label[g] = values[counts.argmax()]
+    chosen = []
+    for c in np.unique(group_label):
+        members = np.flatnonzero(group_label == c)
+        n = max(1, round(fraction * len(members)))
+        chosen.extend(rng.choice(members, size=n, replace=False).tolist())
+    return np.sort(rows[np.isin(inverse, np.asarray(chosen))])
+
+
+@pytest.mark.parametrize("grouping", ["patients", "none", "some empty"])
+def test_subsets_are_the_rows_earlier_versions_drew(grouping):
+    """Stored runs name their (fraction, seed): the vectorised draw must pick the very rows
+    the per-group loop did, ties between a patient's labels included."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    labels = rng.integers(0, 5, (n, 1))
+    groups = np.asarray([f"p{i}" for i in rng.integers(0, 400, n)], dtype=object)
+    if grouping == "some empty":
+        groups[rng.random(n) < 0.3] = ""
+    rows = np.sort(rng.choice(n, 2000, replace=False))
+    for fraction, seed in ((0.01, 0), (0.1, 3), (0.5, 1)):
+        expected = _select_fraction_as_before(rows, labels, None if grouping == "none"
+                                              else groups, fraction, seed)
+        got = select_fraction(rows, labels, None if grouping == "none" else groups, fraction,
+                              seed)
+        assert np.array_equal(got, expected), (grouping, fraction, seed)
