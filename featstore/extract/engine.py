@@ -298,6 +298,10 @@ def run_extract(
                 loaded = build_backbone(ident.spec)
                 built[i] = (loaded, key if loaded.weights_sha256 == ident.weights_sha256
                             else key_of(loaded))
+        keys = np.array([key.digest for _, key in built])
+        if dist.active and not (dist.gather(keys).reshape(dist.world, -1) == keys).all():
+            raise BackboneError("the ranks of this torchrun job built different weights (a "
+                                "weights file changed while they started): run it again")
         todo = [(loaded, key) for loaded, key in built if not _complete(store, manifest, key)]
         if batch_size is None:  # measured only when there is work (a cache hit runs nothing)
             bs = auto_batch_size(
