@@ -296,8 +296,16 @@ def models(
     from featstore.report.tables import models_table
 
     if download:
-        path = download_weights(parse_backbone(download))
-        out.print(f"{download}: weights written to {path}")
+        spec = parse_backbone(download)
+        path = download_weights(spec)
+        if path is None:
+            out.print(f"{download}: random weights are made when the network is built; "
+                      "nothing to download")
+        elif spec.weights:
+            out.print(f"{download}: the weights are the file given, {path}; nothing to "
+                      "download")
+        else:
+            out.print(f"{download}: weights written to {path}")
         return
     rows = spec_rows()
     if as_json:

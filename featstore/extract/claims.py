@@ -26,6 +26,7 @@ on a file system, ``PUT`` with ``If-None-Match: *`` on S3 (the loser gets 412), 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -35,6 +36,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from featstore.errors import FeatstoreError
 from featstore.store.feature_store import FeatureStore
 from featstore.store.layout import CLAIMS_GROUP
 from featstore.store.objects import StoreObjects
@@ -42,13 +44,30 @@ from featstore.store.objects import pid_alive as _pid_alive
 
 DEFAULT_CLAIM_TIMEOUT = 120.0
 CLAIM_TIMEOUT_ENV = "FEATSTORE_CLAIM_TIMEOUT"
+#: the longest pause between two heartbeats, whatever this process's own timeout: another
+#: process judges a claim by its timeout (the default one, say), not by this one's
+MAX_HEARTBEAT_INTERVAL = DEFAULT_CLAIM_TIMEOUT / 4
 
 
 def claim_timeout(value: float | None = None) -> float:
-    """Seconds without a heartbeat after which a claim is stale (``$FEATSTORE_CLAIM_TIMEOUT``)."""
+    """Seconds without a heartbeat after which a claim is stale: ``value``, else
+    ``$FEATSTORE_CLAIM_TIMEOUT``, else 120 (``inf``: never).
+
+    Raises FeatstoreError naming the variable when it does not hold a number > 0.
+    """
     if value is not None:
         return float(value)
-    return float(os.environ.get(CLAIM_TIMEOUT_ENV, DEFAULT_CLAIM_TIMEOUT))
+    raw = os.environ.get(CLAIM_TIMEOUT_ENV)
+    if raw is None:
+        return DEFAULT_CLAIM_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0:  # nan too
+        raise FeatstoreError(f"{CLAIM_TIMEOUT_ENV}={raw}: expected seconds > 0 "
+                             "(inf: never taken over)")
+    return seconds
 
 
 class ClaimBoard:
@@ -146,9 +165,11 @@ class ClaimBoard:
         self._told.add(key)
         beat = float(record.get("heartbeat", time.time()))
         since = time.strftime("%H:%M:%S", time.localtime(beat))
+        when = (f"taken over if it stops beating for {self.timeout:g}s"
+                if math.isfinite(self.timeout) else "never taken over (claim timeout inf)")
         self._notify(f"waiting for {path.removeprefix(CLAIMS_GROUP + '/')}: claimed by "
                      f"{record.get('host')} pid {record.get('pid')} (heartbeat at {since}); "
-                     f"taken over if it stops beating for {self.timeout:g}s")
+                     f"{when}")
 
     def claim_wait(self, path: str, poll: float = 0.2) -> None:
         """Block until ``path`` is claimed (used as a creation lock)."""
@@ -192,8 +213,10 @@ class ClaimBoard:
             self._thread.start()
 
     def _beat(self) -> None:
-        """Refresh the heartbeat of every held claim, several times per timeout."""
-        while not self._stop.wait(max(self.timeout / 4, 0.05)):
+        """Refresh the heartbeat of every held claim, several times per timeout (and at
+        least every :data:`MAX_HEARTBEAT_INTERVAL` seconds: an ``inf`` timeout too)."""
+        interval = max(min(self.timeout / 4, MAX_HEARTBEAT_INTERVAL), 0.05)
+        while not self._stop.wait(interval):
             with self._lock:
                 for path in list(self._held):
                     record = self.read(path)

@@ -9,13 +9,14 @@ checks it against its checksum; ``verify`` checks them all now).
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from featstore.choices import DEFAULT_MAX_PIXELS
-from featstore.errors import FeatstoreError
+from featstore.errors import FeatstoreError, StoreError
 from featstore.extract.config import ExtractConfig
 from featstore.extract.keys import embedding_key
 from featstore.extract.pixels import device_type, key_pixels
@@ -79,11 +80,18 @@ def extract_embeddings(
         With ``on_error="fail"``: an image cannot be decoded; finished shards stay.
     BackboneError
         A backbone cannot be built or its checkpoint does not load strictly.
+    StoreError
+        The disk filled up (or the quota on it): where, and the finished shards kept.
+    FeatstoreError
+        ``$FEATSTORE_CLAIM_TIMEOUT`` is not a number of seconds > 0.
     """
     ExtractConfig(batch_size=batch_size, workers=num_workers, device=device,
                   precision=precision, dtype=dtype, shard_rows=shard_rows, on_error=on_error,
                   resize=resize, decode=decode, max_pixels=max_pixels, compile=compile,
                   claim_timeout=claim_timeout, verify=verify).check()
+    from featstore.extract.claims import claim_timeout as timeout_of
+
+    timeout_of(claim_timeout)  # $FEATSTORE_CLAIM_TIMEOUT is checked before any work too
     # a named accelerator is checked by torch (the engine) even when nothing is left to do
     if not verify and device in ("auto", "cpu") and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         hit = cached_results(manifest, backbones, store, dtype=dtype, precision=precision,
@@ -92,11 +100,40 @@ def extract_embeddings(
             return hit
     from featstore.extract.engine import run_extract
 
-    return run_extract(manifest, backbones, store, batch_size=batch_size,
-                       num_workers=num_workers, device=device, dtype=dtype,
-                       precision=precision, shard_rows=shard_rows, on_error=on_error,
-                       compile=compile, claim_timeout=claim_timeout, max_pixels=max_pixels,
-                       resize=resize, decode=decode, verify=verify, progress=progress)
+    try:
+        return run_extract(manifest, backbones, store, batch_size=batch_size,
+                           num_workers=num_workers, device=device, dtype=dtype,
+                           precision=precision, shard_rows=shard_rows, on_error=on_error,
+                           compile=compile, claim_timeout=claim_timeout,
+                           max_pixels=max_pixels, resize=resize, decode=decode,
+                           verify=verify, progress=progress)
+    except OSError as e:
+        if e.errno not in _OUT_OF_SPACE:
+            raise
+        raise _out_of_space(e, manifest, store) from e
+
+
+#: what a write raises when the disk (or the user's quota on it) is full
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _out_of_space(e: OSError, manifest: Manifest, store: FeatureStore) -> StoreError:
+    """The error of an extract that ran out of space: where it was writing, and the finished
+    shards that stay (an extract resumes from them, bit for bit)."""
+    where = f"{store.root.rstrip('/')}/{manifest.group_name}"
+    try:
+        ds = store.dataset(manifest)
+        where = f"{store.root.rstrip('/')}/{ds.name}"
+        sets = [es for es in ds.embedding_sets() if not es.complete]
+    except FeatstoreError:  # the dataset group itself could not be written
+        sets = []
+    done = [(es, int(es.done_mask().sum())) for es in sets]
+    kept = sum(n for _, n in done)
+    detail = "; ".join(f"{es.alias}: {n} of {es.n_shards}" for es, n in done)
+    return StoreError(
+        f"{(e.strerror or str(e)).lower()} writing {where}: the {kept} finished "
+        f"shard{'' if kept == 1 else 's'} {'is' if kept == 1 else 'are'} kept"
+        f"{f' ({detail})' if detail else ''}; free space and run the same command to resume")
 
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from featstore.data.manifest import Manifest
-from featstore.errors import FinetuneError
+from featstore.errors import FeatstoreError, FinetuneError
 from featstore.finetune.config import FinetuneConfig
 from featstore.models.registry import BackboneSpec
-from featstore.store.dataset import DatasetGroup
+from featstore.store.feature_store import FeatureStore
 
 
 class Classifier(torch.nn.Module):
@@ -82,11 +82,13 @@ def embedding_width(model: torch.nn.Module) -> int:
     return inner.head.out_features
 
 
-def init_from_probe(model: Classifier, ds: DatasetGroup, spec: BackboneSpec, loaded: Any,
-                     config: FinetuneConfig, train_ids: str) -> None:
+def init_from_probe(model: Classifier, store: FeatureStore, manifest: Manifest,
+                    spec: BackboneSpec, loaded: Any, config: FinetuneConfig,
+                    train_ids: str) -> None:
     """Set the head to the cached linear probe of the same network (weights, preprocessing,
     layer; float32, fp32 embeddings) trained on the same rows (its training-id hash), with
-    its standardisation folded in: ``((f - mean) / scale) W + b = f W' + b'``.
+    its standardisation folded in: ``((f - mean) / scale) W + b = f W' + b'``. Reads the
+    store only (a run looks its probe up before it writes anything).
 
     Raises
     ------
@@ -94,7 +96,11 @@ def init_from_probe(model: Classifier, ds: DatasetGroup, spec: BackboneSpec, loa
         No such probe is cached (the command that makes it is named).
     """
     want = loaded.preprocessing.to_dict()
-    for es in ds.embedding_sets():
+    try:
+        sets = store.dataset(manifest).embedding_sets()
+    except FeatstoreError:  # no dataset group: nothing extracted, no probe
+        sets = []
+    for es in sets:
         prov = es.provenance
         if (prov.weights_sha256 != loaded.weights_sha256 or es.dtype != "float32"
                 or prov.preprocessing != want or prov.layer != spec.layer
@@ -111,7 +117,7 @@ def init_from_probe(model: Classifier, ds: DatasetGroup, spec: BackboneSpec, loa
                     return
     raise FinetuneError(
         f"--init-head probe: no linear probe of {spec.alias} on these train rows (fraction "
-        f"{config.fraction}, seed {config.seed}) is cached in {ds.store.root}; run 'featstore "
+        f"{config.fraction}, seed {config.seed}) is cached in {store.root}; run 'featstore "
         f"extract' and 'featstore probe --fractions {config.fraction:g} --seeds "
         f"{config.seed + 1}' with the same backbone first (runs made before probe heads were "
         "kept need --recompute)")

@@ -137,6 +137,9 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     torch.nn.init.zeros_(model.head.bias)
     torch.nn.init.normal_(model.head.weight, std=0.01)
     freeze(model, config.freeze_until)  # a bad module name fails before the store is touched
+    if config.init_head == "probe":  # so does a missing probe (a checkpoint overrides it)
+        init_from_probe(model, store, manifest, spec, loaded, config,
+                        ids_sha256(manifest.ids[tr]))
     mkey = model_key(spec, loaded.weights_sha256, prep.to_dict())
     run_id = config.run_id(mkey, val_source,
                            ids_sha256(manifest.ids[np.flatnonzero(exclude)]) if bad else None)
@@ -206,8 +209,6 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
         scaler.load_state_dict(ck["scaler"])
         state = RunState(**ck["state"])
         set_rng_states(ck["rng"])
-    if raw is None and config.init_head == "probe":
-        init_from_probe(model, ds, spec, loaded, config, ids_sha256(manifest.ids[tr]))
     net = model
     if dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(

@@ -18,6 +18,7 @@ import numpy as np
 from featstore.choices import ATTENTIONS, HEAD_VERSION, LINEAR_SOLVER
 from featstore.data.fractions import ids_sha256, select_fraction
 from featstore.errors import FusionError, as_fusion_error
+from featstore.outputs import output_errors
 from featstore.probe.run import check_grid, split_rows
 from featstore.records import ScoreRecord
 from featstore.runkeys import run_id as run_key
@@ -173,9 +174,10 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
                                      zip(names, alpha[y[te] == c].mean(0), strict=True)}
         path = None
         if heads_dir is not None:
-            Path(heads_dir).mkdir(parents=True, exist_ok=True)
             path = str(Path(heads_dir) / f"dvme-{attention}-{rid}.pt")
-            head.save(path)
+            with output_errors(heads_dir, "--heads-dir"):
+                Path(heads_dir).mkdir(parents=True, exist_ok=True)
+                head.save(path)
         return _records(f"dvme-{attention}", task, y[te], head.predict_proba(Xte), cfg,
                         {**base, "run_id": rid}, ref.label_names, attention=overall,
                         attention_per_class=per_class, head_path=path,

@@ -123,37 +123,44 @@ def resolve_weights(spec: BackboneSpec) -> Path:
     )
 
 
-def download_weights(spec: BackboneSpec, folder: Path | None = None) -> Path:
+def spec_text(spec: BackboneSpec) -> str:
+    """The spec as the command line wrote it: ``NAME[@WEIGHTS]``."""
+    return f"{spec.name}@{spec.weights}" if spec.weights else spec.name
+
+
+def download_weights(spec: BackboneSpec, folder: Path | None = None) -> Path | None:
     """Download the spec's release file (needs network); returns where it was written.
 
     Release files go to ``folder`` (default: the first weights folder), through a temporary
     file beside it that is moved into place only once the whole file (as many bytes as the
     server announced) has arrived; timm tags go through timm's own download into the Hugging
-    Face cache.
+    Face cache, once the hub answered one request (offline, no retries). Nothing is
+    downloaded for ``@random`` (made when the network is built: returns None) or
+    ``@path`` (the file given: returns it).
 
     Raises
     ------
     WeightsNotFoundError
-        No download URL, no such pretrained model, or the download failed (no network, a
-        host or proxy refusing, the connection cut, the file gone): one message naming the
-        spec, the URL or hub and why (``--debug`` shows the cause's traceback).
+        The file after ``@`` is not there; no download URL, no such pretrained model, or
+        the download failed (no network, a host or proxy refusing, the connection cut, the
+        file gone): one message naming the spec as given, the URL or hub and why
+        (``--debug`` shows the cause's traceback).
     """
-    if not spec.weights_file:
-        import timm
-
-        try:
-            timm.create_model(spec.architecture, pretrained=True)
-        except Exception as e:  # the hub's errors, its HTTP client's, timm's "no weights"
+    given = spec_text(spec)
+    if spec.is_random:
+        return None
+    if spec.weights:
+        path = Path(spec.weights).expanduser()
+        if not path.is_file():
             raise WeightsNotFoundError(
-                f"backbone {spec.name}: downloading {spec.architecture}'s pretrained weights "
-                f"(timm, Hugging Face hub) failed: {_why(e)}") from e
-        found = find_weights(spec)
-        if found is None:
-            raise WeightsNotFoundError(f"timm downloaded {spec.architecture} but featstore "
-                                       "cannot find the file in the caches it searches")
-        return found
+                f"{given}: nothing to download (the weights are the file after '@'), and "
+                f"{path} is not there; place it there, or download the spec's own weights "
+                f"with 'featstore models --download {spec.name}'")
+        return path
+    if not spec.weights_file:
+        return _download_timm(spec, given)
     if not spec.url:
-        raise WeightsNotFoundError(f"backbone {spec.name}: no download URL; {spec.manual_download}")
+        raise WeightsNotFoundError(f"backbone {given}: no download URL; {spec.manual_download}")
     folder = folder or weights_dirs()[0]
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / spec.weights_file
@@ -161,9 +168,51 @@ def download_weights(spec: BackboneSpec, folder: Path | None = None) -> Path:
         _fetch(spec.url, dest)
     except Exception as e:  # URLError, http.client's IncompleteRead, a short body
         raise WeightsNotFoundError(
-            f"backbone {spec.name}: downloading {spec.url} failed: {_why(e)} (or fetch it "
+            f"backbone {given}: downloading {spec.url} failed: {_why(e)} (or fetch it "
             f"elsewhere and put {spec.weights_file} in {folder})") from e
     return dest
+
+
+def _download_timm(spec: BackboneSpec, given: str) -> Path:
+    """A timm tag's pretrained weights into the Hugging Face cache, by timm."""
+    import timm
+
+    _reach_hub(spec, given)
+    try:
+        timm.create_model(spec.architecture, pretrained=True)
+    except Exception as e:  # the hub's errors, its HTTP client's, timm's "no weights"
+        raise WeightsNotFoundError(
+            f"backbone {given}: downloading {spec.architecture}'s pretrained weights "
+            f"(timm, Hugging Face hub) failed: {_why(e)}") from e
+    found = find_weights(spec)
+    if found is None:
+        raise WeightsNotFoundError(f"timm downloaded {spec.architecture} but featstore "
+                                   "cannot find the file in the caches it searches")
+    return found
+
+
+def _reach_hub(spec: BackboneSpec, given: str, timeout: float = 10.0) -> None:
+    """One request for the spec's file on the Hugging Face hub, without retries: an offline
+    machine fails here at once (the hub's own download retries each file for a minute).
+    Any answer of the hub's (a file it does not have included) lets timm go on."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    cfg = _timm_cfg(spec.architecture)
+    if cfg is None or not cfg.hf_hub_id:  # timm's own URL: one attempt by torch.hub
+        return
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, HF_FILES[0], revision=revision or None),
+                             timeout=timeout)
+    except HfHubHTTPError:
+        return
+    except Exception as e:  # the HTTP client's errors (no route, refused, timed out), offline
+        raise WeightsNotFoundError(
+            f"backbone {given}: cannot reach the Hugging Face hub ({constants.ENDPOINT}) to "
+            f"download {spec.architecture}'s pretrained weights: {_why(e)}; on a machine "
+            f"without network, put them in {where_to_put(spec)} or pass "
+            f"{spec.name}@/path/to/file") from e
 
 
 def _fetch(url: str, dest: Path, timeout: float = 60.0) -> None:

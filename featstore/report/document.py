@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from featstore.errors import FeatstoreError
+from featstore.outputs import new_output
 from featstore.report.collect import collect, provenance_rows, random_weights, table_cells
 from featstore.report.figures import attention_figure, fraction_figure, map_figure
 
@@ -39,8 +40,21 @@ def build_report(store, output: str | Path, *, datasets: Sequence[str] | None = 
     if out.exists() and not out.is_dir():
         raise FeatstoreError(f"-o {out}: a file is there; the report is a folder (report.html, "
                              "report.md and its figures)")
-    out.mkdir(parents=True, exist_ok=True)
-    reports = collect(store, datasets, grid)
+    reports = collect(store, datasets, grid)  # a refusal here leaves no folder behind
+    any_random = any(row.random for rep in reports for row in rep.rows) or any(
+        random_weights(s) for rep in reports for s in rep.sets)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    meta = f"store {store.root}; featstore {version('featstore')}; written {stamp}"
+    with new_output(out, "-o"):
+        figures = _figures(reports, out, tsne_rows)
+        (out / "report.md").write_text(_markdown(title, meta, reports, figures, any_random))
+        (out / "report.html").write_text(_html(title, meta, reports, figures, any_random))
+    return [out / "report.html", out / "report.md", *[f[1] for f in figures]]
+
+
+def _figures(reports, out: Path, tsne_rows: int) -> list[tuple[str, Path, str, int]]:
+    """Draw the report's figures into ``out``: (file name, path, caption, panels) of each
+    that has something to show."""
     figures: list[tuple[str, Path, str, int]] = []
     for name, draw, caption in (
         ("fractions.png", fraction_figure, "Metric on test against the fraction of train "
@@ -57,14 +71,7 @@ def build_report(store, output: str | Path, *, datasets: Sequence[str] | None = 
             figures.append((name, path, caption, panels))
         elif path.exists():
             path.unlink()  # a figure of an earlier report that has nothing to show now
-    any_random = any(row.random for rep in reports for row in rep.rows) or any(
-        random_weights(s) for rep in reports for s in rep.sets)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    meta = f"store {store.root}; featstore {version('featstore')}; written {stamp}"
-    md = _markdown(title, meta, reports, figures, any_random)
-    (out / "report.md").write_text(md)
-    (out / "report.html").write_text(_html(title, meta, reports, figures, any_random))
-    return [out / "report.html", out / "report.md", *[f[1] for f in figures]]
+    return figures
 
 
 NO_RUNS = "No probe, finetuning or fusion runs stored yet."

@@ -58,8 +58,11 @@ def find_sets(store: FeatureStore, target: str) -> list[dict[str, Any]]:
     Raises
     ------
     NotExtractedError
-        No set in any dataset matches.
+        No set in any dataset matches, or ``target`` is empty (a prefix of every key).
     """
+    if not target.strip():
+        raise NotExtractedError(f"{target!r}: expected an embedding key prefix or a backbone "
+                                "alias ('featstore ls' lists them), not an empty name")
     hits = [es for ds in store.datasets() for es in ds.embedding_sets()
             if es.key.startswith(target) or es.alias == target]
     if not hits:

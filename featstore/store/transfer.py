@@ -12,10 +12,16 @@ import numpy as np
 
 from featstore._hashing import sha256_bytes
 from featstore.errors import CorruptShardError, StoreError
+from featstore.outputs import new_output
 from featstore.store.dataset import DatasetGroup, write_index_arrays
 from featstore.store.embedding_set import EmbeddingSet
 from featstore.store.feature_store import FeatureStore
-from featstore.store.layout import CHECKPOINTS_GROUP, EmbeddingKey, require_group
+from featstore.store.layout import (
+    CHECKPOINTS_GROUP,
+    EmbeddingKey,
+    Embeddings,
+    require_group,
+)
 
 EXPORT_FORMATS = ("npy", "h5", "parquet")
 
@@ -150,15 +156,24 @@ def export_set(es: EmbeddingSet, fmt: str, output: str | Path, *,
     """Write a complete set with its ids, split, labels and groups for tools outside
     featstore: ``npy`` (a folder of .npy files and meta.json), ``h5`` (one HDF5 file, h5py)
     or ``parquet`` (one row per image, the embedding a fixed-size list column; pyarrow).
+    An export that fails leaves nothing it created.
 
     Raises
     ------
     StoreError
         An unknown format, or pyarrow missing for parquet.
+    FeatstoreError
+        ``output`` cannot be written.
     """
     if fmt not in EXPORT_FORMATS:
         raise StoreError(f"unknown export format {fmt!r} (expected one of "
                          f"{', '.join(EXPORT_FORMATS)})")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise StoreError("--format parquet needs pyarrow (pip install "
+                             "'featstore[parquet]')") from None
     emb = es.load(verify=verify)
     meta = {"dataset": emb.dataset, "backbone": emb.alias, "key": emb.key,
             "label_names": list(emb.label_names), "rows": len(emb.ids), "dim": emb.X.shape[1],
@@ -166,35 +181,41 @@ def export_set(es: EmbeddingSet, fmt: str, output: str | Path, *,
             "provenance": emb.attrs.get("provenance", {})}
     columns = {"ids": _strings(emb.ids), "split": _strings(emb.split),
                "labels": emb.labels, "group": _strings(emb.group)}
-    output = Path(output)
-    if fmt == "npy":
-        output.mkdir(parents=True, exist_ok=True)
-        files = [output / "embeddings.npy", *(output / f"{k}.npy" for k in columns),
-                 output / "meta.json"]
-        np.save(files[0], emb.X)
-        for values, path in zip(columns.values(), files[1:-1], strict=True):
-            np.save(path, values)
-        files[-1].write_text(json.dumps(meta, indent=1) + "\n")
-        return files
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "h5":
-        import h5py
+    with new_output(output, "-o", folder=fmt == "npy") as path:
+        return _EXPORTS[fmt](path, emb, columns, meta)
 
-        with h5py.File(output, "w") as f:
-            f.create_dataset("embeddings", data=emb.X, chunks=(min(len(emb.X), 1024),
-                                                                emb.X.shape[1]))
-            for name, values in columns.items():
-                f.create_dataset(name, data=values.astype(object) if values.dtype.kind == "U"
-                                 else values, dtype=h5py.string_dtype() if
-                                 values.dtype.kind == "U" else values.dtype)
-            f.attrs["featstore"] = json.dumps(meta)
-        return [output]
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise StoreError("--format parquet needs pyarrow (pip install 'featstore[parquet]')") \
-            from None
+
+def _export_npy(output: Path, emb: Embeddings, columns: dict[str, np.ndarray],
+                meta: dict[str, Any]) -> list[Path]:
+    files = [output / "embeddings.npy", *(output / f"{k}.npy" for k in columns),
+             output / "meta.json"]
+    np.save(files[0], emb.X)
+    for values, path in zip(columns.values(), files[1:-1], strict=True):
+        np.save(path, values)
+    files[-1].write_text(json.dumps(meta, indent=1) + "\n")
+    return files
+
+
+def _export_h5(output: Path, emb: Embeddings, columns: dict[str, np.ndarray],
+               meta: dict[str, Any]) -> list[Path]:
+    import h5py
+
+    with h5py.File(output, "w") as f:
+        f.create_dataset("embeddings", data=emb.X, chunks=(min(len(emb.X), 1024),
+                                                            emb.X.shape[1]))
+        for name, values in columns.items():
+            f.create_dataset(name, data=values.astype(object) if values.dtype.kind == "U"
+                             else values, dtype=h5py.string_dtype() if
+                             values.dtype.kind == "U" else values.dtype)
+        f.attrs["featstore"] = json.dumps(meta)
+    return [output]
+
+
+def _export_parquet(output: Path, emb: Embeddings, columns: dict[str, np.ndarray],
+                    meta: dict[str, Any]) -> list[Path]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     flat = pa.array(emb.X.reshape(-1))
     table = pa.table({
         "id": columns["ids"], "split": columns["split"], "group": columns["group"],
@@ -203,6 +224,9 @@ def export_set(es: EmbeddingSet, fmt: str, output: str | Path, *,
     table = table.replace_schema_metadata({"featstore": json.dumps(meta)})
     pq.write_table(table, output)
     return [output]
+
+
+_EXPORTS = {"npy": _export_npy, "h5": _export_h5, "parquet": _export_parquet}
 
 
 def _strings(values: np.ndarray) -> np.ndarray:

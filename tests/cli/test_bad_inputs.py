@@ -4,6 +4,7 @@ store loses nothing. One row a case; add new bad inputs here, so the catalogue o
 from __future__ import annotations
 
 import json
+import re
 import struct
 import sys
 import zlib
@@ -268,6 +269,33 @@ CATALOGUE = [
     ("report unknown dataset", lambda t, d, s: [
         "report", "--store", s, "--data", "nosuch", "-o", f"{t}/r"],
      "no dataset match 'nosuch'"),
+    # issue 33, items 5, 8, 10, 11: the environment, output paths, downloads, refusals
+    ("claim timeout env not a number", lambda t, d, s: [
+        "FEATSTORE_CLAIM_TIMEOUT=abc", *EXTRACT, "--data", d, "--store", s],
+     "FEATSTORE_CLAIM_TIMEOUT=abc: expected seconds > 0"),
+    ("claim timeout env negative", lambda t, d, s: [
+        "FEATSTORE_CLAIM_TIMEOUT=-5", *EXTRACT, "--data", d, "--store", s],
+     "FEATSTORE_CLAIM_TIMEOUT=-5: expected seconds > 0"),
+    ("export into /proc", lambda t, d, s: [
+        "export", "--data", d, "--store", s, "-b", TINY, "--image-size", str(SIZE),
+        "-o", "/proc/x"], "-o /proc/x: cannot write there"),
+    ("export under a file", lambda t, d, s: [
+        "export", "--data", d, "--store", s, "-b", TINY, "--image-size", str(SIZE),
+        "--format", "h5", "-o", f"{d}/x.h5"], "pneumoniamnist.npz is a file, not a folder"),
+    ("report into /proc", lambda t, d, s: ["report", "--store", s, "-o", "/proc/rep"],
+     "-o /proc/rep: cannot write there"),
+    ("fuse heads-dir in /proc", lambda t, d, s: [
+        "fuse", "--data", d, "--store", s, "-b", TINY, "-b", TINY_VIT, "--image-size",
+        str(SIZE), "--bootstrap", "10", "--no-baselines", "--heads-dir", "/proc/x"],
+     "--heads-dir /proc/x: cannot write there"),
+    ("download a checkpoint path that is not there", lambda t, d, s: [
+        "models", "--download", f"{TINY.split('@')[0]}@{t}/x.pth"],
+     "x.pth: nothing to download (the weights are the file after '@')"),
+    ("finetune init-head probe, no probe", lambda t, d, s: [
+        *FINETUNE, "--data", d, "--store", s, "--init-head", "probe"],
+     "--init-head probe: no linear probe of"),
+    ("info empty name", lambda t, d, s: ["info", "", "--store", s],
+     "'': expected an embedding key prefix or a backbone alias"),
 ]
 
 
@@ -282,16 +310,60 @@ def cached(capsys, npz_file, store_dir):
 
 
 @pytest.mark.parametrize(("case", "argv", "message"), CATALOGUE, ids=[c[0] for c in CATALOGUE])
-def test_bad_input_is_one_line_exit_1_and_loses_nothing(capsys, tmp_path, cached, case, argv,
-                                                        message):
+def test_bad_input_is_one_line_exit_1_and_loses_nothing(capsys, monkeypatch, tmp_path, cached,
+                                                        case, argv, message):
     data, store, files = cached
-    code, out, err = cli(capsys, *argv(tmp_path, data, store))
+    args = argv(tmp_path, data, store)
+    while re.fullmatch(r"[A-Z_]+=.*", args[0]):  # NAME=value first: the environment
+        name, _, value = args.pop(0).partition("=")
+        monkeypatch.setenv(name, value)
+    code, out, err = cli(capsys, *args)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 1, (case, err)
     assert len(errors) == 1 and message in errors[0], (case, err)  # (a progress bar may precede)
     assert "internal" not in err and "Traceback" not in err
     after = {p: p.read_bytes() for p in sorted(Path(store).rglob("*")) if p.is_file()}
     assert {p: after.get(p) for p in files} == files  # every cached byte is still there
+
+
+
+# issue 33, item 11: a refusal leaves nothing it created, in a store (a fresh one too) or
+# where its output was to go; (case, argv built from (tmp, data, store))
+WRITES_NOTHING = [
+    ("report of an unknown dataset", lambda t, d, s: [
+        "report", "--store", s, "--data", "nosuch", "-o", f"{t}/out/r"]),
+    ("finetune from a probe that is not there, fresh store", lambda t, d, s: [
+        *FINETUNE, "--data", d, "--store", f"{t}/fresh", "--init-head", "probe"]),
+    ("export under a file", lambda t, d, s: [
+        "export", "--data", d, "--store", s, "-b", TINY, "--image-size", str(SIZE),
+        "-o", f"{d}/x"]),
+]
+
+
+@pytest.mark.parametrize(("case", "argv"), WRITES_NOTHING, ids=[c[0] for c in WRITES_NOTHING])
+def test_a_refusal_creates_no_file_or_folder(capsys, tmp_path, cached, case, argv):
+    data, store, _ = cached
+    before = sorted(tmp_path.rglob("*"))
+    code, _, err = cli(capsys, *argv(tmp_path, data, store))
+    assert code == 1 and "internal" not in err, (case, err)
+    assert sorted(tmp_path.rglob("*")) == before, case
+
+
+def test_a_report_that_fails_writing_removes_what_it_created(capsys, monkeypatch, tmp_path,
+                                                             cached):
+    import errno
+
+    from featstore.report import document
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(document, "_html", full)
+    _, store, _ = cached
+    code, _, err = cli(capsys, "report", "--store", store, "-o", f"{tmp_path}/out/r")
+    assert code == 1 and err.strip().splitlines() == [
+        f"error: -o {tmp_path}/out/r: cannot write there (No space left on device)"], err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_csv_with_a_byte_order_mark_reads(capsys, tmp_path):

@@ -80,3 +80,46 @@ def test_an_owner_stale_twice_on_one_shard_is_taken_over_twice(tmp_path):
         taker = ClaimBoard(str(tmp_path), timeout=5)
         assert taker.try_claim(path), attempt
         taker.close()  # releases: the claim file is gone, the takeover marker stays
+
+
+def test_an_infinite_timeout_never_expires_and_its_heartbeat_keeps_beating(tmp_path,
+                                                                           monkeypatch):
+    """``--claim-timeout inf`` is documented as "never": the heartbeat thread lives on (it
+    used to die of OverflowError) and beats often enough for a process whose timeout is
+    finite, which judges the claim by its own timeout."""
+    from featstore.extract import claims
+
+    monkeypatch.setattr(claims, "MAX_HEARTBEAT_INTERVAL", 0.05)  # 30 s in real life
+    died: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+    path = ClaimBoard.path("ds", "key", 4)
+    holder = ClaimBoard(str(tmp_path), timeout=float("inf"))
+    assert holder.try_claim(path)
+    first = holder.read(path)["heartbeat"]
+    deadline = time.monotonic() + 10
+    while holder.read(path)["heartbeat"] == first and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not died and holder.read(path)["heartbeat"] > first
+    said: list[str] = []
+    waiter = ClaimBoard(str(tmp_path), timeout=0.5, notify=said.append)
+    time.sleep(1.0)  # twice the waiter's timeout: only a beating claim is still live
+    assert not waiter.try_claim(path) and holder.still_ours(path)
+    assert not ClaimBoard(str(tmp_path), timeout=float("inf"), notify=said.append
+                          ).try_claim(path)
+    assert "never taken over" in said[-1]
+    holder.close()
+    waiter.close()
+    assert not died
+
+
+def test_extract_with_claim_timeout_inf_runs_with_its_heartbeat_alive(capsys, monkeypatch,
+                                                                     npz_file, store_dir):
+    from tests.conftest import SIZE, TINY, cli
+
+    died: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+    code, out, err = cli(capsys, "extract", "--data", str(npz_file), "-b", TINY,
+                         "--image-size", str(SIZE), "--store", str(store_dir),
+                         "--claim-timeout", "inf")
+    assert code == 0 and "1 shards written" in out, err
+    assert not died and "Traceback" not in err

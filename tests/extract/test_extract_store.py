@@ -228,3 +228,44 @@ def test_npz_dataset_extracts(npz_file: Path, store_dir):
     fs = FeatureStore(store_dir)
     [res] = run(m, fs, num_workers=2)
     assert fs.load(m, res.key).X.shape == (68, res.dim)
+
+
+def test_a_full_disk_is_one_error_keeping_finished_shards_and_resumes_identically(
+        capsys, npz_file, tmp_path, monkeypatch):
+    """The disk fills up while shard 2 of 5 is written: one error saying so, where, and
+    what is kept; once there is space, the same command finishes the set, bit for bit as
+    an uninterrupted extract."""
+    import errno
+    import re
+
+    import zarr.storage._local as local
+
+    from tests.conftest import cli
+
+    args = ["extract", "--data", str(npz_file), "-b", TINY, "--image-size", str(SIZE),
+            "--shard-rows", "16", "--store"]
+    assert cli(capsys, *args, str(tmp_path / "ref"))[0] == 0
+    real_put = local._put
+
+    def put(path, value, exclusive=False):  # zarr's write of one object to a file
+        shard = re.search(r"/embeddings/c/(\d+)/", str(path))
+        if shard and int(shard[1]) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_put(path, value, exclusive=exclusive)
+
+    monkeypatch.setattr(local, "_put", put)
+    store = tmp_path / "full"
+    code, _, err = cli(capsys, *args, str(store))
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1, err
+    assert "internal" not in err and "Traceback" not in err
+    assert errors[0].startswith(f"error: no space left on device writing {store}/"), err
+    assert ("the 2 finished shards are kept" in errors[0]
+            and errors[0].endswith("free space and run the same command to resume")), err
+    [es] = FeatureStore(store).datasets()[0].embedding_sets()
+    assert es.done_mask().tolist() == [True, True, False, False, False]
+    monkeypatch.setattr(local, "_put", real_put)
+    code, out, _ = cli(capsys, *args, str(store))
+    assert code == 0 and "resumed: 3/5 shards written" in out, out
+    [ref] = FeatureStore(tmp_path / "ref").datasets()[0].embedding_sets()
+    assert es.key == ref.key and es.read().tobytes() == ref.read().tobytes()

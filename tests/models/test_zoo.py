@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from featstore.errors import CheckpointError, WeightsNotFoundError
 from featstore.extract import resolve_key
 from featstore.models import build_backbone, find_weights, list_specs, parse_backbone
 from featstore.models.zoo import IMAGENET_MEAN, IMAGENET_STD
-from tests.conftest import SHARED_MEDMNIST
+from tests.conftest import SHARED_MEDMNIST, TINY, cli
 
 
 def _randomise_bn(model: torch.nn.Module, seed: int) -> None:
@@ -341,6 +342,7 @@ def test_a_failed_hub_download_is_one_error_naming_the_spec_not_internal(tmp_pat
     import timm
 
     from featstore.cli import main
+    from featstore.models import weights
 
     class ReadError(Exception):  # the hub's HTTP client's errors are not OSErrors
         pass
@@ -349,6 +351,7 @@ def test_a_failed_hub_download_is_one_error_naming_the_spec_not_internal(tmp_pat
         raise ReadError("[Errno 104] Connection reset by peer\n(more lines)")
 
     monkeypatch.setattr(timm, "create_model", cut)
+    monkeypatch.setattr(weights, "_reach_hub", lambda *a, **k: None)  # the hub answered
     with pytest.raises(SystemExit) as exc:
         main(["models", "--download", "timm:resnet18"])
     err = capsys.readouterr().err
@@ -357,3 +360,55 @@ def test_a_failed_hub_download_is_one_error_naming_the_spec_not_internal(tmp_pat
     assert lines[0] == ("error: backbone timm:resnet18: downloading resnet18's pretrained "
                         "weights (timm, Hugging Face hub) failed: ReadError: [Errno 104] "
                         "Connection reset by peer"), err
+
+
+def _no_download(*a, **k):
+    raise AssertionError("nothing is to be downloaded")
+
+
+def test_downloading_random_weights_says_there_is_nothing_to_download(capsys, monkeypatch):
+    monkeypatch.setattr(timm, "create_model", _no_download)
+    code, out, err = cli(capsys, "models", "--download", TINY)
+    assert code == 0 and not err, err
+    assert out.strip() == (f"{TINY}: random weights are made when the network is built; "
+                           "nothing to download")
+
+
+def test_downloading_a_given_checkpoint_says_whether_it_is_there(capsys, monkeypatch,
+                                                                 tmp_path):
+    monkeypatch.setattr(timm, "create_model", _no_download)
+    ckpt = tmp_path / "x.pth"
+    given = f"{TINY.split('@')[0]}@{ckpt}"
+    code, out, err = cli(capsys, "models", "--download", given)
+    assert code == 1 and err.strip().splitlines() == [
+        f"error: {given}: nothing to download (the weights are the file after '@'), and "
+        f"{ckpt} is not there; place it there, or download the spec's own weights with "
+        f"'featstore models --download {TINY.split('@')[0]}'"], err
+    ckpt.write_bytes(b"weights")
+    code, out, err = cli(capsys, "models", "--download", given)
+    assert code == 0 and out.strip() == (f"{given}: the weights are the file given, {ckpt}; "
+                                         "nothing to download"), (out, err)
+
+
+def test_an_unreachable_hub_fails_at_once_naming_the_spec(capsys, monkeypatch):
+    """Offline, the hub's own download retried each file for a minute (51 s measured for
+    timm:resnet18); one request tells."""
+    import socket
+
+    import huggingface_hub.constants as hub
+
+    with socket.socket() as s:  # a port nobody listens on: refused at once, like no route
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(hub, "ENDPOINT", endpoint)
+    monkeypatch.setattr(hub, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    given = "timm:test_resnet.r160_in1k"
+    t0 = time.perf_counter()
+    code, out, err = cli(capsys, "models", "--download", given)
+    seconds = time.perf_counter() - t0
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "internal" not in err, err
+    assert lines[0].startswith(f"error: backbone {given}: cannot reach the Hugging Face hub "
+                               f"({endpoint})"), err
+    assert seconds < 10, seconds
