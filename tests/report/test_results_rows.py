@@ -45,6 +45,72 @@ def test_probes_with_another_l2_grid_are_another_row_not_a_second_seed(capsys, e
         "l2_grid=[0.1, 1.0]", "l2_grid=[100.0]"], out
 
 
+def _probe(capsys, extracted, *options: str) -> list[dict]:
+    code, out, err = cli(capsys, "probe", *extracted, "-b", TINY, "--image-size", str(SIZE),
+                         "--bootstrap", "10", "--json", *options)
+    assert code == 0, err
+    return [r for r in json.loads(out) if r["primary"]]
+
+
+def test_a_setting_the_probe_does_not_use_neither_recomputes_nor_splits_its_row(capsys,
+                                                                                extracted):
+    """``--ks`` is the kNN probe's, ``--l2-grid`` the linear probe's: the other probe's run
+    is the one already stored (read back), and ``results`` shows one row per probe."""
+    made = _probe(capsys, extracted, "--probe", "linear,knn")
+    assert not any(r["cached"] for r in made)
+    linear = _probe(capsys, extracted, "--ks", "5")
+    knn = _probe(capsys, extracted, "--probe", "knn", "--l2-grid", "100")
+    assert all(r["cached"] for r in linear + knn)
+    assert sorted(r["run_id"] for r in linear + knn) == sorted(r["run_id"] for r in made)
+    code, out, _ = cli(capsys, "results", *extracted, "-b", TINY, "--image-size", str(SIZE))
+    assert len(_rows(out, "linear")) == 1 and len(_rows(out, "knn")) == 1, out
+    assert _seeds(_rows(out, "linear")[0]) == 1, out
+
+
+def test_runs_stored_under_the_ids_that_held_unused_settings_are_found_and_listed_once(
+        capsys, extracted):
+    """A linear run of ``--ks 5`` and a kNN run of ``--l2-grid 100`` as an earlier featstore
+    stored them (their ids and configurations held the setting): the same command reads
+    them back; a default probe is the same run (one row), and once it is stored the earlier
+    runs are not listed beside it."""
+    from dataclasses import asdict
+
+    from featstore.choices import LINEAR_SOLVER
+    from featstore.probe.config import ProbeConfig
+    from featstore.runkeys import run_id
+
+    unused = {"linear": ("--ks", "5"), "knn": ("--l2-grid", "100")}
+    made = [r for probe, (option, value) in unused.items()
+            for r in _probe(capsys, extracted, "--probe", probe, option, value)]
+    es = FeatureStore(extracted[3]).dataset(load_dataset(extracted[1])).embedding_sets()[0]
+    earlier = {}
+    for r in made:  # stored again as before: the configuration as given, keyed as it is
+        run = es.probe_runs.get(r["run_id"])
+        given = {**asdict(ProbeConfig(probe=r["probe"], task=r["task"], n_bootstrap=10,
+                                      **{"linear": {"ks": (5,)}, "knn": {"l2_grid": (100.0,)}
+                                         }[r["probe"]])),
+                 **({"solver": LINEAR_SOLVER} if r["probe"] == "linear" else {})}
+        old_id = run_id({"config": given, "embedding_key": es.key})
+        records = [{**rec, "run_id": old_id, "config": {**rec["config"], **given}}
+                   for rec in run["records"]]
+        del es.group["probes"][r["run_id"]]
+        es.probe_runs.save(old_id, {**run, "config": given, "records": records})
+        earlier[r["probe"]] = old_id
+    again = [r for probe, (option, value) in unused.items()
+             for r in _probe(capsys, extracted, "--probe", probe, option, value)]
+    assert all(r["cached"] for r in again)
+    assert {r["probe"]: r["run_id"] for r in again} == earlier
+    for _ in range(2):  # the earlier runs, then (the defaults made) the current ones
+        code, out, _ = cli(capsys, "results", *extracted, "-b", TINY, "--image-size",
+                           str(SIZE))
+        assert [len(_rows(out, p)) for p in ("linear", "knn")] == [1, 1], out
+        assert all(_seeds(r) == 1 for r in _rows(out, "│ timm")), out
+        made = _probe(capsys, extracted, "--probe", "linear,knn")
+    code, out, _ = cli(capsys, "results", *extracted, "--json")
+    assert {r["run_id"] for r in json.loads(out) if r.get("probe")} == {
+        r["run_id"] for r in made}
+
+
 def test_the_readme_ordinal_decode_example_is_two_rows_of_one_seed(capsys, tmp_path):
     data = make_medmnist(tmp_path / "retina.npz", classes=5, n=(50, 20, 20))
     args = ["--data", str(data), "--store", str(tmp_path / "s"), "--task", "ordinal"]
