@@ -6,7 +6,10 @@ nothing heavy.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable, Iterable
+from dataclasses import fields
 from importlib.metadata import version
 from typing import Any
 
@@ -28,31 +31,77 @@ def config_variant(config: dict[str, Any] | None) -> str:
     return sha256_json({k: v for k, v in config.items() if k not in SEED_FIELDS})[:6]
 
 
+# fields of a finetuning record's config beside its recipe's settings (FinetuneConfig's):
+# where, from what and with what outcome it ran (finetune.run writes them)
+FINETUNE_RECORD_KEYS = frozenset({
+    "backbone", "model_key", "layer", "weights_sha256", "preprocessing", "device",
+    "world_size", "val_source", "versions", "recipe", "best_epoch", "history",
+    "finetuned_sha256"})
+# what a row label of the form ~<variant> is: said under every table that shows one
+VARIANT_LEGEND = ("~<hash>: the short hash of a run's settings, where no setting tells two "
+                  "rows apart in words ('featstore results --json' shows each run's config)")
+_SHORT = 30  # a list whose text is longer is shortened where that still tells rows apart
+
+
 def variant_labels(configs: dict[str, dict[str, Any] | None]) -> dict[str, str]:
     """Labels for the variants (:func:`config_variant` -> configuration) of one row subject:
-    none where there is one; else the settings that tell them apart (``dim=16``,
-    ``l2_grid=[100]``, ``head v5`` for a DVME head's version), or ``~<variant>`` where that
-    would be long, missing or shared by two."""
+    none where there is one; else, in words, the settings that tell them apart (``dim=16``,
+    ``l2_grid=[100.0]`` beside ``l2_grid=default``, ``head v5`` for a DVME head's version; a
+    long list as its ends and length where that still tells them apart), or ``~<variant>``
+    (:data:`VARIANT_LEGEND`) where no setting does."""
     if len(configs) < 2:
         return {v: "" for v in configs}
-    kept = {v: {k: x for k, x in (c or {}).items() if k not in SEED_FIELDS}
-            for v, c in configs.items()}
+    kept = {v: _settings(c) for v, c in configs.items()}
     keys = sorted({k for c in kept.values() for k in c})
-    differ = [k for k in keys if len({_shown(k, c.get(k)) for c in kept.values()}) > 1]
-    labels = {v: ", ".join(_shown(k, c.get(k)) for k in differ) for v, c in kept.items()}
-    if (len(set(labels.values())) < len(labels)
-            or any(not label or len(label) > 40 for label in labels.values())):
-        return {v: f"~{v}" for v in configs}
-    return labels
+    differ = [k for k in keys if len({_shown(k, c) for c in kept.values()}) > 1]
+    for short in (True, False):
+        labels = {v: ", ".join(_shown(k, c, short) for k in differ) for v, c in kept.items()}
+        if len(set(labels.values())) == len(labels) and all(labels.values()):
+            return labels
+    return {v: f"~{v}" for v in configs}
 
 
-def _shown(key: str, value: Any) -> str:
-    if value is None:
+def row_labeller(records: Iterable[Any], subject: Callable[[Any], tuple]
+                 ) -> Callable[[Any], str]:
+    """``label(record)``: :func:`variant_labels` of the record's configuration among the
+    configurations of the records of its ``subject`` (the rest of its row's name)."""
+    variants: dict[tuple, dict[str, Any]] = {}
+    for r in records:
+        variants.setdefault(subject(r), {})[config_variant(r.config)] = r.config
+    labels = {s: variant_labels(configs) for s, configs in variants.items()}
+    return lambda r: labels[subject(r)][config_variant(r.config)]
+
+
+def _settings(config: dict[str, Any] | None) -> dict[str, Any]:
+    """What a run's configuration says of its settings: neither its seed fields nor, for a
+    finetuning run, where and how it went (:data:`FINETUNE_RECORD_KEYS`)."""
+    config = config or {}
+    drop = FINETUNE_RECORD_KEYS if "recipe" in config else ()
+    return {k: v for k, v in config.items() if k not in SEED_FIELDS and k not in drop}
+
+
+def _shown(key: str, config: dict[str, Any], short: bool = False) -> str:
+    if key not in config:
         return f"no {key}"
+    value = config[key]
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     if key == "method" and "@head-v" in text:  # dvme-softmax@head-v5: the head's version
         return "head v" + text.rpartition("@head-v")[2]
+    if isinstance(value, list | tuple) and _list_defaults().get(key) == text:
+        return f"{key}=default"
+    if short and isinstance(value, list | tuple) and len(text) > _SHORT:
+        first, last = (json.dumps(v, default=str) for v in (value[0], value[-1]))
+        text = f"[{first} .. {last}] ({len(value)} values)"
     return f"{key}={text}"
+
+
+@functools.cache
+def _list_defaults() -> dict[str, str]:
+    """The probe's list settings at their defaults (``l2_grid``, ``ks``), as JSON text."""
+    from featstore.probe.config import ProbeConfig
+
+    return {f.name: json.dumps(list(f.default)) for f in fields(ProbeConfig)
+            if isinstance(f.default, tuple)}
 
 
 def run_id(config: dict[str, Any]) -> str:

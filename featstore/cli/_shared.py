@@ -153,24 +153,26 @@ def embedding_sets(manifest, store: str, backbones: list[str] | None, image_size
                                   dtype=dtype.value, precision=precision.value)
 
 
-def print_probe_records(records, as_json: bool) -> None:
-    from featstore.report.tables import notes, probe_tables
+def print_probe_records(records, as_json: bool, sets=()) -> None:
+    """The records as tables (or JSON); ``sets``: the embedding sets whose names they use."""
+    from featstore.report.tables import notes, probe_tables, set_names
 
     if as_json:
         print_json(records)
         return
-    for table in probe_tables(records):
+    for table in probe_tables(records, set_names(sets)):
         out.print(table)
     print_notes(notes(records))
 
 
-def print_fusion_records(records, as_json: bool) -> None:
-    from featstore.report.tables import fusion_table, heads_line, notes
+def print_fusion_records(records, as_json: bool, sets=()) -> None:
+    """The records as a table (or JSON); ``sets``: the embedding sets whose names they use."""
+    from featstore.report.tables import fusion_table, heads_line, notes, set_names
 
     if as_json:
         print_json(records)
         return
-    table = fusion_table(records)
+    table = fusion_table(records, set_names(sets))
     if table is not None:
         out.print(table)
     if line := heads_line(records):

@@ -183,7 +183,7 @@ def probe(
     records = probe_grid(sets, config, probes=split_option(probes, "--probe", str),
                          fractions=split_option(fractions, "--fractions"), seeds=seeds,
                          recompute=recompute, device=device, verify=verify)
-    print_probe_records(records, as_json)
+    print_probe_records(records, as_json, sets)
     print_notes(sets[0].dataset.store.notes)
 
 
@@ -226,8 +226,9 @@ def results(
         err.print("no probe, finetuning or fusion results stored yet: run 'featstore "
                   "probe', 'featstore finetune' or 'featstore fuse'")
         return
-    print_probe_records(probes, False)
-    print_fusion_records(fusions, False)
+    named = ds.embedding_sets()  # every set of the dataset: a fusion may hold sets not listed
+    print_probe_records(probes, False, named)
+    print_fusion_records(fusions, False, named)
 
 
 def _f(name: str, *decls: str, **kw) -> typer.models.OptionInfo:
@@ -279,7 +280,7 @@ def fuse(
                         dim=dim, n_bootstrap=bootstrap, baselines=baselines,
                         heads_dir=heads_dir, recompute=recompute, device=device,
                         verify=verify)
-    print_fusion_records(records, as_json)
+    print_fusion_records(records, as_json, sets)
     print_notes(sets[0].dataset.store.notes)
 
 

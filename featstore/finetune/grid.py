@@ -10,6 +10,7 @@ from featstore.data.manifest import Manifest
 from featstore.errors import FinetuneError, ProbeError, retyped
 from featstore.finetune.config import FinetuneConfig, FinetuneRecord, model_key
 from featstore.models.registry import BackboneSpec
+from featstore.runkeys import FINETUNE_RECORD_KEYS
 from featstore.store.dataset import DatasetGroup
 from featstore.store.feature_store import FeatureStore
 
@@ -99,12 +100,6 @@ def _same_run(record: dict[str, Any], recipe: str | None = None) -> tuple:
             record.get("n_excluded", 0))
 
 
-# what a finetuning record's config holds beside FinetuneConfig's fields (finetune.run)
-_RECORD_KEYS = frozenset({"backbone", "model_key", "layer", "weights_sha256", "preprocessing",
-                          "device", "world_size", "val_source", "versions", "recipe",
-                          "best_epoch", "history", "finetuned_sha256"})
-
-
 def _current_recipe(cfg: dict[str, Any]) -> str | None:
     """The recipe an LP-FT run's settings give today (the current solver's); None for a run
     that starts from a fresh head (no solver in it) or settings this version cannot read (a
@@ -114,7 +109,7 @@ def _current_recipe(cfg: dict[str, Any]) -> str | None:
     if cfg.get("init_head") != "probe":
         return None
     known = {f.name for f in fields(FinetuneConfig)}
-    if set(cfg) - known - _RECORD_KEYS:
+    if set(cfg) - known - FINETUNE_RECORD_KEYS:
         return None
     try:
         return FinetuneConfig(**{k: v for k, v in cfg.items() if k in known}).recipe()

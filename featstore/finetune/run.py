@@ -213,7 +213,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     if dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    # (a key added here belongs in finetune.grid._RECORD_KEYS too)
+    # (a key added here belongs in runkeys.FINETUNE_RECORD_KEYS too)
     record_config = {**asdict(config), "backbone": spec.alias, "model_key": mkey,
                      "layer": spec.layer,
                      "weights_sha256": loaded.weights_sha256, "preprocessing": prep.to_dict(),

@@ -199,13 +199,15 @@ def _evidence_shares(Xt: Sequence[torch.Tensor], blocks: Sequence[np.ndarray],
     return share / share.sum()
 
 
-def _val_target(task: str, y_val: np.ndarray, device: str) -> torch.Tensor | None:
-    """Val labels as training targets, or None where the task's loss is undefined on them
-    (a single class)."""
+def _val_target(task: str, y_val: np.ndarray, n_out: int, device: str) -> torch.Tensor | None:
+    """Val labels as training targets, or None where the loss of a head of ``n_out`` outputs
+    is undefined on them (a single class; a class train lacks: as the probe, val chooses by
+    its metric alone)."""
     try:
-        return make_targets(task, y_val, device).target
+        targets = make_targets(task, y_val, device)
     except ProbeError:
         return None
+    return targets.target if targets.n_out <= n_out else None
 
 
 class DVME(ClassifierMixin, BaseEstimator):
@@ -394,7 +396,8 @@ class DVME(ClassifierMixin, BaseEstimator):
             steps = max(1, min(self.batch_size, -(-len(target) // 8)))
             start, history = self._train(attention, ATTENTION_LR, Xt, target, loss_fn, Xv,
                                          y_val, gen, start, batch_size=steps,
-                                         val_target=_val_target(self.task, y_val, self.device))
+                                         val_target=_val_target(self.task, y_val, n_out,
+                                                                self.device))
         concat = (start, history, copy.deepcopy(self.module_), self._proba(Xv))
         self._build(dims, n_out)
         if self._head_version >= 5:  # the random start's attention begins at the same prior

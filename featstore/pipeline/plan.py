@@ -204,7 +204,7 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
                                 probes=probe["probes"],
                                 fractions=probe["fractions"], seeds=probe["seeds"])
             stored = es.probe_runs.by_id()
-            have = sum(i in stored for i in ids)
+            have = sum(any(i in stored for i in alts) for alts in ids)
         return Step(
             id=f"probe {entry.name} {label}", stage="probe", dataset=entry.name,
             deps=deps, rows=rows, cached=have == n_runs,

@@ -4,7 +4,7 @@ of a pipeline file are read off it. Torch-free and light."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from featstore.choices import (
@@ -46,17 +46,47 @@ class ProbeConfig:
         object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
 
     def stored(self) -> dict[str, Any]:
-        """The configuration a run persists and shows: the fields, and for a linear probe
-        the solver that fitted it (``LINEAR_SOLVER``)."""
+        """The configuration a run persists and shows: the fields, those this probe does not
+        use at their defaults (:meth:`unused`: another ``--ks`` is the same linear run), and
+        for a linear probe the solver that fitted it (``LINEAR_SOLVER``)."""
+        return {**self._given(), **self.unused(self.probe, self.task)}
+
+    @staticmethod
+    def unused(probe: str, task: str) -> dict[str, Any]:
+        """The settings a ``probe`` on ``task`` does not use, at their defaults: ``ks`` for a
+        linear probe; ``l2_grid``, ``tol`` and ``max_iter`` for kNN; ``ordinal_decode``
+        outside ordinal tasks. The defaults keep the ids runs of default settings always had."""
+        names = _UNUSED.get(probe, ()) + (() if task == "ordinal" else ("ordinal_decode",))
+        return {n: _DEFAULTS[n] for n in names}
+
+    def run_id(self, embedding_key: str, val_carve: str | None = None) -> str:
+        """Content key of a run: the config as :meth:`stored` (with a linear probe's
+        solver), the embeddings, how val was carved (when it was) and the featstore
+        version."""
+        return self.run_ids(embedding_key, val_carve)[0]
+
+    def run_ids(self, embedding_key: str, val_carve: str | None = None) -> tuple[str, ...]:
+        """The ids a run of this config is found under: :meth:`run_id`, then the id an
+        earlier featstore gave the same run where it differs (it keyed the unused settings
+        as given: a linear run of ``ks=[5]``)."""
+        ids = (_key(self.stored(), embedding_key, val_carve),
+               _key(self._given(), embedding_key, val_carve))
+        return tuple(dict.fromkeys(ids))
+
+    def _given(self) -> dict[str, Any]:
         out = asdict(self)
         if self.probe == "linear":
             out["solver"] = LINEAR_SOLVER
         return out
 
-    def run_id(self, embedding_key: str, val_carve: str | None = None) -> str:
-        """Content key of a run: the config (with a linear probe's solver), the embeddings,
-        how val was carved (when it was) and the featstore version."""
-        payload: dict[str, Any] = {"config": self.stored(), "embedding_key": embedding_key}
-        if val_carve is not None:
-            payload["val_carve"] = val_carve
-        return run_key(payload)
+
+# the fields each probe leaves unused (beside ordinal_decode outside ordinal tasks)
+_UNUSED = {"linear": ("ks",), "knn": ("l2_grid", "tol", "max_iter")}
+_DEFAULTS = {f.name: f.default for f in fields(ProbeConfig)}
+
+
+def _key(config: dict[str, Any], embedding_key: str, val_carve: str | None) -> str:
+    payload: dict[str, Any] = {"config": config, "embedding_key": embedding_key}
+    if val_carve is not None:
+        payload["val_carve"] = val_carve
+    return run_key(payload)

@@ -15,10 +15,7 @@ from typing import Any
 import numpy as np
 
 from featstore import options
-from featstore.choices import (
-    MAX_SEEDS,
-    PROBES,
-)
+from featstore.choices import LINEAR_SOLVER, MAX_SEEDS, PROBES
 from featstore.data.fractions import (
     VAL_CARVE_FRACTION,  # noqa: F401  (re-exported: it lived here)
     VAL_SPLIT,
@@ -94,14 +91,15 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
     from featstore.task import scored_metrics
 
     cfg = ProbeConfig(**{**asdict(config or ProbeConfig()), **overrides})
-    run_id = probe_run_id(emb, cfg)
+    run_ids = _run_ids(emb, cfg)
+    run_id = run_ids[0]
     task = cfg.task
     y = emb.labels if task == "multilabel" else emb.labels[:, 0]
     tr, va, te, val_source = split_rows(emb, y, task)
     if store_set is not None and not recompute:
-        saved = store_set.probe_runs.get(run_id)
+        saved = _stored_run(store_set, run_ids)
         if saved is not None:
-            return [ProbeRecord.from_stored(r) for r in saved["records"]]
+            return saved
     if emb.X is None:
         raise ProbeError(f"{emb.dataset}: embeddings {emb.alias} were not loaded")
     tr = select_fraction(tr, emb.labels, emb.group, cfg.fraction, cfg.seed)
@@ -163,10 +161,38 @@ def probe_run_id(emb: Embeddings, config: ProbeConfig) -> str:
         A value the config refuses (an unknown probe or ordinal decoding, an L2 value
         <= 0, k < 1), or splits a probe cannot use.
     """
+    return _run_ids(emb, config)[0]
+
+
+def _run_ids(emb: Embeddings, config: ProbeConfig) -> tuple[str, ...]:
+    """:func:`probe_run_id`, then the id an earlier featstore gave the same run where it
+    differs (:meth:`ProbeConfig.run_ids`)."""
     options.check(config, ProbeError)  # every field against what the config declares
     y = emb.labels if config.task == "multilabel" else emb.labels[:, 0]
     val_source = split_rows(emb, y, config.task)[3]
-    return config.run_id(emb.key, None if val_source == VAL_SPLIT else VAL_CARVE)
+    return config.run_ids(emb.key, _carve(val_source))
+
+
+def _carve(val_source: str) -> str | None:
+    """What a run's id says of its val: None for the dataset's own, else how it was carved."""
+    return None if val_source == VAL_SPLIT else VAL_CARVE
+
+
+def _stored_run(es: EmbeddingSet, run_ids: Sequence[str]) -> list[ProbeRecord] | None:
+    """The records of the run stored under the first of ``run_ids`` the set holds; None when
+    it holds none."""
+    saved = next(filter(None, map(es.probe_runs.get, run_ids)), None)
+    return None if saved is None else _read_back(saved)
+
+
+def _read_back(run: dict[str, Any]) -> list[ProbeRecord]:
+    """A stored run's records; the settings its probe does not use shown at their defaults,
+    as they are stored today (a run stored before then shows them as given)."""
+    records = [ProbeRecord.from_stored(r) for r in run.get("records", [])]
+    for r in records:
+        unused = ProbeConfig.unused(r.probe, r.task)
+        r.config = {**r.config, **{k: v for k, v in unused.items() if k in r.config}}
+    return records
 
 
 def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, *,
@@ -204,10 +230,8 @@ def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, 
             for fraction in fractions:
                 for seed in seed_list:
                     run_cfg = replace(cfg, probe=kind, fraction=float(fraction), seed=seed)
-                    saved = None if recompute else es.probe_runs.get(probe_run_id(emb, run_cfg))
-                    if saved is not None:
-                        run = [ProbeRecord.from_stored(r) for r in saved["records"]]
-                    else:
+                    run = None if recompute else _stored_run(es, _run_ids(emb, run_cfg))
+                    if run is None:
                         if emb.X is None:
                             emb = es.load(verify=verify)
                         run = probe_embeddings(emb, run_cfg, store_set=es, recompute=True,
@@ -220,12 +244,13 @@ def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, 
 
 def probe_run_ids(embedding_key: str, val_source: str, config: ProbeConfig, *,
                   probes: Sequence[str], fractions: Sequence[float],
-                  seeds: int | Sequence[int]) -> list[str]:
-    """The ids the runs of a probe grid are persisted under, computing nothing (a planner
-    asks the store which of them are there). ``val_source``: as
-    :func:`featstore.data.fractions.val_source` says for the dataset."""
-    carve = None if val_source == VAL_SPLIT else VAL_CARVE
-    return [replace(config, probe=p, fraction=float(f), seed=s).run_id(embedding_key, carve)
+                  seeds: int | Sequence[int]) -> list[tuple[str, ...]]:
+    """For each run of a probe grid, the ids it is found under (the one it is persisted
+    under first, :meth:`ProbeConfig.run_ids`), computing nothing (a planner asks the store
+    which are there). ``val_source``: as :func:`featstore.data.fractions.val_source` says
+    for the dataset."""
+    return [replace(config, probe=p, fraction=float(f), seed=s).run_ids(embedding_key,
+                                                                          _carve(val_source))
             for p in probes for f in fractions for s in check_grid(fractions, seeds)]
 
 
@@ -256,33 +281,36 @@ def stored_records(store_sets: Sequence[EmbeddingSet]) -> list[ProbeRecord]:
     """Every probe record persisted for these embedding sets (no computation).
 
     Runs whose val was carved by the earlier, patient-unaware rule are superseded (a probe
-    recomputes them) and not listed; so is a linear run of an earlier solver once the same
-    run has been recomputed with the current one (until then it is listed, its configuration
-    naming no solver, so it is never averaged with the current solver's runs).
+    recomputes them) and not listed; so is a run stored under an earlier id once the same run
+    has been stored under today's (a linear run of an earlier solver, recomputed with the
+    current one: until then it is listed, its configuration naming no solver, so it is never
+    averaged with the current solver's runs; a run whose id held a setting its probe does not
+    use, such as a linear run's ``ks``).
     """
     out = []
     for es in store_sets:
         runs = es.probe_runs.by_id()
-        for run in runs.values():
+        for run_id, run in runs.items():
             records = run.get("records", [])
             if records and records[0].get("val_source") == LEGACY_VAL_SOURCE:
                 continue
-            if records and _current_solver_id(es.key, run) in runs:
+            current = _current_id(es.key, run) if records else None
+            if current not in (None, run_id) and current in runs:
                 continue
-            out.extend(ProbeRecord.from_stored(r) for r in records)
+            out.extend(_read_back(run))
     return out
 
 
-def _current_solver_id(embedding_key: str, run: dict[str, Any]) -> str | None:
-    """For a linear run fitted by an earlier solver (its config names none), the id the same
-    run has when the current solver fits it; None for any other run."""
+def _current_id(embedding_key: str, run: dict[str, Any]) -> str | None:
+    """The id a stored run has when made today (the current solver for a linear run, the
+    settings its probe does not use at their defaults); None for a configuration this
+    featstore cannot read (a setting it does not know, a newer solver's run)."""
     cfg = run.get("config") or {}
-    if cfg.get("probe") != "linear" or "solver" in cfg:
-        return None
     known = {f.name for f in fields(ProbeConfig)}
+    if set(cfg) - known - {"solver"} or cfg.get("solver", LINEAR_SOLVER) != LINEAR_SOLVER:
+        return None
     try:
         config = ProbeConfig(**{k: v for k, v in cfg.items() if k in known})
     except (TypeError, ValueError):
         return None
-    val_source = run["records"][0].get("val_source")
-    return config.run_id(embedding_key, None if val_source == VAL_SPLIT else VAL_CARVE)
+    return config.run_id(embedding_key, _carve(run["records"][0].get("val_source")))

@@ -13,7 +13,8 @@ import numpy as np
 
 from featstore.errors import FeatstoreError, ManifestError
 from featstore.report.numbers import ci, mean_sd
-from featstore.runkeys import config_variant, variant_labels
+from featstore.report.tables import legend, set_names
+from featstore.runkeys import config_variant, row_labeller
 
 
 @dataclass
@@ -40,6 +41,7 @@ class DatasetReport:
     rows: list[Row]
     attention: dict[str, Any] | None
     sets: list[Any]
+    legend: list[str] = field(default_factory=list)  # what the table's hashes are
 
 
 def short(alias: str) -> str:
@@ -57,26 +59,16 @@ def display_names(sets: Sequence[Any]) -> dict[str, str]:
     """Short names for a dataset's sets in tables and legends, by set key: the architecture
     or registered name without its ``timm:`` prefix, size and weights
     (``timm:resnet18/64px@random`` -> ``resnet18``), a finetuned model as ``<arch>
-    finetuned <run>``; where two sets would share a name, their precision and dtype, else
-    their key prefix, tell them apart."""
-    names, detail = {}, {}
-    for es in sets:
+    finetuned <run>``; where two sets would share a name, what tells them apart in words
+    (:func:`featstore.report.tables.set_names`: how their pixels were made, precision and
+    dtype), else their key's start."""
+    def name(es) -> str:
         p = es.provenance
         if p.finetuned_run is not None:
-            names[es.key] = f"{p.architecture or '?'} finetuned {p.finetuned_run[:8]}"
-        else:
-            names[es.key] = _base(short(es.alias))
-        detail[es.key] = f"{p.precision}/{es.attrs.get('dtype', '?')}"
-    out = {}
-    for key, n in names.items():
-        twins = [k for k, m in names.items() if m == n]
-        if len(twins) == 1:
-            out[key] = n
-        elif len({detail[k] for k in twins}) == len(twins):
-            out[key] = f"{n} [{detail[key]}]"
-        else:
-            out[key] = f"{n} #{key[:6]}"
-    return out
+            return f"{p.architecture or '?'} finetuned {p.finetuned_run[:8]}"
+        return _base(short(es.alias))
+
+    return set_names(sets, name)
 
 
 def _groups(store, datasets: Sequence[Any] | None) -> list[tuple[str, Any]]:
@@ -185,38 +177,25 @@ def _dataset_report(ds, wanted) -> DatasetReport:
     def name(key: str, alias: str) -> str:
         return names.get(key, _base(short(alias)))
 
-    probes = [r for r in stored_records(sets) if wanted("probe", r, r.probe)]
-    variants: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in probes:
-        variants.setdefault((r.key, r.probe), {})[config_variant(r.config)] = r.config
-    labels = {subject: variant_labels(configs) for subject, configs in variants.items()}
-    for r in probes:
-        v = config_variant(r.config)
-        label = " ".join(filter(None, (r.probe, labels[(r.key, r.probe)][v])))
-        add(name(r.key, r.backbone), label, r, r.key in random_keys or r.random_weights, v)
-    finetunes = [r for r in stored_finetune_records(ds) if wanted("finetune", r)]
-    recipes = {(r.config or {}).get("recipe") for r in finetunes}
-    for r in finetunes:
-        recipe = (r.config or {}).get("recipe")
-        add(_base(short(r.backbone)), "finetune" + (f" {recipe}" if len(recipes) > 1 else ""),
-            r, bool(r.random_weights), str(recipe))
+    runs = ([r for r in stored_records(sets) if wanted("probe", r, r.probe)]
+            + [r for r in stored_finetune_records(ds) if wanted("finetune", r)])
+    label = row_labeller(runs, lambda r: (r.key, r.probe))
+    for r in runs:  # a finetuning run: key is the starting model's, probe "finetune"
+        add(name(r.key, r.backbone), " ".join(filter(None, (r.probe, label(r)))), r,
+            r.key in random_keys or bool(r.random_weights), config_variant(r.config))
     fusions = [r for r in stored_fusion_records([ds]) if wanted("fuse", r)]
-    fusion_variants: dict[tuple, dict[str, Any]] = {}
-    for r in fusions:
-        fusion_variants.setdefault((r.method, tuple(r.keys)), {})[
-            config_variant(r.config)] = r.config
-    fusion_labels = {subject: variant_labels(c) for subject, c in fusion_variants.items()}
-    for r in fusions:
-        if not r.method.startswith("single:"):
-            fused = " + ".join(name(k, b) for k, b in zip(r.keys, r.backbones, strict=False))
-            v = config_variant(r.config)
-            label = fusion_labels[(r.method, tuple(r.keys))][v]
-            add(fused, " ".join(filter(None, (r.method, label))), r, bool(r.random_weights), v)
+    fused = [r for r in fusions if not r.method.startswith("single:")]
+    label = row_labeller(fused, lambda r: (r.method, tuple(r.keys)))
+    for r in fused:
+        sets_fused = " + ".join(name(k, b) for k, b in zip(r.keys, r.backbones, strict=False))
+        add(sets_fused, " ".join(filter(None, (r.method, label(r)))), r,
+            bool(r.random_weights), config_variant(r.config))
     attention = _attention(fusions, name)
     ordered = sorted(rows.values(), key=lambda r: (" + " in r.backbone, r.backbone,
                                                     r.method))  # fusions last
     return DatasetReport(ds.attrs.get("name", ds.name), ds, str(ds.attrs.get("task", "")),
-                         ordered, attention, sets)
+                         ordered, attention, sets,
+                         legend([f"{r.backbone} {r.method}" for r in ordered]))
 
 
 def _attention(fusions: Sequence[Any], name) -> dict[str, Any] | None:

@@ -116,6 +116,7 @@ def _markdown(title, meta, reports, figures, any_random) -> str:
                                                                                 strict=True)]
                 lines.append(f"| {name} | {_md(row.method)} | " + " | ".join(vals) + " |")
             lines.append("")
+            lines += [f"*{_md(line)}*" for line in rep.legend] + ([""] if rep.legend else [])
         prov = provenance_rows(rep)
         if prov:
             lines += [f"### Provenance of {_md(rep.name)}'s embedding sets", "",
@@ -162,6 +163,7 @@ def _html(title, meta, reports, figures, any_random) -> str:
                                                                           strict=True))
                              + "</tr>")
             parts.append("</table>")
+            parts += [f"<p class='meta'>{e(line)}</p>" for line in rep.legend]
         prov = provenance_rows(rep)
         if prov:
             parts.append(f"<h3>Provenance of {e(rep.name)}'s embedding sets</h3><table><tr>"

@@ -7,8 +7,9 @@ Nothing here computes a result: every function takes records a stage returned.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from featstore.report.numbers import ci, mean_sd
+from featstore.runkeys import VARIANT_LEGEND, row_labeller
 
 PER_LABEL_PREFIX = "auc["
 SHORT_NAMES = {"balanced_accuracy": "bal_acc", "accuracy": "acc"}
@@ -41,40 +43,83 @@ def _ci(records: Sequence[Any]) -> str:
     return ci([r.ci_low for r in records], [r.ci_high for r in records])
 
 
-def _by_configuration(records: Sequence[Any], what) -> dict[tuple, list]:
-    """Records grouped into table cells: ``what(r)`` (the row's subject), the configuration
-    label, and the fraction. Runs of different configurations (:func:`config_variant`) are
-    different rows, labelled by what tells them apart (:func:`variant_labels`) where one
-    subject has several (a finetuning run always by its recipe hash); within a cell a seed
-    counts once per metric (the same seed again, e.g. at another bootstrap count, is not
-    another sample)."""
-    from featstore.runkeys import config_variant, variant_labels
+KEY_LEGEND = ("#<hex>: the start of an embedding set's key, where nothing in words tells two "
+              "sets of one backbone apart ('featstore ls' lists them)")
+_METHOD_ORDER = ("dvme", "concat", "single")  # fusion rows: the head, then its baselines
 
-    variants: dict[tuple, dict[str, Any]] = {}
-    for r in records:
-        config = getattr(r, "config", None)
-        variants.setdefault(what(r), {})[config_variant(config)] = config
-    labels = {subject: variant_labels(configs) for subject, configs in variants.items()}
+
+def set_names(sets: Iterable[Any], name: Callable[[Any], str] | None = None) -> dict[str, str]:
+    """Each embedding set's name in a table, by key: ``name(set)`` (default its alias); where
+    sets share one, what tells them apart in words, as ``featstore ls`` says it (``[torch
+    resize]`` beside ``[PIL]``, ``[fp32/float16]`` beside ``[fp32/float32]``), and where
+    words do not, the start of the key (``#d451f8e9``, :data:`KEY_LEGEND`)."""
+    sets = list(sets)
+    names = {es.key: (name or (lambda e: e.alias))(es) for es in sets}
+    details = {es.key: {"pixels": es.pixels, "compute": f"{es.precision}/{es.dtype}"}
+               for es in sets}
+    out = {}
+    for key, n in names.items():
+        twins = [k for k, m in names.items() if m == n]
+        differ = [d for d in ("compute", "pixels")
+                  if len({details[k][d] for k in twins}) > 1]
+        words = [details[key][d] for d in differ]
+        alike = [k for k in twins if [details[k][d] for d in differ] == words]
+        out[key] = " ".join([n] + ([f"[{', '.join(words)}]"] if words else [])
+                            + ([f"#{key[:8]}"] if len(alike) > 1 else []))
+    return out
+
+
+def _set_name(key: str, alias: str, names: Mapping[str, str],
+              aliases: Mapping[str, set[str]]) -> str:
+    """A record's set as :func:`set_names` names it; else its alias, with its key's start
+    where the records hold another set of that alias."""
+    if key in names:
+        return names[key]
+    return alias if len(aliases.get(alias, ())) < 2 else f"{alias} #{key[:8]}"
+
+
+def legend(names: Iterable[str]) -> list[str]:
+    """What the hashes among these row names are (:data:`KEY_LEGEND`, :data:`VARIANT_LEGEND`):
+    a line under the table for each kind it shows."""
+    names = list(names)
+    return [line for mark, line in ((r"(^| )#[0-9a-f]{8}\b", KEY_LEGEND),
+                                    (r"(^| )~[0-9a-f]{6,}\b", VARIANT_LEGEND))
+            if any(re.search(mark, n) for n in names)]
+
+
+def _with_legend(table: Table, names: Iterable[str]) -> Table:
+    """``table`` with its :func:`legend` as a caption."""
+    table.caption = "\n".join(legend(names)) or None
+    table.caption_justify = "left"
+    return table
+
+
+def _by_configuration(records: Sequence[Any], subject: Callable[[Any], tuple],
+                      order: Callable[[tuple], tuple]) -> dict[tuple, list]:
+    """Records grouped into table cells: ``subject(r)`` (the row's subject), the
+    configuration label, and the fraction, in ``order`` of (subject, label) and then by
+    fraction. Runs of different configurations (:func:`config_variant`) are different rows,
+    labelled by what tells them apart (:func:`row_labeller`) where one subject has several;
+    within a cell a seed counts once per metric (the same seed again, e.g. at another
+    bootstrap count, is not another sample)."""
+    label = row_labeller(records, subject)
     cells: dict[tuple, list] = {}
     seen: set[tuple] = set()
     for r in records:
-        config = getattr(r, "config", None) or {}
-        v = config_variant(config)
-        if "recipe" in config:  # finetuning runs are always labelled by their recipe
-            label = v
-        else:
-            label = labels[what(r)][v]
-        cell = (*what(r), label, r.fraction)
+        cell = (*subject(r), label(r), r.fraction)
         if (cell, r.seed, r.metric) in seen:
             continue
         seen.add((cell, r.seed, r.metric))
         cells.setdefault(cell, []).append(r)
-    return cells
+    return dict(sorted(cells.items(), key=lambda c: (*order(c[0][:-1]), c[0][-1])))
 
 
-def probe_tables(records: Sequence[Any]) -> list[Table]:
+def probe_tables(records: Sequence[Any], names: Mapping[str, str] | None = None
+                 ) -> list[Table]:
     """Backbone x probe x fraction: each metric (mean ± sd over seeds), the primary
-    metric's bootstrap 95% CI on test, the chosen hyperparameter; then per-label AUCs."""
+    metric's bootstrap 95% CI on test, the chosen hyperparameter; then per-label AUCs.
+    ``names``: the sets' names by key (:func:`set_names`); rows go by backbone, probe,
+    settings and fraction."""
     if not records:
         return []
     first = records[0]
@@ -86,41 +131,52 @@ def probe_tables(records: Sequence[Any]) -> list[Table]:
                 *[SHORT_NAMES.get(m, m) for m in metrics], "95% CI", "chosen", "seeds"):
         table.add_column(col, justify="left" if col in ("backbone", "probe", "chosen")
                          else "right")
-    keys_of: dict[str, set[str]] = {}
+    aliases: dict[str, set[str]] = {}
     for r in records:
-        keys_of.setdefault(r.backbone, set()).add(r.key)
-    cells = _by_configuration(records, lambda r: (r.backbone, r.key, r.probe))
-    for (backbone, key, kind, label, fraction), rs in cells.items():
-        kind = f"{kind} {label}".rstrip()
-        if len(keys_of[backbone]) > 1:  # one alias, several sets (dtypes, precisions)
-            backbone = f"{backbone} #{key[:8]}"
+        aliases.setdefault(r.backbone, set()).add(r.key)
+
+    def backbone(r: Any) -> str:
+        return _set_name(r.key, r.backbone, names or {}, aliases)
+
+    def order(row: tuple) -> tuple:  # (backbone, key, probe, [metric,] label)
+        return (row[0], row[1], _rank(row[2], ("linear", "knn")), *row[3:])
+
+    cells = _by_configuration(records, lambda r: (backbone(r), r.key, r.probe), order)
+    for (name, _, kind, label, fraction), rs in cells.items():
         by_metric: dict[str, list[float]] = {}
         for r in rs:
             by_metric.setdefault(r.metric, []).append(r.value)
         prim = [r for r in rs if r.primary]
         chosen = ", ".join(dict.fromkeys(r.hyperparameter for r in prim))
-        table.add_row(escape(backbone), escape(kind), f"{fraction:g}",
+        table.add_row(escape(name), escape(f"{kind} {label}".rstrip()), f"{fraction:g}",
                       "/".join(sorted({str(r.n_train) for r in prim})),
                       *[mean_sd(by_metric.get(m, [])) for m in metrics], _ci(prim), chosen,
                       str(len(prim)))
-    tables = [table]
+    tables = [_with_legend(table, [f"{c[0]} {c[3]}" for c in cells])]
     per_label = [r for r in records if r.metric.startswith(PER_LABEL_PREFIX)]
     if per_label:
         lt = Table(title="per-label AUC (mean ± sd over seeds)")
         for col in ("backbone", "probe", "fraction", "label", "auc"):
             lt.add_column(col)
-        label_cells = _by_configuration(per_label,
-                                        lambda r: (r.backbone, r.key, r.probe, r.metric))
-        for (backbone, _, kind, metric, variant, fraction), rs in label_cells.items():
-            lt.add_row(backbone, f"{kind} {variant}".rstrip(), f"{fraction:g}",
+        label_cells = _by_configuration(
+            per_label, lambda r: (backbone(r), r.key, r.probe, r.metric), order)
+        for (name, _, kind, metric, label, fraction), rs in label_cells.items():
+            lt.add_row(escape(name), escape(f"{kind} {label}".rstrip()), f"{fraction:g}",
                        metric[len(PER_LABEL_PREFIX):-1], mean_sd([r.value for r in rs]))
-        tables.append(lt)
+        tables.append(_with_legend(lt, [f"{c[0]} {c[4]}" for c in label_cells]))
     return tables
 
 
-def fusion_table(records: Sequence[Any]) -> Table | None:
+def _rank(kind: str, first: Sequence[str]) -> tuple[int, str]:
+    """Sort key of a probe or method: those of ``first`` (by prefix) in that order."""
+    return next((i for i, f in enumerate(first) if kind.startswith(f)), len(first)), kind
+
+
+def fusion_table(records: Sequence[Any], names: Mapping[str, str] | None = None
+                 ) -> Table | None:
     """Method x fraction: the primary metric (mean ± sd over seeds), its 95% CI and the
-    mean DVME attention per backbone on test."""
+    mean DVME attention per backbone on test. ``names``: the sets' names by key
+    (:func:`set_names`); rows go by the sets fused, method, settings and fraction."""
     if not records:
         return None
     first = records[0]
@@ -130,18 +186,34 @@ def fusion_table(records: Sequence[Any]) -> Table | None:
     for col in ("method", "backbones", "fraction", "n_train", primary,
                 "95% CI", "attention", "seeds"):
         table.add_column(col)
-    cells = _by_configuration([r for r in records if r.primary],
-                              lambda r: (r.method, tuple(r.keys)))
-    for (method, _, label, fraction), rs in cells.items():
-        method = f"{method} {label}".rstrip()
+    aliases: dict[str, set[str]] = {}
+    for r in records:
+        for alias, key in zip(r.backbones, r.keys, strict=False):
+            aliases.setdefault(alias.partition("#")[0], set()).add(key)
+
+    def fused(r: Any) -> tuple[str, ...]:
+        return tuple(_set_name(k, b.partition("#")[0], names or {}, aliases)
+                     for b, k in zip(r.backbones, r.keys, strict=False))
+
+    def method(r: Any) -> str:  # single:<alias>: named as its set is
+        single = r.method.removeprefix("single:")
+        if single == r.method or single not in r.backbones:
+            return r.method
+        return "single:" + fused(r)[r.backbones.index(single)]
+
+    cells = _by_configuration(
+        [r for r in records if r.primary], lambda r: (fused(r), method(r), tuple(r.keys)),
+        lambda row: (row[0], _rank(row[1], _METHOD_ORDER), *row[2:]))
+    for (sets, name, _, label, fraction), rs in cells.items():
         att = ""
         if rs[0].attention:
             mean = {k: np.mean([r.attention[k] for r in rs]) for k in rs[0].attention}
-            att = "  ".join(f"{k}: {v:.2f}" for k, v in mean.items())
-        table.add_row(escape(method), escape("+".join(rs[0].backbones)), f"{fraction:g}",
-                      str(rs[0].n_train),
-                      mean_sd([r.value for r in rs]), _ci(rs), att, str(len(rs)))
-    return table
+            shown = dict(zip(rs[0].backbones, sets, strict=False))
+            att = "  ".join(f"{shown.get(k, k)}: {v:.2f}" for k, v in mean.items())
+        table.add_row(escape(f"{name} {label}".rstrip()), escape("+".join(sets)),
+                      f"{fraction:g}", str(rs[0].n_train),
+                      mean_sd([r.value for r in rs]), _ci(rs), escape(att), str(len(rs)))
+    return _with_legend(table, [" ".join((*c[0], c[1], c[3])) for c in cells])
 
 
 def heads_line(records: Sequence[Any]) -> str | None:

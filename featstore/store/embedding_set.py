@@ -59,14 +59,10 @@ class EmbeddingSet:
         extracted it when on which host."""
         done = int(self.done_mask().sum())
         prov = self.provenance
-        fields = self.attrs.get("key_fields") or {}
-        decode = str(fields.get("decode", ""))
-        pixels = (f"{decode.split('-')[1]}, torch resize" if decode.startswith("device-")
-                  else "torch resize" if fields.get("resize") else "PIL")
         return {
             "dataset": self.dataset.name, "backbone": self.alias, "key": self.key,
             "rows": self.rows, "dim": self.dim, "dtype": self.dtype,
-            "precision": fields.get("precision", "fp32"), "pixels": pixels,
+            "precision": self.precision, "pixels": self.pixels,
             "bytes": self.rows * self.dim * np.dtype(self.dtype).itemsize,
             "shards_done": done, "shards": self.n_shards,
             "status": "complete" if done == self.n_shards else "incomplete",
@@ -75,6 +71,20 @@ class EmbeddingSet:
             "user": prov.user, "host": prov.host,
             "started": prov.started, "finished": self.attrs.get("finished"),
         }
+
+    @property
+    def precision(self) -> str:
+        """The precision the backbone computed in (``fp32``, ``bf16``, ``fp16``)."""
+        return (self.attrs.get("key_fields") or {}).get("precision", "fp32")
+
+    @property
+    def pixels(self) -> str:
+        """How the pixels were made, in words: ``PIL`` (decoded and resized in the loader),
+        ``torch resize`` (resized on the device), ``nvjpeg, torch resize`` (decoded there)."""
+        fields = self.attrs.get("key_fields") or {}
+        decode = str(fields.get("decode", ""))
+        return (f"{decode.split('-')[1]}, torch resize" if decode.startswith("device-")
+                else "torch resize" if fields.get("resize") else "PIL")
 
     def publish(self) -> None:
         """Write (or rewrite) the set's catalog entry."""

@@ -362,3 +362,22 @@ def test_bad_features_in_a_fusion_run_are_a_fusion_error():
     for attentions in (("softmax",), ()):
         with pytest.raises(FusionError, match="NaN or inf"):
             fuse_embeddings(embs, task="binary", attentions=attentions, n_bootstrap=0)
+
+
+def test_a_class_absent_from_train_is_fused_as_the_probe_takes_it():
+    """Four classes, class 3 only in val and test: fuse trains its heads on the three classes
+    train holds and scores test, as the probe does, instead of failing on val's class 3."""
+    from featstore.probe import probe_embeddings
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 600)
+    y[:360] %= 3  # the train rows (60%): classes 0 to 2
+    embs = embedding_sets([(name, rng.normal(size=(600, 16)) + scale * y[:, None])
+                           for name, scale in (("A", 0.5), ("B", 1.0))], y)
+    records = fuse_embeddings(embs, task="multiclass", attentions=("softmax", "sigmoid"),
+                              n_bootstrap=10)
+    probed = probe_embeddings(embs[1], task="multiclass", n_bootstrap=10)
+    assert {r.method for r in records if r.primary} == {
+        "dvme-softmax", "dvme-sigmoid", "concat", "single:A", "single:B"}
+    assert primary(records, "single:B") == next(r.value for r in probed if r.primary)
+    assert all(np.isfinite(r.value) and r.n_test == 120 for r in records if r.primary)

@@ -45,6 +45,72 @@ def test_probes_with_another_l2_grid_are_another_row_not_a_second_seed(capsys, e
         "l2_grid=[0.1, 1.0]", "l2_grid=[100.0]"], out
 
 
+def _probe(capsys, extracted, *options: str) -> list[dict]:
+    code, out, err = cli(capsys, "probe", *extracted, "-b", TINY, "--image-size", str(SIZE),
+                         "--bootstrap", "10", "--json", *options)
+    assert code == 0, err
+    return [r for r in json.loads(out) if r["primary"]]
+
+
+def test_a_setting_the_probe_does_not_use_neither_recomputes_nor_splits_its_row(capsys,
+                                                                                extracted):
+    """``--ks`` is the kNN probe's, ``--l2-grid`` the linear probe's: the other probe's run
+    is the one already stored (read back), and ``results`` shows one row per probe."""
+    made = _probe(capsys, extracted, "--probe", "linear,knn")
+    assert not any(r["cached"] for r in made)
+    linear = _probe(capsys, extracted, "--ks", "5")
+    knn = _probe(capsys, extracted, "--probe", "knn", "--l2-grid", "100")
+    assert all(r["cached"] for r in linear + knn)
+    assert sorted(r["run_id"] for r in linear + knn) == sorted(r["run_id"] for r in made)
+    code, out, _ = cli(capsys, "results", *extracted, "-b", TINY, "--image-size", str(SIZE))
+    assert len(_rows(out, "linear")) == 1 and len(_rows(out, "knn")) == 1, out
+    assert _seeds(_rows(out, "linear")[0]) == 1, out
+
+
+def test_runs_stored_under_the_ids_that_held_unused_settings_are_found_and_listed_once(
+        capsys, extracted):
+    """A linear run of ``--ks 5`` and a kNN run of ``--l2-grid 100`` as an earlier featstore
+    stored them (their ids and configurations held the setting): the same command reads
+    them back; a default probe is the same run (one row), and once it is stored the earlier
+    runs are not listed beside it."""
+    from dataclasses import asdict
+
+    from featstore.choices import LINEAR_SOLVER
+    from featstore.probe.config import ProbeConfig
+    from featstore.runkeys import run_id
+
+    unused = {"linear": ("--ks", "5"), "knn": ("--l2-grid", "100")}
+    made = [r for probe, (option, value) in unused.items()
+            for r in _probe(capsys, extracted, "--probe", probe, option, value)]
+    es = FeatureStore(extracted[3]).dataset(load_dataset(extracted[1])).embedding_sets()[0]
+    earlier = {}
+    for r in made:  # stored again as before: the configuration as given, keyed as it is
+        run = es.probe_runs.get(r["run_id"])
+        given = {**asdict(ProbeConfig(probe=r["probe"], task=r["task"], n_bootstrap=10,
+                                      **{"linear": {"ks": (5,)}, "knn": {"l2_grid": (100.0,)}
+                                         }[r["probe"]])),
+                 **({"solver": LINEAR_SOLVER} if r["probe"] == "linear" else {})}
+        old_id = run_id({"config": given, "embedding_key": es.key})
+        records = [{**rec, "run_id": old_id, "config": {**rec["config"], **given}}
+                   for rec in run["records"]]
+        del es.group["probes"][r["run_id"]]
+        es.probe_runs.save(old_id, {**run, "config": given, "records": records})
+        earlier[r["probe"]] = old_id
+    again = [r for probe, (option, value) in unused.items()
+             for r in _probe(capsys, extracted, "--probe", probe, option, value)]
+    assert all(r["cached"] for r in again)
+    assert {r["probe"]: r["run_id"] for r in again} == earlier
+    for _ in range(2):  # the earlier runs, then (the defaults made) the current ones
+        code, out, _ = cli(capsys, "results", *extracted, "-b", TINY, "--image-size",
+                           str(SIZE))
+        assert [len(_rows(out, p)) for p in ("linear", "knn")] == [1, 1], out
+        assert all(_seeds(r) == 1 for r in _rows(out, "│ timm")), out
+        made = _probe(capsys, extracted, "--probe", "linear,knn")
+    code, out, _ = cli(capsys, "results", *extracted, "--json")
+    assert {r["run_id"] for r in json.loads(out) if r.get("probe")} == {
+        r["run_id"] for r in made}
+
+
 def test_the_readme_ordinal_decode_example_is_two_rows_of_one_seed(capsys, tmp_path):
     data = make_medmnist(tmp_path / "retina.npz", classes=5, n=(50, 20, 20))
     args = ["--data", str(data), "--store", str(tmp_path / "s"), "--task", "ordinal"]
@@ -184,7 +250,8 @@ def test_sets_of_one_alias_at_two_dtypes_are_told_apart_and_exported(capsys, npz
     code, out, _ = cli(capsys, "ls", "--store", str(store_dir))
     assert "[fp32/float32]" in out and "[fp32/float16]" in out, out
     code, out, _ = cli(capsys, "results", *data)
-    assert f"#{keys['float16'][:8]}" in out and f"#{keys['float32'][:8]}" in out, out
+    assert len(_rows(out, "random [fp32/float16] ")) == 1, out  # in words, as ls says it
+    assert len(_rows(out, "random [fp32/float32] ")) == 1, out
     code, _, err = cli(capsys, "export", *data, "-b", TINY, "--image-size", str(SIZE),
                        "--dtype", "float16", "-o", str(tmp_path / "x"))
     assert code == 0, err
@@ -192,6 +259,7 @@ def test_sets_of_one_alias_at_two_dtypes_are_told_apart_and_exported(capsys, npz
 
 
 def test_variants_are_labelled_by_what_sets_them_apart():
+    from featstore.choices import DEFAULT_L2_GRID
     from featstore.runkeys import variant_labels
 
     base = {"task": "binary", "fraction": 0.1, "seed": 0, "dim": 256, "solver": "lbfgs-v2",
@@ -205,5 +273,107 @@ def test_variants_are_labelled_by_what_sets_them_apart():
     wide = {**base, "dim": 64}
     assert variant_labels({"a": base, "b": wide, "c": older}) == {
         "a": "dim=256, head v6", "b": "dim=64, head v6", "c": "dim=256, head v5"}
-    long = {**base, "l2_grid": [10.0 ** k for k in range(-6, 5)]}
-    assert variant_labels({"a": base, "b": long}) == {"a": "~a", "b": "~b"}  # too long
+    default = {**base, "l2_grid": list(DEFAULT_L2_GRID)}
+    short = {**base, "l2_grid": [100.0]}
+    long = {**base, "l2_grid": [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]}
+    assert variant_labels({"a": default, "b": short, "c": long}) == {
+        "a": "l2_grid=default", "b": "l2_grid=[100.0]",
+        "c": "l2_grid=[0.001 .. 100.0] (6 values)"}  # a long list: its ends, where they tell
+    same_ends = {**base, "l2_grid": [0.001, 1.0, 100.0, 100.0, 100.0, 100.0]}
+    assert variant_labels({"c": long, "d": same_ends}) == {
+        "c": "l2_grid=[0.001, 0.01, 0.1, 1.0, 10.0, 100.0]",
+        "d": "l2_grid=[0.001, 1.0, 100.0, 100.0, 100.0, 100.0]"}
+    # finetuning: the recipe's settings, not where it ran or what it learnt; a hash only
+    # where none tells two recipes apart (an LP-FT head of an earlier solver)
+    tuned = {"recipe": "r1", "lr": 0.001, "epochs": 5, "device": "cpu", "history": [0.5],
+             "best_epoch": 2}
+    other = {**tuned, "recipe": "r2", "lr": 0.05, "device": "cuda", "history": [0.7]}
+    assert variant_labels({"r1": tuned, "r2": other}) == {"r1": "lr=0.001", "r2": "lr=0.05"}
+    assert variant_labels({"r1": tuned, "r3": {**tuned, "recipe": "r3"}}) == {
+        "r1": "~r1", "r3": "~r3"}
+
+
+def _table_rows(out: str, title: str) -> list[list[str]]:
+    """The cells of each row of the table titled ``title`` in ``out`` (printed unwrapped)."""
+    lines = out.split(title, 1)[1].split("└", 1)[0].splitlines()
+    return [[c.strip() for c in line.strip("│").split("│")] for line in lines
+            if line.startswith("│")]
+
+
+def test_every_row_says_in_words_what_sets_it_apart_in_results_and_the_report(
+        capsys, monkeypatch, extracted, tmp_path):
+    """One pair of backbones embedded by two pixel paths (PIL; resized on the device), each
+    pair fused at two fractions, and a probe at the default L2 grid beside another: every
+    row of ``results`` and of the report says in words what sets it apart (no bare hash),
+    and rows come ordered by fraction."""
+    from rich.console import Console
+
+    from featstore.report.collect import collect
+
+    monkeypatch.setattr("featstore.cli._shared.out", Console(width=1000, emoji=False))
+    keys = {}
+    for resize in ("cpu", "device"):
+        code, out, err = cli(capsys, "extract", *extracted, "-b", TINY, "-b", TINY_VIT,
+                             "--image-size", str(SIZE), "--resize", resize, "--json")
+        assert code == 0, err
+        keys[resize] = [r["key"][:12] for r in json.loads(out)]
+        code, _, err = cli(capsys, "fuse", *extracted, "-b", keys[resize][0], "-b",
+                           keys[resize][1], "--fractions", "1,0.5", "--bootstrap", "10",
+                           "--heads-dir", str(tmp_path / "heads"))
+        assert code == 0, err
+    for grid in ((), ("--l2-grid", "100")):
+        _probe(capsys, extracted, *grid)
+    code, out, _ = cli(capsys, "results", *extracted)
+    assert code == 0 and not re.search(r"[~#][0-9a-f]{6}", out), out
+    probes = _table_rows(out, "probes on test")
+    assert [row[1] for row in probes] == ["linear l2_grid=[100.0]", "linear l2_grid=default"]
+    assert {row[0] for row in probes} == {f"timm:test_resnet/{SIZE}px@random [PIL]"}
+    fused = _table_rows(out, "fusion on test")
+    pairs = {f"timm:test_resnet/{SIZE}px@random [{p}]+timm:test_vit/{SIZE}px@random [{p}]"
+             for p in ("PIL", "torch resize")}
+    assert {row[1] for row in fused} == pairs, out
+    order = [(row[1], row[0]) for row in fused]  # rows of one fusion and method together,
+    assert [row[2] for row in fused] == ["0.5", "1"] * (len(fused) // 2), out  # by fraction
+    assert len(set(order)) == len(fused) // 2 and order[::2] == order[1::2], out
+    assert [row[0] for row in fused[:6:2]] == [
+        "dvme-softmax", "concat", f"single:timm:test_resnet/{SIZE}px@random [PIL]"], out
+
+    [report] = collect(FeatureStore(extracted[3]))
+    named = {(row.backbone, row.method) for row in report.rows}
+    assert {("test_resnet [PIL]", "linear l2_grid=[100.0]"),
+            ("test_resnet [PIL]", "linear l2_grid=default"),
+            ("test_resnet [PIL] + test_vit [PIL]", "dvme-softmax"),
+            ("test_resnet [torch resize] + test_vit [torch resize]", "dvme-softmax")} <= named
+    assert len(named) == len(report.rows) and report.legend == []
+
+
+def test_a_hash_in_a_row_name_comes_with_a_line_saying_what_it_is():
+    """Where no word tells two sets of one alias apart (their key's start) or two settings
+    (a configuration hash), the table says under it what the hash is."""
+    from types import SimpleNamespace
+
+    from featstore.probe import ProbeRecord
+    from featstore.report.tables import KEY_LEGEND, probe_tables, set_names
+    from featstore.runkeys import VARIANT_LEGEND
+
+    sets = [SimpleNamespace(key=k * 64, alias="a", pixels="PIL", precision="fp32",
+                            dtype="float32") for k in "12"]
+    names = set_names(sets + [SimpleNamespace(key="3" * 64, alias="a", pixels="torch resize",
+                                              precision="fp32", dtype="float32")])
+    assert names == {"1" * 64: "a [PIL] #11111111", "2" * 64: "a [PIL] #22222222",
+                     "3" * 64: "a [torch resize]"}
+
+    def record(key: str, config: dict) -> ProbeRecord:
+        return ProbeRecord(dataset="d", task="binary", metric="auc", value=0.9, primary=True,
+                           ci_low=0.8, ci_high=1.0, fraction=1.0, seed=0, n_train=10, n_val=5,
+                           n_test=5, train_ids_sha256="t", run_id="r", backbone="a", key=key,
+                           probe="finetune", val_source="val split", config=config)
+
+    one = {"recipe": "aaaaaaaa", "lr": 0.1}
+    [table] = probe_tables([record("1" * 64, one), record("2" * 64, one)], names)
+    assert table.caption == KEY_LEGEND
+    [table] = probe_tables([record("3" * 64, one),
+                            record("3" * 64, {**one, "recipe": "bbbbbbbb"})], names)
+    assert table.caption == VARIANT_LEGEND
+    [table] = probe_tables([record("3" * 64, one)], names)
+    assert table.caption is None
