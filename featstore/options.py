@@ -220,8 +220,8 @@ def device_problem(device: Any, here: bool = True) -> str | None:
     if not count:
         return f"no {what} on this machine (use cpu, or auto)"
     if index and int(index) >= count:
-        return (f"this machine has {count} {what}{'s' if count > 1 else ''} "
-                f"({kind}:0 to {kind}:{count - 1})")
+        return (f"this machine has {count} {what}{'s' if count > 1 else ''} ({kind}:0"
+                + (f" to {kind}:{count - 1})" if count > 1 else ")"))
     return None
 
 

@@ -263,3 +263,21 @@ def test_both_front_ends_refuse_a_bad_value_naming_the_option(
 @pytest.fixture(scope="module")
 def shared_npz(tmp_path_factory):
     return make_medmnist(tmp_path_factory.mktemp("data") / "m.npz")
+
+
+def test_a_device_is_checked_against_this_machine_and_by_name_elsewhere(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert options.device_problem("cuda") == "no CUDA GPU on this machine (use cpu, or auto)"
+    assert options.device_problem("cuda", here=False) is None  # a Slurm node's, say
+    assert options.device_problem("cuda:x", here=False).startswith("not a torch device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert options.device_problem("cuda") is None and options.device_problem("cuda:1") is None
+    assert options.device_problem("cuda:2") == "this machine has 2 CUDA GPUs (cuda:0 to cuda:1)"
+    with pytest.raises(FeatstoreError) as e:  # the engines' check is the front ends'
+        from featstore.runtime import resolve_device
+
+        resolve_device("cuda:2")
+    assert options.cli_message(e.value).startswith("--device 'cuda:2': this machine has 2")
