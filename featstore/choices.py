@@ -45,3 +45,14 @@ HEAD_VERSION = 6
 DEFAULT_KS = (10, 20, 50, 100, 200)
 # Seeds of one grid at most: a study uses 3 to 10; a typo of 1e9 must not build a 1e9 list
 MAX_SEEDS = 1000
+# Upper bounds of the options whose typo (an extra 000) would allocate or run without end;
+# each far above any use (the defaults: bootstrap 1000, dim 256, k 200, batches 32 to 64)
+MAX_BOOTSTRAP = 100_000  # resamples of a test metric's CI
+MAX_DIM = 65_536  # DVME's projection width
+MAX_K = 10_000  # a kNN probe's neighbours (val rows x k similarities are kept)
+MAX_BATCH = 65_536  # images per forward pass or step
+MAX_WORKERS = 256  # DataLoader worker processes
+MAX_EPOCHS = 10_000
+MAX_SHARD_ROWS = 1_000_000  # rows a shard holds in memory before it is written
+MAX_IMAGE_SIZE = 8192  # pixels a side fed to a backbone
+MAX_JOBS = 256  # processes of a local pipeline run

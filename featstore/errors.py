@@ -7,9 +7,9 @@ from collections.abc import Iterator
 class FeatstoreError(Exception):
     """Base class of every error featstore raises on purpose."""
 
-    #: a bad option value, (name, value, expected): each front end words it its own way
-    #: (:mod:`featstore.options`); None for every other error
-    option: tuple[str, object, str] | None = None
+    #: a bad option value, (name, value, what is wrong, command-line name): each front end
+    #: words it its own way (:mod:`featstore.options`); None for every other error
+    option: tuple[str, object, str, str] | None = None
 
 
 class ManifestError(FeatstoreError):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from featstore.errors import FeatstoreError
+from featstore.options import device_problem, refused
 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16,
                                                   "fp16": torch.float16}
@@ -32,19 +33,15 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     Raises
     ------
     FeatstoreError
-        An unknown device, or a CUDA device on a machine without one.
+        An unknown device, or one this machine lacks (:func:`featstore.options.device_problem`,
+        the check every front end runs).
     """
+    problem = device_problem(device)
+    if problem is not None:
+        raise refused(FeatstoreError, "device", device, problem)
     if device == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise FeatstoreError(f"--device {device!r}: not a torch device (auto, cpu, cuda, "
-                             "cuda:1, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FeatstoreError(f"--device {device}: no CUDA GPU on this machine (use cpu, or "
-                             "auto)")
-    return dev
+    return torch.device(device)
 
 
 @dataclass(frozen=True)

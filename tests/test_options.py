@@ -3,19 +3,24 @@ file's schema, the torchrun argv and the checks are read off it and cannot drift
 
 from __future__ import annotations
 
+import json
+import typing
+
 import click
 import pytest
 import typer
 
 from featstore import options
+from featstore.choices import MAX_SEEDS
 from featstore.cli import app
 from featstore.errors import FeatstoreError, FinetuneError
 from featstore.extract.config import ExtractConfig
 from featstore.finetune.config import FinetuneConfig, FinetuneSettings
 from featstore.fusion.config import FuseConfig
+from featstore.grid import GridSettings, ProbeGrid
 from featstore.pipeline.spec import SCHEMA
 from featstore.probe.config import ProbeConfig
-from tests.conftest import SIZE, TINY
+from tests.conftest import SIZE, TINY, TINY_VIT, cli, make_medmnist
 
 
 def cli_params(command: str) -> dict[str, click.Parameter]:
@@ -33,6 +38,9 @@ def comma_list(values):
     ("finetune", FinetuneSettings, {}),
     ("probe", ProbeConfig, {}),
     ("fuse", FuseConfig, {"attentions": "attention"}),
+    ("probe", ProbeGrid, {}),
+    ("fuse", GridSettings, {}),
+    ("finetune", GridSettings, {}),
 ])
 def test_every_config_option_is_a_cli_option_with_the_configs_help_and_default(
         command, cls, renamed):
@@ -41,11 +49,9 @@ def test_every_config_option_is_a_cli_option_with_the_configs_help_and_default(
         if c.where not in ("both", "cli"):  # the front end fills it in (the manifest's task)
             continue
         p = params[renamed.get(name, c.flag or name)]
-        flag = "attention" if name == "attentions" else c.flag or name
-        assert p.opts == ["--" + flag.replace("_", "-")]
+        assert p.opts == ["--" + (c.cli or c.flag or name).replace("_", "-")]
         want = options.default(cls, name)
-        if name != "n_bootstrap":  # --bootstrap is shared by the probing verbs
-            assert p.help == c.help
+        assert p.help == c.help
         got = p.default.value if hasattr(p.default, "value") else p.default
         if isinstance(want, tuple):  # a list option is comma-separated on the command line
             assert got in (comma_list(want), None), name  # None: the config's default
@@ -122,7 +128,7 @@ def test_the_python_api_defaults_are_the_configs():
 def test_a_list_option_checks_each_item_and_a_file_list_runs_as_the_cli_tuple():
     with pytest.raises(FeatstoreError) as e:  # the first bad item is named
         options.check(ProbeConfig(l2_grid=[1.0, 0.0, -1.0]), FeatstoreError)
-    assert options.cli_message(e.value) == "--l2-grid 0.0: expected a value > 0"
+    assert options.cli_message(e.value) == "--l2-grid 0.0: expected values > 0"
     with pytest.raises(FeatstoreError) as e:
         options.check(ProbeConfig(ks=[5, 0]), FeatstoreError)
     assert options.cli_message(e.value) == "--ks 0: expected at least 1"
@@ -146,3 +152,132 @@ def test_whole_numbers_are_worded_as_such_and_a_timeout_may_be_infinite():
         ExtractConfig(claim_timeout=float("nan")).check()
     argv = options.argv(ProbeConfig(ks=(5, 10)))  # a list as the command line takes it
     assert argv[argv.index("--ks") + 1] == "5,10"
+
+
+# Every option of every verb, with values the pipeline file refuses: both front ends refuse
+# them, each naming the option in its own words (``--dim 0``, ``[fuse] dim = 0``), the
+# command line before it reads anything (its --data does not exist).
+VERBS = {  # verb (and its pipeline stage) -> the classes that declare its options
+    "extract": (ExtractConfig,),
+    "probe": (ProbeGrid, ProbeConfig),
+    "fuse": (GridSettings, FuseConfig),
+    "finetune": (GridSettings, FinetuneConfig, FinetuneSettings),
+}
+VERB_ARGS = {"extract": ["-b", TINY, "--image-size", str(SIZE)], "probe": [],
+             "fuse": ["-b", TINY, "-b", TINY_VIT, "--image-size", str(SIZE)],
+             "finetune": ["-b", TINY, "--image-size", str(SIZE)]}
+NOT_A_NUMBER = "x"  # of the wrong type: named by each front end, the value as given
+
+
+def out_of_bounds(c: options.Constraint, kind: type) -> list:
+    """Values of ``kind`` that ``c`` refuses: below, above, not a number, not a choice."""
+    if c.choices is not None:
+        return ["nope"]
+    if kind not in (int, float):
+        return []
+    step = 1 if kind is int else 0.5
+    out = []
+    if c.low is not None:
+        out.append(kind(c.low if c.low_open else c.low - step))
+    if c.high is not None:
+        out.append(kind(c.high if c.high_open else c.high + step))
+    if kind is float:
+        out += [float("nan")] + ([float("inf")] if c.finite and c.high is None else [])
+    return out + [NOT_A_NUMBER]
+
+
+def bad_values(cls: type, name: str) -> list[tuple]:
+    """(value, the item an error names: None where only the option is named)."""
+    c = options.constraints(cls)[name]
+    default = options.default(cls, name)
+    if c.device:
+        return [("tpu", "tpu"), ("cuda:99", "cuda:99")]  # not a device; not on any machine
+    if name == "seeds":  # a count (the command line's) or the seeds themselves (a file's)
+        return [(0, 0), (-1, -1), (MAX_SEEDS + 1, MAX_SEEDS + 1), ([0, 0], 0), ([2, -1], [2, -1]),
+                (NOT_A_NUMBER, None)]
+    if isinstance(default, tuple):  # a list option: a bad item, a repeated item
+        first = default[0]
+        return [([first, v], None if v == NOT_A_NUMBER else v)
+                for v in out_of_bounds(c, type(first))] + [([first, first], first)]
+    hint = typing.get_type_hints(cls)[name]
+    kind = next(t for t in (bool, int, float, str) if t in (typing.get_args(hint) or (hint,)))
+    return [(v, None if v == NOT_A_NUMBER else v) for v in out_of_bounds(c, kind)]
+
+
+CASES = [pytest.param(verb, cls, name, c, value, item, id=f"{verb}-{name}={value!r}")
+         for verb, classes in VERBS.items() for cls in classes
+         for name, c in options.constraints(cls).items() if c.where in ("both", "cli")
+         for value, item in bad_values(cls, name)]
+
+
+def toml(value) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(map(toml, value)) + "]"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def test_every_option_with_a_value_is_walked():
+    walked = {(verb, name) for verb, _, name, *_ in (p.values for p in CASES)}
+    for verb, classes in VERBS.items():
+        for cls in classes:
+            for name, c in options.constraints(cls).items():
+                kinds = typing.get_args(typing.get_type_hints(cls)[name])
+                if c.where != "" and options.default(cls, name) not in (True, False) and (
+                        str not in kinds or c.choices or c.device):
+                    assert (verb, name) in walked, (verb, name)
+    assert len(CASES) > 100
+
+
+@pytest.mark.parametrize(("verb", "cls", "name", "c", "value", "item"), CASES)
+def test_both_front_ends_refuse_a_bad_value_naming_the_option(
+        capsys, tmp_path, shared_npz, verb, cls, name, c, value, item):
+    def refused(*argv) -> str:
+        code, _, err = cli(capsys, *argv)
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 1 and len(errors) == 1, (argv, err)
+        assert "internal" not in err and "Traceback" not in err
+        return errors[0]
+
+    flag, key = (c.cli or c.flag or name).replace("_", "-"), c.flag or name
+    if c.where == "both":  # a pipeline file's [stage] key
+        path = tmp_path / "p.toml"
+        members = 'backbones = ["a", "b"]\n' if verb in ("fuse", "finetune") else ""
+        path.write_text(f'store = "{tmp_path / "s"}"\n[datasets]\nd = "{shared_npz}"\n'
+                        f'[backbones]\na = {{ spec = "{TINY}", image_size = {SIZE} }}\n'
+                        f'b = {{ spec = "{TINY_VIT}", image_size = {SIZE} }}\n'
+                        f"[{verb}]\n{members}{key} = {toml(value)}\n")
+        error = refused("run", str(path), "--dry-run")
+        named = f"[{verb}] {key} = " + ("" if item is None else repr(item))
+        assert named in error, error
+    if isinstance(value, list) and name == "seeds":
+        return  # the command line counts seeds
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    error = refused(verb, "--data", str(tmp_path / "absent.npz"), "--store",
+                    str(tmp_path / "s"), *VERB_ARGS[verb], f"--{flag}", text)
+    if item is None or c.choices and isinstance(value, str):  # click's words for a type
+        assert f"'--{flag}'" in error or f"--{flag} " in error, error
+    else:
+        assert f"--{flag} {item!r}:" in error, error
+
+
+@pytest.fixture(scope="module")
+def shared_npz(tmp_path_factory):
+    return make_medmnist(tmp_path_factory.mktemp("data") / "m.npz")
+
+
+def test_a_device_is_checked_against_this_machine_and_by_name_elsewhere(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert options.device_problem("cuda") == "no CUDA GPU on this machine (use cpu, or auto)"
+    assert options.device_problem("cuda", here=False) is None  # a Slurm node's, say
+    assert options.device_problem("cuda:x", here=False).startswith("not a torch device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert options.device_problem("cuda") is None and options.device_problem("cuda:1") is None
+    assert options.device_problem("cuda:2") == "this machine has 2 CUDA GPUs (cuda:0 to cuda:1)"
+    with pytest.raises(FeatstoreError) as e:  # the engines' check is the front ends'
+        from featstore.runtime import resolve_device
+
+        resolve_device("cuda:2")
+    assert options.cli_message(e.value).startswith("--device 'cuda:2': this machine has 2")

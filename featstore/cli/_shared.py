@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from featstore import choices, options
 from featstore.errors import FeatstoreError
+from featstore.grid import GridSettings
 
 app = typer.Typer(
     add_completion=False,
@@ -63,6 +64,28 @@ def choices_metavar(values: tuple[str, ...]) -> str:
     return "[" + "|".join(values) + "],..."
 
 
+def checked(config: Any) -> Any:
+    """``config`` once every value passes the checks its fields declare (those a pipeline
+    file's values pass): a verb checks its options before it reads anything."""
+    options.check(config, FeatstoreError)
+    return config
+
+
+def grid_settings(fractions: str, seeds: int, bootstrap: int, device: str,
+                  cls: type[GridSettings] = GridSettings, **more: Any) -> GridSettings:
+    """The grid options of a probing verb (probe, fuse, finetune), checked."""
+    return checked(cls(fractions=split_option(fractions, "--fractions"), seeds=seeds,
+                       n_bootstrap=bootstrap, device=device, **more))
+
+
+def _grid(name: str, *decls: str, **kw) -> typer.models.OptionInfo:
+    return config_option(GridSettings, name, *decls, **kw)
+
+
+DEFAULT_GRID = GridSettings()  # the grid options' defaults (--fractions comma-separated)
+DEFAULT_FRACTIONS = ",".join(map(str, DEFAULT_GRID.fractions))
+
+
 DEFAULT_STORE = "./featstore-data"
 StoreOpt = Annotated[str, typer.Option(
     "--store", envvar="FEATSTORE_STORE",
@@ -96,13 +119,10 @@ ImageSizeOpt = Annotated[int | None, typer.Option(
 DtypeOpt = Annotated[Dtype, typer.Option(help="As given to extract.")]
 PrecisionOpt = Annotated[Precision, typer.Option(
     help="As given to extract (the key of a --backbone spec depends on it).")]
-FractionsOpt = Annotated[str, typer.Option(
-    metavar="F,...",
-    help="Comma-separated fractions of train to train on, e.g. 0.01,0.1,1.0.")]
-SeedsOpt = Annotated[int, typer.Option(
-    help="Seeds per fraction (subsets drawn with seeds 0..N-1).")]
-BootstrapOpt = Annotated[int, typer.Option(
-    help="Bootstrap resamples of test for the 95% CI (0: none).")]
+FractionsOpt = Annotated[str, _grid("fractions", metavar="F,...")]
+SeedsOpt = Annotated[int, _grid("seeds")]
+BootstrapOpt = Annotated[int, _grid("n_bootstrap", "--bootstrap")]
+DeviceOpt = Annotated[str, _grid("device")]
 RecomputeOpt = Annotated[bool, typer.Option(
     help="Recompute runs already persisted in the store.")]
 VerifyOpt = Annotated[bool, typer.Option(

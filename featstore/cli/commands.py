@@ -4,6 +4,7 @@ same call is the Python API), and prints what :mod:`featstore.report.tables` ren
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -12,11 +13,14 @@ from rich.markup import escape
 
 from featstore import options
 from featstore.cli._shared import (
+    DEFAULT_FRACTIONS,
+    DEFAULT_GRID,
     DEFAULT_STORE,
     BootstrapOpt,
     CacheOpt,
     DataOpt,
     Decode,
+    DeviceOpt,
     Dtype,
     DtypeOpt,
     FractionsOpt,
@@ -35,12 +39,14 @@ from featstore.cli._shared import (
     TaskOpt,
     VerifyOpt,
     app,
+    checked,
     choices,
     choices_metavar,
     config_option,
     default_results_store,
     embedding_sets,
     err,
+    grid_settings,
     load_data,
     out,
     print_fusion_records,
@@ -52,6 +58,7 @@ from featstore.cli._shared import (
 )
 from featstore.extract.config import ExtractConfig
 from featstore.fusion.config import FuseConfig
+from featstore.grid import ProbeGrid
 from featstore.probe.config import ProbeConfig
 
 
@@ -106,16 +113,17 @@ def extract(
     from featstore.report.tables import extract_lines, notes, skipped_lines
     from featstore.store import FeatureStore
 
+    config = checked(ExtractConfig(
+        batch_size=batch_size, workers=workers, device=device, precision=precision.value,
+        dtype=dtype.value, shard_rows=shard_rows, on_error=on_error.value,
+        compile=compile_model, claim_timeout=claim_timeout, max_pixels=max_pixels,
+        resize=resize.value, decode=decode.value, verify=verify))
     manifest = load_data(data, root, task)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     fs = FeatureStore(store)
     results = extract_embeddings(
         manifest, [backbone_spec(fs, b, input_size=image_size) for b in backbone],
-        fs, batch_size=batch_size, num_workers=workers, device=device,
-        dtype=dtype.value, precision=precision.value, shard_rows=shard_rows,
-        on_error=on_error.value, compile=compile_model, claim_timeout=claim_timeout,
-        max_pixels=max_pixels, resize=resize.value, decode=decode.value, verify=verify,
-        progress=None if as_json or not rank0 else progress_bar())
+        fs, **config.kwargs(), progress=None if as_json or not rank0 else progress_bar())
     if not rank0:  # torchrun: rank 0 reports for the job
         return
     if as_json:
@@ -147,19 +155,19 @@ def probe(
     image_size: ImageSizeOpt = None,
     dtype: DtypeOpt = Dtype.float32,
     precision: PrecisionOpt = Precision.fp32,
-    probes: Annotated[str, typer.Option(
-        "--probe", metavar=choices_metavar(choices.PROBES),
-        help="Probes, comma-separated: linear, knn or linear,knn.")] = "linear",
-    fractions: FractionsOpt = "1.0",
-    seeds: SeedsOpt = 1,
+    probes: Annotated[str, config_option(ProbeGrid, "probes", "--probe",
+                                         metavar=choices_metavar(choices.PROBES))]
+    = ",".join(options.default(ProbeGrid, "probes")),
+    fractions: FractionsOpt = DEFAULT_FRACTIONS,
+    seeds: SeedsOpt = DEFAULT_GRID.seeds,
     l2_grid: Annotated[str | None, _p("l2_grid", metavar="L2,...")] = None,
     ks: Annotated[str, _p("ks", metavar="K,...")] = _KS,
-    bootstrap: BootstrapOpt = 1000,
+    bootstrap: BootstrapOpt = DEFAULT_GRID.n_bootstrap,
     ordinal_decode: Annotated[OrdinalDecode, _p("ordinal_decode", metavar=None)]
     = _ORDINAL_DECODE,
     recompute: RecomputeOpt = False,
     verify: VerifyOpt = True,
-    device: Annotated[str, typer.Option(help="Torch device for the solver.")] = "cpu",
+    device: DeviceOpt = DEFAULT_GRID.device,
     results_store: ResultsStoreOpt = None,
     cache: CacheOpt = None,
     root: RootOpt = None,
@@ -172,17 +180,18 @@ def probe(
     """
     from featstore.probe import probe_grid
 
+    grid = grid_settings(fractions, seeds, bootstrap, device, ProbeGrid,
+                         probes=split_option(probes, "--probe", str))
+    config = checked(ProbeConfig(n_bootstrap=bootstrap, ordinal_decode=ordinal_decode.value,
+                                 l2_grid=split_option(l2_grid, "--l2-grid") if l2_grid
+                                 else options.default(ProbeConfig, "l2_grid"),
+                                 ks=split_option(ks, "--ks", int)))
     manifest = load_data(data, root, task)
     sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision,
                           results_store, cache)
-    config = ProbeConfig(task=manifest.task, n_bootstrap=bootstrap,
-                         ordinal_decode=ordinal_decode.value,
-                         l2_grid=split_option(l2_grid, "--l2-grid") if l2_grid
-                         else options.default(ProbeConfig, "l2_grid"),
-                         ks=split_option(ks, "--ks", int))
-    records = probe_grid(sets, config, probes=split_option(probes, "--probe", str),
-                         fractions=split_option(fractions, "--fractions"), seeds=seeds,
-                         recompute=recompute, device=device, verify=verify)
+    records = probe_grid(sets, replace(config, task=manifest.task), probes=grid.probes,
+                         fractions=grid.fractions, seeds=seeds, recompute=recompute,
+                         device=device, verify=verify)
     print_probe_records(records, as_json, sets)
     print_notes(sets[0].dataset.store.notes)
 
@@ -251,15 +260,15 @@ def fuse(
     attention: Annotated[str, _f("attentions", "--attention",
                                  metavar=choices_metavar(choices.ATTENTIONS))] = _ATTENTIONS,
     dim: Annotated[int, _f("dim")] = options.default(FuseConfig, "dim"),
-    fractions: FractionsOpt = "1.0",
-    seeds: SeedsOpt = 1,
-    bootstrap: BootstrapOpt = 1000,
+    fractions: FractionsOpt = DEFAULT_FRACTIONS,
+    seeds: SeedsOpt = DEFAULT_GRID.seeds,
+    bootstrap: BootstrapOpt = DEFAULT_GRID.n_bootstrap,
     heads_dir: Annotated[Path, typer.Option(
         help="Where the trained DVME heads are saved.")] = Path("./featstore-heads"),
     baselines: Annotated[bool, _f("baselines")] = options.default(FuseConfig, "baselines"),
     recompute: RecomputeOpt = False,
     verify: VerifyOpt = True,
-    device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
+    device: DeviceOpt = DEFAULT_GRID.device,
     results_store: ResultsStoreOpt = None,
     cache: CacheOpt = None,
     root: RootOpt = None,
@@ -272,14 +281,15 @@ def fuse(
     """
     from featstore.fusion import fuse_grid
 
+    grid = grid_settings(fractions, seeds, bootstrap, device)
+    config = checked(FuseConfig(attentions=split_option(attention, "--attention", str),
+                                dim=dim, baselines=baselines, n_bootstrap=bootstrap))
     manifest = load_data(data, root, task)
     sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision,
                           results_store, cache)
-    records = fuse_grid(sets, task=manifest.task, fractions=split_option(fractions, "--fractions"),
-                        seeds=seeds, attentions=split_option(attention, "--attention", str),
-                        dim=dim, n_bootstrap=bootstrap, baselines=baselines,
-                        heads_dir=heads_dir, recompute=recompute, device=device,
-                        verify=verify)
+    records = fuse_grid(sets, task=manifest.task, fractions=grid.fractions, seeds=seeds,
+                        **config.kwargs(), heads_dir=heads_dir, recompute=recompute,
+                        device=device, verify=verify)
     print_fusion_records(records, as_json, sets)
     print_notes(sets[0].dataset.store.notes)
 

@@ -4,15 +4,19 @@ protocol."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Annotated
 
 import typer
 
 from featstore import options
 from featstore.cli._shared import (
+    DEFAULT_FRACTIONS,
+    DEFAULT_GRID,
     DEFAULT_STORE,
     BootstrapOpt,
     DataOpt,
+    DeviceOpt,
     FractionsOpt,
     ImageSizeOpt,
     JsonOpt,
@@ -24,11 +28,12 @@ from featstore.cli._shared import (
     StoreOpt,
     TaskOpt,
     app,
+    checked,
     config_option,
     err,
+    grid_settings,
     load_data,
     print_probe_records,
-    split_option,
 )
 from featstore.finetune.config import FinetuneConfig, FinetuneSettings
 
@@ -56,8 +61,8 @@ def finetune(
         "--backbone", "-b", help="A backbone spec as for extract (repeat for several); "
         "@random trains from scratch.")],
     store: StoreOpt = DEFAULT_STORE,
-    fractions: FractionsOpt = "1.0",
-    seeds: SeedsOpt = 1,
+    fractions: FractionsOpt = DEFAULT_FRACTIONS,
+    seeds: SeedsOpt = DEFAULT_GRID.seeds,
     epochs: Annotated[int, _opt("epochs")] = _default("epochs"),
     batch_size: Annotated[int, _opt("batch_size")] = _default("batch_size"),
     accum_steps: Annotated[int, _opt("accum_steps")] = _default("accum_steps"),
@@ -72,8 +77,8 @@ def finetune(
     init_head: Annotated[str, _opt("init_head")] = _default("init_head"),
     image_size: ImageSizeOpt = None,
     precision: Annotated[Precision, _opt("precision", metavar=None)] = _PRECISION,
-    bootstrap: BootstrapOpt = 1000,
-    device: Annotated[str, _run("device")] = options.default(FinetuneSettings, "device"),
+    bootstrap: BootstrapOpt = DEFAULT_GRID.n_bootstrap,
+    device: DeviceOpt = DEFAULT_GRID.device,
     workers: Annotated[int, _run("workers")] = options.default(FinetuneSettings, "workers"),
     on_error: Annotated[OnError, _run("on_error", metavar=None)] = _ON_ERROR,
     recompute: RecomputeOpt = False,
@@ -88,16 +93,17 @@ def finetune(
     from featstore.report.progress import RichFinetuneProgress
     from featstore.store import FeatureStore
 
-    settings = FinetuneSettings(device=device, workers=workers, on_error=on_error.value).check()
+    recipe = {k: v for k, v in locals().items()  # the options FinetuneConfig declares
+              if k in options.constraints(FinetuneConfig, where="both")}
+    config = checked(FinetuneConfig(**recipe, precision=precision.value,
+                                    n_bootstrap=bootstrap))
+    grid = grid_settings(fractions, seeds, bootstrap, device)
+    settings = checked(FinetuneSettings(workers=workers, on_error=on_error.value))
     manifest = load_data(data, root, task)
     fs = FeatureStore(store)
     specs = [backbone_spec(fs, b, input_size=image_size) for b in backbone]
-    recipe = {k: v for k, v in locals().items()  # the options FinetuneConfig declares
-              if k in options.constraints(FinetuneConfig, where="both")}
-    config = FinetuneConfig(**recipe, task=manifest.task, precision=precision.value,
-                            n_bootstrap=bootstrap)
-    records = finetune_grid(manifest, specs, config, store=fs,
-                            fractions=split_option(fractions, "--fractions"), seeds=seeds,
+    records = finetune_grid(manifest, specs, replace(config, task=manifest.task), store=fs,
+                            fractions=grid.fractions, seeds=seeds, device=device,
                             recompute=recompute, **settings.kwargs(),
                             progress=RichFinetuneProgress(err, "finetune"))
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for the job

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from featstore.choices import MAX_JOBS
 from featstore.cli._shared import (
     JsonOpt,
     ResultsStoreOpt,
@@ -31,11 +32,12 @@ PipelineStoreOpt = Annotated[str | None, typer.Option(
     help="Store root (default: the file's store).")]
 
 
-def _load(pipeline: Path, sets: list[str] | None, store: str | None, check_paths=True):
+def _load(pipeline: Path, sets: list[str] | None, store: str | None, check_paths=True,
+          check_devices=True):
     from featstore.pipeline import load_pipeline, parse_sets
 
     return load_pipeline(pipeline, sets=parse_sets(sets), store=store,
-                         check_paths=check_paths)
+                         check_paths=check_paths, check_devices=check_devices)
 
 
 @app.command()
@@ -67,10 +69,11 @@ def run(
     from featstore.pipeline import make_executor, plan_pipeline, run_plan
     from featstore.report.tables import outcome_table, plan_notes, plan_table
 
-    if jobs < 1:
-        raise typer.BadParameter(f"--jobs {jobs}: expected 1 or more")
+    if not 1 <= jobs <= MAX_JOBS:
+        raise typer.BadParameter(f"--jobs {jobs}: expected a value in [1, {MAX_JOBS}]")
     t0 = time.perf_counter()
-    pipe = _load(pipeline, sets, store)
+    # a step's device is this machine's unless Slurm runs the steps (then: its name only)
+    pipe = _load(pipeline, sets, store, check_devices=executor != Executor.slurm)
     plan = plan_pipeline(pipe, results_store=results_store)
     if dry_run:
         if as_json:
@@ -144,7 +147,7 @@ def report(
 
     datasets = grid = None
     if pipeline is not None:
-        pipe = _load(pipeline, sets, store, check_paths=False)
+        pipe = _load(pipeline, sets, store, check_paths=False, check_devices=False)
         root = store or pipe.store
         datasets = [(d.data, d.root, d.task) for d in pipe.datasets]
         grid = pipe.stages

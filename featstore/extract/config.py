@@ -12,7 +12,17 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from featstore import options
-from featstore.choices import DECODES, DEFAULT_MAX_PIXELS, DTYPES, ON_ERROR, PRECISIONS, RESIZES
+from featstore.choices import (
+    DECODES,
+    DEFAULT_MAX_PIXELS,
+    DTYPES,
+    MAX_BATCH,
+    MAX_SHARD_ROWS,
+    MAX_WORKERS,
+    ON_ERROR,
+    PRECISIONS,
+    RESIZES,
+)
 from featstore.errors import FeatstoreError
 from featstore.options import option
 from featstore.store.layout import DEFAULT_SHARD_ROWS
@@ -24,14 +34,15 @@ class ExtractConfig:
 
     batch_size: int | None = option(
         None, "Images per forward pass (default: the largest that fits the GPU with a margin, "
-        "measured and recorded; 64 on CPU).", low=1, optional=True)
+        "measured and recorded; 64 on CPU).", low=1, high=MAX_BATCH, optional=True)
     workers: int | None = option(None, "DataLoader workers per process (default: up to 4).",
-                                 low=0, optional=True)
-    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+                                 low=0, high=MAX_WORKERS, optional=True)
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, mps, ...", device=True)
     precision: str = option("fp32", "Compute precision (autocast; part of the key).",
                             choices=PRECISIONS)
     dtype: str = option("float32", "Stored dtype.", choices=DTYPES)
-    shard_rows: int = option(DEFAULT_SHARD_ROWS, "Rows per shard (unit of resume).", low=1)
+    shard_rows: int = option(DEFAULT_SHARD_ROWS, "Rows per shard (unit of resume).", low=1,
+                             high=MAX_SHARD_ROWS)
     on_error: str = option("fail", "An unreadable image: fail (stop, naming it) or skip "
                            "(store the row as missing, list it; probes leave it out).",
                            choices=ON_ERROR)
@@ -56,9 +67,10 @@ class ExtractConfig:
                           "now and recompute those that fail (a cache hit otherwise reads "
                           "nothing; every read checks its shards).", where="cli")
 
-    def check(self) -> ExtractConfig:
-        """Raise FeatstoreError naming the first bad value (its ``option`` says which)."""
-        options.check(self, FeatstoreError)
+    def check(self, here: bool = True) -> ExtractConfig:
+        """Raise FeatstoreError naming the first bad value (its ``option`` says which);
+        ``here``: the device is one of this machine's."""
+        options.check(self, FeatstoreError, here)
         return self
 
     def kwargs(self) -> dict[str, Any]:

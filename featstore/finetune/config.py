@@ -8,8 +8,19 @@ from typing import Any
 
 from featstore import options
 from featstore._hashing import sha256_json
-from featstore.choices import INIT_HEADS, LINEAR_SOLVER, ON_ERROR, OPTIMIZERS, PRECISIONS, TASKS
-from featstore.errors import FinetuneError
+from featstore.choices import (
+    INIT_HEADS,
+    LINEAR_SOLVER,
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_WORKERS,
+    ON_ERROR,
+    OPTIMIZERS,
+    PRECISIONS,
+    TASKS,
+)
+from featstore.errors import FeatstoreError, FinetuneError
+from featstore.grid import bootstrap_option
 from featstore.models.registry import BackboneSpec
 from featstore.options import option
 from featstore.records import ScoreRecord
@@ -39,10 +50,10 @@ class FinetuneConfig:
                              low_open=True, where="")
     seed: int = option(0, "Seed of the fraction's rows, the head and the batches.", low=0,
                        where="")
-    epochs: int = option(10, "Epochs; the best on val is kept.", low=1)
-    batch_size: int = option(32, "Images per step.", low=1)
+    epochs: int = option(10, "Epochs; the best on val is kept.", low=1, high=MAX_EPOCHS)
+    batch_size: int = option(32, "Images per step.", low=1, high=MAX_BATCH)
     accum_steps: int = option(1, "Steps per optimiser update (effective batch = batch size "
-                              "x this).", low=1)
+                              "x this).", low=1, high=MAX_BATCH)
     lr: float = option(1e-3, "Peak learning rate (after warmup).", low=0, low_open=True)
     optimizer: str = option("adamw", "timm optimizer.", choices=OPTIMIZERS)
     weight_decay: float = option(0.05, "Not applied to norms and biases.", low=0)
@@ -56,14 +67,13 @@ class FinetuneConfig:
                                       optional=True)
     hflip: bool = option(True, "Random horizontal flips (--no-hflip where side matters).")
     crop_scale: tuple[float, float] = option((0.08, 1.0), "Random-resized-crop scale range.",
-                                             where="")
+                                             distinct=False, where="")
     init_head: str = option("fresh", "probe: start the head from the linear probe cached "
                             "for the same backbone, fraction and seed (LP-FT).",
                             choices=INIT_HEADS)
     precision: str = option("fp32", "Training precision (autocast; part of the run id).",
                             choices=PRECISIONS, where="cli")
-    n_bootstrap: int = option(1000, "Bootstrap resamples of the test metric's CI (0: none).",
-                              low=0, flag="bootstrap")
+    n_bootstrap: int = bootstrap_option()
 
     def __post_init__(self) -> None:
         if self.warmup_epochs is None:  # the default rule, here only
@@ -76,12 +86,14 @@ class FinetuneConfig:
     def check(self) -> None:
         """Raise FinetuneError naming the first bad value (its ``option`` says which)."""
         options.check(self, FinetuneError)
+
+    def cross_check(self, error: type[FeatstoreError]) -> None:
+        """The rules between fields: warmup within the epochs, a crop range in (0, 1]."""
         if not self.warmup_epochs < self.epochs:
-            raise options.invalid(FinetuneError, "warmup_epochs", self.warmup_epochs,
+            raise options.invalid(error, "warmup_epochs", self.warmup_epochs,
                                   "0 to epochs - 1")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            raise options.invalid(FinetuneError, "crop_scale", self.crop_scale,
-                                  "0 < min <= max <= 1")
+            raise options.invalid(error, "crop_scale", self.crop_scale, "0 < min <= max <= 1")
 
     def recipe(self) -> str:
         """What distinguishes this run's training from another's beside fraction and seed
@@ -106,13 +118,11 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """Where and how a finetuning grid runs, not what it computes (not in any run id);
+    """How a finetuning grid loads its images, not what it computes (not in any run id);
     declared once, as :class:`FinetuneConfig` (``featstore finetune``'s options, the
-    ``[finetune]`` keys)."""
+    ``[finetune]`` keys). The device is the grid's (:class:`featstore.grid.GridSettings`)."""
 
-    device: str = option("cpu", "Torch device: cpu, cuda, cuda:1, or auto (this rank's GPU "
-                         "when there is one).")
-    workers: int = option(0, "DataLoader worker processes.", low=0)
+    workers: int = option(0, "DataLoader worker processes.", low=0, high=MAX_WORKERS)
     on_error: str = option("fail", "An unreadable image (every one is decoded before epoch "
                            "1): fail (stop, naming it) or skip (leave its row out of train, "
                            "val and test).", choices=ON_ERROR)
@@ -123,7 +133,7 @@ class FinetuneSettings:
 
     def kwargs(self) -> dict[str, Any]:
         """As ``finetune_grid`` keywords."""
-        return {"device": self.device, "num_workers": self.workers, "on_error": self.on_error}
+        return {"num_workers": self.workers, "on_error": self.on_error}
 
 
 def model_key(spec: BackboneSpec, weights_sha256: str, preprocessing: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ def finetune_grid(manifest: Manifest, specs: Sequence[BackboneSpec], config: Fin
 
     from featstore.finetune.run import finetune_run
 
-    seed_list = grid_seeds(fractions, seeds)
+    seed_list = grid_seeds(fractions, seeds, device)
     out: list[FinetuneRecord] = []
     for spec in specs:
         for fraction in fractions:
@@ -63,12 +63,14 @@ def finetune_run_ids(spec: BackboneSpec, weights_sha256: str, preprocessing: dic
             for f in fractions for s in grid_seeds(fractions, seeds)]
 
 
-def grid_seeds(fractions: Sequence[float], seeds: int | Sequence[int]) -> list[int]:
-    """The seeds of a fractions x seeds grid, checked as the probes' grid is."""
+def grid_seeds(fractions: Sequence[float], seeds: int | Sequence[int],
+               device: str = "cpu") -> list[int]:
+    """The seeds of a fractions x seeds grid, checked (with the device) as the probes'
+    grid is."""
     from featstore.probe.run import check_grid
 
     try:
-        return check_grid(fractions, seeds)
+        return check_grid(fractions, seeds, device)
     except ProbeError as e:
         raise retyped(e, FinetuneError) from None
 

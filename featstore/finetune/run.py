@@ -34,7 +34,13 @@ from featstore.choices import ON_ERROR
 from featstore.data.fractions import ids_sha256, select_fraction, training_splits
 from featstore.data.images import RowDataset
 from featstore.data.manifest import Manifest
-from featstore.errors import FeatstoreError, FinetuneError, ImageReadError, ManifestError
+from featstore.errors import (
+    FeatstoreError,
+    FinetuneError,
+    ImageReadError,
+    ManifestError,
+    retyped,
+)
 from featstore.finetune.config import FinetuneConfig, FinetuneRecord, model_key
 from featstore.finetune.data import (
     SeededRows,
@@ -110,7 +116,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     try:
         dev = resolve_device(device)
     except FeatstoreError as e:
-        raise FinetuneError(str(e)) from None
+        raise retyped(e, FinetuneError) from None
     task = config.task
     y = label_array(manifest)
     # as the store's index holds them (a dataset without patients: empty strings), so the

@@ -7,7 +7,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from featstore.choices import ATTENTIONS
+from featstore import options
+from featstore.choices import ATTENTIONS, MAX_DIM
+from featstore.errors import FusionError
+from featstore.grid import bootstrap_option
 from featstore.options import option
 
 
@@ -15,14 +18,19 @@ from featstore.options import option
 class FuseConfig:
     """``fuse_grid``'s settings (it takes them as keywords, :meth:`kwargs`)."""
 
-    attentions: tuple[str, ...] = option(("softmax",), "DVME variants.", choices=ATTENTIONS)
-    dim: int = option(256, "Common projection dimension.", low=1)
+    attentions: tuple[str, ...] = option(("softmax",), "DVME variants.", choices=ATTENTIONS,
+                                         cli="attention")
+    dim: int = option(256, "Common projection dimension.", low=1, high=MAX_DIM)
     baselines: bool = option(True, "Also report concat and each single backbone.")
-    n_bootstrap: int = option(1000, "Bootstrap resamples of the test metric's CI (0: none).",
-                              low=0, flag="bootstrap")
+    n_bootstrap: int = bootstrap_option()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attentions", tuple(self.attentions))
+
+    def check(self) -> FuseConfig:
+        """Raise FusionError naming the first bad value (its ``option`` says which)."""
+        options.check(self, FusionError)
+        return self
 
     def kwargs(self) -> dict[str, Any]:
         return {**asdict(self), "attentions": list(self.attentions)}

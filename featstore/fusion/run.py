@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from featstore import options
 from featstore.choices import ATTENTIONS, HEAD_VERSION, LINEAR_SOLVER
 from featstore.data.fractions import ids_sha256, select_fraction
 from featstore.errors import FusionError, as_fusion_error
+from featstore.fusion.config import FuseConfig
 from featstore.outputs import output_errors
 from featstore.probe.run import check_grid, split_rows
 from featstore.records import ScoreRecord
@@ -275,13 +277,19 @@ def fuse_grid(sets: Sequence[EmbeddingSet], *, task: str, fractions: Sequence[fl
     Raises
     ------
     FusionError
-        Fewer than 2 or more than 8 sets, sets of different datasets, an unknown attention,
-        a bad fraction or seed; or as :func:`fuse_embeddings`.
+        Fewer than 2 or more than 8 sets, a set given twice, sets of different datasets, a
+        value its config or grid refuses (an unknown attention, a dim or bootstrap out of
+        bounds, a bad fraction or seed, a device this machine lacks); or as
+        :func:`fuse_embeddings`.
     """
     if not 2 <= len(sets) <= MAX_BACKBONES:
         raise FusionError(f"fusion takes 2 to {MAX_BACKBONES} embedding sets, got {len(sets)}")
+    check_distinct(sets)
+    FuseConfig(attentions=attentions, dim=dim, baselines=baselines,
+               n_bootstrap=n_bootstrap).check()
     with as_fusion_error():
-        seed_list = check_grid(fractions, seeds)
+        seed_list = check_grid(fractions, seeds, device)
+    device = options.resolved_device(device)
     embs = [es.load(verify=verify) for es in sets]
     records: list[FuseRecord] = []
     for fraction in fractions:
@@ -293,6 +301,17 @@ def fuse_grid(sets: Sequence[EmbeddingSet], *, task: str, fractions: Sequence[fl
                                        dataset=sets[0].dataset, recompute=recompute,
                                        **dvme_options)
     return records
+
+
+def check_distinct(sets: Sequence[EmbeddingSet]) -> None:
+    """Each set once: a set fused with itself is no fusion (``-b X -b X``, or a spec and
+    its alias)."""
+    seen: set[str] = set()
+    for es in sets:
+        if es.key in seen:
+            raise options.refused(FusionError, "backbones", es.alias,
+                                  "repeated (expected each embedding set once)", cli="backbone")
+        seen.add(es.key)
 
 
 def stored_fusion_record(r: dict[str, Any]) -> FuseRecord:

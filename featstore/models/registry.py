@@ -20,8 +20,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from featstore.choices import MAX_IMAGE_SIZE
 from featstore.errors import BackboneError
 from featstore.models.preprocessing import Preprocessing
+from featstore.options import invalid
 
 if TYPE_CHECKING:
     import torch
@@ -152,7 +154,7 @@ def parse_backbone(text: str, *, input_size: int | None = None) -> BackboneSpec:
     ------
     BackboneError
         Unknown name or timm architecture, no weights named for ``timm:<model>``, or an
-        ``input_size`` below 1.
+        ``input_size`` outside [1, ``MAX_IMAGE_SIZE``].
     """
     name, _, weights = text.partition("@")
     name = name.strip()
@@ -176,8 +178,9 @@ def parse_backbone(text: str, *, input_size: int | None = None) -> BackboneSpec:
             f"({known})"
         )
     if input_size is not None:
-        if int(input_size) < 1:
-            raise BackboneError(f"--image-size {input_size}: expected a size in pixels >= 1")
+        if not 1 <= int(input_size) <= MAX_IMAGE_SIZE:
+            raise invalid(BackboneError, "image_size", input_size,
+                          f"a size in pixels in [1, {MAX_IMAGE_SIZE}]")
         spec = replace(spec, input_size=int(input_size))
     return spec
 

@@ -18,6 +18,7 @@ import numpy as np
 from featstore import options
 from featstore.errors import FeatstoreError, NotExtractedError
 from featstore.finetune.config import FinetuneSettings
+from featstore.grid import GridSettings
 from featstore.pipeline.spec import (
     BackboneEntry,
     DatasetEntry,
@@ -245,7 +246,7 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
                  + f" x {len(fuse['fractions'])} fractions x {len(fuse['seeds'])} seeds)"
                  + (f", {have} stored" if 0 < have < n_runs else ""),
             args={**base, "stage": "fuse", **_fuse_grid(fuse), "pixels": pixels,
-                  "device": fuse.get("device", "cpu"),
+                  "device": fuse.get("device", options.default(GridSettings, "device")),
                   "backbones": [_backbone_args(b) for b in members]}))
     if finetune is not None:
         from featstore.finetune import finetune_run_ids
@@ -277,6 +278,7 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
                       # the rows extract skipped are left out here too (and named otherwise)
                       **asdict(options.from_settings(FinetuneSettings, {
                           "on_error": extract.get("on_error"), **finetune})),
+                      "device": finetune.get("device", options.default(GridSettings, "device")),
                       "fractions": finetune["fractions"], "seeds": finetune["seeds"]}))
             if not finetune.get("embed", False):
                 continue

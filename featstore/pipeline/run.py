@@ -176,6 +176,7 @@ def _run_step(args: dict[str, Any]) -> dict[str, int]:
         config = finetune_config(args["config"], manifest.task, b["precision"])
         records = finetune_grid(manifest, [spec], config, store=fs,
                                 fractions=args["fractions"], seeds=args["seeds"],
+                                device=args.get("device", "cpu"),
                                 **options.from_settings(FinetuneSettings, args).kwargs())
         return _counted(records)
     raise ValueError(f"unknown stage {stage!r}")

@@ -34,7 +34,6 @@ are relative to the directory ``featstore run`` is started in, as on the command
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import tomllib
@@ -44,9 +43,7 @@ from typing import Any
 
 from featstore import options
 from featstore.choices import (
-    ATTENTIONS,
     DTYPES,
-    MAX_SEEDS,
     PRECISIONS,
     PROBES,
     TASKS,
@@ -55,6 +52,7 @@ from featstore.errors import FeatstoreError
 from featstore.extract.config import ExtractConfig
 from featstore.finetune.config import FinetuneConfig, FinetuneSettings
 from featstore.fusion.config import FuseConfig
+from featstore.grid import GridSettings, ProbeGrid
 from featstore.probe.config import ProbeConfig
 
 STAGES = ("extract", "probe", "fuse", "finetune")
@@ -66,7 +64,8 @@ class PipelineError(FeatstoreError):
     """A pipeline file that cannot run: names the file, the key and what is wrong."""
 
 
-# key -> (types accepted, what the error says is expected); each stage's keys
+# key -> (types accepted, what the error says is expected); each stage's keys (their values
+# checked as GridSettings, ProbeGrid and the stages' configs declare them)
 _GRID = {
     "fractions": (list, "a list of fractions in (0, 1]"),
     "seeds": ((int, list), "a number of seeds, or a list of them"),
@@ -160,20 +159,23 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
 
 def load_pipeline(path: str | Path, *, sets: dict[str, Any] | None = None,
                   store: str | None = None, environ: dict[str, str] | None = None,
-                  check_paths: bool = True) -> Pipeline:
+                  check_paths: bool = True, check_devices: bool = True) -> Pipeline:
     """Read, override and validate a pipeline file.
 
     ``sets``: ``--set`` values (a variable of ``[vars]``, a top-level key, or
     ``stage.key``); ``store``: ``--store``; ``environ``: where ``FEATSTORE_<VAR>`` is looked
     up (default ``os.environ``). With ``check_paths``, a dataset whose path does not exist
-    is an error.
+    is an error; with ``check_devices``, a stage's device this machine lacks (its steps run
+    here; on Slurm only the device's name is checked).
 
     Raises
     ------
     PipelineError
         A missing or unparsable file; an unknown key, stage, backbone or variable; a bad
-        value (a fraction outside (0, 1], an unknown probe or attention); a dataset path
-        that does not exist. The message names the file and the key.
+        value, checked as the stage's options declare it (a fraction outside (0, 1], an
+        unknown probe or attention, a value repeated or out of bounds, a device that is not
+        one or not on this machine); a dataset path that does not exist. The message names
+        the file and the key.
     """
     p = Path(path)
     where = str(path)
@@ -223,8 +225,8 @@ def load_pipeline(path: str | Path, *, sets: dict[str, Any] | None = None,
             raise fail(f"unknown key {key!r} (expected one of {', '.join(SCHEMA[''])}, or a "
                        "table)")
     _check_keys(doc, "", fail)
-    _check_grid({"fractions": doc.get("fractions", [1.0]), "seeds": doc.get("seeds", 1),
-                 "bootstrap": doc.get("bootstrap", 0)}, "", fail)  # even when no stage uses them
+    _check_grid({k: doc[k] for k in ("fractions", "seeds", "bootstrap") if k in doc}, "",
+                fail)  # even when no stage uses them
 
     datasets = _datasets(doc.get("datasets"), fail, check_paths)
     backbones = _backbones(doc.get("backbones"), doc.get("extract", {}), fail)
@@ -236,15 +238,14 @@ def load_pipeline(path: str | Path, *, sets: dict[str, Any] | None = None,
         _check_keys(settings, stage, fail)
         if stage != "extract":
             for k in ("fractions", "seeds", "bootstrap"):
-                settings.setdefault(k, doc.get(k, {"fractions": [1.0], "seeds": 1,
-                                                   "bootstrap": 1000}[k]))
-            _check_grid(settings, stage, fail)
+                settings.setdefault(k, doc.get(k, _grid_default(k)))
+            _check_grid(settings, stage, fail, check_devices)
         stages[stage] = settings
     if not stages:
         raise fail(f"no stages: add at least one of [{'], ['.join(STAGES)}]")
     if any(s in stages for s in ("probe", "fuse")) and "extract" not in stages:
         stages["extract"] = {}  # probes and fusion need their embeddings
-    _check_stage_values(stages, backbones, fail)
+    _check_stage_values(stages, backbones, fail, check_devices)
     slurm = doc.get("slurm", {})
     _check_keys(slurm, "slurm", fail)
     return Pipeline(path=where, name=str(doc.get("name", p.stem)),
@@ -270,12 +271,9 @@ def _substitute(value: Any, variables: dict[str, str], fail) -> Any:
     return value
 
 
-# integer keys and their smallest value; list keys and the type of their items
-# (the [extract] and [finetune] recipe keys: their configs' own checks, in their words)
-MINIMUM = {"workers": 0, "dim": 1, "bootstrap": 0, "timeout_min": 1, "gpus_per_node": 0,
-           "cpus_per_task": 1, "mem_gb": 1}
-# torch device names a pipeline may give (checked before anything runs)
-DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+# [slurm]'s integer keys and their smallest value (the stages' values: as their configs
+# declare them, in their words); list keys and the type of their items
+MINIMUM = {"timeout_min": 1, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1}
 ITEMS = {"fractions": _NUMBER, "ks": int, "l2_grid": _NUMBER, "probes": str,
          "backbones": str, "attentions": str}
 
@@ -297,46 +295,31 @@ def _check_keys(table: dict[str, Any], section: str, fail) -> None:
         if isinstance(value, int) and not isinstance(value, bool) and value < MINIMUM.get(
                 key, value):
             raise fail(f"{label}{key} = {value}: expected {MINIMUM[key]} or more")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise fail(f"{label}{key} = {value!r}: expected a finite number")
-        if key == "device" and not DEVICE.fullmatch(value):
-            raise fail(f"{label}device = {value!r}: expected auto, cpu, cuda, cuda:N, mps")
         if isinstance(value, list):
             item = ITEMS.get(key, int if key == "seeds" else None)
             if not value and key in ITEMS:
                 raise fail(f"{label}{key} = []: expected at least one value")
             for v in value:
                 if item is not None and (isinstance(v, bool) or not isinstance(v, item)):
-                    raise fail(f"{label}{key}: {v!r} is not {expected}")
-                if isinstance(v, float) and not math.isfinite(v):
-                    raise fail(f"{label}{key}: {v!r} is not a finite number")
-                if key in ("ks", "l2_grid") and not v > 0:
-                    raise fail(f"{label}{key}: {v!r} is not positive")
-            if len(set(map(str, value))) < len(value):
-                raise fail(f"{label}{key} = {value!r}: a value is repeated")
+                    raise fail(f"{label}{key} = {v!r}: expected {expected}")
         if key == "additional" and any(isinstance(v, dict | list) for v in value.values()):
             raise fail(f"{label}additional: expected name = value pairs (sbatch parameters)")
 
 
-def _check_grid(settings: dict[str, Any], stage: str, fail) -> None:
-    at = f"[{stage}] " if stage else ""
-    fractions = settings["fractions"]
-    if not fractions:
-        raise fail(f"{at}fractions: expected at least one")
-    for f in fractions:
-        if isinstance(f, bool) or not isinstance(f, _NUMBER) or not 0 < f <= 1:
-            raise fail(f"{at}fraction {f!r} is outside (0, 1]")
-    settings["fractions"] = [float(f) for f in fractions]
-    seeds = settings["seeds"]
-    if (len(seeds) if isinstance(seeds, list) else seeds) > MAX_SEEDS:
-        raise fail(f"{at}seeds = {seeds if isinstance(seeds, int) else len(seeds)}: at most "
-                   f"{MAX_SEEDS} seeds")
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else seeds
-    if not seed_list or any(not isinstance(s, int) or s < 0 for s in seed_list):
-        raise fail(f"{at}seeds = {seeds!r}: expected a count >= 1 or seeds >= 0")
-    settings["seeds"] = seed_list
-    if settings["bootstrap"] < 0:
-        raise fail(f"{at}bootstrap = {settings['bootstrap']}: expected 0 or more")
+def _grid_default(key: str) -> Any:
+    """A grid key's default where neither the stage nor the file's top level sets it."""
+    value = options.default(GridSettings, {"bootstrap": "n_bootstrap"}.get(key, key))
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _check_grid(settings: dict[str, Any], stage: str, fail, here: bool = True) -> None:
+    """The grid keys of the file's top level or a stage, checked as
+    :class:`featstore.grid.GridSettings` declares them; fractions as floats, seeds listed."""
+    grid = _check_config(GridSettings, settings, stage, fail, here)
+    if "fractions" in settings:
+        settings["fractions"] = list(grid.fractions)
+    if "seeds" in settings:
+        settings["seeds"] = grid.seed_list()
 
 
 def _datasets(table: Any, fail, check_paths: bool) -> list[DatasetEntry]:
@@ -389,14 +372,12 @@ def _backbones(table: Any, extract: dict[str, Any], fail) -> dict[str, BackboneE
                     v, BACKBONE_KEYS[k]):
                 raise fail(f"[backbones] {name}: unknown or bad key {k!r} = {v!r} (expected "
                            "spec, image_size, precision, dtype)")
+        for key, allowed in (("precision", PRECISIONS), ("dtype", DTYPES)):
+            if entry.get(key, allowed[0]) not in allowed:  # [extract]'s: checked as declared
+                raise fail(f"[backbones] {name}: {key} {entry[key]!r}: expected one of "
+                           f"{', '.join(allowed)}")
         entry = {"precision": extract.get("precision", "fp32"),
                  "dtype": extract.get("dtype", "float32"), **entry}
-        if entry["precision"] not in PRECISIONS:
-            raise fail(f"[backbones] {name}: precision {entry['precision']!r}: expected one "
-                       f"of {', '.join(PRECISIONS)}")
-        if entry["dtype"] not in DTYPES:
-            raise fail(f"[backbones] {name}: dtype {entry['dtype']!r}: expected one of "
-                       f"{', '.join(DTYPES)}")
         if not entry["spec"].startswith("finetuned:"):
             try:
                 parse_backbone(entry["spec"], input_size=entry.get("image_size"))
@@ -407,32 +388,33 @@ def _backbones(table: Any, extract: dict[str, Any], fail) -> dict[str, BackboneE
 
 
 def _check_stage_values(stages: dict[str, dict[str, Any]],
-                        backbones: dict[str, BackboneEntry], fail) -> None:
+                        backbones: dict[str, BackboneEntry], fail, here: bool = True) -> None:
     def names(stage: str, default_all: bool) -> None:
         settings = stages[stage]
         chosen = settings.get("backbones", list(backbones) if default_all else None)
         if chosen is None:
             raise fail(f"[{stage}] backbones: name the backbones (from [backbones])")
-        for b in chosen:
+        for i, b in enumerate(chosen):
             if b not in backbones:
                 raise fail(f"[{stage}] backbones: unknown backbone {b!r} (the file's: "
                            f"{', '.join(backbones)})")
+            if b in chosen[:i]:
+                raise fail(f"[{stage}] backbones = {b!r}: repeated (expected each backbone "
+                           "once)")
         settings["backbones"] = list(chosen)
 
-    def among(stage: str, key: str, allowed: tuple[str, ...], default: list[str]) -> None:
-        values = stages[stage].setdefault(key, default)
-        for v in values:
-            if v not in allowed:
-                raise fail(f"[{stage}] {key}: unknown {v!r} (expected {', '.join(allowed)})")
+    def listed(stage: str, cls: type, key: str) -> None:  # the file's list, else the default
+        stages[stage].setdefault(key, list(options.default(cls, key)))
 
-    _check_config(ExtractConfig, stages.get("extract", {}), "extract", fail)
+    _check_config(ExtractConfig, stages.get("extract", {}), "extract", fail, here)
     if "probe" in stages:
         names("probe", True)
-        among("probe", "probes", PROBES, ["linear"])
+        listed("probe", ProbeGrid, "probes")
+        _check_config(ProbeGrid, stages["probe"], "probe", fail, here)
         _check_config(ProbeConfig, stages["probe"], "probe", fail)
     if "fuse" in stages:
         names("fuse", False)
-        among("fuse", "attentions", ATTENTIONS, ["softmax"])
+        listed("fuse", FuseConfig, "attentions")
         _check_config(FuseConfig, stages["fuse"], "fuse", fail)
         n = len(stages["fuse"]["backbones"])
         if not 2 <= n <= 8:
@@ -446,17 +428,21 @@ def _check_stage_values(stages: dict[str, dict[str, Any]],
         _check_config(FinetuneSettings, ft, "finetune", fail)
 
 
-def _check_config(cls: type, settings: dict[str, Any], section: str, fail) -> None:
-    """A stage's settings against what its config declares, the error naming the file's
-    key (``[extract] batch_size = 0: ...``); a config with cross-field rules (finetuning's
-    warmup below its epochs) checks them too."""
+def _check_config(cls: type, settings: dict[str, Any], section: str, fail,
+                  here: bool = True) -> Any:
+    """A stage's settings (or the top level's, ``section`` empty) against what its config
+    declares, the error naming the file's key (``[extract] batch_size = 0: ...``), as the
+    command line checks its options; the config's rules between fields (finetuning's
+    warmup below its epochs) too. ``here``: a device is one of this machine's. Returns the
+    config."""
     try:
         config = options.from_settings(cls, settings)
-        config.check() if hasattr(config, "check") else options.check(config, FeatstoreError)
+        options.check(config, FeatstoreError, here)
     except FeatstoreError as e:
         if e.option is None:
             raise
         raise fail(options.file_message(e, section)) from None
+    return config
 
 
 def _check_lp_ft(stages: dict[str, dict[str, Any]], backbones: dict[str, BackboneEntry],

@@ -12,10 +12,12 @@ from featstore.choices import (
     DEFAULT_L2_GRID,
     DEFAULT_TOL,
     LINEAR_SOLVER,
+    MAX_K,
     ORDINAL_DECODES,
     PROBES,
     TASKS,
 )
+from featstore.grid import bootstrap_option
 from featstore.options import option
 from featstore.runkeys import run_id as run_key
 
@@ -33,11 +35,10 @@ class ProbeConfig:
                                         "from on val (default: 1e-6..1e4, 11 log steps).",
                                         low=0, low_open=True)
     ks: tuple[int, ...] = option(DEFAULT_KS, "k values the kNN probe chooses from on val.",
-                                 low=1)
+                                 low=1, high=MAX_K)
     tol: float = option(DEFAULT_TOL, "Solver tolerance.", low=0, low_open=True, where="")
     max_iter: int = option(500, "Solver iterations at most.", low=1, where="")
-    n_bootstrap: int = option(1000, "Bootstrap resamples of the test metric's CI (0: none).",
-                              low=0, flag="bootstrap")
+    n_bootstrap: int = bootstrap_option()
     ordinal_decode: str = option("argmax", "Ordinal tasks: argmax, or expected (expected "
                                  "grade, thresholds fitted on val).", choices=ORDINAL_DECODES)
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from featstore import options
-from featstore.choices import LINEAR_SOLVER, MAX_SEEDS, PROBES
+from featstore.choices import LINEAR_SOLVER
 from featstore.data.fractions import (
     VAL_CARVE_FRACTION,  # noqa: F401  (re-exported: it lived here)
     VAL_SPLIT,
@@ -24,6 +24,7 @@ from featstore.data.fractions import (
     training_splits,
 )
 from featstore.errors import ManifestError, ProbeError
+from featstore.grid import GridSettings, ProbeGrid
 from featstore.probe.config import ProbeConfig
 from featstore.records import ScoreRecord
 from featstore.store.embedding_set import EmbeddingSet
@@ -211,16 +212,14 @@ def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, 
     Raises
     ------
     ProbeError
-        An unknown probe, a fraction outside (0, 1], no seeds; or as
-        :func:`probe_embeddings`.
+        An unknown or repeated probe, a fraction outside (0, 1], no seeds, a device this
+        machine lacks; or as :func:`probe_embeddings`.
     CorruptShardError
         A shard fails its checksum (named); nothing is computed from it.
     """
-    kinds = [p.strip() for p in probes]
-    for kind in kinds:
-        if kind not in PROBES:
-            raise ProbeError(f"unknown probe {kind!r} (expected one of {', '.join(PROBES)})")
-    seed_list = check_grid(fractions, seeds)
+    grid = ProbeGrid(probes=[p.strip() for p in probes], fractions=fractions, seeds=seeds,
+                     device=device).check(ProbeError)
+    kinds, seed_list, device = grid.probes, grid.seed_list(), options.resolved_device(device)
     records: list[ProbeRecord] = []
     for es in sets:
         # without a config, each set is probed for its dataset's own task
@@ -254,27 +253,19 @@ def probe_run_ids(embedding_key: str, val_source: str, config: ProbeConfig, *,
             for p in probes for f in fractions for s in check_grid(fractions, seeds)]
 
 
-def check_grid(fractions: Sequence[float], seeds: int | Sequence[int]) -> list[int]:
-    """The seeds of a fractions x seeds grid, after checking both.
+def check_grid(fractions: Sequence[float], seeds: int | Sequence[int],
+               device: str = "cpu") -> list[int]:
+    """The seeds of a fractions x seeds grid, after checking both (and the device), as
+    :class:`featstore.grid.GridSettings` declares them.
 
     Raises
     ------
     ProbeError
-        No fractions, a fraction outside (0, 1], no seeds or a negative seed.
+        No fractions, a fraction outside (0, 1] or repeated, no seeds, a negative or
+        repeated seed, a device this machine lacks.
     """
-    if not len(fractions):
-        raise options.invalid(ProbeError, "fractions", list(fractions), "at least one value")
-    for f in fractions:
-        if not 0 < float(f) <= 1:
-            raise options.invalid(ProbeError, "fractions", float(f), "values in (0, 1]")
-    if (seeds if isinstance(seeds, int) else len(seeds)) > MAX_SEEDS:
-        raise options.invalid(ProbeError, "seeds", seeds if isinstance(seeds, int)
-                              else len(seeds), f"at most {MAX_SEEDS} seeds")
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list or min(seed_list) < 0:
-        raise options.invalid(ProbeError, "seeds", seeds if isinstance(seeds, int)
-                              else seed_list, "at least one seed, none negative")
-    return seed_list
+    return GridSettings(fractions=fractions, seeds=seeds, device=device).check(
+        ProbeError).seed_list()
 
 
 def stored_records(store_sets: Sequence[EmbeddingSet]) -> list[ProbeRecord]:

@@ -102,11 +102,13 @@ def image_folder_with_non_utf8_name(tmp: Path) -> Path:
 
 
 def pipeline(tmp: Path, data: str, store: str, extra: str = "",
-             backbone: str = TINY) -> str:
-    """A pipeline file over the cached dataset and store (an extract of one backbone)."""
+             backbone: str = TINY, two: bool = False) -> str:
+    """A pipeline file over the cached dataset and store (an extract of one backbone; with
+    ``two``, of a second, ``b2``)."""
     path = tmp / "p.toml"
+    second = f'b2 = {{ spec = "{TINY_VIT}", image_size = {SIZE} }}\n' if two else ""
     path.write_text(f'store = "{store}"\nfractions = [1.0]\n{extra}\n[datasets]\nd = "{data}"\n'
-                    f'[backbones]\nb = {{ spec = "{backbone}", image_size = {SIZE} }}\n'
+                    f'[backbones]\nb = {{ spec = "{backbone}", image_size = {SIZE} }}\n{second}'
                     '[extract]\ndevice = "cpu"\n')
     return str(path)
 
@@ -114,6 +116,8 @@ def pipeline(tmp: Path, data: str, store: str, extra: str = "",
 # (case, argv built from (tmp, data, store), the message that names the culprit)
 EXTRACT = ["extract", "-b", TINY, "--image-size", str(SIZE)]
 FINETUNE = ["finetune", "-b", TINY, "--image-size", str(SIZE), "--batch-size", "8"]
+PROBE = ["probe", "-b", TINY, "--image-size", str(SIZE), "--bootstrap", "0"]
+FUSE = ["fuse", "--image-size", str(SIZE), "--bootstrap", "0", "-b", TINY, "-b", TINY_VIT]
 CATALOGUE = [
     ("batch-size negative", lambda t, d, s: [*EXTRACT, "--data", d, "--store", s,
                                              "--batch-size", "-4"], "--batch-size -4"),
@@ -191,10 +195,11 @@ CATALOGUE = [
     ("no seeds", lambda t, d, s: ["probe", "--data", d, "--store", s, "--seeds", "0"],
      "expected at least one seed"),
     ("unknown probe", lambda t, d, s: ["probe", "--data", d, "--store", s, "--probe", "svm"],
-     "unknown probe 'svm'"),
+     "--probe 'svm': expected one of linear, knn"),
     ("unknown attention", lambda t, d, s: ["fuse", "--data", d, "--store", s, "-b", TINY,
                                            "-b", TINY_VIT, "--image-size", str(SIZE),
-                                           "--attention", "max"], "unknown attention 'max'"),
+                                           "--attention", "max"],
+     "--attention 'max': expected one of softmax, sigmoid, uniform"),
     ("fuse one backbone", lambda t, d, s: ["fuse", "--data", d, "--store", s, "-b", TINY,
                                            "--image-size", str(SIZE)], "2 to 8"),
     ("unknown backbone", lambda t, d, s: ["probe", "--data", d, "--store", s, "-b", "nope"],
@@ -224,7 +229,8 @@ CATALOGUE = [
     ("pipeline unknown stage", lambda t, d, s: [
         "run", pipeline(t, d, s, "[fusion]\ndim = 8")], "unknown stage or table [fusion]"),
     ("pipeline fraction above 1", lambda t, d, s: [
-        "run", pipeline(t, d, s), "--set", "fractions=[1.5]"], "fraction 1.5 is outside (0, 1]"),
+        "run", pipeline(t, d, s), "--set", "fractions=[1.5]"],
+     "fractions = 1.5: expected values in (0, 1]"),
     ("pipeline missing dataset", lambda t, d, s: [
         "run", pipeline(t, f"{t}/gone.npz", s)], "[datasets] d:"),
     ("pipeline not a file", lambda t, d, s: ["run", f"{t}/none.toml"], "no such file"),
@@ -296,6 +302,73 @@ CATALOGUE = [
      "--init-head probe: no linear probe of"),
     ("info empty name", lambda t, d, s: ["info", "", "--store", s],
      "'': expected an embedding key prefix or a backbone alias"),
+    # issue 33, items 6, 7, 9: --device checked, upper bounds, one declaration
+    ("probe not a device", lambda t, d, s: [*PROBE, "--data", d, "--store", s,
+                                            "--device", "foo"],
+     "--device 'foo': not a torch device"),
+    ("probe GPU this machine lacks", lambda t, d, s: [*PROBE, "--data", d, "--store", s,
+                                                      "--device", "cuda:99"],
+     "--device 'cuda:99': "),  # no CUDA GPU here (or not 99 of them)
+    ("fuse not a device", lambda t, d, s: [*FUSE, "--data", d, "--store", s,
+                                           "--device", "foo"],
+     "--device 'foo': not a torch device"),
+    ("extract mps on a machine without", lambda t, d, s: [*EXTRACT, "--data", d, "--store", s,
+                                                          "--device", "mps"],
+     "--device 'mps': no MPS device on this machine"),
+    ("pipeline probe device this machine lacks", lambda t, d, s: [
+        "run", pipeline(t, d, s, '[probe]\ndevice = "cuda:99"'), "--dry-run"],
+     "[probe] device = 'cuda:99': "),
+    ("fuse dim huge", lambda t, d, s: [*FUSE, "--data", d, "--store", s,
+                                       "--dim", "1000000000"],
+     "--dim 1000000000: expected at most 65536"),
+    ("pipeline fuse dim huge", lambda t, d, s: [
+        "run", pipeline(t, d, s, '[fuse]\nbackbones = ["b", "b2"]\ndim = 100000000000',
+                        two=True), "--dry-run"],
+     "[fuse] dim = 100000000000: expected at most 65536"),
+    ("probe bootstrap huge", lambda t, d, s: [*PROBE, "--data", d, "--store", s,
+                                              "--bootstrap", "100000000"],
+     "--bootstrap 100000000: expected at most 100000"),
+    ("fuse bootstrap negative", lambda t, d, s: [*FUSE, "--data", d, "--store", s,
+                                                 "--bootstrap", "-7"],
+     "--bootstrap -7: expected at least 0"),
+    ("fuse dim zero", lambda t, d, s: [*FUSE, "--data", d, "--store", s, "--dim", "0"],
+     "--dim 0: expected at least 1"),
+    ("pipeline --set fuse dim zero", lambda t, d, s: [
+        "run", pipeline(t, d, s, '[fuse]\nbackbones = ["b", "b2"]', two=True), "--set",
+        "fuse.dim=0"], "[fuse] dim = 0: expected at least 1"),
+    ("fuse a set with itself", lambda t, d, s: [*FUSE[:-2], "-b", TINY, "--data", d,
+                                                "--store", s],
+     "--backbone 'timm:test_resnet/32px@random': repeated"),
+    ("fuse attention repeated", lambda t, d, s: [*FUSE, "--data", d, "--store", s,
+                                                 "--attention", "softmax,softmax"],
+     "--attention 'softmax': repeated"),
+    ("probe ks repeated", lambda t, d, s: [*PROBE, "--data", d, "--store", s, "--probe", "knn",
+                                           "--ks", "3,3"], "--ks 3: repeated"),
+    ("probe l2 repeated", lambda t, d, s: [*PROBE, "--data", d, "--store", s,
+                                           "--l2-grid", "1,1"], "--l2-grid 1.0: repeated"),
+    ("probe probes repeated", lambda t, d, s: [*PROBE, "--data", d, "--store", s,
+                                               "--probe", "linear,linear"],
+     "--probe 'linear': repeated"),
+    ("probe fractions repeated", lambda t, d, s: [*PROBE, "--data", d, "--store", s,
+                                                  "--fractions", "0.5,0.5"],
+     "--fractions 0.5: repeated"),
+    ("pipeline fuse backbones repeated", lambda t, d, s: [
+        "run", pipeline(t, d, s, '[fuse]\nbackbones = ["b", "b"]'), "--dry-run"],
+     "[fuse] backbones = 'b': repeated"),
+    ("extract batch-size huge", lambda t, d, s: [*EXTRACT, "--data", d, "--store", s,
+                                                 "--batch-size", "100000000"],
+     "--batch-size 100000000: expected at most 65536"),
+    ("extract image-size huge", lambda t, d, s: [
+        "extract", "-b", TINY, "--image-size", "100000", "--data", d, "--store", s],
+     "--image-size 100000: expected a size in pixels in [1, 8192]"),
+    ("finetune epochs huge", lambda t, d, s: [*FINETUNE, "--data", d, "--store", s,
+                                              "--epochs", "100000000"],
+     "--epochs 100000000: expected at most 10000"),
+    ("probe k huge", lambda t, d, s: [*PROBE, "--data", d, "--store", s, "--probe", "knn",
+                                      "--ks", "1000000000"],
+     "--ks 1000000000: expected at most 10000"),
+    ("run jobs huge", lambda t, d, s: ["run", pipeline(t, d, s), "--jobs", "100000"],
+     "--jobs 100000: expected a value in [1, 256]"),
 ]
 
 
@@ -457,3 +530,17 @@ def test_bracketed_names_print_as_they_are(capsys, tmp_path):
                     '[extract]\ndevice = "cpu"\n')
     code, out, err = cli(capsys, "run", str(pipe), "--dry-run")
     assert code == 0 and "plan of [/oops] x" in out, err
+
+
+def test_a_device_is_checked_when_every_run_is_read_back_and_auto_computes(capsys, cached):
+    data, store, _ = cached
+    probe = ["probe", "--data", data, "--store", store, "-b", TINY, "--image-size", str(SIZE),
+             "--bootstrap", "0", "--json"]
+    fuse = ["fuse", "--data", data, "--store", store, "-b", TINY, "-b", TINY_VIT,
+            "--image-size", str(SIZE), "--bootstrap", "0", "--no-baselines", "--heads-dir",
+            str(Path(store).parent / "h"), "--json"]
+    for argv in (probe, fuse):
+        code, out, err = cli(capsys, *argv, "--device", "auto")  # this machine's GPU, or cpu
+        assert code == 0, err
+        code, _, err = cli(capsys, *argv, "--device", "foo")  # every run stored: read back
+        assert code == 1 and "--device 'foo': not a torch device" in err, err

@@ -237,7 +237,7 @@ def test_fuse_grid_persists_runs_that_results_lists(capsys, npz_file, store_dir,
     assert len(stored_fusion_records([sets[0].dataset])) == len(more)
     with pytest.raises(FusionError, match="2 to 8"):
         fuse_grid(sets[:1], task=m.task)
-    with pytest.raises(FusionError, match="unknown attention"):
+    with pytest.raises(FusionError, match="attentions = 'max': expected one of softmax"):
         fuse_grid(sets, **{**kw, "attentions": ["max"]})
 
     with pytest.raises(SystemExit) as exc:

@@ -206,7 +206,7 @@ def test_probe_grid_persists_every_run_and_reads_it_back(tmp_path, npz_file):
     assert len(stored_records(sets)) == len(first)
     with pytest.raises(ProbeError, match=r"fractions = 0.0: expected values in \(0, 1\]"):
         probe_grid(sets, cfg, fractions=[0.0])
-    with pytest.raises(ProbeError, match="unknown probe"):
+    with pytest.raises(ProbeError, match="probes = 'svm': expected one of linear, knn"):
         probe_grid(sets, cfg, probes=["svm"])
 
 
