@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import fields
 from importlib.metadata import version
 from typing import Any
 
@@ -97,11 +96,12 @@ def _shown(key: str, config: dict[str, Any], short: bool = False) -> str:
 
 @functools.cache
 def _list_defaults() -> dict[str, str]:
-    """The probe's list settings at their defaults (``l2_grid``, ``ks``), as JSON text."""
-    from featstore.probe.config import ProbeConfig
+    """The probe's list settings at their defaults (``l2_grid``, ``ks``), as JSON text (the
+    defaults ``ProbeConfig`` declares, from :mod:`featstore.choices`: this module sits below
+    the probes)."""
+    from featstore.choices import DEFAULT_KS, DEFAULT_L2_GRID
 
-    return {f.name: json.dumps(list(f.default)) for f in fields(ProbeConfig)
-            if isinstance(f.default, tuple)}
+    return {"l2_grid": json.dumps(list(DEFAULT_L2_GRID)), "ks": json.dumps(list(DEFAULT_KS))}
 
 
 def run_id(config: dict[str, Any]) -> str:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "featstore"
 LAYERS = [  # (layer, module prefixes)
-    ("base", ["_hashing", "_lazy", "errors", "choices", "options", "runkeys", "_version"]),
+    ("base", ["_hashing", "_lazy", "errors", "choices", "options", "runkeys", "_version", "grid",
+              "outputs"]),
     ("data", ["data", "task", "metrics", "records"]),
     ("models", ["models"]),
     ("store", ["store"]),

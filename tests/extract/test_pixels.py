@@ -15,6 +15,7 @@ from PIL import Image
 from featstore.data import load_dataset, read_image
 from featstore.data.arrays import uniform_array_shape
 from featstore.data.images import ViewsDataset
+from featstore.errors import StoreError
 from featstore.extract import extract_embeddings
 from featstore.extract.pixels import pixel_paths
 from featstore.models import build_backbone, parse_backbone
@@ -177,7 +178,7 @@ def test_a_write_error_stops_the_pass_and_keeps_finished_shards(image_csv, tmp_p
 
     monkeypatch.setattr(EmbeddingSet, "write_shard", full_disk_on_the_third)
     spec = parse_backbone(TINY, input_size=SIZE)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StoreError, match="no space left on device .* 2 finished shards are kept"):
         extract_embeddings(m, [spec], fs, batch_size=8, shard_rows=16, num_workers=0)
     es = fs.dataset(m).embedding_sets()[0]
     assert es.done_mask().tolist()[:2] == [True, True] and not es.complete
@@ -248,7 +249,7 @@ def test_an_unfinished_set_gives_way_to_a_finished_one_made_the_other_way(capsys
         return real(self, *a, **k)
 
     monkeypatch.setattr(EmbeddingSet, "write_shard", fail_after_one)
-    with pytest.raises(OSError):
+    with pytest.raises(StoreError, match="no space left"):
         extract_embeddings(m, [spec], fs, resize="cpu", shard_rows=16, num_workers=0)
     monkeypatch.setattr(EmbeddingSet, "write_shard", real)
     [hit] = extract_embeddings(m, [spec], fs, num_workers=0)  # --resize auto

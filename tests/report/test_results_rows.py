@@ -377,3 +377,16 @@ def test_a_hash_in_a_row_name_comes_with_a_line_saying_what_it_is():
     assert table.caption == VARIANT_LEGEND
     [table] = probe_tables([record("3" * 64, one)], names)
     assert table.caption is None
+
+
+def test_a_row_says_default_for_exactly_the_probe_defaults():
+    """``l2_grid=default`` is worded from the defaults the probe declares (read from below
+    the probes, so the two must stay one)."""
+    from dataclasses import fields
+
+    from featstore.probe.config import ProbeConfig
+    from featstore.runkeys import _list_defaults
+
+    declared = {f.name: json.dumps(list(f.default)) for f in fields(ProbeConfig)
+                if isinstance(f.default, tuple)}
+    assert _list_defaults() == declared
