@@ -107,3 +107,9 @@ def _list_defaults() -> dict[str, str]:
 def run_id(config: dict[str, Any]) -> str:
     """Content key of a run: its configuration plus the featstore version."""
     return sha256_json({**config, "featstore": version("featstore")})[:RUN_ID_CHARS]
+
+
+def run_ids(*configs: dict[str, Any]) -> tuple[str, ...]:
+    """The ids one run is found under: each configuration's :func:`run_id`, once, in order
+    (the configuration it is stored under today, then how an earlier featstore keyed it)."""
+    return tuple(dict.fromkeys(map(run_id, configs)))

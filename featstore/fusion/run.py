@@ -24,6 +24,7 @@ from featstore.outputs import output_errors
 from featstore.probe.run import check_grid, split_rows
 from featstore.records import ScoreRecord
 from featstore.runkeys import run_id as run_key
+from featstore.runkeys import run_ids
 from featstore.store.dataset import DatasetGroup
 from featstore.store.embedding_set import EmbeddingSet
 from featstore.store.layout import Embeddings, Provenance
@@ -134,11 +135,11 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
                    identity: str | None = None) -> list[FuseRecord]:
         """A method's records: read back when persisted under its id (``identity``: what
         the method is, when its display name does not say it all), else computed and saved."""
-        run_config = {**cfg, "method": identity or method}
-        rid = run_key(run_config)
-        shown = record_config(run_config)
+        given = {**cfg, "method": identity or method}
+        run_config, rids = _keyed(given), _run_ids(given)
+        rid, shown = rids[0], record_config(run_config)
         if dataset is not None and not recompute:
-            saved = dataset.fusion_runs.get(rid)
+            saved = dataset.fusion_runs.first(rids)
             if saved is not None:
                 return [replace(stored_fusion_record(r), random_weights=base["random_weights"],
                                 config=shown)
@@ -227,9 +228,30 @@ def record_config(run_config: dict[str, Any]) -> dict[str, Any]:
     """The configuration a fusion record shows: the whole run's for a DVME head; for the
     linear baselines (concat, single) without the head's settings (``dim``, DVME options),
     which do not change their numbers, so their runs at two head widths are one row."""
-    if str(run_config.get("method", "")).startswith("dvme"):
+    if _is_head(run_config):
         return dict(run_config)
     return {k: v for k, v in run_config.items() if k in _HEAD_FREE}
+
+
+def _is_head(run_config: dict[str, Any]) -> bool:
+    return str(run_config.get("method", "")).startswith("dvme")
+
+
+def _keyed(run_config: dict[str, Any]) -> dict[str, Any]:
+    """The configuration a run is keyed and stored by: a DVME head's as given; a linear
+    baseline's with the head's settings at their defaults (``dim``, no DVME option), which
+    do not change its numbers: ``fuse --dim 16`` reads back the baselines ``fuse`` made, and
+    runs of default settings keep the ids they always had."""
+    if _is_head(run_config):
+        return run_config
+    return {**record_config(run_config), "dim": options.default(FuseConfig, "dim")}
+
+
+def _run_ids(run_config: dict[str, Any]) -> tuple[str, ...]:
+    """The ids a run is found under: the id of its :func:`_keyed` configuration (the one it
+    is stored under), then the id an earlier featstore gave a baseline (the head's settings
+    as given) where it differs."""
+    return run_ids(_keyed(run_config), run_config)
 
 
 def _dvme_identity(attention: str) -> str:
@@ -240,18 +262,19 @@ def fusion_run_ids(keys: Sequence[str], val_source: str, *, task: str,
                    fractions: Sequence[float] = (1.0,), seeds: int | Sequence[int] = 1,
                    attentions: Sequence[str] = ("softmax",), dim: int = 256,
                    n_bootstrap: int = 1000, baselines: bool = True,
-                   **dvme_options) -> list[str]:
-    """The ids the runs of a :func:`fuse_grid` are persisted under (one per method, fraction
-    and seed), computing nothing: a planner asks the store which are there. ``val_source``:
-    as :func:`featstore.data.fractions.val_source` says for the dataset."""
+                   **dvme_options) -> list[tuple[str, ...]]:
+    """For each run of a :func:`fuse_grid` (one per method, fraction and seed), the ids it is
+    found under (the one it is persisted under first), computing nothing: a planner asks the
+    store which are there. ``val_source``: as :func:`featstore.data.fractions.val_source`
+    says for the dataset."""
     methods = [_dvme_identity(a) for a in attentions]
     if baselines:
         methods += ["concat", *[f"single:{k}" for k in keys]]
     with as_fusion_error():
         seed_list = check_grid(fractions, seeds)
-    return [run_key({**_run_config(keys, task=task, fraction=float(f), seed=s, dim=dim,
-                                   n_bootstrap=n_bootstrap, val_source=val_source,
-                                   **dvme_options), "method": m})
+    return [_run_ids({**_run_config(keys, task=task, fraction=float(f), seed=s, dim=dim,
+                                    n_bootstrap=n_bootstrap, val_source=val_source,
+                                    **dvme_options), "method": m})
             for f in fractions for s in seed_list for m in methods]
 
 
@@ -320,12 +343,14 @@ def stored_fusion_record(r: dict[str, Any]) -> FuseRecord:
 
 
 def _made_again(config: dict[str, Any], runs: dict[str, Any]) -> bool:
-    """Whether a run of an earlier linear solver or DVME head version was made again, the
-    same run otherwise, by the current ones (its id is among ``runs``)."""
+    """Whether a run of an earlier linear solver or DVME head version, or a baseline keyed
+    with the head's settings as given, was made again, the same run otherwise, by the
+    current ones (its id is among ``runs``)."""
     remade = [{**config, "solver": LINEAR_SOLVER}]
     head = re.fullmatch(r"dvme-(\w+)@head-v(\d+)", str(config.get("method", "")))
     if head and int(head[2]) < HEAD_VERSION:  # by the current head (and solver)
         remade.append({**remade[0], "method": _dvme_identity(head[1])})
+    remade.append(_keyed(remade[0]))  # a baseline, its head's settings at their defaults
     return any(c != config and run_key(c) in runs for c in remade)
 
 
@@ -335,7 +360,8 @@ def stored_fusion_records(datasets: Sequence[DatasetGroup],
     ``keys``, only runs that fused some of these embedding keys. Runs whose val was carved
     by the earlier, patient-unaware rule are superseded and not listed, and so is a method of
     an earlier (one id per fraction and seed) run, or a run of an earlier linear solver or
-    DVME head version, that was recomputed since."""
+    DVME head version, that was recomputed since; a baseline an earlier featstore keyed with
+    the head's settings (``dim``) is listed once, and not once it is stored under today's id."""
     wanted = None if keys is None else set(keys)
     out = []
     for ds in datasets:
@@ -347,12 +373,15 @@ def stored_fusion_records(datasets: Sequence[DatasetGroup],
 
         current = {what(r) for run in runs.values() if "config" in run
                    for r in run.get("records", [])}
+        listed: set[str | None] = set()
         for run in runs.values():
             legacy = "config" not in run
             if legacy and not has_val:
                 continue  # an earlier run whose val was carved by the superseded rule
-            if not legacy and _made_again(run["config"], runs):
-                continue  # an earlier solver's or head's run, recomputed since
+            keyed = None if legacy else run_key(_keyed(run["config"]))
+            if not legacy and (_made_again(run["config"], runs) or keyed in listed):
+                continue  # recomputed since by a later solver or head, or a baseline
+            listed.add(keyed)  # listed already (once keyed by each head setting it had)
             for r in run.get("records", []):
                 if legacy and what(r) in current:
                     continue  # recomputed since, under its own id

@@ -204,8 +204,7 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
             ids = probe_run_ids(es.key, val_source(manifest.split[~es.missing_mask()]), cfg,
                                 probes=probe["probes"],
                                 fractions=probe["fractions"], seeds=probe["seeds"])
-            stored = es.probe_runs.by_id()
-            have = sum(any(i in stored for i in alts) for alts in ids)
+            have = _n_stored(ids, es.probe_runs.by_id())
         return Step(
             id=f"probe {entry.name} {label}", stage="probe", dataset=entry.name,
             deps=deps, rows=rows, cached=have == n_runs,
@@ -234,8 +233,7 @@ def _dataset_steps(pipe: Pipeline, entry: DatasetEntry, fs, key_of) -> list[Step
             ids = fusion_run_ids([embedded(b).key for b in members],
                                  val_source(manifest.split[~missing]),
                                  task=manifest.task, **_fuse_grid(fuse))
-            stored = ds.fusion_runs.by_id()
-            have = sum(i in stored for i in ids)
+            have = _n_stored(ids, ds.fusion_runs.by_id())
         steps.append(Step(
             id=f"fuse {entry.name}", stage="fuse", dataset=entry.name, rows=rows,
             deps=list(dict.fromkeys(extract_ids[n] for n in fuse["backbones"])),
@@ -334,6 +332,11 @@ def _probe_config(probe: dict[str, Any], task: str):
     from featstore.probe.config import ProbeConfig
 
     return options.from_settings(ProbeConfig, probe, task=task)
+
+
+def _n_stored(ids: list[tuple[str, ...]], stored: dict[str, Any]) -> int:
+    """How many runs are stored: each under any of the ids it is found under."""
+    return sum(any(i in stored for i in alts) for alts in ids)
 
 
 def _fuse_grid(fuse: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from featstore.choices import (
 )
 from featstore.grid import bootstrap_option
 from featstore.options import option
-from featstore.runkeys import run_id as run_key
+from featstore.runkeys import run_ids
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,8 @@ class ProbeConfig:
         """The ids a run of this config is found under: :meth:`run_id`, then the id an
         earlier featstore gave the same run where it differs (it keyed the unused settings
         as given: a linear run of ``ks=[5]``)."""
-        ids = (_key(self.stored(), embedding_key, val_carve),
-               _key(self._given(), embedding_key, val_carve))
-        return tuple(dict.fromkeys(ids))
+        return run_ids(*(_payload(c, embedding_key, val_carve)
+                         for c in (self.stored(), self._given())))
 
     def _given(self) -> dict[str, Any]:
         out = asdict(self)
@@ -86,8 +85,9 @@ _UNUSED = {"linear": ("ks",), "knn": ("l2_grid", "tol", "max_iter")}
 _DEFAULTS = {f.name: f.default for f in fields(ProbeConfig)}
 
 
-def _key(config: dict[str, Any], embedding_key: str, val_carve: str | None) -> str:
+def _payload(config: dict[str, Any], embedding_key: str, val_carve: str | None
+             ) -> dict[str, Any]:
     payload: dict[str, Any] = {"config": config, "embedding_key": embedding_key}
     if val_carve is not None:
         payload["val_carve"] = val_carve
-    return run_key(payload)
+    return payload

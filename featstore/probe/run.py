@@ -182,7 +182,7 @@ def _carve(val_source: str) -> str | None:
 def _stored_run(es: EmbeddingSet, run_ids: Sequence[str]) -> list[ProbeRecord] | None:
     """The records of the run stored under the first of ``run_ids`` the set holds; None when
     it holds none."""
-    saved = next(filter(None, map(es.probe_runs.get, run_ids)), None)
+    saved = es.probe_runs.first(run_ids)
     return None if saved is None else _read_back(saved)
 
 

@@ -8,6 +8,7 @@ and read back from there as if it were in the store.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -71,6 +72,11 @@ class RunLog:
             if runs is not None and run_id in runs:
                 return dict(runs[run_id].attrs)
         return None
+
+    def first(self, run_ids: Iterable[str]) -> dict[str, Any] | None:
+        """The run persisted under the first of ``run_ids`` that has one (a run's id today,
+        then the ids an earlier featstore gave it); None when none has."""
+        return next(filter(None, map(self.get, run_ids)), None)
 
     def by_id(self) -> dict[str, dict[str, Any]]:
         """Every persisted run by id: the store's, then the results store's it lacks."""

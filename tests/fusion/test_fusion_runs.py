@@ -107,3 +107,140 @@ def test_an_earlier_heads_dvme_run_is_listed_until_made_again_then_hidden(npz_fi
     again = fuse_grid(sets, seeds=1, **kw)
     assert not any(r.cached for r in again)  # never read back as the current head's
     assert listed() == [(0, f"dvme-softmax@head-v{HEAD_VERSION}"), (1, old)]
+
+
+@pytest.fixture
+def extracted(capsys, npz_file, tmp_path) -> list[str]:
+    data = ["--data", str(npz_file), "--store", str(tmp_path / "s")]
+    code, _, err = cli(capsys, "extract", *data, "-b", TINY, "-b", TINY_VIT, "--image-size",
+                       str(SIZE))
+    assert code == 0, err
+    return data
+
+
+def _fuse(capsys, data: list[str], *options: str) -> dict[str, dict]:
+    """``fuse``'s primary records, by method (DVME uniform, concat, the two singles)."""
+    code, out, err = cli(capsys, "fuse", *data, "-b", TINY, "-b", TINY_VIT, "--image-size",
+                         str(SIZE), "--attention", "uniform", "--bootstrap", "10",
+                         "--heads-dir", str(Path(data[3]).parent / "h"), "--json", *options)
+    assert code == 0, err
+    return {r["method"]: r for r in json.loads(out) if r["primary"]}
+
+
+def _results(capsys, data: list[str]) -> tuple[str, list[dict]]:
+    """``results``' table, and its fusion records (``--json``)."""
+    code, out, err = cli(capsys, "results", *data)
+    assert code == 0, err
+    code, js, err = cli(capsys, "results", *data, "--json")
+    assert code == 0, err
+    return out, [r for r in json.loads(js) if "method" in r and r["primary"]]
+
+
+def _rows(out: str, method: str) -> list[str]:
+    return [ln for ln in out.splitlines() if ln.startswith("│") and f" {method}" in ln]
+
+
+BASELINES = ["concat", "single:timm:test_resnet/32px@random", "single:timm:test_vit/32px@random"]
+
+
+def test_another_head_width_reads_the_baselines_back_and_fits_only_the_head(capsys,
+                                                                            extracted):
+    """``--dim`` is the DVME head's: the concat and single baselines of ``fuse --dim 16``
+    are the runs ``fuse`` made (read back, same ids), and ``results`` shows one row each."""
+    made = _fuse(capsys, extracted)
+    assert sorted(made) == sorted(["dvme-uniform", *BASELINES])
+    assert not any(r["cached"] for r in made.values())
+    narrow = _fuse(capsys, extracted, "--dim", "16")
+    assert {m: r["cached"] for m, r in narrow.items()} == {
+        "dvme-uniform": False, **{m: True for m in BASELINES}}
+    assert {m: narrow[m]["run_id"] for m in BASELINES} == {
+        m: made[m]["run_id"] for m in BASELINES}
+    out, fused = _results(capsys, extracted)
+    assert [len(_rows(out, m)) for m in BASELINES] == [1, 1, 1], out
+    assert len(_rows(out, "dvme-uniform")) == 2, out  # two widths: two rows
+    assert sorted(r["method"] for r in fused) == sorted(["dvme-uniform"] * 2 + BASELINES)
+
+
+def test_baselines_stored_under_the_ids_that_held_the_head_width_are_found_and_listed_once(
+        capsys, extracted, tmp_path):
+    """Baselines of ``fuse --dim 16`` (and of ``--dim 32``) as an earlier featstore stored
+    them, their ids and configurations holding the head's width: the same command reads them
+    back, a pipeline plans them as done, ``results`` lists each baseline once, and once the
+    same runs are stored under today's ids (``fuse``) only those are listed."""
+    from featstore.data import load_dataset
+    from featstore.runkeys import run_id as run_key
+    from featstore.store import FeatureStore
+
+    made = _fuse(capsys, extracted, "--dim", "16")
+    ds = FeatureStore(extracted[3]).dataset(load_dataset(extracted[1]))
+    earlier = {}
+    for method in BASELINES:  # stored again as before: the config as given, keyed as it is
+        run = ds.fusion_runs.get(made[method]["run_id"])
+        del ds.group["fusion"][made[method]["run_id"]]
+        for dim in (32, 16):
+            given = {**run["config"], "dim": dim}
+            earlier[method] = old_id = run_key(given)
+            ds.fusion_runs.save(old_id, {**run, "config": given, "records": [
+                {**r, "run_id": old_id} for r in run["records"]]})
+    again = _fuse(capsys, extracted, "--dim", "16")
+    assert all(r["cached"] for r in again.values())
+    assert {m: again[m]["run_id"] for m in BASELINES} == earlier
+
+    pipeline = tmp_path / "grid.toml"
+    pipeline.write_text(f"""
+store = "{extracted[3]}"
+fractions = [1.0]
+seeds = 1
+bootstrap = 10
+[datasets]
+tiny = "{extracted[1]}"
+[backbones]
+resnet = {{ spec = "{TINY}", image_size = {SIZE} }}
+vit = {{ spec = "{TINY_VIT}", image_size = {SIZE} }}
+[fuse]
+backbones = ["resnet", "vit"]
+attentions = ["uniform"]
+dim = 16
+""")
+    code, out, err = cli(capsys, "run", str(pipeline), "--dry-run", "--json")
+    assert code == 0, err
+    assert [s["cached"] for s in json.loads(out) if s["stage"] == "fuse"] == [True], out
+
+    for _ in range(2):  # the earlier runs, then (made by 'fuse') the current ones
+        out, fused = _results(capsys, extracted)
+        assert [len(_rows(out, m)) for m in BASELINES] == [1, 1, 1], out
+        assert sorted(r["method"] for r in fused if r["method"] in BASELINES) == BASELINES
+        made = _fuse(capsys, extracted)
+    _, fused = _results(capsys, extracted)
+    assert {r["run_id"] for r in fused if r["method"] in BASELINES} == {
+        made[m]["run_id"] for m in BASELINES}
+
+
+def test_run_ids_of_default_settings_are_unchanged_and_a_baselines_id_holds_no_head_setting(
+        monkeypatch):
+    """Ids as featstore 0.1.0 computed them before baselines were keyed without the head's
+    settings (stores written then are read back): every run of default settings, and a DVME
+    head of another width or option; a baseline's id is the default's whatever the head."""
+    import featstore.runkeys as runkeys
+    from featstore.fusion import fusion_run_ids
+
+    monkeypatch.setattr(runkeys, "version", lambda _: "0.1.0")
+
+    def ids(**settings) -> list[tuple[str, ...]]:
+        return fusion_run_ids(["a" * 16, "b" * 16], "val split", task="binary", **settings)
+
+    default = [("dac6a5d5d754bcf04daaabea",), ("b3be8d823035e4d7d4b2b35b",),
+               ("7ee458a38f6968835f76d946",), ("95c5825152606487c0906dd9",)]
+    assert ids() == default
+    grid = ids(attentions=["softmax", "uniform"], fractions=[0.1, 1.0], seeds=2)
+    assert [i for (i,) in grid[::5]] == ["9815e47a02dc2e1186e2c8c5", "da83e73c59167bcf6ec9f638",
+                                         "dac6a5d5d754bcf04daaabea", "8ae899edc4c24280b7b93814"]
+    # today's id first, then the one the run had (the head's settings as given)
+    assert ids(dim=16) == [("eb02218fefca47e71dbb8ff5",),
+                           (default[1][0], "51f3d278baf0ef2870b9d40a"),
+                           (default[2][0], "565680c66511261e0a8d183f"),
+                           (default[3][0], "7c6763ec87ae18f68cb9eb0c")]
+    assert ids(max_epochs=3) == [("c80a8fff098be52dd1f453f2",),
+                                 (default[1][0], "eefd3ae9aceff9e0e65b479d"),
+                                 (default[2][0], "da636dc17b8c1c24057e9713"),
+                                 (default[3][0], "905806df89c94514d57d4aed")]
