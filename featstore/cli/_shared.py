@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -37,6 +38,15 @@ Task = _enum("Task", choices.TASKS)
 OrdinalDecode = _enum("OrdinalDecode", choices.ORDINAL_DECODES)
 Resize = _enum("Resize", choices.RESIZES)
 Decode = _enum("Decode", choices.DECODES)
+
+
+def output_path(text: str | Path) -> Path:
+    """An output path option's value (``-o``, ``--heads-dir``): a path, never the empty text
+    an unset shell variable leaves (``-o $OUT``), which would write into the current folder
+    (a default arrives as a Path already)."""
+    if isinstance(text, str) and not text.strip():
+        raise typer.BadParameter("expected a path, not empty text")
+    return Path(text)
 
 
 def split_option(text: str, option: str, kind: Callable = float) -> list:

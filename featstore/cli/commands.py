@@ -49,6 +49,7 @@ from featstore.cli._shared import (
     grid_settings,
     load_data,
     out,
+    output_path,
     print_fusion_records,
     print_json,
     print_notes,
@@ -264,7 +265,8 @@ def fuse(
     seeds: SeedsOpt = DEFAULT_GRID.seeds,
     bootstrap: BootstrapOpt = DEFAULT_GRID.n_bootstrap,
     heads_dir: Annotated[Path, typer.Option(
-        help="Where the trained DVME heads are saved.")] = Path("./featstore-heads"),
+        parser=output_path, help="Where the trained DVME heads are saved.")]
+    = Path("./featstore-heads"),
     baselines: Annotated[bool, _f("baselines")] = options.default(FuseConfig, "baselines"),
     recompute: RecomputeOpt = False,
     verify: VerifyOpt = True,
@@ -306,7 +308,7 @@ def models(
     from featstore.models.weights import WEIGHTS_DIR_ENV, weights_dirs
     from featstore.report.tables import models_table
 
-    if download:
+    if download is not None:
         spec = parse_backbone(download)
         path = download_weights(spec)
         if path is None:

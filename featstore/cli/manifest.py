@@ -14,6 +14,7 @@ from featstore.cli._shared import (
     err,
     load_data,
     out,
+    output_path,
     print_json,
     print_notes,
 )
@@ -28,7 +29,8 @@ def manifest_build(
     kind: Annotated[str, typer.Argument(
         help="pcam, nih, pneumonia, eyepacs, aptos, image-folder or medmnist.")],
     root: Annotated[Path, typer.Argument(help="The release folder (or .npz file).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Manifest CSV to write.")],
+    output: Annotated[Path, typer.Option("--output", "-o", parser=output_path,
+                                         help="Manifest CSV to write.")],
     val_fraction: Annotated[float | None, typer.Option(
         help="pneumonia: move this share of the train patients into val (the release's "
              "val has 16 images).")] = None,

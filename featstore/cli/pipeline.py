@@ -17,6 +17,7 @@ from featstore.cli._shared import (
     app,
     err,
     out,
+    output_path,
     print_json,
 )
 
@@ -126,7 +127,8 @@ def report(
         metavar="[PIPELINE]", help="Report this pipeline file's datasets (its store, "
         "unless --store).")] = None,
     output: Annotated[Path, typer.Option(
-        "--output", "-o", help="Folder to write report.html, report.md and the PNGs to.")]
+        "--output", "-o", parser=output_path,
+        help="Folder to write report.html, report.md and the PNGs to.")]
     = Path("featstore-report"),
     store: PipelineStoreOpt = None,
     data: Annotated[str | None, typer.Option(

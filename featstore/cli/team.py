@@ -23,6 +23,7 @@ from featstore.cli._shared import (
     app,
     err,
     out,
+    output_path,
     print_json,
 )
 
@@ -106,7 +107,7 @@ def export(
     backbone: Annotated[str, typer.Option(
         "--backbone", "-b", help="Alias, key prefix or spec of the set.")],
     output: Annotated[Path, typer.Option(
-        "--output", "-o", help="npy: a folder; h5, parquet: a file.")],
+        "--output", "-o", parser=output_path, help="npy: a folder; h5, parquet: a file.")],
     fmt: Annotated[str, typer.Option(
         "--format", metavar="[npy|h5|parquet]",
         help="npy: embeddings.npy, ids.npy, split.npy, labels.npy, group.npy and meta.json; "

@@ -131,6 +131,9 @@ def resolve_embedding_set(ds: DatasetGroup, text: str, *, image_size: int | None
     """
     from featstore.models.registry import backbone_spec
 
+    if not text.strip():  # a key prefix of every set
+        raise NotExtractedError(f"--backbone {text!r}: expected an alias, a key prefix or a "
+                                "spec, not empty text")
     try:
         spec = backbone_spec(ds.store, text, input_size=image_size)
     except BackboneError as not_a_spec:

@@ -156,8 +156,14 @@ def parse_backbone(text: str, *, input_size: int | None = None) -> BackboneSpec:
         Unknown name or timm architecture, no weights named for ``timm:<model>``, or an
         ``input_size`` outside [1, ``MAX_IMAGE_SIZE``].
     """
-    name, _, weights = text.partition("@")
+    name, at, weights = text.partition("@")
     name = name.strip()
+    if at and not weights.strip():  # `-b timm:x@$CKPT` with CKPT unset: never "pretrained"
+        raise BackboneError(f"backbone {text!r}: nothing after '@' (a weights file, or "
+                            "'random'; leave '@' out for timm's pretrained weights)")
+    if not name:
+        raise BackboneError(f"backbone {text!r}: expected a spec (timm:<model>[@<weights>] "
+                            "or a registered name)")
     if name.startswith("timm:"):
         arch = name[len("timm:"):]
         spec = BackboneSpec(name=name, architecture=arch, weights=weights or None,

@@ -369,6 +369,22 @@ CATALOGUE = [
      "--ks 1000000000: expected at most 10000"),
     ("run jobs huge", lambda t, d, s: ["run", pipeline(t, d, s), "--jobs", "100000"],
      "--jobs 100000: expected a value in [1, 256]"),
+    # issue 33, review: what an unset shell variable leaves (`-b timm:x@$CKPT`, `-o $OUT`)
+    ("weights path empty after @", lambda t, d, s: [
+        "extract", "-b", "timm:test_resnet@", "--image-size", str(SIZE), "--data", d,
+        "--store", s], "backbone 'timm:test_resnet@': nothing after '@'"),
+    ("download an empty spec", lambda t, d, s: ["models", "--download", ""],
+     "backbone '': expected a spec"),
+    ("probe an empty backbone", lambda t, d, s: ["probe", "--data", d, "--store", s, "-b", ""],
+     "--backbone '': expected an alias, a key prefix or a spec, not empty text"),
+    ("report to an empty output path", lambda t, d, s: ["report", "--store", s, "-o", ""],
+     "'-o': expected a path, not empty text"),
+    ("export to an empty output path", lambda t, d, s: [
+        "export", "--data", d, "--store", s, "-b", TINY, "--image-size", str(SIZE), "-o", ""],
+     "'-o': expected a path, not empty text"),
+    ("fuse heads into an empty path", lambda t, d, s: [
+        *FUSE, "--data", d, "--store", s, "--heads-dir", ""],
+     "'--heads-dir': expected a path, not empty text"),
 ]
 
 
