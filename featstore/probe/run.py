@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from featstore import options
+from featstore._hashing import sha256_json
 from featstore.choices import LINEAR_SOLVER
 from featstore.data.fractions import (
     VAL_CARVE_FRACTION,  # noqa: F401  (re-exported: it lived here)
@@ -68,43 +69,29 @@ def split_rows(emb: Embeddings, y: np.ndarray, task: str,
         raise ProbeError(str(e)) from None
 
 
-def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
-                     store_set: EmbeddingSet | None = None, recompute: bool = False,
-                     device: str = "cpu", **overrides: Any) -> list[ProbeRecord]:
-    """Probe one embedding set on its dataset's splits and return one record per metric.
+@dataclass
+class _Fit:
+    """A probe fitted on one run's rows, and its predictions: what seeds on those same rows
+    share (they differ in the bootstrap of the test metric only)."""
 
-    ``config`` (or keyword overrides of its fields, e.g. ``task="ordinal"``) says which probe
-    and how. ``fraction`` < 1 trains on a stratified, patient-grouped subset of train drawn
-    with ``seed``; val and test stay whole. Without a val split, 20% of the train patients
-    (whole patients, stratified, seed 0, the same for every run) are held out to choose
-    hyperparameters. The primary
-    metric carries a bootstrap CI on test. With ``store_set``, the run is read from the store
-    when it was computed before (``cached=True``) and written there otherwise.
+    model: Any
+    hyper: str
+    val_scores: dict
+    l2: float | None
+    converged: bool | None
+    chosen_on_val: bool
+    proba_test: np.ndarray
+    pred_test: np.ndarray | None
 
-    Raises
-    ------
-    ProbeError
-        No train or test rows, a single class in train, non-finite embeddings, bad options.
-    """
+
+def _fit(cfg: ProbeConfig, X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray,
+         te: np.ndarray, device: str) -> _Fit:
+    """Fit ``cfg``'s probe on rows ``tr``, choose on ``va``, predict ``te``."""
     from featstore.probe.knn import knn_with_validation
     from featstore.probe.linear import fit_with_validation
     from featstore.probe.ordinal import decode, expected_grade, fit_thresholds
-    from featstore.task import scored_metrics
 
-    cfg = ProbeConfig(**{**asdict(config or ProbeConfig()), **overrides})
-    run_ids = _run_ids(emb, cfg)
-    run_id = run_ids[0]
     task = cfg.task
-    y = emb.labels if task == "multilabel" else emb.labels[:, 0]
-    tr, va, te, val_source = split_rows(emb, y, task)
-    if store_set is not None and not recompute:
-        saved = _stored_run(store_set, run_ids)
-        if saved is not None:
-            return saved
-    if emb.X is None:
-        raise ProbeError(f"{emb.dataset}: embeddings {emb.alias} were not loaded")
-    tr = select_fraction(tr, emb.labels, emb.group, cfg.fraction, cfg.seed)
-    X = emb.X
     pred_test = None
     l2 = converged = None
     if cfg.probe == "linear":
@@ -125,20 +112,69 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
         thresholds = fit_thresholds(expected_grade(model.predict_proba(X[va])), y[va], n_classes)
         pred_test = decode(expected_grade(proba_test), thresholds)
         hyper += ", thresholds=" + ",".join(f"{t:.2f}" for t in thresholds)
+    return _Fit(model, hyper, val_scores, l2, converged, chosen_on_val, proba_test, pred_test)
+
+
+def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
+                     store_set: EmbeddingSet | None = None, recompute: bool = False,
+                     device: str = "cpu", fits: dict | None = None,
+                     **overrides: Any) -> list[ProbeRecord]:
+    """Probe one embedding set on its dataset's splits and return one record per metric.
+
+    ``config`` (or keyword overrides of its fields, e.g. ``task="ordinal"``) says which probe
+    and how. ``fraction`` < 1 trains on a stratified, patient-grouped subset of train drawn
+    with ``seed``; val and test stay whole. Without a val split, 20% of the train patients
+    (whole patients, stratified, seed 0, the same for every run) are held out to choose
+    hyperparameters. The primary
+    metric carries a bootstrap CI on test. With ``store_set``, the run is read from the store
+    when it was computed before (``cached=True``) and written there otherwise. ``fits``: a
+    memo runs share (:func:`probe_grid` keeps one per set): a run on the rows and settings of
+    one fitted before (every seed at fraction 1) scores that fit with its own bootstrap.
+
+    Raises
+    ------
+    ProbeError
+        No train or test rows, a single class in train, non-finite embeddings, bad options.
+    """
+    from featstore.task import scored_metrics
+
+    cfg = ProbeConfig(**{**asdict(config or ProbeConfig()), **overrides})
+    run_ids = _run_ids(emb, cfg)
+    run_id = run_ids[0]
+    task = cfg.task
+    y = emb.labels if task == "multilabel" else emb.labels[:, 0]
+    tr, va, te, val_source = split_rows(emb, y, task)
+    if store_set is not None and not recompute:
+        saved = _stored_run(store_set, run_ids)
+        if saved is not None:
+            return saved
+    if emb.X is None:
+        raise ProbeError(f"{emb.dataset}: embeddings {emb.alias} were not loaded")
+    tr = select_fraction(tr, emb.labels, emb.group, cfg.fraction, cfg.seed)
+    # the seed draws the rows and the bootstrap: a run on the rows of a run fitted before
+    # (every seed at fraction 1) scores that fit with its own bootstrap
+    same = (emb.key, sha256_json({**cfg.stored(), "seed": None}), ids_sha256(emb.ids[tr]))
+    fit = fits.get(same) if fits is not None else None
+    if fit is None:
+        fit = _fit(cfg, emb.X, y, tr, va, te, device)
+        if fits is not None:  # the last fit only: a kNN fit holds a copy of its rows
+            fits.clear()
+            fits[same] = fit
+    model = fit.model
     random_weights = bool(Provenance.from_dict(emb.attrs.get("provenance")).random_weights)
     records = [
         ProbeRecord(dataset=emb.dataset, backbone=emb.alias, key=emb.key, task=task,
                     probe=cfg.probe, **scored, fraction=cfg.fraction, seed=cfg.seed,
-                    hyperparameter=hyper,
+                    hyperparameter=fit.hyper,
                     n_train=len(tr), n_val=len(va), n_test=len(te), val_source=val_source,
                     random_weights=random_weights, train_ids_sha256=ids_sha256(emb.ids[tr]),
-                    run_id=run_id, n_excluded=emb.n_missing, l2=l2, converged=converged,
-                    chosen_on_val=chosen_on_val,
+                    run_id=run_id, n_excluded=emb.n_missing, l2=fit.l2,
+                    converged=fit.converged, chosen_on_val=fit.chosen_on_val,
                     config={**cfg.stored(), "standardise": "train mean/std" if
                             cfg.probe == "linear" else "L2-normalise",
                             "versions": {p: version(p) for p in
                                          ("featstore", "torch", "scikit-learn")}})
-        for scored in scored_metrics(task, y[te], proba_test, pred_test,
+        for scored in scored_metrics(task, y[te], fit.proba_test, fit.pred_test,
                                      n_bootstrap=cfg.n_bootstrap, seed=cfg.seed,
                                      label_names=emb.label_names)
     ]
@@ -225,6 +261,7 @@ def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, 
         # without a config, each set is probed for its dataset's own task
         cfg = config or ProbeConfig(task=str(es.dataset.attrs.get("task", "binary")))
         emb = es.load(verify=verify, index_only=True)  # the embeddings: only to compute
+        fits: dict = {}  # the seeds of one set's runs on the same rows share one fit
         for kind in kinds:
             for fraction in fractions:
                 for seed in seed_list:
@@ -234,7 +271,7 @@ def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, 
                         if emb.X is None:
                             emb = es.load(verify=verify)
                         run = probe_embeddings(emb, run_cfg, store_set=es, recompute=True,
-                                               device=device)
+                                               device=device, fits=fits)
                     records.extend(run)
                     if on_run is not None:
                         on_run(run)

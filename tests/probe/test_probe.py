@@ -292,3 +292,32 @@ def test_strong_l2_converges_in_a_few_iterations(seed, decay):
     prob = _prepare("binary", X.astype(np.float32), y, "cpu")
     sol = _solve(prob, [1e4], 500, 1e-4)
     assert bool(sol.converged[0]) and int(sol.n_iter[0]) <= 12, sol.n_iter
+
+
+def test_every_seed_at_fraction_1_shares_one_fit_and_keeps_its_own_bootstrap(tmp_path,
+                                                                             npz_file,
+                                                                             monkeypatch):
+    """At fraction 1 every seed trains on the same rows: the grid fits the probe once and
+    scores it per seed (the seed draws the bootstrap); each record is the one a run of that
+    seed alone gives. Fractions below 1 draw other rows per seed: one fit each."""
+    import featstore.probe.linear as linear
+    from featstore import FeatureStore, extract_embeddings, load_dataset, parse_backbone
+    from featstore.probe import ProbeConfig, probe_grid
+    from featstore.probe.run import probe_embeddings
+    from tests.conftest import SIZE, TINY
+
+    m = load_dataset(npz_file)
+    fs = FeatureStore(tmp_path / "store")
+    [res] = extract_embeddings(m, [parse_backbone(TINY, input_size=SIZE)], fs)
+    sets = [fs.dataset(m).embedding_set(res.key)]
+    cfg = ProbeConfig(task=m.task, n_bootstrap=50)
+    real, fitted = linear.fit_with_validation, []
+    monkeypatch.setattr(linear, "fit_with_validation",
+                        lambda *a, **k: fitted.append(1) or real(*a, **k))
+    records = probe_grid(sets, cfg, fractions=[0.5, 1.0], seeds=3)
+    assert len(fitted) == 3 + 1
+    primary = {(r.fraction, r.seed): r for r in records if r.primary}
+    alone = [r for r in probe_embeddings(sets[0].load(), cfg, fraction=1.0, seed=2)
+             if r.primary][0]
+    assert primary[(1.0, 2)].to_dict() | {"run_id": 0} == alone.to_dict() | {"run_id": 0}
+    assert len({primary[(1.0, s)].value for s in range(3)}) == 1
