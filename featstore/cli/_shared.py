@@ -158,6 +158,29 @@ def progress_bar():
     return RichProgress(err)
 
 
+def run_lines(what: str, total: int) -> Callable[[list], None]:
+    """A probe or fusion grid's progress hook: a line on stderr for each run it computed
+    (a run read back says nothing), with its primary scores, the count and the time so far
+    (stdout keeps only the results: ``--json`` parses)."""
+    import time
+
+    t0, done = time.perf_counter(), [0]
+
+    def on_run(records: list) -> None:
+        done[0] += 1
+        if not records or all(r.cached for r in records):
+            return
+        r = records[0]
+        scores = ", ".join(f"{getattr(p, 'method', getattr(p, 'probe', ''))} {p.metric} "
+                           f"{p.value:.4f}" for p in records if p.primary)
+        who = getattr(r, "backbone", "") or " + ".join(getattr(r, "backbones", ()))
+        err.print(f"{what} {who} fraction {r.fraction:g} seed {r.seed}: {scores} "
+                  f"(run {done[0]} of {total}, {time.perf_counter() - t0:.1f} s)",
+                  highlight=False, markup=False)
+
+    return on_run
+
+
 def print_notes(lines: list[str]) -> None:
     for line in lines:
         err.print(f"[yellow]note:[/] {line}")

@@ -55,6 +55,7 @@ from featstore.cli._shared import (
     print_notes,
     print_probe_records,
     progress_bar,
+    run_lines,
     split_option,
 )
 from featstore.extract.config import ExtractConfig
@@ -192,7 +193,9 @@ def probe(
                           results_store, cache)
     records = probe_grid(sets, replace(config, task=manifest.task), probes=grid.probes,
                          fractions=grid.fractions, seeds=seeds, recompute=recompute,
-                         device=device, verify=verify)
+                         device=device, verify=verify,
+                         on_run=run_lines("probe", len(sets) * len(grid.probes)
+                                          * len(grid.fractions) * len(grid.seed_list())))
     print_probe_records(records, as_json, sets)
     print_notes(sets[0].dataset.store.notes)
 
@@ -291,7 +294,8 @@ def fuse(
                           results_store, cache)
     records = fuse_grid(sets, task=manifest.task, fractions=grid.fractions, seeds=seeds,
                         **config.kwargs(), heads_dir=heads_dir, recompute=recompute,
-                        device=device, verify=verify)
+                        device=device, verify=verify,
+                        on_run=run_lines("fuse", len(grid.fractions) * len(grid.seed_list())))
     print_fusion_records(records, as_json, sets)
     print_notes(sets[0].dataset.store.notes)
 

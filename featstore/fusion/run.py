@@ -289,13 +289,16 @@ def fuse_grid(sets: Sequence[EmbeddingSet], *, task: str, fractions: Sequence[fl
               seeds: int | Sequence[int] = 1, attentions: Sequence[str] = ("softmax",),
               dim: int = 256, n_bootstrap: int = 1000, baselines: bool = True,
               heads_dir: str | Path | None = None, recompute: bool = False,
-              device: str = "cpu", verify: bool = True, **dvme_options) -> list[FuseRecord]:
+              device: str = "cpu", verify: bool = True,
+              on_run: Callable[[list[FuseRecord]], None] | None = None,
+              **dvme_options) -> list[FuseRecord]:
     """DVME and its baselines over fractions x seeds, each run persisted in the store.
 
     ``sets``: 2 to 8 embedding sets of one dataset. Every method of a (fraction, seed)
     trains on the same rows. A run already persisted under the same configuration is read
     back (``cached=True``), unless ``recompute``. Every shard read is checked against its
-    checksum unless ``verify`` is false.
+    checksum unless ``verify`` is false. ``on_run`` is called with each (fraction, seed)'s
+    records, every method's, as they are done (a progress hook).
 
     Raises
     ------
@@ -317,12 +320,14 @@ def fuse_grid(sets: Sequence[EmbeddingSet], *, task: str, fractions: Sequence[fl
     records: list[FuseRecord] = []
     for fraction in fractions:
         for seed in seed_list:
-            records += fuse_embeddings(embs, task=task, fraction=float(fraction), seed=seed,
-                                       attentions=attentions, dim=dim,
-                                       n_bootstrap=n_bootstrap, baselines=baselines,
-                                       heads_dir=heads_dir, device=device,
-                                       dataset=sets[0].dataset, recompute=recompute,
-                                       **dvme_options)
+            run = fuse_embeddings(embs, task=task, fraction=float(fraction), seed=seed,
+                                  attentions=attentions, dim=dim, n_bootstrap=n_bootstrap,
+                                  baselines=baselines, heads_dir=heads_dir, device=device,
+                                  dataset=sets[0].dataset, recompute=recompute,
+                                  **dvme_options)
+            records += run
+            if on_run is not None:
+                on_run(run)
     return records
 
 

@@ -156,3 +156,26 @@ def test_probe_runs_are_persisted_reused_and_listed(capsys, npz_file, store_dir)
     assert not any(r["cached"] for r in json.loads(out))
     code, out, _ = cli(capsys, "results", "--data", str(npz_file), *store)
     assert code == 0 and "knn" in out and "95% CI" in out
+
+
+def test_probe_and_fuse_say_each_run_they_compute_on_stderr_and_nothing_for_a_read_back(
+        capsys, npz_file, store_dir):
+    data = ["--data", str(npz_file), "--store", str(store_dir), "--bootstrap", "20"]
+    code, _, err = cli(capsys, "extract", "-b", TINY, "-b", TINY_VIT, "--image-size",
+                       str(SIZE), "--data", str(npz_file), "--store", str(store_dir))
+    assert code == 0, err
+    probe = ["probe", *data, "-b", TINY, "--image-size", str(SIZE), "--fractions", "0.5,1",
+             "--seeds", "2", "--json"]
+    code, out, err = cli(capsys, *probe)
+    lines = [line for line in err.splitlines() if line.startswith("probe ")]
+    assert code == 0 and len(json.loads(out)) > 0  # stdout: the results only
+    assert len(lines) == 4 and "fraction 0.5 seed 0: linear auc" in lines[0]
+    assert lines[-1].split("(run ")[1].startswith("4 of 4")
+    code, _, err = cli(capsys, *probe)  # read back: nothing computed, nothing said
+    assert code == 0 and not [line for line in err.splitlines() if line.startswith("probe ")]
+    code, out, err = cli(capsys, "fuse", *data, "-b", TINY, "-b", TINY_VIT, "--image-size",
+                         str(SIZE), "--seeds", "2", "--heads-dir", str(store_dir / "h"),
+                         "--json")
+    lines = [line for line in err.splitlines() if line.startswith("fuse ")]
+    assert code == 0 and json.loads(out) and len(lines) == 2
+    assert "dvme-softmax auc" in lines[0] and "concat auc" in lines[0]
