@@ -25,7 +25,7 @@ from featstore.data.images import ViewsDataset, collate_views
 from featstore.data.manifest import Manifest
 from featstore.errors import BackboneError, FeatstoreError, ImageReadError
 from featstore.extract.claims import ClaimBoard
-from featstore.extract.keys import DECODE, embedding_key
+from featstore.extract.keys import DECODE, check_weights, embedding_key
 from featstore.extract.pixels import (
     Decoded,
     PixelPath,
@@ -208,19 +208,6 @@ def _key(store: FeatureStore, manifest: Manifest, ident: BackboneIdentity | Load
     return key
 
 
-def _check_weights(loaded: LoadedBackbone | BackboneIdentity, key: EmbeddingKey,
-                   es: EmbeddingSet) -> None:
-    """Refuse to write rows of a set with a network whose weights are not the key's: a repair
-    or a resume would mix two models' embeddings under one key."""
-    want = key.fields["weights_sha256"]
-    if loaded.weights_sha256 != want:
-        raise BackboneError(
-            f"backbone {loaded.alias}: its weights now hash to {loaded.weights_sha256[:12]}, "
-            f"but set {es.key[:12]} in {es.dataset.name} was made from weights "
-            f"{want[:12]}; its missing shards are not computed from other weights (put the "
-            "original file back, or extract the new weights under their own key)")
-
-
 def _complete(store: FeatureStore, manifest: Manifest, key: EmbeddingKey) -> bool:
     """Whether ``key``'s set of ``manifest`` is already finished (read only)."""
     try:
@@ -343,7 +330,7 @@ def run_extract(
                     loaded = build_backbone(loaded.spec)
                     model = loaded.model
                     is_cnn = cl and _is_cnn(model)
-                _check_weights(loaded, key, es)
+                check_weights(loaded, key, es)
                 model = model.to(dev).eval()
                 if is_cnn:
                     model = model.to(memory_format=torch.channels_last)

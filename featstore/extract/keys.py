@@ -93,6 +93,25 @@ def other_pixel_keys(loaded: LoadedBackbone | BackboneIdentity, dtype: str = "fl
             for decode in (DECODE, DEVICE_DECODES["cuda"], DEVICE_DECODES["cpu"])]
 
 
+def check_weights(loaded: LoadedBackbone | BackboneIdentity, key: EmbeddingKey,
+                   es: EmbeddingSet) -> None:
+    """Refuse to write rows of set ``es`` (of ``key``) with a network whose weights are not
+    the key's: a repair or a resume would mix two models' embeddings under one key.
+
+    Raises
+    ------
+    BackboneError
+        The weights' sha256 differs from the key's, both named.
+    """
+    want = key.fields["weights_sha256"]
+    if loaded.weights_sha256 != want:
+        raise BackboneError(
+            f"backbone {loaded.alias}: its weights now hash to {loaded.weights_sha256[:12]}, "
+            f"but set {es.key[:12]} in {es.dataset.name} was made from weights "
+            f"{want[:12]}; its missing shards are not computed from other weights (put the "
+            "original file back, or extract the new weights under their own key)")
+
+
 def resolve_key(spec: BackboneSpec, dtype: str = "float32", precision: str = "fp32",
                 ) -> tuple[BackboneIdentity | LoadedBackbone, EmbeddingKey]:
     """A spec's identity (remembered from an earlier build of the same spec and weights

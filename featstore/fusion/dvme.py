@@ -200,9 +200,8 @@ def _evidence_shares(Xt: Sequence[torch.Tensor], blocks: Sequence[np.ndarray],
 
 
 def _val_target(task: str, y_val: np.ndarray, n_out: int, device: str) -> torch.Tensor | None:
-    """Val labels as training targets, or None where the loss of a head of ``n_out`` outputs
-    is undefined on them (a single class; a class train lacks: as the probe, val chooses by
-    its metric alone)."""
+    """Val labels as targets, or None where a head of ``n_out`` outputs has no loss on them
+    (one class; a class train lacks): val then chooses by its metric alone, as the probe."""
     try:
         targets = make_targets(task, y_val, device)
     except ProbeError:
