@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from featstore.choices import TASKS
 from featstore.errors import ProbeError
+
+if TYPE_CHECKING:
+    from featstore.rows import ColumnBlocks
 
 
 def check_task(task: str) -> str:
@@ -30,15 +33,29 @@ def check_task(task: str) -> str:
     return task
 
 
-def check_features(X: np.ndarray, device: str = "cpu") -> torch.Tensor:
-    """Features as a float32 tensor; raises :class:`ProbeError` on a bad shape or NaN/inf."""
+def check_matrix(X: np.ndarray | ColumnBlocks) -> np.ndarray | ColumnBlocks:
+    """``X`` as a 2-D array (or :class:`featstore.rows.ColumnBlocks`, each part checked),
+    checked: :class:`ProbeError` on a bad shape or NaN/inf (found a block of rows at a time,
+    never with an (N, D) mask)."""
+    from featstore.rows import ColumnBlocks, first_non_finite
+
+    if isinstance(X, ColumnBlocks):
+        for part in X.parts:
+            check_matrix(part)
+        return X
     X = np.asarray(X)
     if X.ndim != 2:
         raise ProbeError(f"features must be 2-D (N, D), got shape {X.shape}")
-    if not np.isfinite(X).all():
-        bad = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
+    bad = first_non_finite(X)
+    if bad is not None:
         raise ProbeError(f"features hold NaN or inf (first at row {bad})")
-    return torch.as_tensor(X, dtype=torch.float32, device=device)
+    return X
+
+
+def check_features(X: np.ndarray, device: str = "cpu") -> torch.Tensor:
+    """Features as a float32 tensor (sharing ``X``'s memory when it is a float32 array on
+    the CPU); raises :class:`ProbeError` on a bad shape or NaN/inf."""
+    return torch.as_tensor(check_matrix(X), dtype=torch.float32, device=device)
 
 
 @dataclass
@@ -138,8 +155,39 @@ class Standardiser:
         std = X.std(0, unbiased=False)
         return cls(X.mean(0), torch.where(std > 0, std, torch.ones_like(std)))
 
+    @classmethod
+    def fit_blocks(cls, X: ColumnBlocks, device: str = "cpu") -> Standardiser:
+        """:meth:`fit` on rows made a block at a time (each block's mean and variance merged
+        in float64, Chan et al.), for a matrix that is never held whole."""
+        from featstore.rows import blocks
+
+        n, mean, m2 = 0, None, None
+        buf = np.empty((min(2048, len(X)), X.shape[1]), np.float32)
+        for b in blocks(len(X), 2048):
+            Xb = torch.as_tensor(X.block(b, buf), device=device)
+            var, mb = (t.double() for t in torch.var_mean(Xb, dim=0, correction=0))
+            nb = len(Xb)
+            m2b = var * nb
+            if mean is None:
+                n, mean, m2 = nb, mb, m2b
+                continue
+            delta = mb - mean
+            mean = mean + delta * (nb / (n + nb))
+            m2 = m2 + m2b + delta ** 2 * (n * nb / (n + nb))
+            n += nb
+        std = (m2 / n).sqrt().float()
+        return cls(mean.float(), torch.where(std > 0, std, torch.ones_like(std)))
+
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
         return (X - self.mean) / self.scale
+
+    def apply_(self, X: torch.Tensor) -> torch.Tensor:
+        """Standardise ``X`` in place (the same numbers as calling it); returns ``X``."""
+        from featstore.rows import blocks
+
+        for b in blocks(len(X)):
+            X[b].sub_(self.mean).div_(self.scale)
+        return X
 
 
 def scored_metrics(task: str, y_true: np.ndarray, proba: np.ndarray,

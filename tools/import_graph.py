@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "featstore"
 LAYERS = [  # (layer, module prefixes)
     ("base", ["_hashing", "_lazy", "errors", "choices", "options", "runkeys", "_version", "grid",
               "outputs"]),
-    ("data", ["data", "task", "metrics", "records"]),
+    ("data", ["data", "task", "metrics", "records", "rows"]),
     ("models", ["models"]),
     ("store", ["store"]),
     ("runtime", ["runtime"]),

@@ -127,9 +127,10 @@ from torch import nn
 from featstore.choices import ATTENTIONS, HEAD_VERSION  # the versions: the docstring above
 from featstore.errors import FusionError, ProbeError, as_fusion_error
 from featstore.metrics import paired_bootstrap_sd, primary_score
+from featstore.rows import ColumnBlocks, blocks
 from featstore.task import (
     Standardiser,
-    check_features,
+    check_matrix,
     check_task,
     logits_to_proba,
     make_targets,
@@ -141,6 +142,7 @@ if TYPE_CHECKING:
 
 ATTENTION_LR = 1e-2  # the attention-only stage from the concat start (few parameters)
 PRIOR_WEIGHT = 0.3  # the random start (v5): KL(prior || batch-mean attention) in its loss
+SCORE_ROWS = 2048  # rows scored at once (val each epoch, test, the evidence shares)
 
 
 class _DVMEModule(nn.Module):
@@ -186,13 +188,15 @@ class _DVMEModule(nn.Module):
         return self.head(self.drop((alpha.unsqueeze(2) * w).sum(1))), alpha
 
 
-def _evidence_shares(Xt: Sequence[torch.Tensor], blocks: Sequence[np.ndarray],
+def _evidence_shares(Xt: _Rows, blocks: Sequence[np.ndarray],
                      floor: float = 0.02) -> np.ndarray:
     """Each backbone's share of a linear probe's evidence on the concatenation: the size
     (root mean square over rows and outputs) of the logit its block of the weights gives on
     the training rows, over the sum of them (floored at ``floor`` / k, then summing to 1)."""
-    size = np.array([float(np.sqrt(np.mean((X.cpu().numpy() @ B) ** 2)))
-                     for X, B in zip(Xt, blocks, strict=True)])
+    squares = np.zeros(len(blocks))
+    for _, Xb in Xt.blocks():
+        squares += [np.sum((X.cpu().numpy() @ B) ** 2) for X, B in zip(Xb, blocks, strict=True)]
+    size = np.sqrt(squares / (len(Xt) * blocks[0].shape[1]))
     k = len(size)
     share = size / size.sum() if size.sum() > 0 and np.isfinite(size).all() else np.ones(k)
     share = np.maximum(share / share.sum(), floor / k)
@@ -207,6 +211,47 @@ def _val_target(task: str, y_val: np.ndarray, n_out: int, device: str) -> torch.
     except ProbeError:
         return None
     return targets.target if targets.n_out <= n_out else None
+
+
+class _Rows:
+    """One backbone's rows per part, compact (their stored dtype), standardised only a
+    batch or a block at a time: the same numbers as standardising them whole, without a
+    float32 copy of every backbone's rows."""
+
+    def __init__(self, parts: Sequence[torch.Tensor], means: Sequence[torch.Tensor],
+                 scales: Sequence[torch.Tensor]) -> None:
+        self.parts, self.means, self.scales = list(parts), list(means), list(scales)
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
+
+    def batch(self, idx: torch.Tensor | slice) -> list[torch.Tensor]:
+        """Standardised float32 rows ``idx`` of every part."""
+        # float16 - float32 is float32 (exact) in one allocation, divided in place
+        return [torch.sub(X[idx], m).div_(s)
+                for X, m, s in zip(self.parts, self.means, self.scales, strict=True)]
+
+    def blocks(self):
+        """(row slice, standardised rows of every part), a block of rows at a time."""
+        for b in blocks(len(self), SCORE_ROWS):
+            yield b, self.batch(b)
+
+
+def _compact(X: np.ndarray, device: str) -> torch.Tensor:
+    """A backbone's rows as a tensor in their own dtype (float16 stays float16, float32
+    shares the array's memory; anything else becomes float32), checked finite."""
+    with as_fusion_error():
+        X = check_matrix(X)
+    keep = X.dtype in (np.float16, np.float32)
+    return torch.as_tensor(X, dtype=None if keep else torch.float32, device=device)
+
+
+def _standardiser(X: torch.Tensor) -> Standardiser:
+    """The train standardisation: :meth:`Standardiser.fit` on float32 rows (the numbers it
+    always gave), accumulated block by block in float64 on compact (float16) ones."""
+    if X.dtype == torch.float32:
+        return Standardiser.fit(X)
+    return Standardiser.fit_blocks(ColumnBlocks([X.cpu().numpy()]), str(X.device))
 
 
 class DVME(ClassifierMixin, BaseEstimator):
@@ -259,17 +304,19 @@ class DVME(ClassifierMixin, BaseEstimator):
         """The parameters that define the head (the device is where it runs, not what it is)."""
         return {k: v for k, v in self.get_params().items() if k != "device"}
 
-    def _standardise(self, Xs: Sequence[np.ndarray]) -> list[torch.Tensor]:
+    def _rows(self, Xs: Sequence[np.ndarray]) -> _Rows:
+        """Rows to score, standardised by the train statistics a block at a time."""
         if len(Xs) != len(self.means_):
             raise FusionError(f"DVME was fitted on {len(self.means_)} backbones, got {len(Xs)}")
-        out = []
-        for k, (X, m, s) in enumerate(zip(Xs, self.means_, self.scales_, strict=True)):
-            with as_fusion_error():
-                Xt = check_features(X, self.device)
-            if Xt.shape[1] != len(m):
-                raise FusionError(f"backbone {k}: {Xt.shape[1]} dims, the head expects {len(m)}")
-            out.append(Standardiser(m, s)(Xt))
-        return out
+        if len({len(X) for X in Xs}) != 1:
+            raise FusionError(f"backbone row counts {[len(X) for X in Xs]} do not align")
+        parts = []
+        for k, (X, m) in enumerate(zip(Xs, self.means_, strict=True)):
+            Xc = _compact(X, self.device)
+            if Xc.shape[1] != len(m):
+                raise FusionError(f"backbone {k}: {Xc.shape[1]} dims, the head expects {len(m)}")
+            parts.append(Xc)
+        return _Rows(parts, self.means_, self.scales_)
 
     def _check_params(self) -> None:
         with as_fusion_error():
@@ -314,18 +361,18 @@ class DVME(ClassifierMixin, BaseEstimator):
         if len(rows) != 1 or len(y) not in rows:
             raise FusionError(f"backbone row counts {sorted(len(X) for X in Xs)} and "
                               f"{len(y)} labels do not align")
+        parts = [_compact(X, self.device) for X in Xs]
         with as_fusion_error():
-            Xt = [check_features(X, self.device) for X in Xs]
             targets = make_targets(self.task, y, self.device)
-        scalers = [Standardiser.fit(X) for X in Xt]
+        scalers = [_standardiser(X) for X in parts]
         self.means_ = [s.mean for s in scalers]
         self.scales_ = [s.scale for s in scalers]
-        Xt = [s(X) for s, X in zip(scalers, Xt, strict=True)]
-        Xv = self._standardise(Xs_val)
+        Xt = _Rows(parts, self.means_, self.scales_)  # standardised as they are used
+        Xv = self._rows(Xs_val)
         target, n_out, loss_fn = targets.target, targets.n_out, targets.loss()
         self.classes_ = targets.classes
         self.n_out_ = n_out
-        dims = [X.shape[1] for X in Xt]
+        dims = [X.shape[1] for X in parts]
         if self._head_version >= 3 and self.dim < n_out:
             raise FusionError(f"dim={self.dim}: a DVME head needs at least its {n_out} "
                               "outputs")
@@ -368,18 +415,16 @@ class DVME(ClassifierMixin, BaseEstimator):
             return given
         from featstore.probe.linear import fit_with_validation
 
-        return fit_with_validation(np.concatenate([np.asarray(X) for X in Xs], axis=1),
-                                   np.asarray(y),
-                                   np.concatenate([np.asarray(X) for X in Xs_val], axis=1),
+        return fit_with_validation(ColumnBlocks(Xs), np.asarray(y), ColumnBlocks(Xs_val),
                                    np.asarray(y_val), task=self.task, device=self.device)
 
     def _flat_standardiser(self) -> tuple[np.ndarray, np.ndarray]:  # float64, concatenated
         return tuple(np.concatenate([t.cpu().numpy() for t in ts]).astype(np.float64)
                      for ts in (self.means_, self.scales_))
 
-    def _fit_two_starts(self, dims: Sequence[int], n_out: int, Xt: Sequence[torch.Tensor],
+    def _fit_two_starts(self, dims: Sequence[int], n_out: int, Xt: _Rows,
                         y: np.ndarray, target: torch.Tensor, loss_fn: nn.Module,
-                        Xv: Sequence[torch.Tensor], y_val: np.ndarray, gen: torch.Generator,
+                        Xv: _Rows, y_val: np.ndarray, gen: torch.Generator,
                         ) -> tuple[float, list[float]]:
         """Train the head from the concat probe (attention alone) and from a random start
         (every parameter); keep the concat start unless the random start beats it on val by
@@ -435,8 +480,8 @@ class DVME(ClassifierMixin, BaseEstimator):
             model.scorer.weight[0, j] = (math.sqrt(self.dim) if self.attention == "softmax"
                                          else 1.0)
 
-    def _train(self, params: list[torch.Tensor], lr: float, Xt: Sequence[torch.Tensor],
-               target: torch.Tensor, loss_fn: nn.Module, Xv: Sequence[torch.Tensor],
+    def _train(self, params: list[torch.Tensor], lr: float, Xt: _Rows,
+               target: torch.Tensor, loss_fn: nn.Module, Xv: _Rows,
                y_val: np.ndarray, gen: torch.Generator, best: float,
                batch_size: int | None = None, val_target: torch.Tensor | None = None,
                prior: torch.Tensor | None = None) -> tuple[float, list[float]]:
@@ -454,7 +499,7 @@ class DVME(ClassifierMixin, BaseEstimator):
             for idx in torch.randperm(n, generator=gen).split(batch_size or self.batch_size):
                 idx = idx.to(self.device)
                 opt.zero_grad(set_to_none=True)
-                out, alpha = model.forward_with_attention([X[idx] for X in Xt])
+                out, alpha = model.forward_with_attention(Xt.batch(idx))
                 loss = loss_fn(out, target[idx])
                 if prior is not None:  # the batch's mean attention stays near the prior
                     mean = alpha.mean(0)
@@ -478,27 +523,27 @@ class DVME(ClassifierMixin, BaseEstimator):
         return best, history
 
     @torch.inference_mode()
-    def _val_loss(self, Xv: Sequence[torch.Tensor], val_target: torch.Tensor | None,
+    def _val_loss(self, Xv: _Rows, val_target: torch.Tensor | None,
                   loss_fn: nn.Module) -> float:
         """The training loss on val (inf without val targets: never a tie-breaker)."""
         if val_target is None:
             return float("inf")
-        self.module_.eval()
-        return float(loss_fn(self.module_(Xv), val_target))
+        return float(loss_fn(self._logits(Xv), val_target))
 
-    def _start_from_concat(self, Xt: Sequence[torch.Tensor], y: np.ndarray,
-                           Xv: Sequence[torch.Tensor], y_val: np.ndarray) -> float:
+    def _start_from_concat(self, Xt: _Rows, y: np.ndarray, Xv: _Rows,
+                           y_val: np.ndarray) -> float:
         """Set the freshly built head to the linear probe on the concatenated (standardised)
         embeddings, L2 chosen on val, at uniform attention; its val score."""
         from featstore.probe.linear import fit_with_validation
 
-        model, k = self.module_, len(Xt)
+        model, k = self.module_, len(Xt.parts)
         if self.dim < self.n_out_:
             raise FusionError(f"dim={self.dim}: a DVME head needs at least its {self.n_out_} "
                               "outputs")
         if self.concat_probe_ is None:  # before v6: a probe on the standardised copies
-            cat = torch.cat(Xt, 1).cpu().numpy()
-            probe = fit_with_validation(cat, np.asarray(y), torch.cat(Xv, 1).cpu().numpy(),
+            cat = torch.cat(Xt.batch(slice(None)), 1).cpu().numpy()
+            val = torch.cat(Xv.batch(slice(None)), 1).cpu().numpy()
+            probe = fit_with_validation(cat, np.asarray(y), val,
                                         np.asarray(y_val), task=self.task,
                                         device=self.device).probe
             W = probe.coef_ / probe.scale_[:, None]  # (D, outputs) on these features
@@ -510,7 +555,7 @@ class DVME(ClassifierMixin, BaseEstimator):
             W = coef * (s / probe.scale_)[:, None]
             b = probe.intercept_ + ((m - probe.mean_) / probe.scale_) @ coef
         n_out = self.n_out_
-        bounds = np.cumsum([0] + [X.shape[1] for X in Xt])
+        bounds = np.cumsum([0] + [X.shape[1] for X in Xt.parts])
         blocks = [W[bounds[i]:bounds[i + 1]] for i in range(k)]
         share = np.full(k, 1.0 / k)
         if self._head_version >= 4 and self.attention != "uniform" and self.dim > n_out:
@@ -534,13 +579,17 @@ class DVME(ClassifierMixin, BaseEstimator):
         return float(primary_score(self.task, np.asarray(y_val), self._proba(Xv)))
 
     @torch.inference_mode()
-    def _proba(self, Xt: Sequence[torch.Tensor]) -> np.ndarray:
+    def _logits(self, Xt: _Rows) -> torch.Tensor:
+        """The head's logits (N, n_out), a block of rows at a time."""
         self.module_.eval()
-        return logits_to_proba(self.task, self.module_(Xt))
+        return torch.cat([self.module_(Xb) for _, Xb in Xt.blocks()])
+
+    def _proba(self, Xt: _Rows) -> np.ndarray:
+        return logits_to_proba(self.task, self._logits(Xt))
 
     def predict_proba(self, Xs: Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities (N, C), or per-label probabilities (N, K) for multilabel."""
-        return self._proba(self._standardise(Xs))
+        return self._proba(self._rows(Xs))
 
     def predict(self, Xs: Sequence[np.ndarray]) -> np.ndarray:
         """Predicted class label (N,), or 0/1 labels (N, K) for multilabel."""
@@ -550,7 +599,8 @@ class DVME(ClassifierMixin, BaseEstimator):
     def attention_weights(self, Xs: Sequence[np.ndarray]) -> np.ndarray:
         """Per-row attention weight of each backbone, (N, K)."""
         self.module_.eval()
-        return self.module_.weights(self._standardise(Xs))[1].cpu().numpy()
+        return torch.cat([self.module_.weights(Xb)[1] for _, Xb in self._rows(Xs).blocks()]
+                         ).cpu().numpy()
 
     def score(self, Xs: Sequence[np.ndarray], y: np.ndarray) -> float:
         """The task's primary metric."""

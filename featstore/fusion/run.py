@@ -23,6 +23,7 @@ from featstore.fusion.config import FuseConfig
 from featstore.outputs import output_errors
 from featstore.probe.run import check_grid, split_rows
 from featstore.records import ScoreRecord
+from featstore.rows import ColumnBlocks, take
 from featstore.runkeys import run_id as run_key
 from featstore.runkeys import run_ids
 from featstore.store.dataset import DatasetGroup
@@ -151,23 +152,39 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
         return recs
 
     concat: list[SweepResult] = []
+    held: list[list[list[np.ndarray]]] = []
+
+    def rows() -> list[list[np.ndarray]]:
+        """Each backbone's train and val rows, compact in their stored dtype, read once a
+        run when a method first needs them (a run read back needs none)."""
+        if not held:
+            per_set = [take(e.X, [tr, va]) for e in embs]
+            held.append([[p[i] for p in per_set] for i in range(2)])
+        return held[0]
+
+    def test_rows(parts: Sequence[int]) -> list[np.ndarray]:
+        """The test rows of backbones ``parts``, read as a method is scored (not held while
+        the others train)."""
+        return [take(embs[i].X, [te])[0] for i in parts]
 
     def concat_probe() -> SweepResult:
         """The linear probe on the concatenation: the concat baseline, and the start of
-        every DVME head (fitted once a run, whichever needs it first)."""
+        every DVME head (fitted once a run, whichever needs it first). The concatenation is
+        never made whole: the solver reads it a block of rows at a time when it is large."""
         if not concat:
-            Xtr, Xva = (np.concatenate([e.X[rows] for e in embs], axis=1) for rows in (tr, va))
+            Xtr, Xva = rows()
             with as_fusion_error():
-                concat.append(fit_with_validation(Xtr, y[tr], Xva, y[va], task=task,
-                                                  device=device))
+                concat.append(fit_with_validation(ColumnBlocks(Xtr), y[tr], ColumnBlocks(Xva),
+                                                  y[va], task=task, device=device))
         return concat[0]
 
     def dvme(attention: str, rid: str) -> list[FuseRecord]:
         head = DVME(task, dim=dim, attention=attention, seed=seed, device=device,
                     **dvme_options)
-        head.fit([e.X[tr] for e in embs], y[tr], [e.X[va] for e in embs], y[va],
-                 concat_probe=concat_probe())
-        Xte = [e.X[te] for e in embs]
+        Xtr, Xva = rows()
+        head.fit(Xtr, y[tr], Xva, y[va], concat_probe=concat_probe())
+        del Xtr, Xva
+        Xte = test_rows(range(len(embs)))
         alpha = head.attention_weights(Xte)
         overall = {n: float(a) for n, a in zip(names, alpha.mean(0), strict=True)}
         per_class = {}
@@ -187,15 +204,17 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
                         epochs=head.n_epochs_,
                         hyperparameter=f"epochs={head.n_epochs_}, start={head.start_}")
 
-    def linear(method: str, parts: Sequence[Embeddings], rid: str) -> list[FuseRecord]:
+    def linear(method: str, parts: Sequence[int], rid: str) -> list[FuseRecord]:
         if method == "concat":
             sweep = concat_probe()
         else:
-            Xtr, Xva = (np.concatenate([e.X[rows] for e in parts], axis=1) for rows in (tr, va))
+            Xtr, Xva = ([X[i] for i in parts] for X in rows())
             with as_fusion_error():
-                sweep = fit_with_validation(Xtr, y[tr], Xva, y[va], task=task, device=device)
-        Xte = np.concatenate([e.X[te] for e in parts], axis=1)
-        return _records(method, task, y[te], sweep.probe.predict_proba(Xte), cfg,
+                sweep = fit_with_validation(ColumnBlocks(Xtr), y[tr], ColumnBlocks(Xva), y[va],
+                                            task=task, device=device)
+            del Xtr, Xva
+        Xte = test_rows(parts)
+        return _records(method, task, y[te], sweep.probe.predict_proba(ColumnBlocks(Xte)), cfg,
                         {**base, "run_id": rid}, ref.label_names,
                         hyperparameter=f"l2={sweep.l2:g}")
 
@@ -204,9 +223,9 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
         records += method_run(f"dvme-{attention}", partial(dvme, attention),
                               identity=_dvme_identity(attention))
     if baselines:
-        records += method_run("concat", partial(linear, "concat", embs))
-        for e, name in zip(embs, names, strict=True):
-            records += method_run(f"single:{name}", partial(linear, f"single:{name}", [e]),
+        records += method_run("concat", partial(linear, "concat", range(len(embs))))
+        for i, (e, name) in enumerate(zip(embs, names, strict=True)):
+            records += method_run(f"single:{name}", partial(linear, f"single:{name}", [i]),
                                   identity=f"single:{e.key}")
     return records
 
@@ -316,7 +335,8 @@ def fuse_grid(sets: Sequence[EmbeddingSet], *, task: str, fractions: Sequence[fl
     with as_fusion_error():
         seed_list = check_grid(fractions, seeds, device)
     device = options.resolved_device(device)
-    embs = [es.load(verify=verify) for es in sets]
+    # the index now; the embeddings read by rows, a run's own, when a run is computed
+    embs = [replace(es.load(index_only=True), X=es.rows_source(verify=verify)) for es in sets]
     records: list[FuseRecord] = []
     for fraction in fractions:
         for seed in seed_list:

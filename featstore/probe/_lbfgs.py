@@ -26,31 +26,106 @@ Each iteration computes the change of the logits along its search direction once
 without touching X, and only an accepted step pays for its gradient. The logits are carried in
 float64 from step to step, so the line search sees decreases far below float32's resolution
 of the loss; a strongly regularised problem (l2 = 1e4) no longer stalls at its noise floor.
+
+X need not be held: a :class:`Streamed` design (the standardised concatenation of several
+backbones' compact embeddings, fusion's concat probe at full size) is made a block of rows
+at a time for each of the two passes an iteration reads it in (X dW, G^T X); the same
+arithmetic, only the sums of G^T X taken block by block.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from featstore.rows import ColumnBlocks
 
 ARMIJO = 1e-4
 MAX_BACKTRACK = 30
 PRECONDITION_ROWS = 8192
+EIGH64_DIMS = 4096  # wider covariances are decomposed in float32 (covariance_eigh)
 TINY_LOG = -69.0  # log(1e-30)
 # weight of the feature covariance against l2 in the preconditioner; any positive value
 # gives the same minimiser, this one converged fastest on benchmarks/probe_vs_sklearn.py
 CURVATURE = 2.0
 
 
-def covariance_eigh(X: torch.Tensor, *, rows: int = PRECONDITION_ROWS,
+STREAM_ROWS = 2048  # rows of a Streamed block (a 2048 x 8576 float32 block is 67 MiB)
+
+
+class Streamed:
+    """The standardised matrix ``(X - mean) / scale`` of ``X``, a
+    :class:`featstore.rows.ColumnBlocks` of compact parts, made a block of rows at a time
+    (the same elementwise arithmetic as standardising it whole); never held whole."""
+
+    def __init__(self, X: ColumnBlocks, mean: torch.Tensor, scale: torch.Tensor,
+                 block_rows: int = STREAM_ROWS) -> None:
+        self.source, self.mean, self.scale = X, mean, scale
+        self.shape = X.shape
+        self.dtype, self.device = torch.float32, mean.device
+        self.block_rows = block_rows
+        self._buf = np.empty((min(block_rows, len(X)), X.shape[1]), np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _blocks(self):
+        from featstore.rows import blocks
+
+        for b in blocks(len(self), self.block_rows):
+            Xb = torch.from_numpy(self.source.block(b, self._buf)).to(self.device)
+            yield b, Xb.sub_(self.mean).div_(self.scale)
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Standardised rows ``idx`` (a dense (len(idx), D) tensor)."""
+        Xb = torch.from_numpy(self.source.block(idx.cpu().numpy())).to(self.device)
+        return Xb.sub_(self.mean).div_(self.scale)
+
+    def mm(self, M: torch.Tensor) -> torch.Tensor:
+        """X @ M."""
+        out = torch.empty(len(self), M.shape[1], dtype=M.dtype, device=M.device)
+        for b, Xb in self._blocks():
+            out[b] = Xb @ M
+        return out
+
+    def tmm(self, G: torch.Tensor) -> torch.Tensor:
+        """G^T @ X (G: (N, K))."""
+        out = torch.zeros(G.shape[1], self.shape[1], dtype=G.dtype, device=G.device)
+        for b, Xb in self._blocks():
+            out += G[b].T @ Xb
+        return out
+
+
+def _mm(X: torch.Tensor | Streamed, M: torch.Tensor) -> torch.Tensor:
+    return X.mm(M) if isinstance(X, Streamed) else X @ M
+
+
+def _tmm(G: torch.Tensor, X: torch.Tensor | Streamed) -> torch.Tensor:
+    # G^T X reads X row-major; X^T G walks it column-wise and is ~3x slower on a CPU
+    return X.tmm(G) if isinstance(X, Streamed) else G.T @ X
+
+
+def covariance_eigh(X: torch.Tensor | Streamed, *, rows: int = PRECONDITION_ROWS,
                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (D,) and eigenvectors (D, D) of X^T X / n over at most ``rows`` rows."""
-    if len(X) > rows:
+    """Eigenvalues (D,) and eigenvectors (D, D) of X^T X / n over at most ``rows`` rows.
+
+    Solved in float64, or in float32 above ``EIGH64_DIMS`` dimensions (the concatenation
+    of several backbones): there the float64 problem and its workspace would take ~2.4 GB
+    (D = 8,576) and the preconditioner needs no more than float32's accuracy (any
+    orthonormal basis gives the same minimiser)."""
+    dt, n = X.dtype, len(X)
+    if n > rows or isinstance(X, Streamed):
         g = torch.Generator().manual_seed(seed)
-        X = X[torch.randperm(len(X), generator=g)[:rows].to(X.device)]
-    e, U = torch.linalg.eigh((X.T @ X / len(X)).double())
-    return e.clamp(min=0).to(X.dtype), U.to(X.dtype)
+        pick = torch.randperm(n, generator=g)[:rows]
+        X = X.rows(pick.sort().values) if isinstance(X, Streamed) else X[pick.to(X.device)]
+    cov = X.T @ X / len(X)
+    del X  # the sample: gone before the eigendecomposition's workspace is taken
+    e, U = torch.linalg.eigh(cov.double() if cov.shape[0] <= EIGH64_DIMS else cov)
+    return e.clamp(min=0).to(dt), U.to(dt)
 
 
 @dataclass
@@ -62,17 +137,19 @@ class _Design:
     design (N < D), or None; ``e`` (K,): the curvature per coordinate, None unpreconditioned.
     """
 
-    X: torch.Tensor
+    X: torch.Tensor | Streamed
     rotate: torch.Tensor | None = None
     lift: torch.Tensor | None = None
     e: torch.Tensor | None = None
 
 
-def _design(X: torch.Tensor, precondition: bool) -> _Design:
+def _design(X: torch.Tensor | Streamed, precondition: bool) -> _Design:
     n, d = X.shape
     if not precondition:
         return _Design(X)
     if n < d and n <= PRECONDITION_ROWS:
+        if isinstance(X, Streamed):  # a few rows: held whole
+            X = X.rows(torch.arange(n))
         Us, s, Vh = torch.linalg.svd(X.double(), full_matrices=False)
         # X's rank at its own precision (numpy's matrix_rank rule): smaller singular values
         # are rounding (X is centred, so one is always ~0), and their directions, at a weak
@@ -127,7 +204,8 @@ def _residual(Z: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
     return G.div_(n)
 
 
-def solve(X: torch.Tensor, target: torch.Tensor, kind: str, n_out: int, l2: torch.Tensor, *,
+def solve(X: torch.Tensor | Streamed, target: torch.Tensor, kind: str, n_out: int,
+          l2: torch.Tensor, *,
           max_iter: int = 500, tol: float = 1e-4, history: int = 10,
           precondition: bool = True) -> BatchedSolution:
     """Minimise P logistic objectives, one per entry of ``l2``, over the same ``X``.
@@ -158,8 +236,7 @@ def solve(X: torch.Tensor, target: torch.Tensor, kind: str, n_out: int, l2: torc
         """(f's gradient in the solver's coordinates (p, M), its largest component in W)."""
         p = len(idx)
         G = _residual(Z.to(dt), target, kind)
-        # G^T X reads X row-major; X^T G walks it column-wise and is ~3x slower on a CPU
-        gD = (G.reshape(n, p * C).T @ Xd).view(p, C, k).transpose(1, 2) + (
+        gD = _tmm(G.reshape(n, p * C), Xd).view(p, C, k).transpose(1, 2) + (
             l2[idx].view(p, 1, 1) * Wd)
         gb = G.sum(0, dtype=torch.float64).to(dt)
         gW = gD if des.lift is None else torch.einsum("ij,pjc->pic", des.lift, gD)
@@ -209,7 +286,7 @@ def solve(X: torch.Tensor, target: torch.Tensor, kind: str, n_out: int, l2: torc
             gtd[bad] = -(g[idx][bad] ** 2).sum(1)
         # the logits along the direction, once: Z + t dZ for every step length t
         dWd = to_design(q[:, : k * C].view(p, k, C), idx)
-        dZ = ((Xd @ dWd.permute(1, 0, 2).reshape(k, p * C)).view(n, p, C)
+        dZ = (_mm(Xd, dWd.permute(1, 0, 2).reshape(k, p * C)).view(n, p, C)
               + q[:, k * C:]).double()
         Z0, W0 = Z[:, idx], Wd[idx].double()
         # ||Wd + t dWd||^2 = a0 + 2 t a1 + t^2 a2 (||W|| = ||Wd||: the maps are orthonormal)

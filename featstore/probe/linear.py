@@ -13,10 +13,12 @@ from featstore.choices import DEFAULT_L2_GRID, DEFAULT_TOL
 from featstore.errors import ProbeError
 from featstore.metrics import primary_score
 from featstore.probe import _lbfgs
+from featstore.rows import ColumnBlocks, blocks, row_block
 from featstore.task import (
     Standardiser,
     Targets,
     check_features,
+    check_matrix,
     check_task,
     logits_to_proba,
     make_targets,
@@ -35,14 +37,33 @@ class _Problem:
     standardiser: Standardiser
 
 
-def _prepare(task: str, X: np.ndarray, y: np.ndarray, device: str) -> _Problem:
+# a ColumnBlocks design whose float32 copy would take more than this is streamed (made a
+# block at a time at every pass) instead of held: the concat of five PCam backbones
+DENSE_BYTES = 1 << 30
+
+
+def _prepare(task: str, X: np.ndarray | ColumnBlocks, y: np.ndarray, device: str,
+             overwrite: bool = False) -> _Problem:
+    """The standardised problem. With ``overwrite`` (a float32 ``X`` the caller gives up),
+    standardised in place: the solve then holds no copy of the training rows beside it.
+    :class:`ColumnBlocks` (several backbones side by side) are concatenated when the float32
+    copy takes at most ``DENSE_BYTES``, else streamed (:class:`_lbfgs.Streamed`)."""
     check_task(task)
-    Xt = check_features(X, device)
+    if isinstance(X, ColumnBlocks) and X.nbytes_float32 <= DENSE_BYTES:
+        X, overwrite = check_matrix(X).dense(), True
     targets = make_targets(task, y, device)
-    if len(Xt) != len(targets.target):
-        raise ProbeError(f"{len(Xt)} feature rows but {len(targets.target)} labels")
+    if len(X) != len(targets.target):
+        raise ProbeError(f"{len(X)} feature rows but {len(targets.target)} labels")
+    if isinstance(X, ColumnBlocks):
+        standardiser = Standardiser.fit_blocks(check_matrix(X), device)
+        return _Problem(_lbfgs.Streamed(X, standardiser.mean, standardiser.scale), targets,
+                        standardiser)
+    Xt = check_features(X, device)
     standardiser = Standardiser.fit(Xt)
-    return _Problem(standardiser(Xt), targets, standardiser)
+    owned = overwrite and isinstance(X, np.ndarray) and X.dtype == np.float32 and (
+        Xt.device.type == "cpu")
+    return _Problem(standardiser.apply_(Xt) if owned else standardiser(Xt), targets,
+                    standardiser)
 
 
 class LinearProbe(ClassifierMixin, BaseEstimator):
@@ -105,13 +126,18 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """Logits (N, outputs) on standardised features."""
-        Xt = check_features(X, self.device)
+        """Logits (N, outputs) on standardised features, a block of rows at a time (``X``
+        in any float dtype; only a block is ever held in float32)."""
+        X = check_matrix(X)
         mean = torch.as_tensor(self.mean_, device=self.device)
         scale = torch.as_tensor(self.scale_, device=self.device)
         W = torch.as_tensor(self.coef_, device=self.device)
         b = torch.as_tensor(self.intercept_, device=self.device)
-        return (((Xt - mean) / scale) @ W + b).cpu().numpy()
+        out = np.empty((len(X), W.shape[1]), dtype=np.float32)
+        for rows in blocks(len(X)):
+            Xt = torch.as_tensor(row_block(X, rows), dtype=torch.float32, device=self.device)
+            out[rows] = (((Xt - mean) / scale) @ W + b).cpu().numpy()
+        return out
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (N, C); for multilabel, per-label probabilities (N, K)."""
@@ -140,6 +166,21 @@ def _solve(prob: _Problem, grid: Sequence[float], max_iter: int,
     t = prob.targets
     return _lbfgs.solve(prob.Xs, t.target, t.kind, t.n_out, torch.tensor(grid),
                         max_iter=max_iter, tol=tol)
+
+
+def _grid_logits(standardiser: Standardiser, sol: _lbfgs.BatchedSolution, X: np.ndarray,
+                 device: str) -> list[np.ndarray]:
+    """Each solution's logits (N, outputs) on rows ``X``: one standardised block at a time,
+    scored by every L2 value at once."""
+    X = check_matrix(X)
+    P, D, C = sol.W.shape
+    W = sol.W.permute(1, 0, 2).reshape(D, P * C)
+    out = np.empty((P, len(X), C), dtype=np.float32)
+    for rows in blocks(len(X)):
+        Xs = standardiser(torch.as_tensor(row_block(X, rows), dtype=torch.float32,
+                                          device=device))
+        out[:, rows] = ((Xs @ W).view(-1, P, C) + sol.b).permute(1, 0, 2).cpu().numpy()
+    return list(out)
 
 
 @dataclass
@@ -171,13 +212,15 @@ def fit_with_validation(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndar
                         y_val: np.ndarray, *, task: str,
                         l2_grid: Sequence[float] = DEFAULT_L2_GRID,
                         device: str = "cpu", max_iter: int = 500,
-                        tol: float = DEFAULT_TOL) -> SweepResult:
+                        tol: float = DEFAULT_TOL, overwrite: bool = False) -> SweepResult:
     """Fit one probe per L2 value and keep the best on val by the task's metric.
 
     All L2 values are solved side by side over one standardised copy of the features
     (:mod:`featstore.probe._lbfgs`), each to its own convergence test. Val scores within
     ``VAL_TIE`` of the best count as ties and go to the stronger regularisation
-    (:func:`choose_on_val`); a probe that did not converge is reported as such.
+    (:func:`choose_on_val`); a probe that did not converge is reported as such. With
+    ``overwrite``, a float32 ``X_train`` is standardised in place (the caller's copy, given
+    up: the sweep then holds the training rows once).
 
     Raises
     ------
@@ -189,14 +232,14 @@ def fit_with_validation(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndar
         raise ProbeError("the L2 grid is empty")
     for l2 in grid:
         _check_solver_args(l2, max_iter, tol)
-    prob = _prepare(task, X_train, y_train, device)
+    prob = _prepare(task, X_train, y_train, device, overwrite)
     sol = _solve(prob, grid, max_iter, tol)
-    scores: dict[float, float] = {}
-    probes = []
-    for i, l2 in enumerate(grid):
-        probe = LinearProbe(task, l2=l2, device=device, max_iter=max_iter, tol=tol)
-        probes.append(probe._set_solution(prob, sol, i))
-        scores[l2] = probe.score(X_val, y_val)
+    probes = [LinearProbe(task, l2=l2, device=device, max_iter=max_iter, tol=tol)
+              ._set_solution(prob, sol, i) for i, l2 in enumerate(grid)]
+    logits = _grid_logits(prob.standardiser, sol, X_val, device)
+    y_val = np.asarray(y_val)
+    scores = {l2: primary_score(task, y_val, logits_to_proba(task, torch.from_numpy(Z)))
+              for l2, Z in zip(grid, logits, strict=True)}
     best = choose_on_val(list(scores.values()))
     return SweepResult(probe=probes[best], l2=grid[best], val_scores=scores,
                        n_iter={l2: int(sol.n_iter[i]) for i, l2 in enumerate(grid)},

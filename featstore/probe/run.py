@@ -28,6 +28,7 @@ from featstore.errors import ManifestError, ProbeError
 from featstore.grid import GridSettings, ProbeGrid
 from featstore.probe.config import ProbeConfig
 from featstore.records import ScoreRecord
+from featstore.rows import RowSource, take
 from featstore.store.embedding_set import EmbeddingSet
 from featstore.store.layout import Embeddings, Provenance
 
@@ -84,9 +85,13 @@ class _Fit:
     pred_test: np.ndarray | None
 
 
-def _fit(cfg: ProbeConfig, X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray,
-         te: np.ndarray, device: str) -> _Fit:
-    """Fit ``cfg``'s probe on rows ``tr``, choose on ``va``, predict ``te``."""
+def _fit(cfg: ProbeConfig, X: np.ndarray | RowSource, y: np.ndarray, tr: np.ndarray,
+         va: np.ndarray, te: np.ndarray, device: str) -> _Fit:
+    """Fit ``cfg``'s probe on rows ``tr``, choose on ``va``, predict ``te``.
+
+    The rows are taken from ``X`` (an array, or a set read shard by shard) once: the
+    training rows as one float32 copy that the probe standardises (or normalises) in place,
+    val and test in the stored dtype, scored a block at a time."""
     from featstore.probe.knn import knn_with_validation
     from featstore.probe.linear import fit_with_validation
     from featstore.probe.ordinal import decode, expected_grade, fit_thresholds
@@ -94,22 +99,25 @@ def _fit(cfg: ProbeConfig, X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.
     task = cfg.task
     pred_test = None
     l2 = converged = None
+    X_tr, X_va, X_te = take(X, [tr, va, te], [np.float32, None, None])
     if cfg.probe == "linear":
-        sweep = fit_with_validation(X[tr], y[tr], X[va], y[va], task=task, l2_grid=cfg.l2_grid,
-                                    device=device, max_iter=cfg.max_iter, tol=cfg.tol)
+        sweep = fit_with_validation(X_tr, y[tr], X_va, y[va], task=task, l2_grid=cfg.l2_grid,
+                                    device=device, max_iter=cfg.max_iter, tol=cfg.tol,
+                                    overwrite=True)
         model, l2, converged = sweep.probe, sweep.l2, sweep.converged[sweep.l2]
         hyper, val_scores = f"l2={sweep.l2:g}", sweep.val_scores
     else:
-        ksweep = knn_with_validation(X[tr], y[tr], X[va], y[va], task=task, ks=cfg.ks,
-                                     device=device)
+        ksweep = knn_with_validation(X_tr, y[tr], X_va, y[va], task=task, ks=cfg.ks,
+                                     device=device, overwrite=True)
         model, hyper, val_scores = ksweep.probe, f"k={ksweep.k}", ksweep.val_scores
+    del X_tr  # the model holds what it needs (a kNN probe: the normalised rows)
     chosen_on_val = any(np.isfinite(v) for v in val_scores.values())
     if not chosen_on_val:
         hyper += " (not chosen: val metric undefined)"
-    proba_test = model.predict_proba(X[te])
+    proba_test = model.predict_proba(X_te)
     if task == "ordinal" and cfg.ordinal_decode == "expected":
         n_classes = proba_test.shape[1]
-        thresholds = fit_thresholds(expected_grade(model.predict_proba(X[va])), y[va], n_classes)
+        thresholds = fit_thresholds(expected_grade(model.predict_proba(X_va)), y[va], n_classes)
         pred_test = decode(expected_grade(proba_test), thresholds)
         hyper += ", thresholds=" + ",".join(f"{t:.2f}" for t in thresholds)
     return _Fit(model, hyper, val_scores, l2, converged, chosen_on_val, proba_test, pred_test)
@@ -156,9 +164,10 @@ def probe_embeddings(emb: Embeddings, config: ProbeConfig | None = None, *,
     same = (emb.key, sha256_json({**cfg.stored(), "seed": None}), ids_sha256(emb.ids[tr]))
     fit = fits.get(same) if fits is not None else None
     if fit is None:
+        if fits is not None:  # the last fit only (a kNN fit holds its training rows),
+            fits.clear()  # given up before the next one is made
         fit = _fit(cfg, emb.X, y, tr, va, te, device)
-        if fits is not None:  # the last fit only: a kNN fit holds a copy of its rows
-            fits.clear()
+        if fits is not None:
             fits[same] = fit
     model = fit.model
     random_weights = bool(Provenance.from_dict(emb.attrs.get("provenance")).random_weights)
@@ -260,7 +269,7 @@ def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, 
     for es in sets:
         # without a config, each set is probed for its dataset's own task
         cfg = config or ProbeConfig(task=str(es.dataset.attrs.get("task", "binary")))
-        emb = es.load(verify=verify, index_only=True)  # the embeddings: only to compute
+        emb = es.load(index_only=True)  # the embeddings: read only to compute, by rows
         fits: dict = {}  # the seeds of one set's runs on the same rows share one fit
         for kind in kinds:
             for fraction in fractions:
@@ -269,7 +278,7 @@ def probe_grid(sets: Sequence[EmbeddingSet], config: ProbeConfig | None = None, 
                     run = None if recompute else _stored_run(es, _run_ids(emb, run_cfg))
                     if run is None:
                         if emb.X is None:
-                            emb = es.load(verify=verify)
+                            emb = replace(emb, X=es.rows_source(verify=verify))
                         run = probe_embeddings(emb, run_cfg, store_set=es, recompute=True,
                                                device=device, fits=fits)
                     records.extend(run)

@@ -242,9 +242,9 @@ class EmbeddingSet:
              verify: bool = True) -> np.ndarray:
         """Embeddings (N, D) or a row selection, in the stored dtype.
 
-        Read shard by shard (a selection: only the shards it touches); with ``verify`` (the
-        default) every shard read is checked against its checksum before its numbers are
-        returned.
+        Read shard by shard (a selection: only the shards it touches, and only its rows are
+        kept); with ``verify`` (the default) every shard read is checked against its checksum
+        before its numbers are returned.
 
         Raises
         ------
@@ -253,30 +253,79 @@ class EmbeddingSet:
         CorruptShardError
             A shard fails its checksum or cannot be read (named, with the way to recompute).
         """
-        done = self.done_mask()
-        pending = np.flatnonzero(~done)
+        if rows is None:
+            return self.take([np.arange(self.rows)], verify=verify)[0]
+        return self.take([np.arange(self.rows)[rows]], verify=verify)[0]
+
+    def take(self, selections: list[np.ndarray], dtypes: list[Any] | None = None, *,
+             verify: bool = True) -> list[np.ndarray]:
+        """The rows of each selection (row indices, any order), each a compact array in its
+        dtype (None: the stored one). Every shard the selections touch is read once (in a
+        few threads, each into a buffer of one shard), checked against its checksum with
+        ``verify``, and its rows copied out converted: the set is never held whole.
+
+        Raises
+        ------
+        NotExtractedError, CorruptShardError
+            As :meth:`read`.
+        """
+        self._check_done()
+        dtypes = [None] * len(selections) if dtypes is None else list(dtypes)
+        sels = [np.asarray(s, dtype=np.int64).reshape(-1) for s in selections]
+        outs = [np.empty((len(s), self.dim), dtype=dt or self.dtype)
+                for s, dt in zip(sels, dtypes, strict=True)]
+        per_shard: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+        for i, s in enumerate(sels):
+            if len(s) and (s.min() < 0 or s.max() >= self.rows):
+                raise IndexError(f"{self}: row {int(s.max())} of {self.rows}")
+            shard = s // self.shard_rows
+            order = np.argsort(shard, kind="stable")
+            cuts = np.flatnonzero(np.diff(shard[order])) + 1
+            for part in np.split(order, cuts) if len(s) else []:
+                k = int(shard[part[0]])
+                per_shard.setdefault(k, []).append((i, part, s[part] - k * self.shard_rows))
+        reader = self.reader
+        sums = self.checksums() if verify or reader.needs_checksums else None
+
+        def load(shard: int) -> tuple[int, str] | None:
+            start, stop = self.shard_bounds(shard)
+            entries = per_shard[shard]
+            i, part, local = entries[0]
+            in_place = (len(entries) == 1 and len(part) == stop - start
+                        and outs[i].dtype == np.dtype(self.dtype)
+                        and bool((np.diff(part) == 1).all())
+                        and bool((local == np.arange(len(local))).all()))
+            # a whole shard in order, in the stored dtype: read straight into its place
+            buf = (outs[i][int(part[0]):int(part[0]) + stop - start] if in_place
+                   else np.empty((stop - start, self.dim), dtype=self.dtype))
+            want = None if sums is None else sums[shard].tobytes()
+            error = reader.load(shard, buf, want, verify)
+            if error is not None:
+                return shard, error
+            if not in_place:
+                for i, part, local in entries:
+                    outs[i][part] = buf[local]
+            return None
+
+        bad = [b for b in parallel(load, sorted(per_shard)) if b is not None]
+        if bad:
+            raise CorruptShardError(self._corrupt_message(sorted(bad)))
+        return outs
+
+    def rows_source(self, *, verify: bool = True) -> SetRows:
+        """The set as a :class:`featstore.rows.RowSource`: rows read when a stage takes
+        them (:meth:`take`), never the whole set at once."""
+        self._check_done()
+        return SetRows(self, verify)
+
+    def _check_done(self) -> None:
+        pending = np.flatnonzero(~self.done_mask())
         if len(pending):
             raise NotExtractedError(
                 f"{self.dataset.name}: embeddings {self.alias} ({self.key[:12]}) are "
                 f"incomplete: {len(pending)} of {self.n_shards} shards not done; re-run "
                 "'featstore extract' to resume"
             )
-        out = np.empty((self.rows, self.dim), dtype=self.dtype)
-        reader = self.reader
-        sums = self.checksums() if verify or reader.needs_checksums else None
-
-        def load(shard: int) -> tuple[int, str] | None:
-            start, stop = self.shard_bounds(shard)
-            want = None if sums is None else sums[shard].tobytes()
-            error = reader.load(shard, out[start:stop], want, verify)
-            return None if error is None else (shard, error)
-
-        needed = range(self.n_shards) if rows is None else np.unique(
-            np.arange(self.rows)[rows] // self.shard_rows)  # a selection reads its shards only
-        bad = [b for b in parallel(load, [int(s) for s in needed]) if b is not None]
-        if bad:
-            raise CorruptShardError(self._corrupt_message(sorted(bad)))
-        return out if rows is None else out[rows]
 
     def _corrupt_message(self, bad: list[tuple[int, str]]) -> str:
         what = "; ".join(f"shard {s} (rows {self.shard_bounds(s)[0]}-"
@@ -380,3 +429,18 @@ class EmbeddingSet:
         for shard in shards:
             self.group["done"][shard] = 0
         self.publish()
+
+
+class SetRows:
+    """An embedding set as a :class:`featstore.rows.RowSource` (shape, dtype, ``take``)."""
+
+    def __init__(self, es: EmbeddingSet, verify: bool) -> None:
+        self.es, self.verify = es, verify
+        self.shape = (es.rows, es.dim)
+        self.dtype = np.dtype(es.dtype)
+
+    def __repr__(self) -> str:
+        return f"SetRows({self.es!r})"
+
+    def take(self, selections: list[np.ndarray], dtypes: list[Any]) -> list[np.ndarray]:
+        return self.es.take(selections, dtypes, verify=self.verify)
