@@ -141,7 +141,8 @@ def _embeddings(y: np.ndarray, dim: int, strength: float,
 def measure(cmd: list[str]) -> tuple[float, float, str]:
     """(wall s, peak RSS GiB, stdout) of one command in its own process, its high-water mark
     as ``/usr/bin/time`` reports it (a child forked from this process would count this
-    process's RSS in its own: Linux keeps the forked copy's high-water mark across exec)."""
+    process's RSS in its own: Linux keeps the forked copy's high-water mark across exec).
+    A command that prints ``TIME <s>`` times itself (the part measured, in-process)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "rss"
         t0 = time.perf_counter()
@@ -151,6 +152,9 @@ def measure(cmd: list[str]) -> tuple[float, float, str]:
         if proc.returncode:
             raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
                              f"{proc.stderr[-3000:]}")
+        timed = [line.split()[1] for line in proc.stdout.splitlines()
+                 if line.startswith("TIME ")]
+        wall = float(timed[-1]) if timed else wall
         return wall, int(report.read_text().split()[-1]) / 2**20, proc.stdout
 
 
@@ -173,13 +177,16 @@ def stages_for(shape: Shape, csv: Path, store: FeatureStore, work: Path,
     if "read" in stages:
         if not npy.exists():
             np.save(npy, es.read())
-        out.append(("read", "verified read of one set",
-                    py(f"from featstore.store import FeatureStore as F; import sys; "
+        best = "min(timeit.repeat(lambda: {}, number=1, repeat=3))"
+        out.append(("read", "verified read of one set (in-process, best of 3)",
+                    py(f"from featstore.store import FeatureStore as F; import sys, timeit; "
                        f"sys.path.insert(0, {str(Path(__file__).parent)!r}); "
                        f"from study_scale import csv_manifest as m; "
-                       f"F({root!r}).dataset(m({str(csv)!r})).embedding_set("
-                       f"{ALIASES[0]!r}).read()"),
-                    "np.load", py(f"import numpy as np; np.load({str(npy)!r})")))
+                       f"es = F({root!r}).dataset(m({str(csv)!r})).embedding_set("
+                       f"{ALIASES[0]!r}); print('TIME', {best.format('es.read()')})"),
+                    "np.load (best of 3)",
+                    py(f"import numpy as np, timeit; "
+                       f"print('TIME', {best.format(f'np.load({str(npy)!r})')})")))
     if "linear" in stages:
         out.append(("linear", "probe 0.01/0.1/1 x 3 seeds",
                     FEATSTORE + ["probe", *common, "-b", ALIASES[0], "--fractions",

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "featstore"
 LAYERS = [  # (layer, module prefixes)
     ("base", ["_hashing", "_lazy", "errors", "choices", "options", "runkeys", "_version", "grid",
-              "outputs"]),
+              "outputs", "progress"]),
     ("data", ["data", "task", "metrics", "records", "rows"]),
     ("models", ["models"]),
     ("store", ["store"]),

@@ -181,6 +181,15 @@ def run_lines(what: str, total: int) -> Callable[[list], None]:
     return on_run
 
 
+def within_runs():
+    """Progress from inside a long run (a solve's iterations, a head's epochs, a kNN
+    search): a line on stderr at most every 10 s, indented under the run lines."""
+    from featstore import progress
+
+    return progress.reporting(lambda line: err.print(f"  {line}", highlight=False,
+                                                     markup=False))
+
+
 def print_notes(lines: list[str]) -> None:
     for line in lines:
         err.print(f"[yellow]note:[/] {line}")

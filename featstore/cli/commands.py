@@ -57,6 +57,7 @@ from featstore.cli._shared import (
     progress_bar,
     run_lines,
     split_option,
+    within_runs,
 )
 from featstore.extract.config import ExtractConfig
 from featstore.fusion.config import FuseConfig
@@ -191,11 +192,12 @@ def probe(
     manifest = load_data(data, root, task)
     sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision,
                           results_store, cache)
-    records = probe_grid(sets, replace(config, task=manifest.task), probes=grid.probes,
-                         fractions=grid.fractions, seeds=seeds, recompute=recompute,
-                         device=device, verify=verify,
-                         on_run=run_lines("probe", len(sets) * len(grid.probes)
-                                          * len(grid.fractions) * len(grid.seed_list())))
+    with within_runs():
+        records = probe_grid(sets, replace(config, task=manifest.task), probes=grid.probes,
+                             fractions=grid.fractions, seeds=seeds, recompute=recompute,
+                             device=device, verify=verify,
+                             on_run=run_lines("probe", len(sets) * len(grid.probes)
+                                              * len(grid.fractions) * len(grid.seed_list())))
     print_probe_records(records, as_json, sets)
     print_notes(sets[0].dataset.store.notes)
 
@@ -292,10 +294,12 @@ def fuse(
     manifest = load_data(data, root, task)
     sets = embedding_sets(manifest, store, backbone, image_size, dtype, precision,
                           results_store, cache)
-    records = fuse_grid(sets, task=manifest.task, fractions=grid.fractions, seeds=seeds,
-                        **config.kwargs(), heads_dir=heads_dir, recompute=recompute,
-                        device=device, verify=verify,
-                        on_run=run_lines("fuse", len(grid.fractions) * len(grid.seed_list())))
+    with within_runs():
+        records = fuse_grid(sets, task=manifest.task, fractions=grid.fractions, seeds=seeds,
+                            **config.kwargs(), heads_dir=heads_dir, recompute=recompute,
+                            device=device, verify=verify,
+                            on_run=run_lines("fuse", len(grid.fractions)
+                                             * len(grid.seed_list())))
     print_fusion_records(records, as_json, sets)
     print_notes(sets[0].dataset.store.notes)
 

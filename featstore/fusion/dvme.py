@@ -124,6 +124,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 
+from featstore import progress
 from featstore.choices import ATTENTIONS, HEAD_VERSION  # the versions: the docstring above
 from featstore.errors import FusionError, ProbeError, as_fusion_error
 from featstore.metrics import paired_bootstrap_sd, primary_score
@@ -509,6 +510,8 @@ class DVME(ClassifierMixin, BaseEstimator):
                 opt.step()
             score = primary_score(self.task, np.asarray(y_val), self._proba(Xv))
             history.append(float(score))
+            progress.tick("DVME {} on {:,} rows: epoch {}, val {:.4f}", self.attention, n,
+                          _epoch + 1, score)
             loss = self._val_loss(Xv, val_target, loss_fn)
             if np.isfinite(score) and score > best + 1e-6:
                 best, best_state, stale, best_loss = (score, copy.deepcopy(model.state_dict()),

@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from featstore import progress
+
 if TYPE_CHECKING:
     from featstore.rows import ColumnBlocks
 
@@ -330,6 +332,8 @@ def solve(X: torch.Tensor | Streamed, target: torch.Tensor, kind: str, n_out: in
             f[ok_idx], Z[:, ok_idx], Wd[ok_idx] = f_new[acc], Z_new, Wd_new
             n_iter[ok_idx] += 1
         head = (head + 1) % history
+        progress.tick("linear probe on {:,} x {:,}: iteration {}, {} of {} L2 values "
+                      "converged", n, X.shape[1], it + 1, int((gmax <= tol).sum()), P)
     W = Wd if des.lift is None else torch.einsum("ij,pjc->pic", des.lift, Wd)
     return BatchedSolution(W=W.clone(), b=x[:, k * C:].clone(), n_iter=n_iter,
                            converged=gmax <= tol, grad_max=gmax, loss=f)

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from featstore import progress
 from featstore.choices import DEFAULT_KS
 from featstore.errors import ProbeError
 from featstore.metrics import primary_score
 from featstore.probe.linear import choose_on_val
 from featstore.rows import blocks
 from featstore.task import (
-    check_features,
     check_matrix,
     check_task,
     make_targets,
@@ -33,6 +33,15 @@ TRAIN_BLOCK_ROWS = 4096  # training rows a block: a (512 x 4096) float32 block i
 NORM_EPS = 1e-12  # torch.nn.functional.normalize's
 
 
+def row_norms(X: torch.Tensor) -> torch.Tensor:
+    """(N, 1) float32: what :func:`normalise_` divides each row of ``X`` by (its L2 norm in
+    float32, at least ``NORM_EPS``), a block at a time."""
+    out = torch.empty(len(X), 1, dtype=torch.float32, device=X.device)
+    for b in blocks(len(X)):
+        out[b] = X[b].to(torch.float32).norm(dim=1, keepdim=True).clamp_min(NORM_EPS)
+    return out
+
+
 def normalise_(X: torch.Tensor) -> torch.Tensor:
     """L2-normalise the rows of ``X`` in place, a block at a time (the numbers of
     ``torch.nn.functional.normalize``); returns ``X``."""
@@ -41,27 +50,33 @@ def normalise_(X: torch.Tensor) -> torch.Tensor:
     return X
 
 
-def top_k(Q: torch.Tensor, T: torch.Tensor, k: int, *, query_rows: int = CHUNK_ROWS,
+def top_k(Q: torch.Tensor, T: torch.Tensor, k: int, *, norms: torch.Tensor | None = None,
+          query_rows: int = CHUNK_ROWS,
           train_rows: int = TRAIN_BLOCK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` largest inner products of each row of ``Q`` with the rows of ``T``
-    (values, indices into ``T``, largest first), in bounded memory: query blocks x training
-    blocks, each block's top k merged into the running top k. At most a (query_rows x
-    train_rows) block of products is held; the same code runs on any device."""
+    (values, indices into ``T``, largest first), in bounded memory: training blocks x query
+    blocks, each block's top k merged into its queries' running top k (in training-block
+    order). With ``norms`` (:func:`row_norms` of ``T``), ``T`` is kept as it is stored
+    (float16 too) and each training block is made float32 and normalised once, as it is
+    used: the same numbers as normalising a float32 copy of ``T``. At most a training
+    block and a (query_rows x train_rows) block of products are held beside the running
+    top k; the same code runs on any device."""
     k = min(k, len(T))
-    vals = torch.empty(len(Q), k, dtype=Q.dtype, device=Q.device)
+    train_rows = max(train_rows, k)  # a block holds at least the k it merges
+    vals = torch.empty(len(Q), k, dtype=torch.float32, device=Q.device)
     idx = torch.empty(len(Q), k, dtype=torch.long, device=Q.device)
-    for q in range(0, len(Q), query_rows):
-        Qb = Q[q:q + query_rows]
-        best_v = best_i = None
-        for t in range(0, len(T), train_rows):
-            S = Qb @ T[t:t + train_rows].T
+    for t in range(0, len(T), train_rows):
+        Tb = T[t:t + train_rows]
+        if norms is not None:
+            Tb = Tb.to(torch.float32).div(norms[t:t + train_rows])
+        for q in range(0, len(Q), query_rows):
+            S = Q[q:q + query_rows] @ Tb.T
             v, i = S.topk(min(k, S.shape[1]), dim=1)
             i += t
-            if best_v is not None:  # merge with the running top k
-                v, j = torch.cat([best_v, v], 1).topk(k, dim=1)
-                i = torch.cat([best_i, i], 1).gather(1, j)
-            best_v, best_i = v, i
-        vals[q:q + query_rows], idx[q:q + query_rows] = best_v, best_i
+            if t:  # merge with the running top k
+                v, j = torch.cat([vals[q:q + query_rows], v], 1).topk(k, dim=1)
+                i = torch.cat([idx[q:q + query_rows], i], 1).gather(1, j)
+            vals[q:q + query_rows], idx[q:q + query_rows] = v, i
     return vals, idx
 
 
@@ -86,8 +101,9 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
         self.device = device
 
     def fit(self, X: np.ndarray, y: np.ndarray, *, overwrite: bool = False) -> KNNProbe:
-        """Store the normalised training embeddings and their labels (with ``overwrite``, a
-        float32 ``X`` the caller gives up is normalised in place and kept: no copy).
+        """Store the training embeddings (float16 or float32, as given; normalised as they
+        are searched), their norms and their labels (with ``overwrite``, ``X`` is the
+        caller's to give up and is kept without a copy).
 
         Raises
         ------
@@ -99,7 +115,9 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
             raise ProbeError(f"k={self.k!r}: expected at least 1 neighbour")
         if not self.temperature > 0:
             raise ProbeError(f"temperature={self.temperature!r}: expected a value > 0")
-        Xt = check_features(X, self.device)
+        X = check_matrix(X)
+        Xt = torch.as_tensor(X, dtype=None if X.dtype in (np.float16, np.float32)
+                             else torch.float32, device=self.device)
         targets = make_targets(self.task, y)
         if targets.kind == "softmax" or self.task == "binary":
             votes = torch.nn.functional.one_hot(targets.target.view(-1).long(),
@@ -109,9 +127,10 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
         if len(votes) != len(Xt):
             raise ProbeError(f"{len(Xt)} feature rows but {len(votes)} labels")
         self.classes_ = targets.classes
-        owned = overwrite and isinstance(X, np.ndarray) and X.dtype == np.float32 and (
-            Xt.device.type == "cpu")
-        self.train_ = normalise_(Xt if owned else Xt.clone())
+        # the rows as given (float16 stays float16), normalised a block at a time as the
+        # search reads them: a float32 copy of every training row is never held
+        self.train_ = Xt if overwrite else Xt.clone()
+        self.norms_ = row_norms(self.train_)
         self.votes_ = votes.to(self.device)
         return self
 
@@ -124,7 +143,9 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
         idx = torch.empty(len(X), k, dtype=torch.long, device=self.device)
         for rows in blocks(len(X)):
             Q = normalise_(torch.as_tensor(X[rows], dtype=torch.float32, device=self.device))
-            sims[rows], idx[rows] = top_k(Q, self.train_, k)
+            sims[rows], idx[rows] = top_k(Q, self.train_, k, norms=self.norms_)
+            progress.tick("kNN over {:,} rows: {:,} of {:,} queries", len(self.train_),
+                          rows.stop, len(X))
         return sims, idx
 
     def _vote(self, sims: torch.Tensor, idx: torch.Tensor, k: int) -> np.ndarray:

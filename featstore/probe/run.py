@@ -28,7 +28,7 @@ from featstore.errors import ManifestError, ProbeError
 from featstore.grid import GridSettings, ProbeGrid
 from featstore.probe.config import ProbeConfig
 from featstore.records import ScoreRecord
-from featstore.rows import RowSource, take
+from featstore.rows import ColumnBlocks, RowSource, take
 from featstore.store.embedding_set import EmbeddingSet
 from featstore.store.layout import Embeddings, Provenance
 
@@ -89,9 +89,11 @@ def _fit(cfg: ProbeConfig, X: np.ndarray | RowSource, y: np.ndarray, tr: np.ndar
          va: np.ndarray, te: np.ndarray, device: str) -> _Fit:
     """Fit ``cfg``'s probe on rows ``tr``, choose on ``va``, predict ``te``.
 
-    The rows are taken from ``X`` (an array, or a set read shard by shard) once: the
-    training rows as one float32 copy that the probe standardises (or normalises) in place,
-    val and test in the stored dtype, scored a block at a time."""
+    The rows are taken from ``X`` (an array, or a set read shard by shard) once, val and
+    test in the stored dtype, scored a block at a time; the training rows compact in the
+    stored dtype for the linear probe (standardised as one float32 copy when that takes at
+    most ``linear.DENSE_BYTES``, else a block at a time at every pass); for kNN normalised
+    a block at a time as they are searched."""
     from featstore.probe.knn import knn_with_validation
     from featstore.probe.linear import fit_with_validation
     from featstore.probe.ordinal import decode, expected_grade, fit_thresholds
@@ -99,18 +101,19 @@ def _fit(cfg: ProbeConfig, X: np.ndarray | RowSource, y: np.ndarray, tr: np.ndar
     task = cfg.task
     pred_test = None
     l2 = converged = None
-    X_tr, X_va, X_te = take(X, [tr, va, te], [np.float32, None, None])
-    if cfg.probe == "linear":
-        sweep = fit_with_validation(X_tr, y[tr], X_va, y[va], task=task, l2_grid=cfg.l2_grid,
-                                    device=device, max_iter=cfg.max_iter, tol=cfg.tol,
-                                    overwrite=True)
+    if cfg.probe == "linear":  # train rows compact: the solver streams them when large
+        X_tr, X_va, X_te = take(X, [tr, va, te])
+        sweep = fit_with_validation(ColumnBlocks([X_tr]), y[tr], X_va, y[va], task=task,
+                                    l2_grid=cfg.l2_grid, device=device, max_iter=cfg.max_iter,
+                                    tol=cfg.tol)
         model, l2, converged = sweep.probe, sweep.l2, sweep.converged[sweep.l2]
         hyper, val_scores = f"l2={sweep.l2:g}", sweep.val_scores
-    else:
+    else:  # kNN: the train rows compact, normalised a block at a time as searched
+        X_tr, X_va, X_te = take(X, [tr, va, te])
         ksweep = knn_with_validation(X_tr, y[tr], X_va, y[va], task=task, ks=cfg.ks,
                                      device=device, overwrite=True)
         model, hyper, val_scores = ksweep.probe, f"k={ksweep.k}", ksweep.val_scores
-    del X_tr  # the model holds what it needs (a kNN probe: the normalised rows)
+    del X_tr  # the model holds what it needs (a kNN probe: the training rows)
     chosen_on_val = any(np.isfinite(v) for v in val_scores.values())
     if not chosen_on_val:
         hyper += " (not chosen: val metric undefined)"

@@ -179,3 +179,30 @@ def test_probe_and_fuse_say_each_run_they_compute_on_stderr_and_nothing_for_a_re
     lines = [line for line in err.splitlines() if line.startswith("fuse ")]
     assert code == 0 and json.loads(out) and len(lines) == 2
     assert "dvme-softmax auc" in lines[0] and "concat auc" in lines[0]
+
+
+def test_a_long_run_says_how_far_it_is_inside_the_run(capsys, monkeypatch, npz_file,
+                                                      store_dir):
+    # lines come at most every progress.EVERY seconds; at 0 every step says one, so the
+    # test does not depend on how fast this machine is
+    from featstore import progress
+
+    monkeypatch.setattr(progress, "EVERY", 0.0)
+    data = ["--data", str(npz_file), "--store", str(store_dir), "--bootstrap", "20"]
+    code, _, err = cli(capsys, "extract", "-b", TINY, "-b", TINY_VIT, "--image-size",
+                       str(SIZE), *data[:4])
+    assert code == 0, err
+    code, out, err = cli(capsys, "probe", *data, "-b", TINY, "--image-size", str(SIZE),
+                         "--probe", "linear,knn", "--json")
+    inside = [line.strip() for line in err.splitlines() if line.startswith("  ")]
+    assert code == 0 and json.loads(out)  # stdout: the results only
+    assert any(line.startswith("linear probe on ") and " L2 values converged" in line
+               for line in inside), err
+    assert any(line.startswith("kNN over ") and " queries" in line for line in inside), err
+    code, out, err = cli(capsys, "fuse", *data, "-b", TINY, "-b", TINY_VIT, "--image-size",
+                         str(SIZE), "--json")
+    inside = [line.strip() for line in err.splitlines() if line.startswith("  ")]
+    assert code == 0 and json.loads(out)
+    assert any(line.startswith("DVME softmax on ") and ", val " in line for line in inside), err
+    code, _, err = cli(capsys, "probe", *data, "-b", TINY, "--image-size", str(SIZE))
+    assert code == 0 and not [line for line in err.splitlines() if line.startswith("  ")]

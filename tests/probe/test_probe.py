@@ -321,3 +321,26 @@ def test_every_seed_at_fraction_1_shares_one_fit_and_keeps_its_own_bootstrap(tmp
              if r.primary][0]
     assert primary[(1.0, 2)].to_dict() | {"run_id": 0} == alone.to_dict() | {"run_id": 0}
     assert len({primary[(1.0, s)].value for s in range(3)}) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_blocked_top_k_finds_the_neighbours_one_whole_search_finds(dtype):
+    # training blocks x query blocks, the running top k merged block by block, the training
+    # rows kept as stored (float16 too) and normalised as each block is used: the same
+    # neighbours, in the same order, with the same similarities as one search over a
+    # normalised float32 copy
+    import torch
+
+    from featstore.probe.knn import normalise_, row_norms, top_k
+
+    rng = np.random.default_rng(0)
+    T = rng.standard_normal((3000, 48)).astype(dtype)
+    Q = normalise_(torch.as_tensor(rng.standard_normal((700, 48)), dtype=torch.float32))
+    whole = normalise_(torch.as_tensor(T, dtype=torch.float32).clone())
+    want_v, want_i = (Q @ whole.T).topk(25, dim=1)
+    got_v, got_i = top_k(Q, torch.as_tensor(T), 25, norms=row_norms(torch.as_tensor(T)),
+                         query_rows=128, train_rows=512)
+    assert torch.equal(got_i, want_i)
+    assert torch.allclose(got_v, want_v, rtol=0, atol=1e-6)
+    small_v, small_i = top_k(Q, whole, 25, train_rows=10)  # blocks smaller than k
+    assert torch.equal(small_i, want_i)
