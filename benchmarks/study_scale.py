@@ -20,6 +20,7 @@ process (peak RSS is that process's high-water mark, ``ru_maxrss``):
     read        a verified read of one set             vs np.load of the same matrix (.npy)
     linear      probe one set, 0.01/0.1/1.0 x 3 seeds  vs sklearn LogisticRegression at ONE C
                                                          on the standardised float32 matrix
+    seeds       probe one set, fraction 1 x 3 seeds    vs the same with 1 seed
     knn         probe --probe knn, fraction 1, 1 seed  vs a numpy blocked top-k (same k, same
                                                          queries), and the GFLOP/s of both
                                                          beside a plain matmul of one block
@@ -192,6 +193,11 @@ def stages_for(shape: Shape, csv: Path, store: FeatureStore, work: Path,
                     FEATSTORE + ["probe", *common, "-b", ALIASES[0], "--fractions",
                                  "0.01,0.1,1.0", "--seeds", "3", "--recompute", "--json"],
                     "sklearn LR, one C, f=1", py(_sklearn_code(shape, root, csv))))
+    if "seeds" in stages:
+        one = FEATSTORE + ["probe", *common, "-b", ALIASES[0], "--fractions", "1.0",
+                           "--recompute", "--json", "--seeds"]
+        out.append(("seeds", "probe f=1, 3 seeds (one fit, scored per seed)", one + ["3"],
+                    "the same, 1 seed", one + ["1"]))
     if "knn" in stages:
         out.append(("knn", "probe knn f=1 x 1 seed",
                     FEATSTORE + ["probe", *common, "-b", ALIASES[0], "--probe", "knn",
@@ -283,7 +289,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--datasets", default="pcam")
-    ap.add_argument("--stages", default="read,linear,knn,fuse,fuse-small,results,report")
+    ap.add_argument("--stages",
+                    default="read,linear,seeds,knn,fuse,fuse-small,results,report")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--no-alternatives", action="store_true")

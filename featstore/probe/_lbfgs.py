@@ -62,25 +62,37 @@ STREAM_ROWS = 2048  # rows of a Streamed block (a 2048 x 8576 float32 block is 6
 class Streamed:
     """The standardised matrix ``(X - mean) / scale`` of ``X``, a
     :class:`featstore.rows.ColumnBlocks` of compact parts, made a block of rows at a time
-    (the same elementwise arithmetic as standardising it whole); never held whole."""
+    (the same elementwise arithmetic as standardising it whole); never held whole. Each
+    part of a block is converted into its own float32 buffer (a contiguous copy, ~2x faster
+    than filling one wide block) and multiplied by its rows of the weights."""
 
     def __init__(self, X: ColumnBlocks, mean: torch.Tensor, scale: torch.Tensor,
-                 block_rows: int = STREAM_ROWS) -> None:
+                 block_rows: int | None = None) -> None:
         self.source, self.mean, self.scale = X, mean, scale
         self.shape = X.shape
         self.dtype, self.device = torch.float32, mean.device
-        self.block_rows = block_rows
-        self._buf = np.empty((min(block_rows, len(X)), X.shape[1]), np.float32)
+        self.block_rows = block_rows = block_rows or STREAM_ROWS
+        rows = min(block_rows, len(X))
+        self._bufs = [torch.empty(rows, w, dtype=torch.float32, device=mean.device)
+                      for w in X.widths]
+        edges = np.cumsum([0, *X.widths]).tolist()
+        self._cols = [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def _blocks(self):
+        """(row slice, [(columns, standardised float32 rows of one part)])."""
         from featstore.rows import blocks
 
         for b in blocks(len(self), self.block_rows):
-            Xb = torch.from_numpy(self.source.block(b, self._buf)).to(self.device)
-            yield b, Xb.sub_(self.mean).div_(self.scale)
+            out = []
+            for part, buf, cols in zip(self.source.parts, self._bufs, self._cols,
+                                       strict=True):
+                Xb = buf[:b.stop - b.start]
+                Xb.copy_(torch.from_numpy(part[b]))
+                out.append((cols, Xb.sub_(self.mean[cols]).div_(self.scale[cols])))
+            yield b, out
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Standardised rows ``idx`` (a dense (len(idx), D) tensor)."""
@@ -90,15 +102,21 @@ class Streamed:
     def mm(self, M: torch.Tensor) -> torch.Tensor:
         """X @ M."""
         out = torch.empty(len(self), M.shape[1], dtype=M.dtype, device=M.device)
-        for b, Xb in self._blocks():
-            out[b] = Xb @ M
+        for b, parts in self._blocks():
+            (cols, Xb), *rest = parts
+            acc = Xb @ M[cols]
+            for cols, Xb in rest:
+                acc += Xb @ M[cols]
+            out[b] = acc
         return out
 
     def tmm(self, G: torch.Tensor) -> torch.Tensor:
         """G^T @ X (G: (N, K))."""
         out = torch.zeros(G.shape[1], self.shape[1], dtype=G.dtype, device=G.device)
-        for b, Xb in self._blocks():
-            out += G[b].T @ Xb
+        for b, parts in self._blocks():
+            Gt = G[b].T
+            for cols, Xb in parts:
+                out[:, cols] += Gt @ Xb
         return out
 
 

@@ -344,3 +344,33 @@ def test_blocked_top_k_finds_the_neighbours_one_whole_search_finds(dtype):
     assert torch.allclose(got_v, want_v, rtol=0, atol=1e-6)
     small_v, small_i = top_k(Q, whole, 25, train_rows=10)  # blocks smaller than k
     assert torch.equal(small_i, want_i)
+
+
+def test_a_design_too_large_to_hold_is_streamed_to_the_same_probe(monkeypatch):
+    # the concatenation of several backbones' float16 rows, never made whole: the solver
+    # reads it standardised a block of rows at a time at every pass, and finds the probe a
+    # float32 copy of it gives (same L2, same iterations, weights equal to rounding)
+    from featstore.probe import _lbfgs, linear
+    from featstore.rows import ColumnBlocks
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 3000)
+    parts = [(rng.standard_normal((3000, d)) + 2.0).astype(np.float16) for d in (40, 24)]
+    parts[0][:, :3] += y[:, None].astype(np.float16)
+    tr, va = slice(0, 2400), slice(2400, None)
+
+    def fit():
+        return linear.fit_with_validation(ColumnBlocks([p[tr] for p in parts]), y[tr],
+                                          ColumnBlocks([p[va] for p in parts]), y[va],
+                                          task="binary")
+
+    held = fit()
+    monkeypatch.setattr(linear, "DENSE_BYTES", 0)
+    monkeypatch.setattr(_lbfgs, "STREAM_ROWS", 512)  # several blocks a pass
+    streamed = fit()
+    assert streamed.l2 == held.l2 and streamed.n_iter == held.n_iter
+    np.testing.assert_allclose(streamed.probe.coef_, held.probe.coef_, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(streamed.probe.mean_, held.probe.mean_, rtol=1e-6)
+    cat = np.concatenate([p[va] for p in parts], 1).astype(np.float32)
+    np.testing.assert_allclose(streamed.probe.predict_proba(cat),
+                               held.probe.predict_proba(cat), rtol=0, atol=1e-5)
