@@ -108,7 +108,7 @@ def make_dataset(work: Path, shape: Shape, scale: float) -> tuple[Path, FeatureS
     else:
         cols["label"] = [str(v) for v in y[:, 0]]
     if shape.patients:
-        cols["group"] = [f"p{i // shape.patients:07d}" for i in range(n)]
+        cols["group"] = [f"{s}-p{i // shape.patients:07d}" for i, s in enumerate(split)]
     m = build_manifest(shape.name, cols, root=folder, task=shape.task,
                        num_classes=None if shape.task == "multilabel" else shape.labels)
     write_manifest_csv(m, csv)
