@@ -169,15 +169,25 @@ class _DVMEModule(nn.Module):
         s = self.scorer(u).squeeze(2)
         return s / math.sqrt(w.shape[2]) if self.attention == "softmax" else s
 
+    def project(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Projected embeddings (B, K, dim)."""
+        return torch.stack([p(x) for p, x in zip(self.proj, xs, strict=True)], dim=1)
+
+    def attend(self, w: torch.Tensor) -> torch.Tensor:
+        """Attention weights (B, K) of projected embeddings ``w``."""
+        if self.attention == "uniform":
+            return torch.full(w.shape[:2], 1.0 / w.shape[1], device=w.device)
+        s = self.logits(w)
+        return torch.softmax(s, dim=1) if self.attention == "softmax" else torch.sigmoid(s)
+
     def weights(self, xs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected embeddings (B, K, dim) and attention weights (B, K)."""
-        w = torch.stack([p(x) for p, x in zip(self.proj, xs, strict=True)], dim=1)
-        if self.attention == "uniform":
-            alpha = torch.full(w.shape[:2], 1.0 / w.shape[1], device=w.device)
-        else:
-            s = self.logits(w)
-            alpha = torch.softmax(s, dim=1) if self.attention == "softmax" else torch.sigmoid(s)
-        return w, alpha
+        w = self.project(xs)
+        return w, self.attend(w)
+
+    def forward_projected(self, w: torch.Tensor) -> torch.Tensor:
+        """Output logits (B, n_out) of projected embeddings ``w``."""
+        return self.head(self.drop((self.attend(w).unsqueeze(2) * w).sum(1)))
 
     def forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.forward_with_attention(xs)[0]
@@ -493,7 +503,19 @@ class DVME(ClassifierMixin, BaseEstimator):
         model = self.module_
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=self.weight_decay)
         best_state, stale, history = copy.deepcopy(model.state_dict()), 0, []
-        best_loss = self._val_loss(Xv, val_target, loss_fn)
+        # the projections unchanged (attention alone is trained): val projected once, and
+        # each epoch scores val with one pass for both its metric and its loss
+        frozen = not any(p is q for q in model.proj.parameters() for p in params)
+        val_w = self._projections(Xv) if frozen else None
+
+        def val_logits() -> torch.Tensor:
+            return self._logits(Xv) if val_w is None else self._logits_projected(val_w)
+
+        def val_loss(logits: torch.Tensor) -> float:
+            """The training loss on val (inf without val targets: never a tie-breaker)."""
+            return float("inf") if val_target is None else float(loss_fn(logits, val_target))
+
+        best_loss = val_loss(val_logits()) if val_target is not None else float("inf")
         n = len(target)
         for _epoch in range(self.max_epochs):
             model.train()
@@ -508,11 +530,13 @@ class DVME(ClassifierMixin, BaseEstimator):
                     loss = loss + PRIOR_WEIGHT * (prior * (prior / mean).log()).sum()
                 loss.backward()
                 opt.step()
-            score = primary_score(self.task, np.asarray(y_val), self._proba(Xv))
+            logits = val_logits()
+            score = primary_score(self.task, np.asarray(y_val),
+                                  logits_to_proba(self.task, logits))
             history.append(float(score))
             progress.tick("DVME {} on {:,} rows: epoch {}, val {:.4f}", self.attention, n,
                           _epoch + 1, score)
-            loss = self._val_loss(Xv, val_target, loss_fn)
+            loss = val_loss(logits)
             if np.isfinite(score) and score > best + 1e-6:
                 best, best_state, stale, best_loss = (score, copy.deepcopy(model.state_dict()),
                                                       0, loss)
@@ -524,14 +548,6 @@ class DVME(ClassifierMixin, BaseEstimator):
                     break
         model.load_state_dict(best_state)
         return best, history
-
-    @torch.inference_mode()
-    def _val_loss(self, Xv: _Rows, val_target: torch.Tensor | None,
-                  loss_fn: nn.Module) -> float:
-        """The training loss on val (inf without val targets: never a tie-breaker)."""
-        if val_target is None:
-            return float("inf")
-        return float(loss_fn(self._logits(Xv), val_target))
 
     def _start_from_concat(self, Xt: _Rows, y: np.ndarray, Xv: _Rows,
                            y_val: np.ndarray) -> float:
@@ -586,6 +602,18 @@ class DVME(ClassifierMixin, BaseEstimator):
         """The head's logits (N, n_out), a block of rows at a time."""
         self.module_.eval()
         return torch.cat([self.module_(Xb) for _, Xb in Xt.blocks()])
+
+    @torch.inference_mode()
+    def _projections(self, Xt: _Rows) -> list[torch.Tensor]:
+        """The projected rows (a (B, K, dim) tensor per block of rows)."""
+        self.module_.eval()
+        return [self.module_.project(Xb) for _, Xb in Xt.blocks()]
+
+    @torch.inference_mode()
+    def _logits_projected(self, projected: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`_logits` from :meth:`_projections` taken under the same projections."""
+        self.module_.eval()
+        return torch.cat([self.module_.forward_projected(w) for w in projected])
 
     def _proba(self, Xt: _Rows) -> np.ndarray:
         return logits_to_proba(self.task, self._logits(Xt))
