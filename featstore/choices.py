@@ -42,6 +42,12 @@ LINEAR_SOLVER = "lbfgs-v2"
 # 5: the random start begins at that prior too and must beat the concat start by val's noise;
 # 6: the concat start is the concat baseline's probe (on the embeddings as given), fitted once
 HEAD_VERSION = 6
+# How a binary run turns probabilities into the labels its accuracy, balanced accuracy and
+# F1 score: the threshold that maximises balanced accuracy on val (Youden's J), part of the
+# id and configuration of every binary run (probe, fusion, finetuning). Before it, 0.5: a
+# strongly regularised probe chosen on a flat val AUC could output ~0.5 for every row and
+# predict one class (accuracy 0.50 at AUC 0.93).
+THRESHOLD_RULE = "val-youden"
 DEFAULT_KS = (10, 20, 50, 100, 200)
 # Seeds of one grid at most: a study uses 3 to 10; a typo of 1e9 must not build a 1e9 list
 MAX_SEEDS = 1000

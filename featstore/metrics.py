@@ -12,6 +12,7 @@ from sklearn.metrics import (
     cohen_kappa_score,
     f1_score,
     roc_auc_score,
+    roc_curve,
 )
 
 from featstore.errors import ProbeError
@@ -81,6 +82,28 @@ def task_metrics(task: str, y_true: np.ndarray, proba: np.ndarray,
             "macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0)),
         }
     raise ProbeError(f"unknown task {task!r}")
+
+
+def decision_threshold(y_val: np.ndarray, score_val: np.ndarray) -> float:
+    """The positive-class probability from which a binary model predicts positive: the one
+    that maximises balanced accuracy (Youden's J, TPR - FPR) on val, halfway between the
+    val score it keeps and the next one below. 0.5 where val cannot tell (one class, or no
+    threshold beats chance)."""
+    y_val, score_val = np.asarray(y_val), np.asarray(score_val, dtype=np.float64)
+    if len(np.unique(y_val)) < 2 or not np.isfinite(score_val).all():
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(y_val, score_val, drop_intermediate=False)
+    j = tpr - fpr
+    i = int(np.argmax(j[1:])) + 1  # thresholds[0] is +inf: no row positive
+    if j[i] <= 0:
+        return 0.5
+    below = thresholds[i + 1] if i + 1 < len(thresholds) else thresholds[i]
+    return float((thresholds[i] + below) / 2)
+
+
+def binary_predictions(score: np.ndarray, threshold: float) -> np.ndarray:
+    """Labels (0, 1) of positive-class probabilities ``score`` at ``threshold``."""
+    return (np.asarray(score) >= threshold).astype(np.int64)
 
 
 def primary_score(task: str, y_true: np.ndarray, proba: np.ndarray,

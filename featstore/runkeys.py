@@ -104,6 +104,15 @@ def _list_defaults() -> dict[str, str]:
     return {"l2_grid": json.dumps(list(DEFAULT_L2_GRID)), "ks": json.dumps(list(DEFAULT_KS))}
 
 
+def decision_rule(task: str) -> dict[str, str]:
+    """What a run's configuration says of how its labels were decided: the threshold rule
+    (:data:`featstore.choices.THRESHOLD_RULE`) for a binary task; nothing for the others,
+    whose runs keep the ids they always had."""
+    from featstore.choices import THRESHOLD_RULE
+
+    return {"threshold": THRESHOLD_RULE} if task == "binary" else {}
+
+
 def run_id(config: dict[str, Any]) -> str:
     """Content key of a run: its configuration plus the featstore version."""
     return sha256_json({**config, "featstore": version("featstore")})[:RUN_ID_CHARS]

@@ -190,6 +190,20 @@ class Standardiser:
         return X
 
 
+def binary_decision(task: str, y_val: np.ndarray, proba_val: np.ndarray | None,
+                    proba_test: np.ndarray) -> tuple[np.ndarray | None, float | None]:
+    """A binary run's test labels and the threshold that gave them, chosen on val
+    (:func:`featstore.metrics.decision_threshold`, the rule
+    :data:`featstore.choices.THRESHOLD_RULE` its run id records); ``(None, None)`` for the
+    other tasks, whose labels are the argmax."""
+    if task != "binary" or proba_val is None:
+        return None, None
+    from featstore.metrics import binary_predictions, decision_threshold
+
+    threshold = decision_threshold(np.asarray(y_val), proba_val[:, 1])
+    return binary_predictions(proba_test[:, 1], threshold), threshold
+
+
 def scored_metrics(task: str, y_true: np.ndarray, proba: np.ndarray,
                    pred: np.ndarray | None = None, *, n_bootstrap: int = 1000,
                    seed: int = 0, label_names: Sequence[str] | None = None,

@@ -216,3 +216,31 @@ def test_paired_bootstrap_sd_is_the_spread_of_score_differences_on_shared_resamp
     own = np.nanstd(reference_values(task, y, a, n_boot=200, seed=3), ddof=1)
     assert got < np.hypot(own, np.nanstd(reference_values(task, y, b, n_boot=200, seed=4),
                                          ddof=1))
+
+
+def test_decision_threshold_maximises_balanced_accuracy_on_val():
+    """The threshold a binary run decides its labels by: the best balanced accuracy on val
+    of any threshold (checked by trying every one), halfway between the scores it parts."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from featstore.metrics import binary_predictions, decision_threshold
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(400) < 0.3).astype(int)
+    # near-constant outputs off 0.5 (a strongly regularised probe): 0.5 predicts one class
+    score = 0.8 + 1e-3 * (y + rng.normal(scale=0.6, size=len(y)))
+    t = decision_threshold(y, score)
+    best = max(balanced_accuracy_score(y, score >= s) for s in np.unique(score))
+    assert balanced_accuracy_score(y, binary_predictions(score, t)) == best > 0.75
+    assert balanced_accuracy_score(y, binary_predictions(score, 0.5)) == 0.5
+    above, below = score[score >= t].min(), score[score < t].max()
+    assert t == pytest.approx((above + below) / 2)
+
+
+def test_decision_threshold_is_one_half_where_val_cannot_tell():
+    from featstore.metrics import decision_threshold
+
+    assert decision_threshold(np.ones(10, int), np.linspace(0, 1, 10)) == 0.5  # one class
+    assert decision_threshold(np.arange(10) % 2, np.full(10, 0.9)) == 0.5  # one score
+    assert decision_threshold(np.arange(10) % 2, np.where(np.arange(10) % 2, 0.1, 0.9)) == 0.5
+    assert decision_threshold(np.arange(4) % 2, np.array([0.2, np.nan, 0.3, 0.9])) == 0.5

@@ -24,6 +24,7 @@ from featstore.grid import bootstrap_option
 from featstore.models.registry import BackboneSpec
 from featstore.options import option
 from featstore.records import ScoreRecord
+from featstore.runkeys import decision_rule
 from featstore.runkeys import run_id as run_key
 
 FINETUNE = "finetune"
@@ -100,7 +101,7 @@ class FinetuneConfig:
         (runs of one recipe are the seeds of one table row)."""
         skip = ("fraction", "seed", "n_bootstrap")
         return sha256_json({**{k: v for k, v in asdict(self).items() if k not in skip},
-                            **self._head_solver()})[:8]
+                            **self._head_solver(), **decision_rule(self.task)})[:8]
 
     def _head_solver(self) -> dict[str, str]:
         """LP-FT starts from a linear probe: the solver that fits it is part of the run."""
@@ -110,7 +111,7 @@ class FinetuneConfig:
         """Content key of a run; ``excluded``: the hash of the ids of unreadable rows left
         out (runs that left none keep the ids they always had)."""
         payload = {"finetune": asdict(self), "model": model_key, "val": val_source,
-                   **self._head_solver()}
+                   **self._head_solver(), **decision_rule(self.task)}
         if excluded is not None:
             payload["excluded"] = excluded
         return run_key(payload)

@@ -77,9 +77,9 @@ def grid_seeds(fractions: Sequence[float], seeds: int | Sequence[int],
 
 def stored_finetune_records(ds: DatasetGroup) -> list[FinetuneRecord]:
     """Every finished finetuning run's records in a dataset group (no computation). An LP-FT
-    run whose head an earlier linear solver fitted (its recipe is not the one its settings
-    give today) is listed until the same run has been made with the current solver, then
-    hidden, as probe and fusion runs are."""
+    run whose head an earlier linear solver fitted, or a binary run scored at the earlier
+    0.5 threshold (its recipe is not the one its settings give today), is listed until the
+    same run has been made again, then hidden, as probe and fusion runs are."""
     done = [run for run in ds.finetune_runs.all()
             if run.get("status") == "complete" and run.get("records")]
     made = {_same_run(run["records"][0]) for run in done}
@@ -89,7 +89,7 @@ def stored_finetune_records(ds: DatasetGroup) -> list[FinetuneRecord]:
         cfg = first.get("config") or {}
         now = _current_recipe(cfg)
         if now not in (None, cfg.get("recipe")) and _same_run(first, now) in made:
-            continue  # an earlier solver's LP-FT run, made again since with the current one
+            continue  # an earlier solver's or threshold's run, made again since
         out.extend(FinetuneRecord.from_stored(r) for r in run["records"])
     return out
 
@@ -103,12 +103,13 @@ def _same_run(record: dict[str, Any], recipe: str | None = None) -> tuple:
 
 
 def _current_recipe(cfg: dict[str, Any]) -> str | None:
-    """The recipe an LP-FT run's settings give today (the current solver's); None for a run
-    that starts from a fresh head (no solver in it) or settings this version cannot read (a
-    value it refuses, a setting it does not know: a newer featstore's run is never hidden)."""
+    """The recipe a run's settings give today (an LP-FT run's: the current solver's; a binary
+    run's: the current threshold rule's); None for another task's run from a fresh head
+    (neither in it) or settings this version cannot read (a value it refuses, a setting it
+    does not know: a newer featstore's run is never hidden)."""
     from dataclasses import fields
 
-    if cfg.get("init_head") != "probe":
+    if cfg.get("init_head") != "probe" and cfg.get("task") != "binary":
         return None
     known = {f.name for f in fields(FinetuneConfig)}
     if set(cfg) - known - FINETUNE_RECORD_KEYS:

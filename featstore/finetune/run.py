@@ -72,7 +72,7 @@ from featstore.models.registry import BackboneSpec
 from featstore.runtime import autocast, distributed_from_env, resolve_device
 from featstore.store.feature_store import FeatureStore
 from featstore.store.layout import CHECKPOINTS_GROUP as CHECKPOINTS
-from featstore.task import scored_metrics, target_tensor, task_loss
+from featstore.task import binary_decision, scored_metrics, target_tensor, task_loss
 
 
 class FinetuneProgress:
@@ -315,6 +315,8 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     best = torch.load(io.BytesIO(best_raw), map_location=dev, weights_only=True)
     model.load_state_dict(best["model"])
     proba = predict(net, rows=te, **evaluate)
+    # a binary run's labels: the threshold the best weights choose on val
+    proba_va = predict(net, rows=va, **evaluate) if task == "binary" else None
     if not dist.main:
         dist.barrier()
         return []
@@ -322,6 +324,9 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
     best_sha = sha256_bytes(backbone_bytes)
     objects.put(f"{CHECKPOINTS}/{ds.name}/{run_id}/backbone.pt", backbone_bytes)
     hyper = f"lr={config.lr:g}, best epoch {state.best_epoch}/{config.epochs}"
+    pred, threshold = binary_decision(task, y[va], proba_va, proba)
+    if threshold is not None:
+        hyper += f", threshold={threshold:.3g}"
     chosen_on_val = any(np.isfinite(h["val"]) for h in state.history)
     if not chosen_on_val:
         hyper += " (not chosen: val metric undefined)"
@@ -335,7 +340,7 @@ def finetune_run(manifest: Manifest, spec: BackboneSpec, config: FinetuneConfig,
                     config={**record_config, "recipe": config.recipe(),
                             "best_epoch": state.best_epoch,
                             "history": state.history, "finetuned_sha256": best_sha})
-        for scored in scored_metrics(task, y[te], proba, n_bootstrap=config.n_bootstrap,
+        for scored in scored_metrics(task, y[te], proba, pred, n_bootstrap=config.n_bootstrap,
                                      seed=config.seed, label_names=manifest.label_names)
     ]
     ds.finetune_runs.save(run_id, {

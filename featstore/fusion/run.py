@@ -24,8 +24,8 @@ from featstore.outputs import output_errors
 from featstore.probe.run import check_grid, split_rows
 from featstore.records import ScoreRecord
 from featstore.rows import ColumnBlocks, take
+from featstore.runkeys import decision_rule, run_ids
 from featstore.runkeys import run_id as run_key
-from featstore.runkeys import run_ids
 from featstore.store.dataset import DatasetGroup
 from featstore.store.embedding_set import EmbeddingSet
 from featstore.store.layout import Embeddings, Provenance
@@ -75,12 +75,20 @@ def check_aligned(embs: Sequence[Embeddings]) -> None:
 
 
 def _records(method: str, task: str, y_te: np.ndarray, proba: np.ndarray, cfg: dict,
-             base: dict, label_names: Sequence[str] = (), **extra) -> list[FuseRecord]:
-    from featstore.task import scored_metrics
+             base: dict, label_names: Sequence[str] = (), *, val: tuple[np.ndarray, Any],
+             hyperparameter: str, **extra) -> list[FuseRecord]:
+    """The method's records; ``val``: val's labels and the method's probabilities there,
+    where a binary run's decision threshold is chosen (said in its ``hyperparameter``)."""
+    from featstore.task import binary_decision, scored_metrics
 
-    return [FuseRecord(method=method, **scored, **base, **extra)
-            for scored in scored_metrics(task, y_te, proba, n_bootstrap=cfg["n_bootstrap"],
-                                         seed=cfg["seed"], label_names=label_names)]
+    pred, threshold = binary_decision(task, *val, proba)
+    if threshold is not None:
+        hyperparameter += f", threshold={threshold:.3g}"
+    return [FuseRecord(method=method, **scored, **base, hyperparameter=hyperparameter,
+                       **extra)
+            for scored in scored_metrics(task, y_te, proba, pred,
+                                         n_bootstrap=cfg["n_bootstrap"], seed=cfg["seed"],
+                                         label_names=label_names)]
 
 
 def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 1.0,
@@ -183,6 +191,7 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
                     **dvme_options)
         Xtr, Xva = rows()
         head.fit(Xtr, y[tr], Xva, y[va], concat_probe=concat_probe())
+        proba_va = head.predict_proba(Xva) if task == "binary" else None
         del Xtr, Xva
         Xte = test_rows(range(len(embs)))
         alpha = head.attention_weights(Xte)
@@ -199,7 +208,8 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
                 Path(heads_dir).mkdir(parents=True, exist_ok=True)
                 head.save(path)
         return _records(f"dvme-{attention}", task, y[te], head.predict_proba(Xte), cfg,
-                        {**base, "run_id": rid}, ref.label_names, attention=overall,
+                        {**base, "run_id": rid}, ref.label_names, val=(y[va], proba_va),
+                        attention=overall,
                         attention_per_class=per_class, head_path=path,
                         epochs=head.n_epochs_,
                         hyperparameter=f"epochs={head.n_epochs_}, start={head.start_}")
@@ -216,7 +226,7 @@ def fuse_embeddings(embs: Sequence[Embeddings], *, task: str, fraction: float = 
         Xte = test_rows(parts)
         return _records(method, task, y[te], sweep.probe.predict_proba(ColumnBlocks(Xte)), cfg,
                         {**base, "run_id": rid}, ref.label_names,
-                        hyperparameter=f"l2={sweep.l2:g}")
+                        val=(y[va], sweep.val_proba), hyperparameter=f"l2={sweep.l2:g}")
 
     records: list[FuseRecord] = []
     for attention in attentions:
@@ -237,10 +247,11 @@ def _run_config(keys: Sequence[str], *, task: str, fraction: float, seed: int, d
     probe), so the solver is part of every run."""
     return {"task": task, "fraction": fraction, "seed": seed, "dim": dim,
             "n_bootstrap": n_bootstrap, "keys": list(keys), "val": val_source, **dvme_options,
-            "solver": LINEAR_SOLVER}
+            "solver": LINEAR_SOLVER, **decision_rule(task)}
 
 
-_HEAD_FREE = ("task", "fraction", "seed", "n_bootstrap", "keys", "val", "method", "solver")
+_HEAD_FREE = ("task", "fraction", "seed", "n_bootstrap", "keys", "val", "method", "solver",
+              "threshold")
 
 
 def record_config(run_config: dict[str, Any]) -> dict[str, Any]:
@@ -371,7 +382,7 @@ def _made_again(config: dict[str, Any], runs: dict[str, Any]) -> bool:
     """Whether a run of an earlier linear solver or DVME head version, or a baseline keyed
     with the head's settings as given, was made again, the same run otherwise, by the
     current ones (its id is among ``runs``)."""
-    remade = [{**config, "solver": LINEAR_SOLVER}]
+    remade = [{**config, "solver": LINEAR_SOLVER, **decision_rule(config.get("task", ""))}]
     head = re.fullmatch(r"dvme-(\w+)@head-v(\d+)", str(config.get("method", "")))
     if head and int(head[2]) < HEAD_VERSION:  # by the current head (and solver)
         remade.append({**remade[0], "method": _dvme_identity(head[1])})

@@ -19,7 +19,7 @@ from featstore.choices import (
 )
 from featstore.grid import bootstrap_option
 from featstore.options import option
-from featstore.runkeys import run_ids
+from featstore.runkeys import decision_rule, run_ids
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ class ProbeConfig:
     def stored(self) -> dict[str, Any]:
         """The configuration a run persists and shows: the fields, those this probe does not
         use at their defaults (:meth:`unused`: another ``--ks`` is the same linear run), and
-        for a linear probe the solver that fitted it (``LINEAR_SOLVER``)."""
+        for a linear probe the solver that fitted it (``LINEAR_SOLVER``), for a binary task
+        the rule that decided its labels (``THRESHOLD_RULE``)."""
         return {**self._given(), **self.unused(self.probe, self.task)}
 
     @staticmethod
@@ -77,7 +78,7 @@ class ProbeConfig:
         out = asdict(self)
         if self.probe == "linear":
             out["solver"] = LINEAR_SOLVER
-        return out
+        return {**out, **decision_rule(self.task)}
 
 
 # the fields each probe leaves unused (beside ordinal_decode outside ordinal tasks)

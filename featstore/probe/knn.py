@@ -174,6 +174,7 @@ class KNNSweep:
     probe: KNNProbe
     k: int
     val_scores: dict[int, float]
+    val_proba: np.ndarray | None = None  # the chosen k's probabilities on val
 
 
 def knn_with_validation(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
@@ -185,10 +186,10 @@ def knn_with_validation(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndar
     ks = sorted({min(int(k), len(X_train)) for k in ks})
     probe = KNNProbe(task, k=max(ks), device=device).fit(X_train, y_train, overwrite=overwrite)
     sims, idx = probe.neighbours(X_val, max(ks))
-    scores = {int(k): primary_score(task, np.asarray(y_val), probe._vote(sims, idx, k))
-              for k in sorted(set(ks))}
+    proba = {int(k): probe._vote(sims, idx, k) for k in sorted(set(ks))}
+    scores = {k: primary_score(task, np.asarray(y_val), p) for k, p in proba.items()}
     # more neighbours smooth more: the largest k is the "strongest regularisation"
     order = sorted(scores, reverse=True)
     best = order[choose_on_val([scores[k] for k in order])]
     probe.k = best
-    return KNNSweep(probe=probe, k=best, val_scores=scores)
+    return KNNSweep(probe=probe, k=best, val_scores=scores, val_proba=proba[best])

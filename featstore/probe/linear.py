@@ -192,6 +192,7 @@ class SweepResult:
     val_scores: dict[float, float]
     n_iter: dict[float, int] = field(default_factory=dict)
     converged: dict[float, bool] = field(default_factory=dict)
+    val_proba: np.ndarray | None = None  # the chosen probe's probabilities on val
 
 
 def choose_on_val(scores: Sequence[float], tie: float = VAL_TIE) -> int:
@@ -238,9 +239,11 @@ def fit_with_validation(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndar
               ._set_solution(prob, sol, i) for i, l2 in enumerate(grid)]
     logits = _grid_logits(prob.standardiser, sol, X_val, device)
     y_val = np.asarray(y_val)
-    scores = {l2: primary_score(task, y_val, logits_to_proba(task, torch.from_numpy(Z)))
-              for l2, Z in zip(grid, logits, strict=True)}
+    proba = [logits_to_proba(task, torch.from_numpy(Z)) for Z in logits]
+    del logits
+    scores = {l2: primary_score(task, y_val, p) for l2, p in zip(grid, proba, strict=True)}
     best = choose_on_val(list(scores.values()))
     return SweepResult(probe=probes[best], l2=grid[best], val_scores=scores,
+                       val_proba=proba[best],
                        n_iter={l2: int(sol.n_iter[i]) for i, l2 in enumerate(grid)},
                        converged={l2: bool(sol.converged[i]) for i, l2 in enumerate(grid)})

@@ -16,7 +16,7 @@ import numpy as np
 
 from featstore import options
 from featstore._hashing import sha256_json
-from featstore.choices import LINEAR_SOLVER
+from featstore.choices import LINEAR_SOLVER, THRESHOLD_RULE
 from featstore.data.fractions import (
     VAL_CARVE_FRACTION,  # noqa: F401  (re-exported: it lived here)
     VAL_SPLIT,
@@ -97,6 +97,7 @@ def _fit(cfg: ProbeConfig, X: np.ndarray | RowSource, y: np.ndarray, tr: np.ndar
     from featstore.probe.knn import knn_with_validation
     from featstore.probe.linear import fit_with_validation
     from featstore.probe.ordinal import decode, expected_grade, fit_thresholds
+    from featstore.task import binary_decision
 
     task = cfg.task
     pred_test = None
@@ -107,17 +108,21 @@ def _fit(cfg: ProbeConfig, X: np.ndarray | RowSource, y: np.ndarray, tr: np.ndar
                                     l2_grid=cfg.l2_grid, device=device, max_iter=cfg.max_iter,
                                     tol=cfg.tol)
         model, l2, converged = sweep.probe, sweep.l2, sweep.converged[sweep.l2]
-        hyper, val_scores = f"l2={sweep.l2:g}", sweep.val_scores
+        hyper, val_scores, proba_val = f"l2={sweep.l2:g}", sweep.val_scores, sweep.val_proba
     else:  # kNN: the train rows compact, normalised a block at a time as searched
         X_tr, X_va, X_te = take(X, [tr, va, te])
         ksweep = knn_with_validation(X_tr, y[tr], X_va, y[va], task=task, ks=cfg.ks,
                                      device=device, overwrite=True)
         model, hyper, val_scores = ksweep.probe, f"k={ksweep.k}", ksweep.val_scores
+        proba_val = ksweep.val_proba
     del X_tr  # the model holds what it needs (a kNN probe: the training rows)
     chosen_on_val = any(np.isfinite(v) for v in val_scores.values())
     if not chosen_on_val:
         hyper += " (not chosen: val metric undefined)"
     proba_test = model.predict_proba(X_te)
+    pred_test, threshold = binary_decision(task, y[va], proba_val, proba_test)
+    if threshold is not None:
+        hyper += f", threshold={threshold:.3g}"
     if task == "ordinal" and cfg.ordinal_decode == "expected":
         n_classes = proba_test.shape[1]
         thresholds = fit_thresholds(expected_grade(model.predict_proba(X_va)), y[va], n_classes)
@@ -322,7 +327,8 @@ def stored_records(store_sets: Sequence[EmbeddingSet]) -> list[ProbeRecord]:
 
     Runs whose val was carved by the earlier, patient-unaware rule are superseded (a probe
     recomputes them) and not listed; so is a run stored under an earlier id once the same run
-    has been stored under today's (a linear run of an earlier solver, recomputed with the
+    has been stored under today's (a linear run of an earlier solver or a binary run of
+    the earlier 0.5 decision threshold, recomputed with the
     current one: until then it is listed, its configuration naming no solver, so it is never
     averaged with the current solver's runs; a run whose id held a setting its probe does not
     use, such as a linear run's ``ks``).
@@ -347,7 +353,9 @@ def _current_id(embedding_key: str, run: dict[str, Any]) -> str | None:
     featstore cannot read (a setting it does not know, a newer solver's run)."""
     cfg = run.get("config") or {}
     known = {f.name for f in fields(ProbeConfig)}
-    if set(cfg) - known - {"solver"} or cfg.get("solver", LINEAR_SOLVER) != LINEAR_SOLVER:
+    if (set(cfg) - known - {"solver", "threshold"}
+            or cfg.get("solver", LINEAR_SOLVER) != LINEAR_SOLVER
+            or cfg.get("threshold", THRESHOLD_RULE) != THRESHOLD_RULE):
         return None
     try:
         config = ProbeConfig(**{k: v for k, v in cfg.items() if k in known})

@@ -220,27 +220,34 @@ def test_run_ids_of_default_settings_are_unchanged_and_a_baselines_id_holds_no_h
         monkeypatch):
     """Ids as featstore 0.1.0 computed them before baselines were keyed without the head's
     settings (stores written then are read back): every run of default settings, and a DVME
-    head of another width or option; a baseline's id is the default's whatever the head."""
+    head of another width or option; a baseline's id is the default's whatever the head.
+    (A multiclass task: a binary run's id has named its decision threshold since, below.)"""
     import featstore.runkeys as runkeys
     from featstore.fusion import fusion_run_ids
 
     monkeypatch.setattr(runkeys, "version", lambda _: "0.1.0")
 
-    def ids(**settings) -> list[tuple[str, ...]]:
-        return fusion_run_ids(["a" * 16, "b" * 16], "val split", task="binary", **settings)
+    def ids(task="multiclass", **settings) -> list[tuple[str, ...]]:
+        return fusion_run_ids(["a" * 16, "b" * 16], "val split", task=task, **settings)
 
-    default = [("dac6a5d5d754bcf04daaabea",), ("b3be8d823035e4d7d4b2b35b",),
-               ("7ee458a38f6968835f76d946",), ("95c5825152606487c0906dd9",)]
+    default = [("16f4c808cf78e72b8fd70e26",), ("615dc4945ed029368e7698bd",),
+               ("24885ca9c13de8241bbec090",), ("8bf41cb7e5f4df5f92130046",)]
     assert ids() == default
     grid = ids(attentions=["softmax", "uniform"], fractions=[0.1, 1.0], seeds=2)
-    assert [i for (i,) in grid[::5]] == ["9815e47a02dc2e1186e2c8c5", "da83e73c59167bcf6ec9f638",
-                                         "dac6a5d5d754bcf04daaabea", "8ae899edc4c24280b7b93814"]
+    assert [i for (i,) in grid[::5]] == ["4f7a9f4ac8d9f15198497530", "6b5f44dda3aadcd9fb9a6337",
+                                         "16f4c808cf78e72b8fd70e26", "5da63b8a26fe52e76503ec3e"]
     # today's id first, then the one the run had (the head's settings as given)
-    assert ids(dim=16) == [("eb02218fefca47e71dbb8ff5",),
-                           (default[1][0], "51f3d278baf0ef2870b9d40a"),
-                           (default[2][0], "565680c66511261e0a8d183f"),
-                           (default[3][0], "7c6763ec87ae18f68cb9eb0c")]
-    assert ids(max_epochs=3) == [("c80a8fff098be52dd1f453f2",),
-                                 (default[1][0], "eefd3ae9aceff9e0e65b479d"),
-                                 (default[2][0], "da636dc17b8c1c24057e9713"),
-                                 (default[3][0], "905806df89c94514d57d4aed")]
+    assert ids(dim=16) == [("c420968afed53aef052f7e9b",),
+                           (default[1][0], "94a9b0823119c57fdb39b704"),
+                           (default[2][0], "a72849df8fadc2edfeac7e01"),
+                           (default[3][0], "2d8bb8a71e2804cd3551ada3")]
+    assert ids(max_epochs=3) == [("8501a27e9c699859a1bd7c0e",),
+                                 (default[1][0], "ab205ef1374ec8a8c6218b72"),
+                                 (default[2][0], "5615ad6555d7a5aa539df725"),
+                                 (default[3][0], "b46e5ab4cf4fd4bd05ce3bcd")]
+    # binary runs scored accuracy and F1 at 0.5 until their threshold was chosen on val:
+    # none of their ids (0.1.0's pinned here) is today's, so none is read back as today's
+    before = {"dac6a5d5d754bcf04daaabea", "b3be8d823035e4d7d4b2b35b",
+              "7ee458a38f6968835f76d946", "95c5825152606487c0906dd9"}
+    binary = ids("binary") + ids("binary", dim=16)
+    assert not before & {i for run in binary for i in run}

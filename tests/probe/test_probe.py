@@ -374,3 +374,38 @@ def test_a_design_too_large_to_hold_is_streamed_to_the_same_probe(monkeypatch):
     cat = np.concatenate([p[va] for p in parts], 1).astype(np.float32)
     np.testing.assert_allclose(streamed.probe.predict_proba(cat),
                                held.probe.predict_proba(cat), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("probe", ["linear", "knn"])
+def test_flat_val_auc_does_not_collapse_accuracy(probe):
+    """Val AUC is the same for every L2 (one informative feature): the strongest L2 wins
+    the tie, and its near-constant outputs sit above 0.5 for every row (train 85% positive),
+    so 0.5 would predict one class on a balanced test set. The labels are decided at the
+    threshold val chooses instead, and the run's id and record say so."""
+    from featstore.choices import THRESHOLD_RULE
+    from featstore.probe.run import probe_embeddings
+    from featstore.store.layout import Embeddings
+
+    rng = np.random.default_rng(0)
+    parts = []
+    for n, positive, split in ((500, 0.85, "train"), (400, 0.5, "val"), (400, 0.5, "test")):
+        y = (rng.random(n) < positive).astype(int)
+        parts.append((rng.normal(size=(n, 1)) + 1.5 * y[:, None], y, np.full(n, split, object)))
+    X, y, split = (np.concatenate(p) for p in zip(*parts, strict=True))
+    n = len(y)
+    emb = Embeddings(X=X.astype(np.float32), ids=np.arange(n).astype(str), split=split,
+                     labels=y[:, None], group=np.arange(n).astype(str), alias="a",
+                     key="k" * 8, dataset="d", attrs={})
+    records = {r.metric: r for r in probe_embeddings(emb, probe=probe, n_bootstrap=0)}
+    assert records["auc"].value > 0.75
+    assert records["accuracy"].value > 0.7 and records["balanced_accuracy"].value > 0.7
+    assert "threshold=" in records["accuracy"].hyperparameter
+    assert records["accuracy"].config["threshold"] == THRESHOLD_RULE
+    if probe == "linear":
+        assert records["auc"].l2 == 1e4
+        te = split == "test"
+        sweep = fit_with_validation(X[split == "train"], y[split == "train"],
+                                    X[split == "val"], y[split == "val"], task="binary")
+        assert sweep.l2 == 1e4
+        at_half = sweep.probe.predict_proba(X[te])[:, 1] >= 0.5
+        assert at_half.all()  # what the records would have said: one class, accuracy ~0.5

@@ -77,7 +77,7 @@ def test_runs_stored_under_the_ids_that_held_unused_settings_are_found_and_liste
 
     from featstore.choices import LINEAR_SOLVER
     from featstore.probe.config import ProbeConfig
-    from featstore.runkeys import run_id
+    from featstore.runkeys import decision_rule, run_id
 
     unused = {"linear": ("--ks", "5"), "knn": ("--l2-grid", "100")}
     made = [r for probe, (option, value) in unused.items()
@@ -89,7 +89,8 @@ def test_runs_stored_under_the_ids_that_held_unused_settings_are_found_and_liste
         given = {**asdict(ProbeConfig(probe=r["probe"], task=r["task"], n_bootstrap=10,
                                       **{"linear": {"ks": (5,)}, "knn": {"l2_grid": (100.0,)}
                                          }[r["probe"]])),
-                 **({"solver": LINEAR_SOLVER} if r["probe"] == "linear" else {})}
+                 **({"solver": LINEAR_SOLVER} if r["probe"] == "linear" else {}),
+                 **decision_rule(r["task"])}  # (binary runs' threshold rule: today's)
         old_id = run_id({"config": given, "embedding_key": es.key})
         records = [{**rec, "run_id": old_id, "config": {**rec["config"], **given}}
                    for rec in run["records"]]
