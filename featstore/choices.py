@@ -34,7 +34,10 @@ DEFAULT_TOL = 1e-4
 # never read back as the new one's, nor averaged with them as seeds. 2: row-space
 # coordinates for fewer rows than dimensions, float64 line search (before it, up to 84% of a
 # weak-L2 probe's weights on 55 rows x 512 dims lay where the training rows say nothing).
-LINEAR_SOLVER = "lbfgs-v2"
+# 3: the preconditioner's covariance sample holds at least 4 rows a dimension (8,192 rows
+# for 8,576 dims left weak-L2 problems unconverged after 500 iterations), a streamed
+# design's summed a block at a time.
+LINEAR_SOLVER = "lbfgs-v3"
 # The DVME head's version (featstore.fusion.dvme), part of every DVME run's id, so that the
 # fusion stage can key its runs without importing torch. 1: scorer on the raw projections,
 # random start; 2: one head from a random start; 3: that head or the concat start, chosen on

@@ -218,10 +218,11 @@ dim = 16
 
 def test_run_ids_of_default_settings_are_unchanged_and_a_baselines_id_holds_no_head_setting(
         monkeypatch):
-    """Ids as featstore 0.1.0 computed them before baselines were keyed without the head's
-    settings (stores written then are read back): every run of default settings, and a DVME
-    head of another width or option; a baseline's id is the default's whatever the head.
-    (A multiclass task: a binary run's id has named its decision threshold since, below.)"""
+    """Ids as featstore 0.1.0 computes them with the current solver (lbfgs-v3), as before
+    baselines were keyed without the head's settings (stores written then are read back):
+    every run of default settings, and a DVME head of another width or option; a
+    baseline's id is the default's whatever the head. (A multiclass task: a binary run's id
+    has named its decision threshold since, below.)"""
     import featstore.runkeys as runkeys
     from featstore.fusion import fusion_run_ids
 
@@ -230,21 +231,21 @@ def test_run_ids_of_default_settings_are_unchanged_and_a_baselines_id_holds_no_h
     def ids(task="multiclass", **settings) -> list[tuple[str, ...]]:
         return fusion_run_ids(["a" * 16, "b" * 16], "val split", task=task, **settings)
 
-    default = [("16f4c808cf78e72b8fd70e26",), ("615dc4945ed029368e7698bd",),
-               ("24885ca9c13de8241bbec090",), ("8bf41cb7e5f4df5f92130046",)]
+    default = [("0a208cf3dca49fd774c2fe0d",), ("347bae4601cfa7e1897242e8",),
+               ("99c5d14ae7bbfa7663b47be8",), ("b2eed6573bc41baa81d415c7",)]
     assert ids() == default
     grid = ids(attentions=["softmax", "uniform"], fractions=[0.1, 1.0], seeds=2)
-    assert [i for (i,) in grid[::5]] == ["4f7a9f4ac8d9f15198497530", "6b5f44dda3aadcd9fb9a6337",
-                                         "16f4c808cf78e72b8fd70e26", "5da63b8a26fe52e76503ec3e"]
+    assert [i for (i,) in grid[::5]] == ["1366eebe0b5055927f673dd2", "98dc99a5c157b3f0bc5b6840",
+                                         "0a208cf3dca49fd774c2fe0d", "77f99e9b677e2de68a30ac77"]
     # today's id first, then the one the run had (the head's settings as given)
-    assert ids(dim=16) == [("c420968afed53aef052f7e9b",),
-                           (default[1][0], "94a9b0823119c57fdb39b704"),
-                           (default[2][0], "a72849df8fadc2edfeac7e01"),
-                           (default[3][0], "2d8bb8a71e2804cd3551ada3")]
-    assert ids(max_epochs=3) == [("8501a27e9c699859a1bd7c0e",),
-                                 (default[1][0], "ab205ef1374ec8a8c6218b72"),
-                                 (default[2][0], "5615ad6555d7a5aa539df725"),
-                                 (default[3][0], "b46e5ab4cf4fd4bd05ce3bcd")]
+    assert ids(dim=16) == [("598e0589de152ecb74e99ef8",),
+                           (default[1][0], "2443a3e242831d774c90c0d0"),
+                           (default[2][0], "2575f84d2eef3c9b65b95843"),
+                           (default[3][0], "f1315edfe526b01a7e05c30c")]
+    assert ids(max_epochs=3) == [("c2dc013d25ba33f1c4d37700",),
+                                 (default[1][0], "f83bcc113fc713aaff32038e"),
+                                 (default[2][0], "d5cad3baf87609d0fd3023a3"),
+                                 (default[3][0], "74e13a9e4b1569461016c7cc")]
     # binary runs scored accuracy and F1 at 0.5 until their threshold was chosen on val:
     # none of their ids (0.1.0's pinned here) is today's, so none is read back as today's
     before = {"dac6a5d5d754bcf04daaabea", "b3be8d823035e4d7d4b2b35b",

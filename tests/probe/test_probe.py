@@ -409,3 +409,36 @@ def test_flat_val_auc_does_not_collapse_accuracy(probe):
         assert sweep.l2 == 1e4
         at_half = sweep.probe.predict_proba(X[te])[:, 1] >= 0.5
         assert at_half.all()  # what the records would have said: one class, accuracy ~0.5
+
+
+def _decaying_spectrum(n, d, seed=0):
+    """Embedding-like rows: a decaying spectrum, ReLU'd, a class signal in a few directions."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.5).astype(int)
+    spectrum = (3.0 / np.arange(1, d + 1) ** 0.7).astype(np.float32)
+    Z = rng.normal(size=(n, d)).astype(np.float32) * spectrum
+    Z[:, 5:40] += 0.3 * y[:, None] * spectrum[5:40]
+    basis = rng.normal(size=(d, d)).astype(np.float32) / np.sqrt(d)
+    return np.maximum(Z @ basis + 0.3, 0).astype(np.float16), y
+
+
+@pytest.mark.parametrize("per_dim", [1, None])
+def test_covariance_sample_of_a_wide_design_keeps_weak_l2_converging(monkeypatch, per_dim):
+    """The preconditioner's covariance comes from a row sample; a sample of about as many
+    rows as dimensions reads many directions as flat, and weak L2 values then crawl (here
+    >100 iterations, the concat of PCam's five sets did not converge in 500). The sample is
+    at least ``SAMPLE_ROWS_PER_DIM`` rows a dimension: every L2 converges in a few dozen."""
+    import featstore.probe._lbfgs as lbfgs
+    from featstore.rows import ColumnBlocks
+
+    X, y = _decaying_spectrum(14000, 512)
+    monkeypatch.setattr(lbfgs, "PRECONDITION_ROWS", 560)  # ~1.1 rows a dimension
+    if per_dim is not None:
+        monkeypatch.setattr(lbfgs, "SAMPLE_ROWS_PER_DIM", per_dim)
+    sweep = fit_with_validation(ColumnBlocks([X[:12000]]), y[:12000], X[12000:], y[12000:],
+                                task="binary")
+    iterations = max(sweep.n_iter.values())
+    if per_dim is None:
+        assert all(sweep.converged.values()) and iterations <= 50, sweep.n_iter
+    else:  # the sample the solver had before: what the default protects against
+        assert iterations > 100, sweep.n_iter
