@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -39,6 +40,10 @@ def _load(pipeline: Path, sets: list[str] | None, store: str | None, check_paths
 
     return load_pipeline(pipeline, sets=parse_sets(sets), store=store,
                          check_paths=check_paths, check_devices=check_devices)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 @app.command()
@@ -89,6 +94,9 @@ def run(
         return
     slurm = pipe.slurm | {"folder": pipe.slurm.get("folder", str(jobs_dir))}
     ex = make_executor(executor.value, jobs=jobs, folder=slurm["folder"], slurm=slurm)
+    # SIGTERM (a scheduler's, kill's) stops the run as Ctrl-C does: the steps it started
+    # (worker processes, Slurm jobs) are stopped, not left running
+    signal.signal(signal.SIGTERM, _interrupt)
 
     def started(step) -> None:
         if not as_json:

@@ -1,16 +1,10 @@
 """Pipelines: a whole experiment grid from one TOML file, expanded into steps, run where
-the store does not hold them yet (:mod:`featstore.pipeline.spec`, ``.plan``, ``.run``)."""
+the store does not hold them yet (:mod:`featstore.pipeline.spec`, ``.plan``, ``.run``,
+``.executors``, ``.slurm``)."""
 
+from featstore.pipeline.executors import LocalExecutor, SubmititExecutor, make_executor
 from featstore.pipeline.plan import Plan, Step, plan_pipeline
-from featstore.pipeline.run import (
-    EXECUTORS,
-    LocalExecutor,
-    Outcome,
-    SubmititExecutor,
-    make_executor,
-    run_plan,
-    run_step,
-)
+from featstore.pipeline.run import EXECUTORS, Outcome, run_plan, run_step
 from featstore.pipeline.spec import Pipeline, PipelineError, load_pipeline, parse_sets
 
 __all__ = [

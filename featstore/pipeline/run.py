@@ -7,9 +7,8 @@ step still runs. Killing a run and starting it again continues where it stopped:
 marks what the store holds, and the stages resume their own half-done work (an extract from
 its finished shards, a finetuning run from its last epoch).
 
-Executors: ``local`` (heavy steps, extract and finetune, one at a time in this process;
-probes and fusion in a process pool of ``jobs`` workers), and submitit's (``slurm``, or
-``submitit-local``, which runs each step as a submitit job on this machine).
+The executors, where steps run, are :mod:`featstore.pipeline.executors` (this machine) and
+:mod:`featstore.pipeline.slurm` (a Slurm cluster).
 """
 
 from __future__ import annotations
@@ -212,146 +211,6 @@ def extract_argv(args: dict[str, Any]) -> list[str]:
     return argv + options.argv(_extract_config(args), where=("both",))
 
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _worker_init(threads: int | None) -> None:
-    """In each step worker: die with the ``featstore run`` that started it (a parent killed
-    by SIGKILL or SIGTERM leaves no worker behind holding claims), and take its share of the
-    cores."""
-    import signal
-    import sys
-
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before the line above: go now
-            os._exit(1)
-    if threads:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
-
-
-def _spawn_pool(workers: int, threads: int | None = None) -> cf.ProcessPoolExecutor:
-    """Worker processes, spawned (torch's thread pools do not survive a fork) and not
-    daemonic (a step's DataLoader may start its own workers)."""
-    import multiprocessing
-
-    return cf.ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_worker_init, initargs=(threads,))
-
-
-def _kill(pool: cf.ProcessPoolExecutor) -> None:
-    """Stop a pool now, its running steps included (shutdown alone waits for them)."""
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        proc.kill()
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
-class LocalExecutor:
-    """Heavy steps (extract, finetune: they use every core or the GPU) one at a time in one
-    worker process; with ``jobs`` > 1, probes and fusion beside them in a pool of ``jobs``
-    processes, each with its share of the cores. Steps run in worker processes so that an
-    interrupt stops them at once (a thread cannot be stopped) and a crash (out of memory)
-    costs the step, not the run; a broken pool is replaced for the next step."""
-
-    def __init__(self, jobs: int = 1) -> None:
-        self.jobs = max(1, jobs)
-        self._heavy: cf.ProcessPoolExecutor | None = None
-        self._pool: cf.ProcessPoolExecutor | None = None
-
-    def submit(self, step: Step) -> cf.Future:
-        from concurrent.futures.process import BrokenProcessPool
-
-        heavy = self.jobs == 1 or step.gpu
-        for _ in range(2):  # a pool broken by a crashed step is replaced once
-            if heavy and self._heavy is None:
-                self._heavy = _spawn_pool(1)
-            if not heavy and self._pool is None:
-                self._pool = _spawn_pool(self.jobs, max(1, (os.cpu_count() or 1) // self.jobs))
-            try:
-                return (self._heavy if heavy else self._pool).submit(run_step, step.args)
-            except BrokenProcessPool:
-                if heavy:
-                    self._heavy = None
-                else:
-                    self._pool = None
-        raise RuntimeError("the worker processes keep dying; see the log above")
-
-    def shutdown(self, cancel: bool = False) -> None:
-        for pool in (self._heavy, self._pool):
-            if pool is not None:
-                _kill(pool) if cancel else pool.shutdown(wait=True)
-
-
-class SubmititExecutor:
-    """Each step as a submitit job: Slurm (``cluster="slurm"``) or this machine
-    (``cluster="local"``, submitit's LocalExecutor: the same seam without Slurm). GPU steps
-    ask for ``gpus_per_node`` GPUs; an extract step with more than one runs ``torchrun``
-    inside its job (the ranks split the shards)."""
-
-    def __init__(self, folder: str, cluster: str = "slurm",
-                 slurm: dict[str, Any] | None = None) -> None:
-        import submitit
-
-        self.slurm = dict(slurm or {})
-        self.cluster = cluster
-        self.folder = folder
-        self._make = (lambda: submitit.AutoExecutor(folder=folder, cluster="slurm")
-                      ) if cluster == "slurm" else (lambda: submitit.LocalExecutor(folder=folder))
-        self._waiters = cf.ThreadPoolExecutor(max_workers=32)
-        self.jobs: dict[str, Any] = {}  # step id -> submitit job
-
-    def _parameters(self, step: Step) -> dict[str, Any]:
-        s = self.slurm
-        params: dict[str, Any] = {"timeout_min": s.get("timeout_min", 240)}
-        if self.cluster != "slurm":
-            return params
-        gpus = s.get("gpus_per_node", 1) if step.gpu else 0
-        params.update({"name": f"featstore-{step.stage}", "nodes": 1,
-                       "tasks_per_node": 1, "cpus_per_task": s.get("cpus_per_task", 8),
-                       "gpus_per_node": gpus})
-        for k in ("mem_gb",):
-            if k in s:
-                params[k] = s[k]
-        for k in ("partition", "account", "qos"):
-            if k in s:
-                params[f"slurm_{k}"] = s[k]
-        if s.get("additional"):
-            params["slurm_additional_parameters"] = s["additional"]
-        return params
-
-    def submit(self, step: Step) -> cf.Future:
-        import submitit
-
-        ex = self._make()
-        ex.update_parameters(**self._parameters(step))
-        gpus = self.slurm.get("gpus_per_node", 1)
-        if self.cluster == "slurm" and step.stage == "extract" and gpus > 1:
-            job = ex.submit(torchrun_extract, step.args, gpus)
-        else:
-            job = ex.submit(run_step, step.args)
-        self.jobs[step.id] = job
-
-        def wait() -> dict[str, int]:
-            try:
-                result = job.result()
-            except submitit.core.utils.FailedJobError as e:
-                raise RuntimeError(_last_error(str(e))) from None
-            return result if isinstance(result, dict) else {}
-        return self._waiters.submit(wait)
-
-    def shutdown(self, cancel: bool = False) -> None:
-        if cancel:  # interrupted: the jobs it started are cancelled, not left running
-            for job in self.jobs.values():
-                if not job.done():
-                    job.cancel(check=False)
-        self._waiters.shutdown(wait=not cancel, cancel_futures=cancel)
-
-
 def torchrun_extract(args: dict[str, Any], gpus: int) -> dict[str, Any]:
     """An extract step as ``torchrun --nproc-per-node=GPUS -m featstore extract ...``, once
     per image size among its backbones (``--image-size`` applies to all of a command's)."""
@@ -379,22 +238,6 @@ def _last_error(text: str) -> str:
     return lines[-1] if lines else text
 
 
-def make_executor(kind: str, *, jobs: int = 1, folder: str = "featstore-jobs",
-                  slurm: dict[str, Any] | None = None):
-    if kind == "local":
-        return LocalExecutor(jobs)
-    if kind in ("slurm", "submitit-local"):
-        try:
-            import submitit  # noqa: F401
-        except ImportError:
-            from featstore.errors import FeatstoreError
-
-            raise FeatstoreError(f"--executor {kind} needs submitit: pip install "
-                                 "'featstore[slurm]'") from None
-        return SubmititExecutor(folder, "slurm" if kind == "slurm" else "local", slurm)
-    raise ValueError(f"unknown executor {kind!r} (expected {', '.join(EXECUTORS)})")
-
-
 def _message(e: BaseException) -> str:
     from featstore.errors import FeatstoreError
 
@@ -420,6 +263,9 @@ def run_plan(plan: Plan, executor, *, on_outcome: Callable[[Outcome], None] | No
             on_outcome(o)
 
     try:
+        check = getattr(executor, "check", None)
+        if check is not None:  # what every job will ask for, before any is queued
+            check([s for s in plan.steps if not s.cached])
         while pending or running:
             progressed = False
             for s in list(pending.values()):

@@ -63,15 +63,6 @@ embed = true
 """
 
 
-@pytest.fixture
-def data_root(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    root.mkdir()
-    make_medmnist(root / "alpha.npz", n=(48, 16, 24), seed=1)
-    make_medmnist(root / "beta.npz", n=(40, 12, 20), seed=2)
-    return root
-
-
 def write(tmp_path: Path, data_root: Path, *parts: str, name: str = "grid.toml") -> Path:
     path = tmp_path / name
     path.write_text(GRID.format(store=tmp_path / "store", root=data_root) + "".join(parts))
