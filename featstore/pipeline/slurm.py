@@ -114,11 +114,27 @@ def _int(text: str) -> int:
 
 
 @dataclass
-class _Watched:
-    job: Any  # submitit's Job
+class _Group:
+    """The jobs of one step (one, or an extract's array tasks) and the future they settle:
+    its result once every job has one; its error at the first job that fails (the others
+    cancelled)."""
+
     step: Step
     future: cf.Future
+    jobs: list[str]
+    results: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class _Watched:
+    job: Any  # submitit's Job
+    group: _Group
     missing: int = 0  # polls it was not in the queue without a result
+    last: tuple[str, str] | None = None  # the (state, reason) last seen
+
+    @property
+    def future(self) -> cf.Future:
+        return self.group.future
 
 
 @dataclass
@@ -156,6 +172,11 @@ class SlurmExecutor:
         if not step.gpu or device == "cpu" or device.startswith("mps"):
             return 0
         return int(self.slurm.get("gpus_per_node", 1))
+
+    def tasks(self, step: Step) -> int:
+        """Jobs a step runs as: an extract step as ``extract_tasks`` array tasks, which
+        share its shards through the store's claims (each may be a node of its own)."""
+        return int(self.slurm.get("extract_tasks", 1)) if step.stage == "extract" else 1
 
     def cpus(self) -> int:
         if "cpus_per_task" in self.slurm:
@@ -243,16 +264,19 @@ class SlurmExecutor:
         self.check([step])
         ex = submitit.AutoExecutor(folder=self.folder, cluster="slurm")
         ex.update_parameters(**self.parameters(step))
-        gpus = self.gpus(step)
+        gpus, n = self.gpus(step), self.tasks(step)
         with contextlib.redirect_stdout(sys.stderr):  # stdout is featstore's own
             if step.stage == "extract" and gpus > 1:
-                job = ex.submit(ResumableTorchrun(), step.args, gpus)
+                jobs = ex.map_array(ResumableTorchrun(), [step.args] * n, [gpus] * n)
             else:
-                job = ex.submit(ResumableStep(), step.args)
+                jobs = ex.map_array(ResumableStep(), [step.args] * n)
         future: cf.Future = cf.Future()
         future.set_running_or_notify_cancel()
+        group = _Group(step, future, [str(j.job_id) for j in jobs])
         with self._lock:
-            self._watched[str(job.job_id)] = _Watched(job, step, future)
+            for job in jobs:
+                self._watched[str(job.job_id)] = _Watched(job, group)
+        print(f"queued {step.id}: Slurm job {', '.join(group.jobs)}", file=sys.stderr)
         if self._thread is None:
             self._thread = threading.Thread(target=self._watch, name="featstore-slurm",
                                             daemon=True)
@@ -288,11 +312,21 @@ class SlurmExecutor:
         result = Path(w.job.paths.result_pickle)
         if result.exists():
             outcome, value = pickle_load(result)
-            if outcome == "success":
-                w.future.set_result(value if isinstance(value, dict) else {})
-            else:
-                w.future.set_exception(RuntimeError(_last_error(str(value))))
+            if outcome != "success":
+                self._fail(w, _last_error(str(value)))
+                return
+            g = w.group
+            g.results[job_id] = value if isinstance(value, dict) else {}
+            if len(g.results) == len(g.jobs) and not g.future.done():
+                first = g.results[g.jobs[0]]
+                g.future.set_result({**first, "computed": max(
+                    r.get("computed", 0) for r in g.results.values())})
             return
+        if entry is not None and entry != w.last:  # what the queue says, as it changes
+            state, reason = entry
+            why = f" ({reason})" if reason not in ("None", "") else ""
+            print(f"{w.group.step.id}: Slurm job {job_id} {state}{why}", file=sys.stderr)
+            w.last = entry
         if entry is None:
             w.missing += 1
             if w.missing >= 2:  # gone from the queue twice running, and no result
@@ -315,10 +349,16 @@ class SlurmExecutor:
                 self._fail(w, f"Slurm job {job_id} COMPLETED without a result"
                               f"{self._log_tail(w)}")
 
-    @staticmethod
-    def _fail(w: _Watched, message: str) -> None:
-        if not w.future.done():
-            w.future.set_exception(RuntimeError(message))
+    def _fail(self, w: _Watched, message: str) -> None:
+        """Fail the job's step; its other jobs (array tasks) are cancelled."""
+        if w.future.done():
+            return
+        w.future.set_exception(RuntimeError(message))
+        rest = [j for j in w.group.jobs if j not in w.group.results and
+                self._watched[j] is not w]
+        if rest:
+            with contextlib.suppress(FeatstoreError):
+                _call(["scancel", *rest])
 
     @staticmethod
     def _log_tail(w: _Watched) -> str:
@@ -347,7 +387,8 @@ class SlurmExecutor:
 
 def _queue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     """(state, reason) of each job ``squeue`` still lists (recently finished ones too)."""
-    res = _call(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"])
+    res = _call(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(job_ids),
+                 "-o", "%i|%T|%r"])
     if res.returncode and "Invalid job id" not in res.stderr:
         raise FeatstoreError(f"squeue failed: {res.stderr.strip()}")
     out = {}

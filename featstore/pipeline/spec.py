@@ -100,6 +100,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "gpus_per_node": (int, "GPUs per GPU job (torchrun inside when > 1)"),
         "cpus_per_task": (int, "CPUs per job"), "mem_gb": (int, "memory per job in GB"),
         "folder": (str, "where submitit keeps job logs"),
+        "extract_tasks": (int, "array tasks an extract step runs as; they share its "
+                               "shards (each may be a node of its own)"),
         "poll_s": (_NUMBER, "seconds between two looks at the queue (default 5)"),
         "signal_delay_s": (int, "a job is told to stop and requeued this long before its "
                                 "time limit (default 90)"),
@@ -277,7 +279,7 @@ def _substitute(value: Any, variables: dict[str, str], fail) -> Any:
 # [slurm]'s integer keys and their smallest value (the stages' values: as their configs
 # declare them, in their words); list keys and the type of their items
 MINIMUM = {"timeout_min": 1, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1,
-           "signal_delay_s": 1}
+           "signal_delay_s": 1, "extract_tasks": 1}
 ITEMS = {"fractions": _NUMBER, "ks": int, "l2_grid": _NUMBER, "probes": str,
          "backbones": str, "attentions": str}
 

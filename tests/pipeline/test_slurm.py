@@ -172,3 +172,34 @@ def test_a_requeued_job_resumes_to_the_same_results(tmp_path, data_root, capsys,
     assert code == 0, err
     assert results(capsys, path, tmp_path / "store") == results(capsys, path,
                                                                 tmp_path / "local")
+
+
+def _sets(store: Path, data: Path) -> dict[str, bytes]:
+    from featstore import FeatureStore, load_dataset
+
+    ds = FeatureStore(store).dataset(load_dataset(data))
+    return {es.key: es.read().tobytes() for es in ds.embedding_sets()}
+
+
+def test_an_extract_over_two_array_tasks_equals_one_process(tmp_path, data_root, capsys,
+                                                             slurm):
+    """``extract_tasks = 2``: the extract step is a two-task job array whose tasks share
+    the sets' shards through the store's claims (one CPU each, so both run at once); the
+    sets equal one local process's bit for bit."""
+    path = write_beta(tmp_path, data_root, LINEAR,
+                      slurm_table(extract_tasks=2, cpus_per_task=1, poll_s=0.5))
+    path.write_text(path.read_text().replace("batch_size = 32", "batch_size = 8\n"
+                                                                 "shard_rows = 8"))
+    code, out, err = cli(capsys, "run", str(path), "--executor", "slurm", "--json",
+                         "--jobs-dir", str(tmp_path / "jobs"))
+    assert code == 0, err
+    assert [o["status"] for o in json.loads(out)] == ["done"] * 3
+    tasks = [j for j in slurm.jobs() if "_" in j]
+    assert len(tasks) == 2 and {j.split("_")[1] for j in tasks} == {"0", "1"}
+    local = path.with_name("local.toml")
+    local.write_text(path.read_text().replace(str(tmp_path / "store"), str(tmp_path / "local")))
+    code, _, err = cli(capsys, "run", str(local), "--json")
+    assert code == 0, err
+    beta = data_root / "beta.npz"
+    made = _sets(tmp_path / "store", beta)
+    assert len(made) == 2 and made == _sets(tmp_path / "local", beta)
