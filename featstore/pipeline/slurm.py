@@ -283,12 +283,6 @@ class SlurmExecutor:
             self._thread.start()
         return future
 
-    @property
-    def job_ids(self) -> list[str]:
-        """The ids of the jobs this run queued (finished ones included)."""
-        with self._lock:
-            return list(self._watched)
-
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
             with self._lock:
