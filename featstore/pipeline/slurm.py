@@ -130,6 +130,7 @@ class _Watched:
     job: Any  # submitit's Job
     group: _Group
     missing: int = 0  # polls it was not in the queue without a result
+    ended: int = 0  # polls it was COMPLETED or PREEMPTED without a result
     last: tuple[str, str] | None = None  # the (state, reason) last seen
 
     @property
@@ -337,11 +338,15 @@ class SlurmExecutor:
             self._fail(w, f"Slurm job {job_id} cannot start: PENDING ({reason}), which "
                           "does not resolve on its own; cancelled (see 'scontrol show "
                           f"partition' and the [slurm] table)")
-        elif state == "COMPLETED":
-            w.missing += 1  # the result is written before the job ends; wait a poll
-            if w.missing >= 3:
-                self._fail(w, f"Slurm job {job_id} COMPLETED without a result"
+        elif state in ("COMPLETED", "PREEMPTED"):
+            # the result is written before a job ends, and a job preempted to be requeued
+            # is PENDING again at once: a few polls more before either counts as the end
+            w.ended += 1
+            if w.ended >= 3:
+                self._fail(w, f"Slurm job {job_id} {state} without a result"
                               f"{self._log_tail(w)}")
+        else:
+            w.ended = 0
 
     def _fail(self, w: _Watched, message: str) -> None:
         """Fail the job's step; its other jobs (array tasks) are cancelled."""

@@ -220,7 +220,19 @@ def test_run_does_the_grid_once_then_nothing_and_report_draws_it(tmp_path, data_
     assert outcomes["extract alpha"]["runs"] == 2
 
     # warm: nothing to do; planning it (probe, fusion and finetune run ids) and reading the
-    # runs back (results) load neither torch nor timm: seconds of imports a command saved
+    # runs back (results) load neither torch nor timm: seconds of imports a command saved.
+    # A finetuned model's identity is remembered only from a build that read its weights
+    # file settled (changed over RACY_NS before): its extract may have started sooner, so
+    # one plan after the file settled builds it (in-process) and remembers it
+    import time
+
+    from featstore._hashing import RACY_NS
+
+    written = max(f.stat().st_ctime_ns for f in (tmp_path / "store").rglob("backbone.pt"))
+    while time.time_ns() - written <= RACY_NS:
+        time.sleep(0.1)
+    code, _, err = cli(capsys, "run", str(path), "--json")
+    assert code == 0, err
     outs, heavy = _in_fresh_process(["run", str(path), "--json"], [
         "results", "--data", str(data_root / "alpha.npz"), "--store", str(tmp_path / "store"),
         "--json"])

@@ -161,9 +161,12 @@ def test_a_requeued_job_resumes_to_the_same_results(tmp_path, data_root, capsys,
     slurm.wait_for(lambda jobs: jobs[job][0] == "PENDING")
     slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=True)
     out, err = run.communicate(timeout=240)
-    assert run.returncode == 0, err
-    assert [o["status"] for o in json.loads(out)] == ["done"] * 3
     shown = slurm.run("scontrol", "show", "job", job).stdout
+    logs = "\n".join(f"== {f.name}\n{f.read_text(errors='replace')[-1500:]}"
+                     for f in sorted((tmp_path / "jobs").glob(f"{job}_*")))
+    ctld = (slurm.folder / "log" / "slurmctld.log").read_text(errors="replace")[-3000:]
+    assert run.returncode == 0, f"{err}\n{shown}\n{logs}\n{ctld}"
+    assert [o["status"] for o in json.loads(out)] == ["done"] * 3
     assert "Restarts=1" in shown, shown
     local = write_beta(tmp_path, data_root, LINEAR, name="local.toml")
     local.write_text(local.read_text().replace(str(tmp_path / "store"),
@@ -203,3 +206,25 @@ def test_an_extract_over_two_array_tasks_equals_one_process(tmp_path, data_root,
     beta = data_root / "beta.npz"
     made = _sets(tmp_path / "store", beta)
     assert len(made) == 2 and made == _sets(tmp_path / "local", beta)
+
+
+def test_a_job_that_cannot_start_is_cancelled_and_named(tmp_path, data_root, slurm):
+    """The node busy, the extract job waits (Resources: it will start); then the partition's
+    time limit drops below the job's (PartitionTimeLimit: it never will): the job is
+    cancelled and its step fails with the reason, the run ends."""
+    slurm.run("sbatch", f"--cpus-per-task={slurm.cpus}", "--wrap", "sleep 300", check=True)
+    slurm.wait_for(_running)
+    path = write_beta(tmp_path, data_root, LINEAR, slurm_table(poll_s=0.5, timeout_min=30))
+    run = _featstore_run(path, tmp_path)
+    said = ""
+    while "PENDING (Resources)" not in said:  # the wait is said on stderr as it begins
+        line = run.stderr.readline()
+        assert line, said
+        said = line
+    job = said.split("Slurm job ")[1].split()[0]
+    slurm.run("scontrol", "update", "PartitionName=debug", "MaxTime=5", check=True)
+    out, err = run.communicate(timeout=90)
+    assert run.returncode == 1, err
+    extract = next(o for o in json.loads(out) if o["step"] == "extract beta")
+    assert f"Slurm job {job} cannot start: PENDING (PartitionTimeLimit)" in extract["error"]
+    assert slurm.jobs()[job][0] == "CANCELLED"
