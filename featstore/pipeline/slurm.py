@@ -151,6 +151,8 @@ class SlurmExecutor:
         self.poll_s = float(s.get("poll_s", POLL_S))
         self.signal_delay_s = int(s.get("signal_delay_s", SIGNAL_DELAY_S))
         self.timeout_min = int(s.get("timeout_min", DEFAULT_TIMEOUT_MIN))
+        if not self.poll_s > 0:
+            raise FeatstoreError(f"[slurm] poll_s = {s['poll_s']!r}: expected seconds > 0")
         if self.timeout_min * 60 <= self.signal_delay_s + 30:
             raise FeatstoreError(
                 f"[slurm] timeout_min = {self.timeout_min}: a job is told to stop "

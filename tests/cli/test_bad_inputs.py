@@ -237,6 +237,15 @@ CATALOGUE = [
     ("pipeline step fails: weights missing", lambda t, d, s: [
         "run", pipeline(t, d, s, backbone=f"{TINY.split('@')[0]}@{t}/missing.pth")],
      "extract d b: "),
+    ("pipeline slurm extract_tasks zero", lambda t, d, s: [
+        "run", pipeline(t, d, s, "[slurm]\nextract_tasks = 0"), "--executor", "slurm"],
+     "extract_tasks = 0: expected 1 or more"),
+    ("pipeline slurm poll_s zero", lambda t, d, s: [
+        "run", pipeline(t, d, s, "[slurm]\npoll_s = 0"), "--executor", "slurm"],
+     "[slurm] poll_s = 0: expected seconds > 0"),
+    ("pipeline slurm time limit inside the requeue margin", lambda t, d, s: [
+        "run", pipeline(t, d, s, "[slurm]\ntimeout_min = 1"), "--executor", "slurm"],
+     "[slurm] timeout_min = 1"),
     ("run jobs zero", lambda t, d, s: ["run", pipeline(t, d, s), "--jobs", "0"], "--jobs 0"),
     ("report tsne rows zero", lambda t, d, s: [
         "report", "--store", s, "--tsne-rows", "0", "-o", f"{t}/r"], "--tsne-rows 0"),

@@ -55,6 +55,18 @@ def results(capsys, path: Path, store: Path) -> list[tuple]:
     return sorted((r["run_id"], r["metric"], round(r["value"], 9)) for r in json.loads(out))
 
 
+def assert_equals_a_local_run(capsys, tmp_path: Path, data_root: Path, path: Path) -> None:
+    """The same grid run by the local executor into another store: every run (id, metric,
+    value) equals the Slurm run's."""
+    local = write_beta(tmp_path, data_root, LINEAR, name="local.toml")
+    local.write_text(local.read_text().replace(str(tmp_path / "store"),
+                                               str(tmp_path / "local")))
+    code, _, err = cli(capsys, "run", str(local), "--json")
+    assert code == 0, err
+    assert results(capsys, path, tmp_path / "store") == results(capsys, path,
+                                                                tmp_path / "local")
+
+
 def test_the_pipeline_on_slurm_equals_the_local_run(tmp_path, data_root, capsys, slurm):
     """A [slurm] table naming only the partition, CPU steps: the jobs run, --json on
     stdout parses, and every run equals the local executor's."""
@@ -67,13 +79,7 @@ def test_the_pipeline_on_slurm_equals_the_local_run(tmp_path, data_root, capsys,
     assert len(list((tmp_path / "jobs").glob("*_result.pkl"))) == 3  # three Slurm jobs
     slurm.wait_for(lambda jobs: len(jobs) == 3 and all(s == "COMPLETED"
                                                        for s, _ in jobs.values()))
-    local = write_beta(tmp_path, data_root, LINEAR, name="local.toml")
-    local.write_text(local.read_text().replace(str(tmp_path / "store"),
-                                               str(tmp_path / "local")))
-    code, _, err = cli(capsys, "run", str(local), "--json")
-    assert code == 0, err
-    assert results(capsys, path, tmp_path / "store") == results(capsys, path,
-                                                                tmp_path / "local")
+    assert_equals_a_local_run(capsys, tmp_path, data_root, path)
 
 
 def test_a_gpu_request_the_partition_cannot_meet_queues_nothing(tmp_path, data_root, capsys,
@@ -168,13 +174,7 @@ def test_a_requeued_job_resumes_to_the_same_results(tmp_path, data_root, capsys,
     assert run.returncode == 0, f"{err}\n{shown}\n{logs}\n{ctld}"
     assert [o["status"] for o in json.loads(out)] == ["done"] * 3
     assert "Restarts=1" in shown, shown
-    local = write_beta(tmp_path, data_root, LINEAR, name="local.toml")
-    local.write_text(local.read_text().replace(str(tmp_path / "store"),
-                                               str(tmp_path / "local")))
-    code, _, err = cli(capsys, "run", str(local), "--json")
-    assert code == 0, err
-    assert results(capsys, path, tmp_path / "store") == results(capsys, path,
-                                                                tmp_path / "local")
+    assert_equals_a_local_run(capsys, tmp_path, data_root, path)
 
 
 def _sets(store: Path, data: Path) -> dict[str, bytes]:
