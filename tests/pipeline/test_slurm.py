@@ -212,7 +212,8 @@ def test_a_job_that_cannot_start_is_cancelled_and_named(tmp_path, data_root, slu
     """The node busy, the extract job waits (Resources: it will start); then the partition's
     time limit drops below the job's (PartitionTimeLimit: it never will): the job is
     cancelled and its step fails with the reason, the run ends."""
-    slurm.run("sbatch", f"--cpus-per-task={slurm.cpus}", "--wrap", "sleep 300", check=True)
+    slurm.run("sbatch", f"--cpus-per-task={slurm.cpus}", f"--output={slurm.folder}/busy.out",
+              "--wrap", "sleep 300", check=True)
     slurm.wait_for(_running)
     path = write_beta(tmp_path, data_root, LINEAR, slurm_table(poll_s=0.5, timeout_min=30))
     run = _featstore_run(path, tmp_path)
